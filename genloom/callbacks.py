@@ -1,0 +1,174 @@
+"""Training callbacks: progress bar, metrics JSONL, loss-curve PNG, samples file. Each listens to named events."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+
+class Callback:
+    """Override any of: on_train_start, on_step_end, on_log, on_eval_end, on_checkpoint, on_sample, on_train_end."""
+
+    def on_train_start(self, trainer, info):
+        pass
+
+    def on_step_end(self, trainer, info):
+        pass
+
+    def on_log(self, trainer, info):
+        pass
+
+    def on_eval_end(self, trainer, info):
+        pass
+
+    def on_checkpoint(self, trainer, info):
+        pass
+
+    def on_sample(self, trainer, info):
+        pass
+
+    def on_train_end(self, trainer, info):
+        pass
+
+
+def _fmt_params(n: int) -> str:
+    return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
+
+
+class ProgressBar(Callback):
+    """A tqdm bar with loss, throughput and ETA; one line per validation."""
+
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr
+        self.bar = None
+
+    def on_train_start(self, trainer, info):
+        from tqdm import tqdm
+
+        cfg = trainer.model_config
+        arch = getattr(cfg, "arch", "")
+        self.write(
+            f"model: {trainer.cfg.family} {arch}, {_fmt_params(trainer.model.num_params())} parameters "
+            f"(non-embedding), {trainer.tokenizer.kind} tokenizer, vocab {trainer.tokenizer.vocab_size}"
+        )
+        if trainer.step:
+            self.write(f"resuming {trainer.out} at step {trainer.step}")
+        self.bar = tqdm(
+            total=trainer.cfg.train.max_steps, initial=trainer.step, file=self.stream, dynamic_ncols=True, unit="step",
+            mininterval=0.5,
+        )
+
+    def write(self, text):
+        from tqdm import tqdm
+
+        tqdm.write(text, file=self.stream)
+
+    def on_step_end(self, trainer, info):
+        self.bar.update(1)
+        unit = trainer.task.unit
+        self.bar.set_postfix_str(f"loss {info['loss']:.4f} | {info['units_per_s']:,.0f} {unit}/s | lr {info['lr']:.2e}")
+
+    def on_eval_end(self, trainer, info):
+        mark = " (best, exported)" if info["best"] else ""
+        self.write(f"step {info['step']}: val loss {info['val_loss']:.4f}{mark}")
+
+    def on_train_end(self, trainer, info):
+        if self.bar is not None:
+            self.bar.close()
+        if info["stopped"] == "interrupted":
+            self.write(f"interrupted at step {info['step']}: checkpoint saved; continue with --resume")
+
+
+class MetricsLog(Callback):
+    """Append every logged step and every validation to metrics.jsonl in the run folder."""
+
+    def on_train_start(self, trainer, info):
+        self.path = trainer.out / "metrics.jsonl"
+        if self.path.exists():  # on resume, drop what was logged after the checkpoint we resume from
+            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= trainer.step]
+            self.path.write_text("".join(ln + "\n" for ln in keep))
+
+    def _append(self, row):
+        with open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+
+    def on_log(self, trainer, info):
+        self._append({"step": info["step"], "loss": info["loss"], "lr": info["lr"],
+                      f"{trainer.task.unit}_per_s": round(info["units_per_s"], 1), "elapsed_s": round(info["elapsed_s"], 2)})
+
+    def on_eval_end(self, trainer, info):
+        self._append({k: v for k, v in info.items() if k != "best"})
+
+
+def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "") -> Path | None:
+    """Train and validation loss against step, from a metrics.jsonl, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from genloom.store import atomic_write_bytes
+
+    rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+    if not train and not val:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    if train:
+        ax.plot(*zip(*train), label="train loss", lw=1.2)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5, ms=3)
+    ax.set_xlabel("step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_title(title or Path(metrics_path).parent.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(png_path, buf.getvalue())
+    return Path(png_path)
+
+
+class LossCurve(Callback):
+    """Redraw loss.png beside the run after every validation and at the end."""
+
+    def _draw(self, trainer):
+        path = trainer.out / "metrics.jsonl"
+        if path.exists():
+            plot_loss_curve(path, trainer.out / "loss.png", title=f"{trainer.out.name}: loss")
+
+    def on_eval_end(self, trainer, info):
+        self._draw(trainer)
+
+    def on_train_end(self, trainer, info):
+        self._draw(trainer)
+
+
+class SamplesFile(Callback):
+    """Write text samples to samples.txt in the run folder."""
+
+    def _write(self, trainer, samples):
+        with open(trainer.out / "samples.txt", "a", encoding="utf-8") as f:
+            for s in samples:
+                f.write(f"--- step {trainer.step} ---\n{s}\n")
+
+    def on_sample(self, trainer, info):
+        self._write(trainer, info["samples"])
+
+    def on_train_end(self, trainer, info):
+        if info.get("samples"):
+            self._write(trainer, info["samples"])
+
+
+def default_callbacks(progress: bool = True) -> list[Callback]:
+    cbs: list[Callback] = [MetricsLog(), LossCurve(), SamplesFile()]
+    if progress:
+        cbs.insert(0, ProgressBar())
+    return cbs

@@ -1,0 +1,204 @@
+"""The `genloom` command: thin doors into the library. Bad input: one line on stderr, exit code 2."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from genloom.errors import GenloomError
+
+
+def _threads(n: int) -> None:
+    if n:
+        import torch
+
+        torch.set_num_threads(n)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="genloom")
+def cli():
+    """genloom: train, sample, evaluate and serve generative models on your own machine."""
+
+
+@cli.command()
+@click.argument("source")
+@click.option("--out", "-o", required=True, help="Folder to write train.bin, val.bin, tokenizer.json, meta.json.")
+@click.option("--tokenizer", "-t", type=click.Choice(["char", "bpe", "gpt2"]), default="char", show_default=True)
+@click.option("--vocab-size", type=int, default=4096, show_default=True, help="For bpe: the vocabulary to train.")
+@click.option("--val-fraction", type=float, default=0.05, show_default=True)
+@click.option("--seed", type=int, default=1337, show_default=True, help="Seed of the document split.")
+@click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
+@click.option("--tokenizer-from", default=None, help="Reuse the tokenizer of a model or data folder (fine-tuning).")
+def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from):
+    """Prepare SOURCE (a file, a folder, or a corpus: tang, song, poems-zh, kjv, fortunes, chatterbot)."""
+    from genloom.data.text import prepare
+
+    meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from)
+    click.echo(
+        f"{out}: {meta['documents']['train']}+{meta['documents']['val']} documents, "
+        f"{meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens, "
+        f"{meta['tokenizer']} tokenizer with {meta['vocab_size']} ids"
+    )
+
+
+@cli.command()
+@click.option("--config", "-c", "config_path", default=None, help="A TOML, YAML or JSON run config.")
+@click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=3e-4.")
+@click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its last checkpoint.")
+def train(config_path, overrides, resume):
+    """Train a model from a config (one loop for every family)."""
+    from genloom.config import load_run_config
+    from genloom.train import Trainer
+
+    cfg = load_run_config(config_path, overrides)
+    summary = Trainer(cfg, resume=resume).fit()
+    summary.pop("samples", None)
+    click.echo(json.dumps(summary))
+    if summary["stopped"] == "interrupted":
+        sys.exit(130)
+
+
+@cli.command()
+@click.option("--model", "-m", "model_path", required=True, help="A model folder, a run folder or a .pt checkpoint.")
+@click.option("--prompt", "-p", "prompts", multiple=True, help="Prompt text; repeat for a batch.")
+@click.option("--prompt-file", type=click.File("r", encoding="utf-8"), help="One prompt per line.")
+@click.option("--max-new-tokens", "-N", type=int, default=200, show_default=True)
+@click.option("--temperature", "-T", type=float, default=0.8, show_default=True, help="0 for greedy decoding.")
+@click.option("--top-k", type=int, default=0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--min-p", type=float, default=0.0, show_default=True)
+@click.option("--repetition-penalty", type=float, default=1.0, show_default=True)
+@click.option("--stop", multiple=True, help="Stop string; repeat for several.")
+@click.option("--num-samples", "-n", type=int, default=1, show_default=True, help="Samples per prompt.")
+@click.option("--seed", type=int, default=None, help="Same seed, same text.")
+@click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default: on for one sample).")
+@click.option("--json", "as_json", is_flag=True, help="Print the completions as JSON.")
+@click.option("--threads", type=int, default=0, help="Torch threads (0: default).")
+def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
+             repetition_penalty, stop, num_samples, seed, stream, as_json, threads):
+    """Sample text from a model: KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds."""
+    from genloom.sample import SamplingParams, generate as gen, stream_text
+    from genloom.store import load_model
+
+    _threads(threads)
+    prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
+    if not prompts:
+        raise GenloomError("give a prompt with --prompt or --prompt-file")
+    if num_samples < 1:
+        raise GenloomError(f"--num-samples must be >= 1, got {num_samples}")
+    lm = load_model(model_path)
+    if lm.family != "gpt":
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; text generation needs a 'gpt' model")
+    batch = [p for p in prompts for _ in range(num_samples)]
+    sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                        min_p=min_p, repetition_penalty=repetition_penalty, stop=list(stop), seed=seed)
+    sp.check()
+    longest = max(len(lm.tokenizer.encode(p)) for p in batch)
+    room = lm.config.block_size - longest + 1
+    if longest <= lm.config.block_size and room < max_new_tokens:
+        click.echo(f"note: context of {lm.config.block_size} tokens leaves room for {room} new tokens", err=True)
+    if stream is None:
+        stream = len(batch) == 1 and not as_json
+    if stream and len(batch) == 1 and not as_json:
+        click.echo(batch[0], nl=False)
+        for _, delta in stream_text(lm.model, lm.tokenizer, batch, sp):
+            click.echo(delta, nl=False)
+        click.echo()
+        return
+    outs = gen(lm.model, lm.tokenizer, batch, sp)
+    if as_json:
+        rows = [{"prompt": p, "text": o.text, "prompt_tokens": o.prompt_tokens, "completion_tokens": len(o.token_ids),
+                 "finish_reason": o.finish_reason} for p, o in zip(batch, outs)]
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for i, (p, o) in enumerate(zip(batch, outs)):
+        click.echo(f"--- sample {i + 1} ({o.finish_reason}) ---")
+        click.echo(p + o.text)
+
+
+@cli.command("eval")
+@click.option("--model", "-m", "model_path", required=True)
+@click.option("--data", "-d", "data_dir", required=True, help="A folder prepared by `genloom data`.")
+@click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
+@click.option("--context", type=int, default=0, help="Window length (default: the model's block_size).")
+@click.option("--stride", type=int, default=0, help="Window stride (default: context // 2).")
+@click.option("--max-tokens", type=int, default=0, help="Score only the first N tokens (0: all).")
+@click.option("--threads", type=int, default=0)
+def eval_(model_path, data_dir, split, context, stride, max_tokens, threads):
+    """Perplexity and bits per token/character of a model on a prepared split, with the protocol stated."""
+    from genloom.data.text import TokenData
+    from genloom.metrics.text import perplexity
+    from genloom.store import load_model
+
+    _threads(threads)
+    lm = load_model(model_path)
+    data = TokenData(data_dir)
+    if json.dumps(data.tokenizer.to_json()) != json.dumps(lm.tokenizer.to_json()):
+        raise GenloomError(f"{data_dir} was tokenized differently from {model_path}; prepare it with --tokenizer-from")
+    ids = data.split(split)
+    res = perplexity(lm.model, ids, context=context or None, stride=stride or None, tokenizer=lm.tokenizer,
+                     max_tokens=max_tokens)
+    res = {"model": model_path, "data": data_dir, "split": split, **res}
+    click.echo(json.dumps(res, indent=2))
+
+
+@cli.command()
+@click.argument("run")
+@click.option("--out", "-o", required=True, help="Folder for the slim safetensors export.")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+def export(run, out, dtype):
+    """Export a run (its last checkpoint) or a model to a slim safetensors folder."""
+    from genloom.store import export_model, load_model
+
+    lm = load_model(run)
+    export_model(out, family=lm.family, model=lm.model, model_config=lm.config, tokenizer=lm.tokenizer,
+                 card=lm.meta.get("card", {}), dtype=dtype)
+    click.echo(f"exported {run} -> {out} ({dtype})")
+
+
+@cli.command("import-hf")
+@click.argument("hf_dir")
+@click.option("--out", "-o", required=True)
+def import_hf(hf_dir, out):
+    """Import a local Hugging Face GPT-2 folder (config.json + safetensors or .bin) as a genloom model."""
+    from genloom.hf import import_gpt2
+
+    path = import_gpt2(hf_dir, out)
+    click.echo(f"imported {hf_dir} -> {path}")
+
+
+@cli.command("export-hf")
+@click.argument("model")
+@click.option("--out", "-o", required=True)
+def export_hf(model, out):
+    """Export a genloom gpt2-arch model to a folder transformers.GPT2LMHeadModel.from_pretrained loads."""
+    from genloom.hf import export_gpt2
+
+    path = export_gpt2(model, out)
+    click.echo(f"exported {model} -> {path} (Hugging Face GPT-2 format)")
+
+
+def main(argv=None) -> None:
+    try:
+        rc = cli.main(args=argv, prog_name="genloom", standalone_mode=False)
+    except click.ClickException as e:
+        msg = e.format_message().replace("\n", " ")
+        click.echo(f"genloom: error: {msg}", err=True)
+        sys.exit(2)
+    except GenloomError as e:
+        click.echo(f"genloom: error: {e}", err=True)
+        sys.exit(2)
+    except click.Abort:
+        click.echo("genloom: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("genloom: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(rc if isinstance(rc, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,255 @@
+"""Text corpora -> documents -> deterministic train/validation split -> token files.
+
+A prepared folder holds train.bin and val.bin (flat token ids, uint16 or uint32, read with np.memmap),
+tokenizer.json and meta.json. Documents are split, not tokens, so no document straddles the split.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from genloom.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
+from genloom.errors import GenloomError, choices
+
+FORTUNES = Path("/usr/share/games/fortunes")
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+TEXT_SUFFIXES = {".txt", ".md", ".text", ""}
+
+
+def _need(path: Path, package: str) -> Path:
+    if not path.exists():
+        raise GenloomError(f"{path} is missing: install the Debian package '{package}' (apt-get install {package})")
+    return path
+
+
+def _fortune_file(path: Path) -> list[str]:
+    text = ANSI.sub("", path.read_text(encoding="utf-8", errors="replace"))
+    return [d.strip("\n") for d in re.split(r"^%\s*$", text, flags=re.M) if d.strip()]
+
+
+def tang() -> list[str]:
+    """313 Tang poems (Debian fortunes-zh, GPL-3+), each a document: title, author, verses."""
+    return _fortune_file(_need(FORTUNES / "tang300", "fortunes-zh"))
+
+
+def song() -> list[str]:
+    """95 Song ci (Debian fortunes-zh, GPL-3+)."""
+    return _fortune_file(_need(FORTUNES / "song100", "fortunes-zh"))
+
+
+def poems_zh() -> list[str]:
+    return tang() + song()
+
+
+def fortunes() -> list[str]:
+    """English fortunes (Debian fortunes), every %-separated cookie a document; offensive sets excluded."""
+    _need(FORTUNES / "fortunes", "fortunes")
+    skip = {"tang300", "song100", "chinese"}
+    docs = []
+    for p in sorted(FORTUNES.iterdir()):
+        if p.suffix or p.name in skip or p.name.endswith("-off") or not p.is_file():
+            continue
+        docs += _fortune_file(p)
+    return docs
+
+
+def kjv() -> list[str]:
+    """The King James Bible (Debian bible-kjv, public domain), one document per chapter, verses unwrapped."""
+    exe = shutil.which("bible")
+    if exe is None:
+        raise GenloomError("the 'bible' program is missing: install the Debian packages 'bible-kjv bible-kjv-text'")
+    out = subprocess.run([exe, "-p", "/usr/lib", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True)
+    docs, verses, title = [], [], None
+    for line in out.stdout.splitlines():
+        if not line.strip():
+            continue
+        m = re.match(r"^\s+(\d+) (.*)$", line)
+        if m:
+            verses.append(f"{m.group(1)} {m.group(2).strip()}")
+        elif line.startswith(" ") or not re.match(r"^[1-3]?\s?[A-Z].* \d+$", line):
+            verses[-1] += " " + line.strip()  # a wrapped verse line
+        else:
+            if title:
+                docs.append(title + "\n" + "\n".join(verses))
+            title, verses = line.strip(), []
+    if title:
+        docs.append(title + "\n" + "\n".join(verses))
+    return docs
+
+
+def chatterbot() -> list[str]:
+    """2,026 English dialogues in 21 categories (PyPI chatterbot-corpus), as 'User:'/'Bot:' turns."""
+    try:
+        import chatterbot_corpus
+        import yaml
+    except ImportError:
+        raise GenloomError("the chatterbot corpus is missing: pip install chatterbot-corpus") from None
+    folder = Path(chatterbot_corpus.__file__).parent / "data" / "english"
+    docs = []
+    for f in sorted(folder.glob("*.yml")):
+        for conv in yaml.safe_load(f.read_text(encoding="utf-8")).get("conversations", []):
+            turns = [("User: " if i % 2 == 0 else "Bot: ") + str(t).strip() for i, t in enumerate(conv)]
+            docs.append("\n".join(turns))
+    return docs
+
+
+CORPORA = {
+    "tang": tang,
+    "song": song,
+    "poems-zh": poems_zh,
+    "kjv": kjv,
+    "fortunes": fortunes,
+    "chatterbot": chatterbot,
+}
+
+
+def _chunks(text: str, size: int = 2000) -> list[str]:
+    """Split one long text into documents at paragraph breaks, about `size` characters each."""
+    docs, cur = [], []
+    n = 0
+    for para in re.split(r"\n\s*\n", text):
+        cur.append(para)
+        n += len(para)
+        if n >= size:
+            docs.append("\n\n".join(cur))
+            cur, n = [], 0
+    if cur:
+        docs.append("\n\n".join(cur))
+    return [d for d in docs if d.strip()]
+
+
+def _jsonl(path: Path, field: str) -> list[str]:
+    docs = []
+    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            raise GenloomError(f"{path}:{i}: not valid JSON") from None
+        if not isinstance(row, dict) or not isinstance(row.get(field), str):
+            raise GenloomError(f"{path}:{i}: no string field '{field}' (set --text-field)")
+        docs.append(row[field])
+    return docs
+
+
+def read_documents(source: str, text_field: str = "text") -> list[str]:
+    """A corpus name, a .txt/.jsonl file, or a folder of them -> a list of documents."""
+    if source in CORPORA:
+        docs = CORPORA[source]()
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise GenloomError(f"corpus not found: '{source}'; give a file, a folder, or one of {choices(CORPORA)}")
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        files = [p for p in files if p.suffix in TEXT_SUFFIXES | {".jsonl"} and not p.name.startswith(".")]
+        docs = []
+        for p in files:
+            try:
+                if p.suffix == ".jsonl":
+                    docs += _jsonl(p, text_field)
+                else:
+                    text = p.read_text(encoding="utf-8")
+                    docs += _chunks(text) if len(files) == 1 else [text]
+            except UnicodeDecodeError:
+                raise GenloomError(f"{p} is not UTF-8 text") from None
+    docs = [d for d in docs if d.strip()]
+    if not docs:
+        raise GenloomError(f"corpus '{source}' is empty: no text found")
+    return docs
+
+
+def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split by a seeded permutation of documents (at least one in each side when possible)."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise GenloomError(f"val fraction must be in [0, 1), got {val_fraction}")
+    order = np.random.default_rng(seed).permutation(len(docs))
+    n_val = int(round(len(docs) * val_fraction))
+    if val_fraction > 0 and len(docs) > 1:
+        n_val = min(max(n_val, 1), len(docs) - 1)
+    val = [docs[i] for i in sorted(order[:n_val])]
+    train = [docs[i] for i in sorted(order[n_val:])]
+    return train, val
+
+
+def encode_documents(tok: Tokenizer, docs: list[str]) -> np.ndarray:
+    """Encode documents and join them with end-of-text (or a blank line for char vocabularies)."""
+    sep = [tok.eot_id] if tok.eot_id is not None else tok.encode("\n\n")
+    if hasattr(tok, "encode_batch"):
+        encoded = tok.encode_batch(docs)
+    else:
+        encoded = [tok.encode(d) for d in docs]
+    ids: list[int] = []
+    for e in encoded:
+        ids += e
+        ids += sep
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    return np.asarray(ids, dtype=dtype)
+
+
+def prepare(
+    source: str,
+    out_dir: str | Path,
+    tokenizer: str = "char",
+    vocab_size: int = 4096,
+    val_fraction: float = 0.05,
+    seed: int = 1337,
+    text_field: str = "text",
+    tokenizer_from: str | None = None,
+) -> dict:
+    """`genloom data`: read, split, train (or reuse) a tokenizer on the train side, write the token files."""
+    from genloom.store import atomic_write_bytes, atomic_write_text
+
+    docs = read_documents(source, text_field)
+    train_docs, val_docs = split_documents(docs, val_fraction, seed)
+    if tokenizer_from:
+        tok = load_tokenizer(tokenizer_from)
+    elif tokenizer == "char":
+        tok = train_tokenizer("char", docs)  # every character of the corpus, so validation never misses one
+    else:
+        tok = train_tokenizer(tokenizer, train_docs, vocab_size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    train_ids = encode_documents(tok, train_docs)
+    val_ids = encode_documents(tok, val_docs) if val_docs else np.zeros(0, dtype=train_ids.dtype)
+    atomic_write_bytes(out / "train.bin", train_ids.tobytes())
+    atomic_write_bytes(out / "val.bin", val_ids.tobytes())
+    tok.save(out / "tokenizer.json")
+    meta = {
+        "source": source,
+        "tokenizer": tok.kind,
+        "vocab_size": tok.vocab_size,
+        "dtype": str(train_ids.dtype),
+        "seed": seed,
+        "val_fraction": val_fraction,
+        "documents": {"train": len(train_docs), "val": len(val_docs)},
+        "tokens": {"train": int(train_ids.size), "val": int(val_ids.size)},
+        "chars": {"train": sum(map(len, train_docs)), "val": sum(map(len, val_docs))},
+    }
+    atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False))
+    return meta
+
+
+class TokenData:
+    """A prepared folder: memory-mapped token ids per split, the tokenizer and the meta data."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        meta_path = self.folder / "meta.json"
+        if not meta_path.is_file():
+            raise GenloomError(f"{self.folder} is not a prepared data folder (no meta.json); run `genloom data` first")
+        self.meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        self.tokenizer = load_tokenizer(self.folder)
+        self.dtype = np.dtype(self.meta["dtype"])
+
+    def split(self, name: str) -> np.ndarray:
+        path = self.folder / f"{name}.bin"
+        if not path.is_file() or path.stat().st_size == 0:
+            return np.zeros(0, dtype=self.dtype)
+        return np.memmap(path, dtype=self.dtype, mode="r")

@@ -1,0 +1,197 @@
+"""Tokenizers: char-level, byte-level BPE (HF `tokenizers`), GPT-2 BPE (tiktoken). Saved as JSON, never pickled."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+from typing import Iterable
+
+from genloom.errors import GenloomError, choices
+
+ASSETS = Path(__file__).parent / "assets"
+EOT = "<|endoftext|>"
+
+
+class Tokenizer:
+    """The shared surface: encode/decode, vocab size, an optional end-of-text id, JSON round-trip."""
+
+    kind: str = ""
+    eot_id: int | None = None
+
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def decode(self, ids: Iterable[int]) -> str:
+        raise NotImplementedError
+
+    def to_json(self) -> dict:
+        raise NotImplementedError
+
+    def save(self, path: str | Path) -> None:
+        from genloom.store import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_json(), ensure_ascii=False))
+
+
+class CharTokenizer(Tokenizer):
+    """One id per Unicode code point seen in the corpus (Chinese included)."""
+
+    kind = "char"
+
+    def __init__(self, chars: list[str]):
+        self.chars = list(chars)
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+
+    @classmethod
+    def train(cls, texts: Iterable[str], **_) -> "CharTokenizer":
+        seen = set()
+        for t in texts:
+            seen.update(t)
+        return cls(sorted(seen))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.chars)
+
+    def encode(self, text: str) -> list[int]:
+        try:
+            return [self.stoi[c] for c in text]
+        except KeyError:
+            missing = sorted({c for c in text if c not in self.stoi})
+            raise GenloomError(
+                f"text has {len(missing)} character(s) outside this char vocabulary: {''.join(missing[:20])!r}"
+            ) from None
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return "".join(self.chars[i] for i in ids)
+
+    def to_json(self) -> dict:
+        return {"type": self.kind, "chars": self.chars}
+
+
+class ByteBPETokenizer(Tokenizer):
+    """Byte-level BPE trained with the `tokenizers` library (GPT-2 style pre-tokenization)."""
+
+    kind = "bpe"
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.eot_id = tok.token_to_id(EOT)
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 4096, **_) -> "ByteBPETokenizer":
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+
+        if vocab_size < 257:
+            raise GenloomError(f"bpe vocab_size must be at least 257 (256 bytes + {EOT}), got {vocab_size}")
+        tok = HFTokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            special_tokens=[EOT],
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
+        )
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tok.encode(text).ids
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [e.ids for e in self.tok.encode_batch(texts)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=False)
+
+    def to_json(self) -> dict:
+        return {"type": self.kind, "tokenizer": json.loads(self.tok.to_str())}
+
+
+GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+
+
+class GPT2Tokenizer(Tokenizer):
+    """OpenAI's GPT-2 BPE through tiktoken, from the vendored `gpt2.tiktoken` (MIT, from openai-whisper)."""
+
+    kind = "gpt2"
+    eot_id = 50256
+
+    def __init__(self):
+        import tiktoken
+
+        ranks = {}
+        for line in (ASSETS / "gpt2.tiktoken").read_text().splitlines():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+        self.enc = tiktoken.Encoding(
+            name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={EOT: 50256}
+        )
+
+    @classmethod
+    def train(cls, texts=(), **_) -> "GPT2Tokenizer":
+        return cls()
+
+    @property
+    def vocab_size(self) -> int:
+        return self.enc.n_vocab
+
+    def encode(self, text: str) -> list[int]:
+        return self.enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.enc.encode_ordinary_batch(texts, num_threads=2)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.enc.decode(list(ids), errors="replace")
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        return self.enc.decode_bytes(list(ids))
+
+    def to_json(self) -> dict:
+        return {"type": self.kind, "vocab_file": "gpt2.tiktoken (vendored in genloom)"}
+
+
+TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": ByteBPETokenizer, "gpt2": GPT2Tokenizer}
+
+
+def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4096) -> Tokenizer:
+    if kind not in TOKENIZERS:
+        raise GenloomError(f"unknown tokenizer '{kind}'; choose one of {choices(TOKENIZERS)}")
+    return TOKENIZERS[kind].train(texts, vocab_size=vocab_size)
+
+
+def tokenizer_from_json(data: dict) -> Tokenizer:
+    kind = data.get("type") if isinstance(data, dict) else None
+    if kind == "char":
+        return CharTokenizer(data["chars"])
+    if kind == "bpe":
+        from tokenizers import Tokenizer as HFTokenizer
+
+        return ByteBPETokenizer(HFTokenizer.from_str(json.dumps(data["tokenizer"])))
+    if kind == "gpt2":
+        return GPT2Tokenizer()
+    raise GenloomError(f"unknown tokenizer type {kind!r} in tokenizer.json; choose one of {choices(TOKENIZERS)}")
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    path = Path(path)
+    if path.is_dir():
+        path = path / "tokenizer.json"
+    if not path.is_file():
+        raise GenloomError(f"tokenizer not found: {path}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise GenloomError(f"tokenizer file is not valid JSON: {path}") from None
+    return tokenizer_from_json(data)

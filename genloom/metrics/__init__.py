@@ -1,0 +1,1 @@
+"""Metrics as pure functions, each returning its figure together with the protocol that produced it."""

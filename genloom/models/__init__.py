@@ -1,0 +1,32 @@
+"""Model families: one file each, a registry name -> (config class, model class)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from genloom.errors import GenloomError, choices
+from genloom.models.gpt import GPT, GPTConfig
+
+MODELS: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT)}
+
+
+def family(name: str) -> tuple[type, type]:
+    if name not in MODELS:
+        raise GenloomError(f"unknown model family '{name}'; choose one of {choices(MODELS)}")
+    return MODELS[name]
+
+
+def model_config_from_dict(name: str, data: dict):
+    from genloom.config import from_dict
+
+    config_cls, _ = family(name)
+    return from_dict(config_cls, data, "model.")
+
+
+def build_model(name: str, config):
+    _, model_cls = family(name)
+    return model_cls(config)
+
+
+def config_to_dict(config) -> dict:
+    return dataclasses.asdict(config)

@@ -1,0 +1,254 @@
+"""GPT decoder (Radford et al. 2019), with LLaMA-style blocks as a config switch (Touvron et al. 2023).
+
+Reads like nanoGPT's model.py. `arch="gpt2"`: learned positions, LayerNorm, GELU MLP, biases.
+`arch="llama"`: RoPE, RMSNorm, SwiGLU MLP, grouped-query attention (n_kv_head < n_head), no biases.
+Decoding uses a preallocated KV cache (genloom.models.gpt.KVCache) and per-row positions, so a
+batch of left-padded prompts of different lengths decodes in one call.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(kw_only=True)
+class GPTConfig:
+    vocab_size: int = 0  # 0: taken from the data's tokenizer at train time
+    block_size: int = 256  # the context length
+    n_layer: int = 6
+    n_head: int = 6
+    n_kv_head: int = 0  # 0: same as n_head; fewer gives grouped-query attention (llama)
+    n_embd: int = 384
+    dropout: float = 0.0
+    bias: bool = True
+    arch: str = "gpt2"  # gpt2 | llama
+    tie_weights: bool = True
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    mlp_hidden: int = 0  # 0: 4*n_embd for gpt2, the usual 2/3*4*n_embd rounded to 32 for llama
+
+    def __post_init__(self):
+        from genloom.errors import GenloomError
+
+        if self.arch not in ("gpt2", "llama"):
+            raise GenloomError(f"unknown gpt arch '{self.arch}'; choose one of gpt2, llama")
+        if self.n_kv_head == 0:
+            self.n_kv_head = self.n_head
+        if self.n_embd % self.n_head or self.n_head % self.n_kv_head:
+            raise GenloomError(
+                f"n_embd ({self.n_embd}) must divide by n_head ({self.n_head}), "
+                f"and n_head by n_kv_head ({self.n_kv_head})"
+            )
+        if self.arch == "gpt2" and self.n_kv_head != self.n_head:
+            raise GenloomError("grouped-query attention (n_kv_head < n_head) needs arch = 'llama'")
+        if self.mlp_hidden == 0:
+            self.mlp_hidden = 4 * self.n_embd if self.arch == "gpt2" else 32 * math.ceil(8 * self.n_embd / 3 / 32)
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square layer norm (Zhang & Sennrich 2019)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+def norm(cfg: GPTConfig) -> nn.Module:
+    if cfg.arch == "llama":
+        return RMSNorm(cfg.n_embd, cfg.norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.norm_eps, bias=cfg.bias)
+
+
+def rope_cache(cfg: GPTConfig, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    hs = cfg.n_embd // cfg.n_head
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hs, 2, dtype=torch.float32) / hs))
+    freqs = torch.outer(torch.arange(length, dtype=torch.float32), inv_freq)  # (L, hs/2)
+    emb = torch.cat([freqs, freqs], dim=-1)  # (L, hs), the rotate-half layout of HF LLaMA
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x, cos, sin):
+    """Rotary position embedding (Su et al. 2021). x: (B, nh, T, hs); cos/sin: (B, 1, T, hs)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos + torch.cat([-x2, x1], dim=-1) * sin
+
+
+class KVCache:
+    """Preallocated keys/values for every layer: (B, n_kv_head, max_len, hs), filled left to right."""
+
+    def __init__(self, cfg: GPTConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu"):
+        hs = cfg.n_embd // cfg.n_head
+        shape = (batch, cfg.n_kv_head, max_len, hs)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.length = 0  # how many positions are filled
+        self.max_len = max_len
+
+    def update(self, layer: int, k, v):
+        T = k.size(2)
+        start = self.length
+        self.k[layer][:, :, start : start + T] = k
+        self.v[layer][:, :, start : start + T] = v
+        return self.k[layer][:, :, : start + T], self.v[layer][:, :, : start + T]
+
+    def select(self, rows: torch.Tensor):
+        """Keep only the given batch rows (finished rows leave the batch)."""
+        self.k = [k[rows] for k in self.k]
+        self.v = [v[rows] for v in self.v]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head
+        self.hs = cfg.n_embd // cfg.n_head
+        self.c_attn = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.hs, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.rope = cfg.arch == "llama"
+
+    def forward(self, x, rope=None, cache=None, layer=0, mask=None):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split([C, self.n_kv_head * self.hs, self.n_kv_head * self.hs], dim=2)
+        q = q.view(B, T, self.n_head, self.hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, self.n_kv_head, self.hs).transpose(1, 2)
+        if self.rope:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(layer, k, v)  # (B, nkv, S, hs), S = cached + T
+        gqa = self.n_kv_head != self.n_head
+        y = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask,
+            dropout_p=self.dropout if self.training else 0.0,
+            is_causal=mask is None and T > 1,
+            enable_gqa=gqa,
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.swiglu = cfg.arch == "llama"
+        hidden = cfg.mlp_hidden
+        self.c_fc = nn.Linear(cfg.n_embd, 2 * hidden if self.swiglu else hidden, bias=cfg.bias)
+        self.c_proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)
+        if self.swiglu:  # SwiGLU (Shazeer 2020): gate and up projections fused in one matmul
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        else:
+            h = F.gelu(h, approximate="tanh")
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = norm(cfg)
+        self.attn = Attention(cfg)
+        self.ln_2 = norm(cfg)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, rope=None, cache=None, layer=0, mask=None):
+        x = x + self.attn(self.ln_1(x), rope, cache, layer, mask)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(cfg.vocab_size, cfg.n_embd),
+                drop=nn.Dropout(cfg.dropout),
+                h=nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer)),
+                ln_f=norm(cfg),
+            )
+        )
+        if cfg.arch == "gpt2":
+            self.transformer.wpe = nn.Embedding(cfg.block_size, cfg.n_embd)
+        else:
+            cos, sin = rope_cache(cfg, cfg.block_size)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.lm_head.weight = self.transformer.wte.weight
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith("c_proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init_weights(module):
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def num_params(self, non_embedding: bool = True) -> int:
+        n = sum(p.numel() for p in self.parameters())
+        if non_embedding and self.config.arch == "gpt2":
+            n -= self.transformer.wpe.weight.numel()
+        return n
+
+    def forward(self, idx, targets=None, *, cache: KVCache | None = None, pos=None, mask=None, last_only=False):
+        """idx (B, T) -> (logits, loss). pos (B, T) per-row positions and mask (B, 1, T, S) for decoding."""
+        B, T = idx.size()
+        if pos is None:
+            start = cache.length if cache is not None else 0
+            if start + T > self.config.block_size:
+                raise ValueError(f"sequence of {start + T} tokens exceeds block_size {self.config.block_size}")
+            pos = torch.arange(start, start + T, device=idx.device).unsqueeze(0)  # (1, T)
+        x = self.transformer.wte(idx)  # (B, T, C)
+        rope = None
+        if self.config.arch == "gpt2":
+            x = x + self.transformer.wpe(pos)
+        else:
+            rope = (self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1))  # (B, 1, T, hs)
+        x = self.transformer.drop(x)
+        for i, block in enumerate(self.transformer.h):
+            x = block(x, rope, cache, i, mask)
+        if cache is not None:
+            cache.length += T
+        x = self.transformer.ln_f(x)
+        if targets is None:
+            if last_only:
+                x = x[:, -1:, :]  # (B, 1, C): decoding needs only the last position's logits
+            return self.lm_head(x), None
+        logits = self.lm_head(x)  # (B, T, V)
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
+        """AdamW with decay on matrices only (nanoGPT's grouping); fused kernel where available."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        decay = [p for p in params if p.dim() >= 2]
+        no_decay = [p for p in params if p.dim() < 2]
+        groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        try:
+            return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=True)
+        except (RuntimeError, TypeError):
+            return torch.optim.AdamW(groups, lr=lr, betas=betas)

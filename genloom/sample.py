@@ -1,0 +1,296 @@
+"""LM decoding: a KV-cached generate loop, small logits processors, stop rules, streaming.
+
+Processors follow the transformers `logits_process.py` idea with one change of argument: each is a
+callable `(counts, logits) -> logits`, where counts (B, V) holds how often each token id already
+appears in a row (prompt and generated), which is what repetition/presence/frequency penalties need.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+
+from genloom.errors import GenloomError
+
+Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+@dataclass(kw_only=True)
+class SamplingParams:
+    max_new_tokens: int = 128
+    temperature: float = 1.0  # 0 means greedy
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0  # CTRL-style (Keskar et al. 2019); 1 disables
+    presence_penalty: float = 0.0  # OpenAI-style additive penalties
+    frequency_penalty: float = 0.0
+    stop: list[str] = field(default_factory=list)
+    seed: int | None = None
+    stop_at_eot: bool = True
+
+    def check(self) -> None:
+        bad = []
+        if self.max_new_tokens < 1:
+            bad.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if self.temperature < 0:
+            bad.append(f"temperature must be >= 0 (got {self.temperature})")
+        if self.top_k < 0:
+            bad.append(f"top_k must be >= 0 (got {self.top_k})")
+        if not 0 < self.top_p <= 1:
+            bad.append(f"top_p must be in (0, 1] (got {self.top_p})")
+        if not 0 <= self.min_p < 1:
+            bad.append(f"min_p must be in [0, 1) (got {self.min_p})")
+        if self.repetition_penalty <= 0:
+            bad.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if bad:
+            raise GenloomError("; ".join(bad))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+def repetition_penalty(p: float) -> Processor:
+    def f(counts, logits):
+        seen = counts > 0
+        penalised = torch.where(logits > 0, logits / p, logits * p)
+        return torch.where(seen, penalised, logits)
+
+    return f
+
+
+def presence_frequency_penalty(presence: float, frequency: float) -> Processor:
+    def f(counts, logits):
+        return logits - presence * (counts > 0).to(logits.dtype) - frequency * counts.to(logits.dtype)
+
+    return f
+
+
+def temperature(t: float) -> Processor:
+    return lambda counts, logits: logits / t
+
+
+def top_k(k: int) -> Processor:
+    def f(counts, logits):
+        kth = torch.topk(logits, min(k, logits.size(-1)), dim=-1).values[..., -1:]
+        return logits.masked_fill(logits < kth, float("-inf"))
+
+    return f
+
+
+def top_p(p: float) -> Processor:
+    """Nucleus sampling (Holtzman et al. 2020): keep the smallest set whose probability reaches p."""
+
+    def f(counts, logits):
+        sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) >= p  # the mass before a token already reaches p
+        drop = drop.scatter(-1, idx, drop)
+        return logits.masked_fill(drop, float("-inf"))
+
+    return f
+
+
+def min_p(p: float) -> Processor:
+    """min-p sampling (Nguyen et al. 2024): drop tokens below p times the top token's probability."""
+
+    def f(counts, logits):
+        probs = logits.softmax(-1)
+        return logits.masked_fill(probs < p * probs.max(-1, keepdim=True).values, float("-inf"))
+
+    return f
+
+
+def build_processors(sp: SamplingParams) -> list[Processor]:
+    procs: list[Processor] = []
+    if sp.repetition_penalty != 1.0:
+        procs.append(repetition_penalty(sp.repetition_penalty))
+    if sp.presence_penalty or sp.frequency_penalty:
+        procs.append(presence_frequency_penalty(sp.presence_penalty, sp.frequency_penalty))
+    if sp.greedy:
+        return procs
+    if sp.temperature != 1.0:
+        procs.append(temperature(sp.temperature))
+    if sp.top_k:
+        procs.append(top_k(sp.top_k))
+    if sp.top_p < 1.0:
+        procs.append(top_p(sp.top_p))
+    if sp.min_p > 0:
+        procs.append(min_p(sp.min_p))
+    return procs
+
+
+def _left_pad(prompts: list[list[int]]):
+    """(B, L) ids, per-row positions and a key-validity mask for prompts of different lengths."""
+    L = max(len(p) for p in prompts)
+    pad = torch.tensor([L - len(p) for p in prompts])
+    ids = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], dtype=torch.long)
+    if int(pad.max()) == 0:
+        return ids, None, None
+    cols = torch.arange(L)
+    valid = cols.unsqueeze(0) >= pad.unsqueeze(1)  # (B, L)
+    pos = (cols.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)  # (B, L)
+    return ids, pos, valid
+
+
+@torch.inference_mode()
+def stream_ids(
+    model, prompts: list[list[int]], sp: SamplingParams, eot_id: int | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield (rows, tokens) each step: the original row indices still running and their new tokens.
+
+    Rows whose end-of-text appears leave the batch (their cache rows are dropped) at that step.
+    """
+    from genloom.models.gpt import KVCache
+
+    sp.check()
+    cfg = model.config
+    B = len(prompts)
+    if any(len(p) == 0 for p in prompts):
+        raise GenloomError("empty prompt: give at least one token of text")
+    longest = max(len(p) for p in prompts)
+    if longest > cfg.block_size:
+        raise GenloomError(f"prompt of {longest} tokens exceeds the model's context of {cfg.block_size} tokens")
+    steps = min(sp.max_new_tokens, cfg.block_size - longest + 1)
+    dtype = next(model.parameters()).dtype
+    cache = KVCache(cfg, B, longest + steps, dtype=dtype)
+    ids, pos, valid = _left_pad(prompts)
+    mask = None
+    if valid is not None:
+        causal = torch.ones(longest, longest, dtype=torch.bool).tril()
+        mask = (causal & valid[:, None, :]) | torch.eye(longest, dtype=torch.bool)  # (B, L, L)
+        mask = mask.unsqueeze(1)  # (B, 1, L, L); pad queries see themselves, so no row is empty
+    procs = build_processors(sp)
+    counts = None
+    if (sp.repetition_penalty != 1.0 or sp.presence_penalty or sp.frequency_penalty):
+        counts = torch.zeros(B, cfg.vocab_size, dtype=torch.int32)
+        for i, p in enumerate(prompts):
+            counts[i].index_add_(0, torch.tensor(p), torch.ones(len(p), dtype=torch.int32))
+    gens = None
+    if not sp.greedy:
+        base = sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)))
+        gens = [torch.Generator().manual_seed(base + i) for i in range(B)]
+    rows = torch.arange(B)
+    logits, _ = model(ids, cache=cache, pos=pos, mask=mask, last_only=True)
+    next_pos = pos[:, -1:] + 1 if pos is not None else None
+    for step in range(steps):
+        logits = logits[:, -1, :].float()  # (B, V)
+        for proc in procs:
+            logits = proc(counts, logits)
+        if gens is None:
+            tok = logits.argmax(-1)
+        else:
+            probs = logits.softmax(-1)
+            tok = torch.cat([torch.multinomial(probs[j], 1, generator=gens[int(r)]) for j, r in enumerate(rows)])
+        yield rows, tok
+        if step == steps - 1:
+            return
+        if counts is not None:
+            counts[torch.arange(len(rows)), tok] += 1
+        if sp.stop_at_eot and eot_id is not None:
+            keep = tok != eot_id
+            if not bool(keep.all()):
+                if not bool(keep.any()):
+                    return
+                cache.select(keep)
+                rows, tok = rows[keep], tok[keep]
+                counts = counts[keep] if counts is not None else None
+                valid = valid[keep] if valid is not None else None
+                next_pos = next_pos[keep] if next_pos is not None else None
+        step_mask = None
+        if valid is not None:
+            valid = torch.cat([valid, torch.ones(len(rows), 1, dtype=torch.bool)], dim=1)  # (B, S)
+            step_mask = valid[:, None, None, :]  # (B, 1, 1, S)
+        logits, _ = model(tok.unsqueeze(1), cache=cache, pos=next_pos, mask=step_mask, last_only=True)
+        if next_pos is not None:
+            next_pos = next_pos + 1
+
+
+class TextStream:
+    """Turns one row's token ids into text deltas, holding back partial UTF-8 and possible stop strings."""
+
+    def __init__(self, tokenizer, stop: list[str]):
+        self.tok, self.stop = tokenizer, [s for s in stop if s]
+        self.ids: list[int] = []
+        self.emitted = 0  # characters of the text already handed out
+        self.text = ""
+        self.stopped = False
+
+    def push(self, token: int) -> str:
+        self.ids.append(token)
+        text = self.tok.decode(self.ids)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character; wait for the next token
+            return ""
+        self.text = text
+        for s in self.stop:
+            at = text.find(s, max(0, self.emitted - len(s)))
+            if at != -1:
+                self.stopped = True
+                self.text = text[:at]
+                return self._flush(len(self.text))
+        hold = max((len(s) - 1 for s in self.stop), default=0)  # a stop string may be starting
+        return self._flush(max(self.emitted, len(text) - hold))
+
+    def _flush(self, upto: int) -> str:
+        delta = self.text[self.emitted : upto]
+        self.emitted = max(self.emitted, upto)
+        return delta
+
+    def finish(self) -> str:
+        return "" if self.stopped else self._flush(len(self.text))
+
+
+@dataclass
+class Completion:
+    text: str
+    token_ids: list[int]
+    prompt_tokens: int
+    finish_reason: str  # stop | length
+
+
+def stream_text(model, tokenizer, prompts: list[str], sp: SamplingParams) -> Iterator[tuple[int, str]]:
+    """Yield (row, text delta) as tokens arrive; the building block for the CLI and the server."""
+    streams = [TextStream(tokenizer, sp.stop) for _ in prompts]
+    for row, delta, _ in _stream_text(model, tokenizer, prompts, sp, streams):
+        if delta:
+            yield row, delta
+
+
+def _stream_text(model, tokenizer, prompts, sp, streams):
+    encoded = [tokenizer.encode(p) for p in prompts]
+    eot = tokenizer.eot_id
+    done = [False] * len(prompts)
+    for rows, toks in stream_ids(model, encoded, sp, eot):
+        for r, t in zip(rows.tolist(), toks.tolist()):
+            if done[r]:
+                continue
+            if sp.stop_at_eot and t == eot:
+                done[r] = True
+                yield r, streams[r].finish(), "stop"
+                continue
+            delta = streams[r].push(t)
+            if streams[r].stopped:
+                done[r] = True
+                yield r, delta, "stop"
+            else:
+                yield r, delta, None
+        if all(done):
+            break
+    for r, s in enumerate(streams):
+        if not done[r]:
+            yield r, s.finish(), "length"
+
+
+def generate(model, tokenizer, prompts: list[str], sp: SamplingParams) -> list[Completion]:
+    """Complete a batch of prompts (of any lengths) with one set of sampling parameters."""
+    streams = [TextStream(tokenizer, sp.stop) for _ in prompts]
+    reasons = ["length"] * len(prompts)
+    for r, _, reason in _stream_text(model, tokenizer, prompts, sp, streams):
+        if reason:
+            reasons[r] = reason
+    return [
+        Completion(s.text, s.ids, len(tokenizer.encode(p)), reasons[i]) for i, (p, s) in enumerate(zip(prompts, streams))
+    ]

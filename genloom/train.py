@@ -1,0 +1,262 @@
+"""ONE training loop for every family (minGPT's Trainer, with named events for callbacks).
+
+The loop owns: optimizer, warmup + cosine schedule, gradient accumulation and clipping, bf16 autocast,
+periodic validation, best/last checkpoints, exact resume (model, optimizer, step, RNG and data state),
+and a clean stop on Ctrl-C or SIGTERM. Everything else (progress bar, metrics file, loss curve,
+samples) is a callback.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from genloom.callbacks import Callback, default_callbacks
+from genloom.config import RunConfig
+from genloom.errors import GenloomError
+from genloom.store import atomic_write_text, export_model, load_checkpoint, load_model, save_checkpoint
+
+
+def lr_at(step: int, cfg) -> float:
+    """Linear warmup, then cosine decay from lr to min_lr at max_steps (or constant)."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    if cfg.lr_schedule == "constant" or step >= cfg.max_steps:
+        return cfg.lr if cfg.lr_schedule == "constant" else cfg.min_lr
+    ratio = (step - cfg.warmup_steps) / max(1, cfg.max_steps - cfg.warmup_steps)
+    return cfg.min_lr + 0.5 * (1.0 + math.cos(math.pi * ratio)) * (cfg.lr - cfg.min_lr)
+
+
+class Trainer:
+    def __init__(self, cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None):
+        from genloom.data.text import TokenData
+        from genloom.models import build_model, model_config_from_dict
+        from genloom.objectives import TASKS
+
+        self.cfg, t = cfg, cfg.train
+        self.out = Path(t.out_dir)
+        self.last_path = self.out / "last.pt"
+        if self.last_path.exists() and not resume:
+            raise GenloomError(f"{self.out} already holds a run; pass --resume to continue it or set train.out_dir")
+        if resume and not self.last_path.exists():
+            raise GenloomError(f"nothing to resume: {self.last_path} does not exist")
+        if t.threads:
+            torch.set_num_threads(t.threads)
+        if not cfg.data.dir:
+            raise GenloomError("data.dir is not set: point it at a folder prepared by `genloom data`")
+        self.data = TokenData(cfg.data.dir)
+        self.tokenizer = self.data.tokenizer
+
+        torch.manual_seed(t.seed)
+        if t.init_from:  # fine-tuning: the architecture comes from the model, only dropout from the config
+            base = load_model(t.init_from)
+            if json.dumps(base.tokenizer.to_json()) != json.dumps(self.tokenizer.to_json()):
+                raise GenloomError(
+                    f"the data in {cfg.data.dir} uses another tokenizer than {t.init_from}; "
+                    f"prepare it with `genloom data ... --tokenizer-from {t.init_from}`"
+                )
+            self.model_config = base.config
+            if "dropout" in cfg.model:
+                self.model_config.dropout = float(cfg.model["dropout"])
+            self.model = build_model(cfg.family, self.model_config)
+            self.model.load_state_dict(base.model.state_dict())
+        else:
+            mdict = dict(cfg.model)
+            if mdict.get("vocab_size", 0) in (0, None):
+                mdict["vocab_size"] = self.tokenizer.vocab_size
+            elif mdict["vocab_size"] < self.tokenizer.vocab_size:
+                raise GenloomError(
+                    f"model.vocab_size {mdict['vocab_size']} is smaller than the tokenizer's {self.tokenizer.vocab_size}"
+                )
+            self.model_config = model_config_from_dict(cfg.family, mdict)
+            self.model = build_model(cfg.family, self.model_config)
+        self.task = TASKS[cfg.family](self.data, self.model_config.block_size, t.batch_size)
+        self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
+        self.data_gen = torch.Generator().manual_seed(t.seed)
+        self.step, self.best_val, self.elapsed = 0, float("inf"), 0.0
+        self.callbacks = default_callbacks() if callbacks is None else callbacks
+        self.stop_reason: str | None = None
+        self._last_eval = -1
+        if resume:
+            self._restore(load_checkpoint(self.last_path))
+
+    # ---- state -------------------------------------------------------------------------------
+    def _restore(self, state: dict) -> None:
+        if state["family"] != self.cfg.family:
+            raise GenloomError(f"{self.last_path} is a '{state['family']}' run, not '{self.cfg.family}'")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.best_val, self.elapsed = state["step"], state["best_val"], state["elapsed"]
+        torch.set_rng_state(state["rng_torch"])
+        self.data_gen.set_state(state["rng_data"])
+        keys = state["rng_numpy"].numpy()
+        np.random.set_state(("MT19937", keys[:-1].astype(np.uint32), int(keys[-1]), 0, 0.0))
+        random.setstate((3, tuple(state["rng_python"].tolist()), None))
+
+    def save(self) -> Path:
+        np_state = np.random.get_state()
+        py_state = random.getstate()
+        extra = {
+            "best_val": self.best_val,
+            "elapsed": self.elapsed,
+            "run_config": json.dumps(self.cfg.to_dict()),
+            "rng_torch": torch.get_rng_state(),
+            "rng_data": self.data_gen.get_state(),
+            "rng_numpy": torch.from_numpy(np.append(np_state[1].astype(np.int64), np_state[2])),
+            "rng_python": torch.tensor(py_state[1], dtype=torch.int64),
+        }
+        save_checkpoint(
+            self.last_path,
+            family=self.cfg.family,
+            model=self.model,
+            model_config=self.model_config,
+            tokenizer=self.tokenizer,
+            optimizer=self.optimizer,
+            step=self.step,
+            extra=extra,
+        )
+        self.emit("checkpoint", path=str(self.last_path))
+        return self.last_path
+
+    def export(self, folder: str = "best", card: dict | None = None) -> Path:
+        card = {"step": self.step, "val_loss": self.best_val, **(card or {})}
+        return export_model(
+            self.out / folder,
+            family=self.cfg.family,
+            model=self.model,
+            model_config=self.model_config,
+            tokenizer=self.tokenizer,
+            card=card,
+        )
+
+    # ---- events ------------------------------------------------------------------------------
+    def emit(self, event: str, **info) -> None:
+        for cb in self.callbacks:
+            getattr(cb, f"on_{event}")(self, info)
+
+    def request_stop(self, reason: str = "interrupted") -> None:
+        """Finish the current step, write a checkpoint, and return (signals and API cancels call this)."""
+        self.stop_reason = reason
+
+    @contextlib.contextmanager
+    def _signals(self):
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in old:
+            signal.signal(s, lambda *_: self.request_stop("interrupted"))
+        try:
+            yield
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+
+    # ---- the loop ----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self) -> dict:
+        t = self.cfg.train
+        gen = torch.Generator().manual_seed(t.seed + 1)  # the same validation batches every time
+        out = {}
+        self.model.eval()
+        for split in ("val",):
+            if not self.task.has_split(split):
+                continue
+            losses = []
+            for _ in range(t.eval_batches):
+                with self._autocast():
+                    losses.append(float(self.task.loss(self.model, self.task.batch(split, gen))))
+            out[f"{split}_loss"] = sum(losses) / len(losses)
+        self.model.train()
+        return out
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.dtype == "bfloat16")
+
+    def fit(self) -> dict:
+        t = self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "run.json", json.dumps(self.cfg.to_dict(), indent=2))
+        self.model.train()
+        self.emit("train_start")
+        last_loss = float("nan")
+        window_units, window_time = 0, 0.0
+        with self._signals():
+            while self.step < t.max_steps and self.stop_reason is None:
+                if t.max_minutes and self.elapsed >= 60 * t.max_minutes:
+                    self.stop_reason = "time budget"
+                    break
+                t0 = time.perf_counter()
+                lr = lr_at(self.step, t)
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                units, loss_sum = 0, 0.0
+                for _ in range(t.grad_accum):
+                    batch = self.task.batch("train", self.data_gen)
+                    with self._autocast():
+                        loss = self.task.loss(self.model, batch) / t.grad_accum
+                    loss.backward()
+                    loss_sum += loss.item()
+                    units += self.task.tokens(batch)
+                if t.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+                self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                dt = time.perf_counter() - t0
+                self.elapsed += dt
+                self.step += 1
+                last_loss = loss_sum
+                if not math.isfinite(last_loss):
+                    raise GenloomError(f"loss became {last_loss} at step {self.step}; lower train.lr")
+                window_units, window_time = window_units + units, window_time + dt
+                info = {"step": self.step, "loss": last_loss, "lr": lr, "elapsed_s": self.elapsed}
+                info["units_per_s"] = window_units / window_time
+                self.emit("step_end", **info)
+                if self.step % t.log_interval == 0:
+                    self.emit("log", **info)
+                    window_units, window_time = 0, 0.0
+                done = self.step >= t.max_steps
+                if self.step % t.eval_interval == 0 or done:
+                    self._eval_and_keep_best()
+                if self.step % t.ckpt_interval == 0 and not done:
+                    self.save()
+                if t.sample_interval and self.step % t.sample_interval == 0:
+                    self.emit("sample", samples=self.task.sample(self.model))
+        if self.stop_reason == "time budget" and self._last_eval != self.step:
+            self._eval_and_keep_best()
+        self.save()
+        if not (self.out / "best" / "model.safetensors").exists():
+            self.export("best")  # no validation split: the last weights are the best we know
+        summary = {
+            "step": self.step,
+            "train_loss": last_loss,
+            "best_val_loss": self.best_val if math.isfinite(self.best_val) else None,
+            "elapsed_s": round(self.elapsed, 1),
+            "stopped": self.stop_reason or "max_steps",
+            "out_dir": str(self.out),
+        }
+        if self.stop_reason != "interrupted":
+            summary["samples"] = self.task.sample(self.model)
+        self.emit("train_end", **summary)
+        return summary
+
+    def _eval_and_keep_best(self) -> None:
+        self._last_eval = self.step
+        result = self.evaluate()
+        if not result:
+            return
+        val = result["val_loss"]
+        improved = val < self.best_val
+        if improved:
+            self.best_val = val
+            self.export("best")
+        self.emit("eval_end", step=self.step, best=improved, **result)
