@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Set genloom up on a fresh Debian machine: the offline corpora from Debian (when root) and the
+# Python packages (torch pinned to the local CPU build). `--test` adds the test/bench dependencies.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+extras=""
+[ "${1:-}" = "--test" ] && extras="[test]"
+if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+  need=""
+  for p in fortunes-zh fortunes bible-kjv bible-kjv-text; do
+    dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
+  done
+  if [ -n "$need" ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
+  fi
+else
+  echo "note: not root; install the Debian corpora yourself: apt-get install fortunes-zh fortunes bible-kjv bible-kjv-text" >&2
+fi
+python3 -m pip install -q --disable-pip-version-check torch==2.13.0
+python3 -m pip install -q --disable-pip-version-check -e ".${extras}" chatterbot-corpus
+if python3 -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
+  echo "warning: CUDA packages got installed; torch must stay pinned to 2.13.0 (CPU)" >&2
+fi
