@@ -149,13 +149,17 @@ def eval_(model_path, data_dir, split, context, stride, max_tokens, threads):
 @click.argument("run")
 @click.option("--out", "-o", required=True, help="Folder for the slim safetensors export.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
-def export(run, out, dtype):
-    """Export a run (its last checkpoint) or a model to a slim safetensors folder."""
-    from genloom.store import export_model, load_model
+@click.option("--name", default="", help="Title of the model card (README.md) written beside the weights.")
+@click.option("--command", "repro", default="", help="The command that reproduces the model, for its card.")
+def export(run, out, dtype, name, repro):
+    """Export a run (its best weights, else its last checkpoint) or a model to a slim safetensors folder."""
+    from genloom.store import export_model, load_model, write_model_card
 
     lm = load_model(run)
+    card = lm.meta.get("card", {})
     export_model(out, family=lm.family, model=lm.model, model_config=lm.config, tokenizer=lm.tokenizer,
-                 card=lm.meta.get("card", {}), dtype=dtype)
+                 card=card, dtype=dtype)
+    write_model_card(out, card, name, repro)
     click.echo(f"exported {run} -> {out} ({dtype})")
 
 

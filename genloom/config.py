@@ -16,6 +16,13 @@ from genloom.errors import GenloomError, choices
 @dataclass(kw_only=True)
 class DataConfig:
     dir: str = ""  # a folder written by `genloom data` (train.bin, val.bin, tokenizer.json, meta.json)
+    # When `dir` holds no prepared data yet and `source` is set, training prepares it first, as
+    # `genloom data SOURCE --out DIR --tokenizer ... --vocab-size ...` would: one command reproduces a run.
+    source: str = ""
+    tokenizer: str = "char"
+    vocab_size: int = 4096
+    val_fraction: float = 0.05
+    split_seed: int = 1337
 
 
 @dataclass(kw_only=True)

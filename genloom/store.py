@@ -13,6 +13,7 @@ import json
 import os
 import pickle
 import tempfile
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -62,7 +63,9 @@ def safe_torch_load(path: str | Path) -> dict:
     if not path.is_file():
         raise GenloomError(f"checkpoint not found: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the error below says it all
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         raise GenloomError(
             f"refusing to load {path}: it holds pickled objects beyond tensors (weights_only=True); "
@@ -130,6 +133,39 @@ def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, 
     atomic_write_text(out / "config.json", json.dumps(config, indent=2, ensure_ascii=False))
     tokenizer.save(out / "tokenizer.json")
     return out
+
+
+def write_model_card(folder, card: dict, name: str = "", command: str = "") -> Path:
+    """A README.md beside the weights: data and its licence, tokenizer, size, training budget, result."""
+    from genloom.data.text import CORPUS_INFO
+
+    data = card.get("data") or {}
+    source = data.get("source") or "unknown"
+    tokens = data.get("tokens") or {}
+    secs = card.get("train_seconds")
+    lines = [
+        f"# {name or Path(folder).name}",
+        "",
+        "A genloom GPT model. Generated text is machine-made: label it as such where you publish it.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | `{source}`: {CORPUS_INFO.get(source, 'user-supplied text')} |",
+        f"| data split | {tokens.get('train', '?'):,} train / {tokens.get('val', '?'):,} validation tokens |"
+        if tokens else "| data split | unknown |",
+        f"| tokenizer | {data.get('tokenizer', '?')}, {data.get('vocab_size', '?')} ids (tokenizer.json) |",
+        f"| parameters | {card.get('parameters', 0):,} |",
+        f"| training | {card.get('step', '?')} steps, {card.get('tokens_seen', 0):,} tokens, "
+        f"{secs / 60:.1f} min on {card.get('threads', '?')} CPU threads (torch {card.get('torch', '?')}) |"
+        if secs is not None else "| training | unknown |",
+        f"| validation loss | {card['val_loss']:.4f} nats/token (best checkpoint, {card.get('run_config', {}).get('train', {}).get('eval_batches', '?')} fixed validation batches) |"
+        if card.get("val_loss") is not None else "| validation loss | not measured |",
+    ]
+    if command:
+        lines += ["", "Reproduce:", "", "```", command, "```"]
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
 
 
 def _safetensors_bytes(tensors, meta) -> bytes:

@@ -38,7 +38,7 @@ def lr_at(step: int, cfg) -> float:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None):
-        from genloom.data.text import TokenData
+        from genloom.data.text import TokenData, prepare
         from genloom.models import build_model, model_config_from_dict
         from genloom.objectives import TASKS
 
@@ -53,6 +53,9 @@ class Trainer:
             torch.set_num_threads(t.threads)
         if not cfg.data.dir:
             raise GenloomError("data.dir is not set: point it at a folder prepared by `genloom data`")
+        d = cfg.data
+        if d.source and not (Path(d.dir) / "meta.json").exists():
+            prepare(d.source, d.dir, d.tokenizer, d.vocab_size, d.val_fraction, d.split_seed)
         self.data = TokenData(cfg.data.dir)
         self.tokenizer = self.data.tokenizer
 
@@ -127,8 +130,24 @@ class Trainer:
         self.emit("checkpoint", path=str(self.last_path))
         return self.last_path
 
+    def card(self) -> dict:
+        """What a model card needs: data, tokenizer, size, budget, result (see store.write_model_card)."""
+        t = self.cfg.train
+        return {
+            "data": {k: self.data.meta.get(k) for k in ("source", "tokenizer", "vocab_size", "tokens", "documents")},
+            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "step": self.step,
+            "tokens_seen": self.step * t.batch_size * t.grad_accum * self.model_config.block_size,
+            "val_loss": self.best_val if math.isfinite(self.best_val) else None,
+            "train_seconds": round(self.elapsed, 1),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+            "dtype": t.dtype,
+            "run_config": self.cfg.to_dict(),
+        }
+
     def export(self, folder: str = "best", card: dict | None = None) -> Path:
-        card = {"step": self.step, "val_loss": self.best_val, **(card or {})}
+        card = {**self.card(), **(card or {})}
         return export_model(
             self.out / folder,
             family=self.cfg.family,

@@ -99,6 +99,15 @@ def chatterbot() -> list[str]:
     return docs
 
 
+CORPUS_INFO = {  # where each named corpus comes from and its licence, for model cards
+    "tang": "313 Tang poems, Debian package fortunes-zh (tang300); GPL-3+",
+    "song": "95 Song ci, Debian package fortunes-zh (song100); GPL-3+",
+    "poems-zh": "Tang poems and Song ci, Debian package fortunes-zh; GPL-3+",
+    "kjv": "King James Bible, Debian packages bible-kjv and bible-kjv-text; public domain",
+    "fortunes": "English fortune cookies, Debian package fortunes (offensive sets excluded); BSD-style",
+    "chatterbot": "chatterbot-corpus English dialogues (PyPI chatterbot-corpus); BSD-3-Clause",
+}
+
 CORPORA = {
     "tang": tang,
     "song": song,
