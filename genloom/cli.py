@@ -97,8 +97,10 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
                         min_p=min_p, repetition_penalty=repetition_penalty, stop=list(stop), seed=seed)
     sp.check()
     longest = max(len(lm.tokenizer.encode(p)) for p in batch)
+    if longest > lm.config.block_size:  # before anything is printed: a bad input gives only the error line
+        raise GenloomError(f"prompt of {longest} tokens exceeds the model's context of {lm.config.block_size} tokens")
     room = lm.config.block_size - longest + 1
-    if longest <= lm.config.block_size and room < max_new_tokens:
+    if room < max_new_tokens:
         click.echo(f"note: context of {lm.config.block_size} tokens leaves room for {room} new tokens", err=True)
     if stream is None:
         stream = len(batch) == 1 and not as_json

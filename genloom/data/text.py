@@ -220,7 +220,8 @@ def prepare(
     if tokenizer_from:
         tok = load_tokenizer(tokenizer_from)
     elif tokenizer == "char":
-        tok = train_tokenizer("char", docs)  # every character of the corpus, so validation never misses one
+        # every character of the corpus, so validation never misses one, and the "\n\n" documents are joined with
+        tok = train_tokenizer("char", docs + ["\n"])
     else:
         tok = train_tokenizer(tokenizer, train_docs, vocab_size)
     out = Path(out_dir)

@@ -16,12 +16,13 @@ def perplexity(model, ids, *, context: int | None = None, stride: int | None = N
                tokenizer=None, max_tokens: int = 0) -> dict:
     """Strided sliding-window perplexity (the protocol of HF's "Perplexity of fixed-length models").
 
-    Each window holds `context` tokens; windows start every `stride` tokens and only the tokens not
-    scored by an earlier window count, so every token after the first is scored exactly once with at
-    least context - stride tokens of history (except at the very start).
+    Each window feeds `context` tokens to the model (and holds one more, the last target); windows start
+    every `stride` tokens and only the tokens not scored by an earlier window count, so every token after
+    the first is scored exactly once with more than context - stride tokens of history (except at the
+    very start), stride == context included.
     """
     context = context or model.config.block_size
-    stride = stride or context // 2
+    stride = stride or max(1, context // 2)
     if context > model.config.block_size:
         raise GenloomError(f"context {context} exceeds the model's block_size {model.config.block_size}")
     if not 0 < stride <= context:
@@ -35,7 +36,7 @@ def perplexity(model, ids, *, context: int | None = None, stride: int | None = N
     windows = []  # (begin, end, number of scored targets at the end of the window)
     prev_end = 1  # token 0 has no history and is never scored
     for begin in range(0, n - 1, stride):
-        end = min(begin + context, n)
+        end = min(begin + context + 1, n)  # context inputs, context targets
         windows.append((begin, end, end - prev_end))
         prev_end = end
         if end == n:
@@ -65,7 +66,7 @@ def perplexity(model, ids, *, context: int | None = None, stride: int | None = N
         "bits_per_token": nll / math.log(2),
         "tokens_scored": scored,
         "protocol": f"sliding window, context {context}, stride {stride}, {scored} tokens scored "
-                    f"(each scored once with >= {context - stride} tokens of history after the first window)",
+                    f"(each scored once with >= {context - stride + 1} tokens of history after the first window)",
     }
     if tokenizer is not None:
         scored_ids = ids[1:].tolist()

@@ -127,6 +127,9 @@ class Attention(nn.Module):
             q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         if cache is not None:
             k, v = cache.update(layer, k, v)  # (B, nkv, S, hs), S = cached + T
+            S = k.size(2)
+            if mask is None and T > 1 and S > T:  # SDPA's is_causal aligns top-left; new queries sit bottom-right
+                mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(diagonal=S - T)
         gqa = self.n_kv_head != self.n_head
         y = F.scaled_dot_product_attention(
             q,
