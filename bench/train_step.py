@@ -1,0 +1,220 @@
+"""Training-step throughput: genloom's Trainer step vs a transformers GPT2LMHeadModel step, same config.
+
+The model is the char-level 10M GPT (6 layers, 6 heads, 384 wide, block 256, vocab 65). One step is
+forward + loss + backward + grad clip + AdamW step + zero_grad, in fp32 and under bf16 autocast.
+
+genloom's side is the body of genloom.train.Trainer.fit: lr from lr_at, the task's loss (the model's own
+cross-entropy) under the Trainer's autocast, loss.item(), clip_grad_norm_, the optimizer from
+model.configure_optimizer (nanoGPT grouping, fused AdamW), zero_grad(set_to_none=True), with TrainConfig's
+defaults for lr, betas, weight decay and clipping. The transformers side is the common user setup:
+GPT2LMHeadModel (SDPA attention, gelu_new), labels = input ids (HF shifts them itself),
+torch.optim.AdamW with its defaults, the same clipping. Both start from the same weights and see the same
+batches; dropout is equal on both sides (0.0 by default). Steps are interleaved (alternating which side
+goes first) so machine noise hits both; tokens/s comes from the best step time, the median is kept too.
+
+MFU for genloom: model FLOPs per token = 6*N + 12*n_layer*n_embd*block_size (the PaLM/nanoGPT estimate,
+N = non-embedding parameters), achieved = that * tokens/s, divided by this machine's measured matmul rate
+(2048x2048 @ 2048x2048) in the same dtype, sampled once per round of the same run (best kept, like the steps).
+
+    python bench/train_step.py            # batch 16 x 256, 4 timed steps per side and dtype
+    python bench/train_step.py --quick    # batch 4, 3 timed steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import report  # noqa: E402
+from genloom.config import TrainConfig  # noqa: E402
+from genloom.hf import hf_config_from_gpt2, state_dict_to_hf  # noqa: E402
+from genloom.models import build_model  # noqa: E402
+from genloom.models.gpt import GPTConfig  # noqa: E402
+from genloom.objectives import lm_loss  # noqa: E402
+from genloom.train import lr_at  # noqa: E402
+
+
+def matmul_gflops(dtype: torch.dtype, n: int = 2048, repeat: int = 5) -> float:
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
+    a @ b
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def autocast(bf16: bool):
+    # the same context as Trainer._autocast
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+
+class GenloomStep:
+    """One iteration of Trainer.fit's loop body (grad_accum = 1), with TrainConfig's defaults."""
+
+    def __init__(self, model, tcfg: TrainConfig):
+        self.model, self.t = model, tcfg
+        self.optimizer = model.configure_optimizer(tcfg.weight_decay, tcfg.lr, (tcfg.beta1, tcfg.beta2))
+        self.step = 0
+
+    def __call__(self, batch, bf16: bool) -> float:
+        t = self.t
+        lr = lr_at(self.step, t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        with autocast(bf16):
+            loss = lm_loss(self.model, batch) / t.grad_accum
+        loss.backward()
+        loss_sum = loss.item()
+        if t.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.step += 1
+        return loss_sum
+
+
+class HFStep:
+    """The usual transformers loop: model(input_ids, labels=input_ids).loss, AdamW defaults."""
+
+    def __init__(self, model, grad_clip: float):
+        self.model, self.grad_clip = model, grad_clip
+        self.optimizer = torch.optim.AdamW(model.parameters())
+
+    def __call__(self, batch, bf16: bool) -> float:
+        x, _ = batch
+        with autocast(bf16):
+            loss = self.model(input_ids=x, labels=x).loss
+        loss.backward()
+        value = loss.item()
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return value
+
+
+def build(cfg: GPTConfig, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    ours = build_model("gpt", cfg)
+    hf_dict = hf_config_from_gpt2(cfg)
+    hf_dict.update(bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 is outside a 65-token vocab
+    theirs = GPT2LMHeadModel(GPT2Config(**hf_dict))
+    missing, unexpected = theirs.load_state_dict(state_dict_to_hf(ours), strict=False)
+    missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
+    if missing or unexpected:
+        raise RuntimeError(f"weight transfer to transformers failed: missing {missing}, unexpected {unexpected}")
+    ours.train()
+    theirs.train()
+    # same weights, same function: the logits must agree before any timing is trusted
+    x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size), generator=torch.Generator().manual_seed(seed))
+    with torch.no_grad():
+        diff = (ours(x)[0] - theirs(input_ids=x).logits).abs().max().item()
+    if diff > 1e-4:
+        raise RuntimeError(f"genloom and transformers logits differ by {diff:.2e}; the configs do not match")
+    return ours, theirs, diff
+
+
+def measure(ours_step, theirs_step, batches, bf16: bool, warmup: int, steps: int) -> dict:
+    """Per-step wall times of both sides, interleaved; the matmul rate is sampled every round too."""
+    times = {"genloom": [], "peer": [], "matmul": []}
+    sides = [("genloom", ours_step), ("peer", theirs_step)]
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    for i in range(warmup + steps):
+        times["matmul"].append(matmul_gflops(dtype, repeat=2))
+        batch = batches[i % len(batches)]
+        for name, fn in sides if i % 2 == 0 else sides[::-1]:
+            t0 = time.perf_counter()
+            loss = fn(batch, bf16)
+            dt = time.perf_counter() - t0
+            if not torch.isfinite(torch.tensor(loss)):
+                raise RuntimeError(f"{name} loss became {loss}")
+            if i >= warmup:
+                times[name].append(dt)
+    return times
+
+
+def main(argv=None) -> list[dict]:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="batch 4 and 3 timed steps")
+    ap.add_argument("--batch", type=int, default=0, help="batch size (default 16, 4 with --quick)")
+    ap.add_argument("--steps", type=int, default=0, help="timed steps per side and dtype (default 4, 3 with --quick)")
+    ap.add_argument("--warmup", type=int, default=0, help="untimed steps per side and dtype (default 1)")
+    ap.add_argument("--dropout", type=float, default=0.0)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--dtypes", default="fp32,bf16")
+    args = ap.parse_args(argv)
+    import transformers
+
+    warnings.filterwarnings("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch = args.batch or (4 if args.quick else 16)
+    steps = args.steps or (3 if args.quick else 4)
+    warmup = args.warmup or 1
+
+    cfg = GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=args.dropout)
+    tcfg = TrainConfig(batch_size=batch)
+    ours, theirs, diff = build(cfg, tcfg.seed)
+    T = cfg.block_size
+    gen = torch.Generator().manual_seed(tcfg.seed)
+    batches = []
+    for _ in range(4):  # random windows of T + 1 tokens, as LMTask.batch draws them
+        w = torch.randint(0, cfg.vocab_size, (batch, T + 1), generator=gen)
+        batches.append((w[:, :-1].contiguous(), w[:, 1:].contiguous()))
+    ours_step, theirs_step = GenloomStep(ours, tcfg), HFStep(theirs, tcfg.grad_clip)
+
+    n_params = ours.num_params()  # non-embedding (nanoGPT's count)
+    flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
+    rows = []
+    for name in args.dtypes.split(","):
+        bf16 = {"fp32": False, "bf16": True}[name]
+        times = measure(ours_step, theirs_step, batches, bf16, warmup, steps)
+        mm = max(times["matmul"])  # best observed, like the step times
+        tok = batch * T
+        ours_tps, theirs_tps = tok / min(times["genloom"]), tok / min(times["peer"])
+        achieved = flops_per_token * ours_tps / 1e9
+        rows.append(
+            {
+                "case": f"train-char10M-{name}",
+                "unit": "tokens/s",
+                "genloom": round(ours_tps, 1),
+                "peer": round(theirs_tps, 1),
+                "ratio": round(ours_tps / theirs_tps, 3),
+                "genloom_median": round(tok / statistics.median(times["genloom"]), 1),
+                "peer_median": round(tok / statistics.median(times["peer"]), 1),
+                "ratio_median": round(statistics.median(times["peer"]) / statistics.median(times["genloom"]), 3),
+                "achieved_gflops": round(achieved, 1),
+                "matmul_gflops": round(mm, 1),
+                "mfu": round(achieved / mm, 3),
+                "flops_per_token": flops_per_token,
+                "params": n_params,
+                "batch": batch,
+                "seq": T,
+                "dropout": args.dropout,
+                "steps": steps,
+                "stat": "best step (median also given), steps interleaved",
+                "peer_name": f"transformers {transformers.__version__} GPT2LMHeadModel "
+                f"({theirs.config._attn_implementation} attention) + torch.optim.AdamW defaults",
+                "start_logit_diff": float(f"{diff:.2e}"),
+            }
+        )
+    report("train_step", rows)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
