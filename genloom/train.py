@@ -15,6 +15,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,15 @@ from genloom.callbacks import Callback, default_callbacks
 from genloom.config import RunConfig
 from genloom.errors import GenloomError
 from genloom.store import atomic_write_text, export_model, load_checkpoint, load_model, save_checkpoint
+
+
+def cpu_has_native_bf16() -> bool:
+    """AVX512-BF16 or AMX: without them bf16 matmuls are emulated and slower than fp32."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def lr_at(step: int, cfg) -> float:
@@ -206,6 +216,9 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "run.json", json.dumps(self.cfg.to_dict(), indent=2))
         self.model.train()
+        if t.dtype == "bfloat16" and not cpu_has_native_bf16():
+            warnings.warn("train.dtype = bfloat16 on a CPU without native bf16 (avx512_bf16/AMX): "
+                          "expect it to be slower than float32 (see bench/RESULTS.md)", stacklevel=2)
         self.emit("train_start")
         last_loss = float("nan")
         window_units, window_time = 0, 0.0
