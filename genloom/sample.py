@@ -176,6 +176,8 @@ def stream_ids(
     rows = torch.arange(B)
     logits, _ = model(ids, cache=cache, pos=pos, mask=mask, last_only=True)
     next_pos = pos[:, -1:] + 1 if pos is not None else None
+    if valid is not None:  # key validity for every position a step can reach: prompt padding, then all valid
+        valid = torch.cat([valid, torch.ones(B, steps, dtype=torch.bool)], dim=1)  # (B, L + steps)
     for step in range(steps):
         logits = logits[:, -1, :].float()  # (B, V)
         for proc in procs:
@@ -184,7 +186,7 @@ def stream_ids(
             tok = logits.argmax(-1)
         else:
             probs = logits.softmax(-1)
-            tok = torch.cat([torch.multinomial(probs[j], 1, generator=gens[int(r)]) for j, r in enumerate(rows)])
+            tok = torch.cat([torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(gens)])
         yield rows, tok
         if step == steps - 1:
             return
@@ -197,13 +199,11 @@ def stream_ids(
                     return
                 cache.select(keep)
                 rows, tok = rows[keep], tok[keep]
+                gens = [g for g, k in zip(gens, keep.tolist()) if k] if gens is not None else None  # one per row
                 counts = counts[keep] if counts is not None else None
                 valid = valid[keep] if valid is not None else None
                 next_pos = next_pos[keep] if next_pos is not None else None
-        step_mask = None
-        if valid is not None:
-            valid = torch.cat([valid, torch.ones(len(rows), 1, dtype=torch.bool)], dim=1)  # (B, S)
-            step_mask = valid[:, None, None, :]  # (B, 1, 1, S)
+        step_mask = None if valid is None else valid[:, None, None, : longest + step + 1]  # (B, 1, 1, S)
         logits, _ = model(tok.unsqueeze(1), cache=cache, pos=next_pos, mask=step_mask, last_only=True)
         if next_pos is not None:
             next_pos = next_pos + 1

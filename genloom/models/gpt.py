@@ -83,15 +83,24 @@ def apply_rope(x, cos, sin):
 
 
 class KVCache:
-    """Preallocated keys/values for every layer: (B, n_kv_head, max_len, hs), filled left to right."""
+    """Preallocated keys/values for every layer, filled left to right.
+
+    Each layer's keys and values share one buffer kv[layer] of shape (B, 2, n_kv_head, max_len, hs), so a
+    decoding step stores both with one copy; k[layer] and v[layer] are its two halves, (B, n_kv_head, max_len, hs).
+    """
 
     def __init__(self, cfg: GPTConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu"):
         hs = cfg.n_embd // cfg.n_head
-        shape = (batch, cfg.n_kv_head, max_len, hs)
-        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
-        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        shape = (batch, 2, cfg.n_kv_head, max_len, hs)
+        self.kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self._split()
         self.length = 0  # how many positions are filled
         self.max_len = max_len
+        self.weights = None  # the model's per-layer weights for GPT._step, gathered on its first step
+
+    def _split(self):
+        self.k = [kv[:, 0] for kv in self.kv]
+        self.v = [kv[:, 1] for kv in self.kv]
 
     def update(self, layer: int, k, v):
         T = k.size(2)
@@ -102,8 +111,8 @@ class KVCache:
 
     def select(self, rows: torch.Tensor):
         """Keep only the given batch rows (finished rows leave the batch)."""
-        self.k = [k[rows] for k in self.k]
-        self.v = [v[rows] for v in self.v]
+        self.kv = [kv[rows] for kv in self.kv]
+        self._split()
 
 
 class Attention(nn.Module):
@@ -220,6 +229,8 @@ class GPT(nn.Module):
     def forward(self, idx, targets=None, *, cache: KVCache | None = None, pos=None, mask=None, last_only=False):
         """idx (B, T) -> (logits, loss). pos (B, T) per-row positions and mask (B, 1, T, S) for decoding."""
         B, T = idx.size()
+        if T == 1 and cache is not None and targets is None and not self.training:
+            return self._step(idx, cache, pos, mask), None  # decoding: one new token per row
         if pos is None:
             start = cache.length if cache is not None else 0
             if start + T > self.config.block_size:
@@ -244,6 +255,67 @@ class GPT(nn.Module):
         logits = self.lm_head(x)  # (B, T, V)
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _decode_weights(self) -> list[tuple]:
+        """Per layer: (norm_1 w, b, c_attn w, b, attn.c_proj w, b, norm_2 w, b, c_fc w, b, mlp.c_proj w, b)."""
+        out = []
+        for blk in self.transformer.h:
+            mods = (blk.ln_1, blk.attn.c_attn, blk.attn.c_proj, blk.ln_2, blk.mlp.c_fc, blk.mlp.c_proj)
+            out.append(tuple(t for m in mods for t in (m.weight, getattr(m, "bias", None))))
+        return out
+
+    def _step(self, idx, cache: KVCache, pos=None, mask=None):
+        """Decode one token per row (idx (B, 1)) against the cache, in eval mode: logits (B, 1, V).
+
+        The maths of forward for a single position, written flat because at batch 1 a step is mostly
+        per-op overhead around the weight reads: no module calls or dropout, the layer weights gathered
+        once per cache, no position arange (pos None: every row is at cache.length), no causal mask,
+        keys and values stored with one copy, and one SDPA call per layer.
+        mask: None, or (B, 1, 1, S) as SDPA takes it (bool True = attend, or additive), for left padding.
+        """
+        cfg = self.config
+        B = idx.size(0)
+        start = cache.length
+        S = start + 1
+        if S > cfg.block_size:
+            raise ValueError(f"sequence of {S} tokens exceeds block_size {cfg.block_size}")
+        if cache.weights is None:
+            cache.weights = self._decode_weights()
+        C, nh, nkv = cfg.n_embd, cfg.n_head, cfg.n_kv_head
+        hs, gqa, eps = C // nh, nkv != nh, cfg.norm_eps
+        llama = cfg.arch == "llama"
+        tr = self.transformer
+        x = F.embedding(idx.reshape(B), tr.wte.weight)  # (B, C): 2-D all the way saves reshapes in every linear
+        if not llama:
+            x = x + (tr.wpe.weight[start] if pos is None else F.embedding(pos.reshape(B), tr.wpe.weight))
+        elif pos is None:
+            cos, sin = self.rope_cos[start], self.rope_sin[start]  # (hs,), broadcast over rows and heads
+        else:
+            cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B, 1, 1, hs)
+        for kv, (n1w, n1b, aw, ab, pw, pb, n2w, n2b, fw, fb, mw, mb) in zip(cache.kv, cache.weights):
+            h = F.rms_norm(x, (C,), n1w, eps) if llama else F.layer_norm(x, (C,), n1w, n1b, eps)
+            qkv = F.linear(h, aw, ab).view(B, nh + 2 * nkv, 1, hs)
+            if llama:
+                qk = apply_rope(qkv[:, : nh + nkv], cos, sin)  # q and k rotated in one go
+                q = qk[:, :nh]
+                kv[:, 0, :, start:S] = qk[:, nh:]
+                kv[:, 1, :, start:S] = qkv[:, nh + nkv :]
+            else:
+                q = qkv[:, :nh]
+                kv[:, :, :, start:S] = qkv[:, nh:].view(B, 2, nkv, 1, hs)
+            k, v = kv.narrow(3, 0, S).unbind(1)  # (B, nkv, S, hs) each
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            x = x + F.linear(y.view(B, C), pw, pb)  # (B, nh, 1, hs) is already (B, C) in memory
+            h = F.linear(F.rms_norm(x, (C,), n2w, eps) if llama else F.layer_norm(x, (C,), n2w, n2b, eps), fw, fb)
+            if llama:
+                gate, up = h.chunk(2, dim=-1)
+                h = F.silu(gate) * up
+            else:
+                h = F.gelu(h, approximate="tanh")
+            x = x + F.linear(h, mw, mb)
+        cache.length = S
+        x = F.rms_norm(x, (C,), tr.ln_f.weight, eps) if llama else tr.ln_f(x)
+        return F.linear(x, self.lm_head.weight).unsqueeze(1)  # (B, 1, V)
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
         """AdamW with decay on matrices only (nanoGPT's grouping); fused kernel where available."""
