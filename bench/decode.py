@@ -6,8 +6,8 @@ model.eval() and torch.inference_mode(). Before timing, each case checks that th
 1e-4, that both sides produce the same number of tokens and that greedy ids match at batch 1.
 genloom and transformers runs are interleaved (the check run is the warmup, then best-of repeats) so
 machine noise hits both. Metric: new tokens * batch / seconds. genloom runs stream_ids (what generate
-drives) with stop_at_eot off; transformers keeps the eos of hf_config_from_gpt2 and is held to the full
-length by min_new_tokens. lm_head_share: the output projection's part of genloom's time (profiled).
+drives) with stop_at_eot off; transformers keeps GPT-2's eos (50256) on the 124M shape (none on the char
+model) and is held to the full length by min_new_tokens. lm_head_share: the output projection's part of genloom's time (profiled).
 
     python bench/decode.py            # full run -> bench/results/decode.jsonl
     python bench/decode.py --quick    # fewer tokens and repeats, for a fast check
@@ -45,14 +45,15 @@ def build(shape: dict):
     hf_logging.set_verbosity_error()
     torch.manual_seed(0)
     ours = GPT(GPTConfig(**shape, dropout=0.0, bias=True, arch="gpt2")).eval()
-    theirs = GPT2LMHeadModel(GPT2Config(**hf_config_from_gpt2(ours.config))).eval()
+    eos = 50256 if ours.config.vocab_size == 50257 else None  # GPT-2's end-of-text; the char model has none
+    theirs = GPT2LMHeadModel(GPT2Config(**hf_config_from_gpt2(ours.config, eos))).eval()
     missing, unexpected = theirs.load_state_dict(state_dict_to_hf(ours), strict=False)
     missing = [k for k in missing if k != "lm_head.weight" and not k.endswith((".attn.bias", ".attn.masked_bias"))]
     if missing or unexpected:
         raise SystemExit(f"weights did not convert: missing {missing[:3]}, unexpected {unexpected[:3]}")
     theirs.tie_weights()
     assert torch.equal(theirs.lm_head.weight, ours.lm_head.weight)  # tied to wte on both sides
-    # transformers keeps GPT-2's eos (50256) as configured; min_new_tokens = max_new_tokens (below) makes it
+    # transformers keeps GPT-2's eos (50256) on the 124M shape; min_new_tokens = max_new_tokens (below) makes it
     # run the full length. pad_token_id = eos is what generate would pick itself (set here to skip its warning).
     theirs.generation_config.pad_token_id = theirs.generation_config.eos_token_id
     return ours, theirs

@@ -85,6 +85,7 @@ def main():
     ref, ref_steps, ref_secs = reference_run(data, lm.config, seconds)
     with tempfile.TemporaryDirectory() as tmp:  # score the reference with genloom's evaluator: same windows
         ref.save_pretrained(tmp)
+        lm.tokenizer.save(Path(tmp) / "genloom_tokenizer.json")
         ref_model, _ = load_hf_gpt2(tmp)
     r_eval = perplexity(ref_model, val, context=256, stride=128)
     report("quality", [{

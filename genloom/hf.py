@@ -40,7 +40,7 @@ def gpt2_config_from_hf(hf: dict) -> GPTConfig:
     )
 
 
-def hf_config_from_gpt2(cfg: GPTConfig) -> dict:
+def hf_config_from_gpt2(cfg: GPTConfig, eot_id: int | None = None) -> dict:
     if cfg.arch != "gpt2":
         raise GenloomError(f"only arch 'gpt2' models export to Hugging Face GPT-2, this one is {cfg.arch!r}")
     return {
@@ -58,8 +58,8 @@ def hf_config_from_gpt2(cfg: GPTConfig) -> dict:
         "embd_pdrop": cfg.dropout,
         "attn_pdrop": cfg.dropout,
         "tie_word_embeddings": cfg.tie_weights,
-        "bos_token_id": 50256,
-        "eos_token_id": 50256,
+        "bos_token_id": eot_id,
+        "eos_token_id": eot_id,
         "torch_dtype": "float32",
     }
 
@@ -146,7 +146,7 @@ def export_gpt2(model_path: str | Path, out_dir: str | Path) -> Path:
         raise GenloomError(f"{model_path} is a '{lm.family}' model; only 'gpt' models export to Hugging Face")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.json", json.dumps(hf_config_from_gpt2(lm.config), indent=2))
+    atomic_write_text(out / "config.json", json.dumps(hf_config_from_gpt2(lm.config, lm.tokenizer.eot_id), indent=2))
     save_file(state_dict_to_hf(lm.model), str(out / "model.safetensors"), metadata={"format": "pt"})
     lm.tokenizer.save(out / "genloom_tokenizer.json")
     if isinstance(lm.tokenizer, ByteBPETokenizer):  # the same JSON is a Hugging Face fast tokenizer
