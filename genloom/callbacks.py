@@ -9,7 +9,8 @@ from pathlib import Path
 
 
 class Callback:
-    """Override any of: on_train_start, on_step_end, on_log, on_eval_end, on_checkpoint, on_sample, on_train_end."""
+    """Override any of: on_train_start, on_step_end, on_log, on_eval_end, on_metrics, on_checkpoint, on_sample,
+    on_train_end."""
 
     def on_train_start(self, trainer, info):
         pass
@@ -32,6 +33,9 @@ class Callback:
     def on_train_end(self, trainer, info):
         pass
 
+    def on_metrics(self, trainer, info):
+        pass
+
 
 def _fmt_params(n: int) -> str:
     return f"{n / 1e6:.2f}M" if n >= 1e6 else f"{n / 1e3:.1f}K"
@@ -49,10 +53,9 @@ class ProgressBar(Callback):
 
         cfg = trainer.model_config
         arch = getattr(cfg, "arch", "")
-        self.write(
-            f"model: {trainer.cfg.family} {arch}, {_fmt_params(trainer.model.num_params())} parameters "
-            f"(non-embedding), {trainer.tokenizer.kind} tokenizer, vocab {trainer.tokenizer.vocab_size}"
-        )
+        tok = trainer.tokenizer
+        what = f"(non-embedding), {tok.kind} tokenizer, vocab {tok.vocab_size}" if tok is not None else ""
+        self.write(f"model: {trainer.cfg.family} {arch}, {_fmt_params(trainer.model.num_params())} parameters {what}".rstrip())
         if trainer.step:
             self.write(f"resuming {trainer.out} at step {trainer.step}")
         self.bar = tqdm(
@@ -72,7 +75,12 @@ class ProgressBar(Callback):
 
     def on_eval_end(self, trainer, info):
         mark = " (best, exported)" if info["best"] else ""
-        self.write(f"step {info['step']}: val loss {info['val_loss']:.4f}{mark}")
+        extra = "".join(f", {k} {v:.4f}" for k, v in info.items() if k.startswith("val_") and k != "val_loss")
+        self.write(f"step {info['step']}: val loss {info['val_loss']:.4f}{extra}{mark}")
+
+    def on_metrics(self, trainer, info):
+        figures = ", ".join(f"{k} {v:.4g}" for k, v in info.items() if k != "step" and isinstance(v, (int, float)))
+        self.write(f"step {info['step']}: {figures}")
 
     def on_train_end(self, trainer, info):
         if self.bar is not None:
@@ -100,6 +108,9 @@ class MetricsLog(Callback):
 
     def on_eval_end(self, trainer, info):
         self._append({k: v for k, v in info.items() if k != "best"})
+
+    def on_metrics(self, trainer, info):
+        self._append(info)
 
 
 def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "") -> Path | None:
@@ -167,8 +178,35 @@ class SamplesFile(Callback):
             self._write(trainer, info["samples"])
 
 
-def default_callbacks(progress: bool = True) -> list[Callback]:
+class EvalMetrics(Callback):
+    """Run the task's metrics (train.metrics) every train.metrics_interval steps, at a validation point.
+
+    The figures come from the same functions as `genloom eval` (task.metrics) and are emitted as a
+    `metrics` event, which MetricsLog appends to metrics.jsonl and the progress bar prints.
+    """
+
+    def __init__(self, names: list[str], interval: int = 0):
+        self.names, self.interval = list(names), interval
+        self._last = -1
+
+    def on_eval_end(self, trainer, info):
+        step = info["step"]
+        if self.interval and self._last >= 0 and step - self._last < self.interval:
+            return
+        self._last = step
+        was_training = trainer.model.training
+        trainer.model.eval()
+        try:
+            figures = trainer.task.metrics(trainer.model, self.names)
+        finally:
+            trainer.model.train(was_training)
+        trainer.emit("metrics", step=step, **figures)
+
+
+def default_callbacks(progress: bool = True, cfg=None) -> list[Callback]:
     cbs: list[Callback] = [MetricsLog(), LossCurve(), SamplesFile()]
+    if cfg is not None and cfg.train.metrics:
+        cbs.insert(0, EvalMetrics(cfg.train.metrics, cfg.train.metrics_interval))
     if progress:
         cbs.insert(0, ProgressBar())
     return cbs

@@ -49,6 +49,10 @@ class TrainConfig:
     sample_interval: int = 0  # 0: samples only at the end
     threads: int = 0  # 0: torch's default
     init_from: str = ""  # a model folder or checkpoint to fine-tune from
+    # Extra evaluation on a schedule (the EvalMetrics callback, the same functions as `genloom eval`); the
+    # figures land in metrics.jsonl. gpt: perplexity, distinct, repetition; classifier: accuracy.
+    metrics: list = field(default_factory=list)
+    metrics_interval: int = 0  # steps between metric evaluations; 0: at every validation
 
 
 @dataclass(kw_only=True)

@@ -126,12 +126,13 @@ def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, 
         if key in seen:
             continue
         seen[key] = name
-        tensors[name] = t.detach().to(cast).contiguous()
+        tensors[name] = (t.detach().to(cast) if t.is_floating_point() else t.detach()).contiguous()
     meta = {"format": MODEL_FORMAT, "family": family, "genloom_version": __version__}
     _atomic_write(out / "model.safetensors", lambda f: f.write(_safetensors_bytes(tensors, meta)))
     config = {**meta, "model": config_to_dict(model_config), "dtype": dtype, "card": card or {}}
     atomic_write_text(out / "config.json", json.dumps(config, indent=2, ensure_ascii=False))
-    tokenizer.save(out / "tokenizer.json")
+    if tokenizer is not None:
+        tokenizer.save(out / "tokenizer.json")
     return out
 
 
@@ -139,6 +140,8 @@ def write_model_card(folder, card: dict, name: str = "", command: str = "") -> P
     """A README.md beside the weights: data and its licence, tokenizer, size, training budget, result."""
     from genloom.data.text import CORPUS_INFO
 
+    if card.get("family") == "classifier":
+        return _write_classifier_card(folder, card, name, command)
     data = card.get("data") or {}
     source = data.get("source") or "unknown"
     tokens = data.get("tokens") or {}
@@ -165,6 +168,42 @@ def write_model_card(folder, card: dict, name: str = "", command: str = "") -> P
         lines += ["", "Reproduce:", "", "```", command, "```"]
     path = Path(folder) / "README.md"
     atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _write_classifier_card(folder, card: dict, name: str, command: str) -> Path:
+    """The card of an image classifier / feature network: data, size, budget, held-out accuracy."""
+    from genloom.data.images import IMAGE_INFO
+
+    data = card.get("data") or {}
+    source = data.get("source") or "unknown"
+    images = data.get("images") or {}
+    secs = card.get("train_seconds")
+    acc = card.get("val_accuracy")
+    lines = [
+        f"# {name or Path(folder).name}",
+        "",
+        "A genloom image classifier. Its penultimate layer is the feature space genloom's image metrics "
+        "(FID, KID, precision/recall) are computed in, and its logits give the IS-style score: figures "
+        "measured with it are comparable only with figures measured with the same network.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | `{source}`: {IMAGE_INFO.get(source, 'user-supplied images')} |",
+        f"| data split | {images.get('train', '?'):,} train / {images.get('val', '?'):,} test images, "
+        f"{'x'.join(str(v) for v in data.get('shape', []))} (C x H x W) |",
+        f"| classes | {', '.join(data.get('classes', []))} |",
+        f"| parameters | {card.get('parameters', 0):,} |",
+        f"| training | {card.get('step', '?')} steps, {card.get('images_seen', 0):,} images, "
+        f"{secs / 60:.1f} min on {card.get('threads', '?')} CPU threads (torch {card.get('torch', '?')}) |"
+        if secs is not None else "| training | unknown |",
+        f"| test accuracy | {acc:.4f} (the whole test split) |" if acc is not None else "| test accuracy | not measured |",
+        f"| test loss | {card['val_loss']:.4f} nats |" if card.get("val_loss") is not None else "",
+    ]
+    if command:
+        lines += ["", "Reproduce:", "", "```", command, "```"]
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, "\n".join(ln for ln in lines if ln is not None) + "\n")
     return path
 
 
@@ -209,7 +248,8 @@ def load_export(folder: Path) -> Loaded:
     except (SafetensorError, OSError) as e:
         raise GenloomError(f"{folder / 'model.safetensors'} is not a valid safetensors file ({e})") from None
     model, cfg = _build(config["family"], config["model"], state, folder)
-    return Loaded(model, load_tokenizer(folder), config["family"], cfg, config, str(folder))
+    tok = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
+    return Loaded(model, tok, config["family"], cfg, config, str(folder))
 
 
 def load_model(path: str | Path) -> Loaded:
@@ -230,5 +270,5 @@ def load_model(path: str | Path) -> Loaded:
         return load_export(path.parent)
     state = load_checkpoint(path)
     model, cfg = _build(state["family"], state["model_config"], state["model"], path)
-    tok = tokenizer_from_json(json.loads(state["tokenizer"]))
+    tok = tokenizer_from_json(json.loads(state["tokenizer"])) if state.get("tokenizer") else None
     return Loaded(model, tok, state["family"], cfg, {"step": state["step"]}, str(path))

@@ -48,7 +48,6 @@ def lr_at(step: int, cfg) -> float:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None):
-        from genloom.data.text import TokenData, prepare
         from genloom.models import build_model, model_config_from_dict
         from genloom.objectives import TASKS
 
@@ -61,18 +60,16 @@ class Trainer:
             raise GenloomError(f"nothing to resume: {self.last_path} does not exist")
         if t.threads:
             torch.set_num_threads(t.threads)
-        if not cfg.data.dir:
-            raise GenloomError("data.dir is not set: point it at a folder prepared by `genloom data`")
-        d = cfg.data
-        if d.source and not (Path(d.dir) / "meta.json").exists():
-            prepare(d.source, d.dir, d.tokenizer, d.vocab_size, d.val_fraction, d.split_seed)
-        self.data = TokenData(cfg.data.dir)
-        self.tokenizer = self.data.tokenizer
+        self.task = TASKS[cfg.family].from_config(cfg)
+        self.data = getattr(self.task, "data", None)
+        self.tokenizer = self.task.tokenizer
 
         torch.manual_seed(t.seed)
         if t.init_from:  # fine-tuning: the architecture comes from the model, only dropout from the config
             base = load_model(t.init_from)
-            if json.dumps(base.tokenizer.to_json()) != json.dumps(self.tokenizer.to_json()):
+            if base.family != cfg.family:
+                raise GenloomError(f"{t.init_from} is a '{base.family}' model, not '{cfg.family}'")
+            if self.tokenizer is not None and json.dumps(base.tokenizer.to_json()) != json.dumps(self.tokenizer.to_json()):
                 raise GenloomError(
                     f"the data in {cfg.data.dir} uses another tokenizer than {t.init_from}; "
                     f"prepare it with `genloom data ... --tokenizer-from {t.init_from}`"
@@ -83,20 +80,18 @@ class Trainer:
             self.model = build_model(cfg.family, self.model_config)
             self.model.load_state_dict(base.model.state_dict())
         else:
-            mdict = dict(cfg.model)
-            if mdict.get("vocab_size", 0) in (0, None):
-                mdict["vocab_size"] = self.tokenizer.vocab_size
-            elif mdict["vocab_size"] < self.tokenizer.vocab_size:
-                raise GenloomError(
-                    f"model.vocab_size {mdict['vocab_size']} is smaller than the tokenizer's {self.tokenizer.vocab_size}"
-                )
-            self.model_config = model_config_from_dict(cfg.family, mdict)
+            self.model_config = model_config_from_dict(cfg.family, self.task.model_config(dict(cfg.model)))
             self.model = build_model(cfg.family, self.model_config)
-        self.task = TASKS[cfg.family](self.data, self.model_config.block_size, t.batch_size)
+        self.task.bind(getattr(self.model_config, "block_size", None))
         self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
         self.data_gen = torch.Generator().manual_seed(t.seed)
         self.step, self.best_val, self.elapsed = 0, float("inf"), 0.0
-        self.callbacks = default_callbacks() if callbacks is None else callbacks
+        if cfg.train.metrics:
+            unknown = [m for m in cfg.train.metrics if m not in self.task.METRICS]
+            if unknown:
+                raise GenloomError(f"unknown train.metrics '{unknown[0]}' for family '{cfg.family}'; "
+                                   f"choose from {', '.join(self.task.METRICS)}")
+        self.callbacks = default_callbacks(cfg=cfg) if callbacks is None else callbacks
         self.stop_reason: str | None = None
         self._last_eval = -1
         if resume:
@@ -144,10 +139,11 @@ class Trainer:
         """What a model card needs: data, tokenizer, size, budget, result (see store.write_model_card)."""
         t = self.cfg.train
         return {
-            "data": {k: self.data.meta.get(k) for k in ("source", "tokenizer", "vocab_size", "tokens", "documents")},
+            "family": self.cfg.family,
+            "data": self.task.card(),
             "parameters": sum(p.numel() for p in self.model.parameters()),
             "step": self.step,
-            "tokens_seen": self.step * t.batch_size * t.grad_accum * self.model_config.block_size,
+            "tokens_seen" if self.task.unit == "tok" else "images_seen": self.step * t.batch_size * t.grad_accum * getattr(self.model_config, "block_size", 1),
             "val_loss": self.best_val if math.isfinite(self.best_val) else None,
             "train_seconds": round(self.elapsed, 1),
             "threads": torch.get_num_threads(),
@@ -197,6 +193,11 @@ class Trainer:
         gen = torch.Generator().manual_seed(t.seed + 1)  # the same validation batches every time
         out = {}
         self.model.eval()
+        if hasattr(self.task, "evaluate"):  # a task that scores its whole held-out split
+            with self._autocast():
+                out = self.task.evaluate(self.model) if self.task.has_split("val") else {}
+            self.model.train()
+            return out
         for split in ("val",):
             if not self.task.has_split(split):
                 continue
@@ -290,5 +291,5 @@ class Trainer:
         improved = val < self.best_val
         if improved:
             self.best_val = val
-            self.export("best")
+            self.export("best", card={k: v for k, v in result.items() if k != "val_loss"})
         self.emit("eval_end", step=self.step, best=improved, **result)

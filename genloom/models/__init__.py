@@ -5,9 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from genloom.errors import GenloomError, choices
+from genloom.models.classifier import Classifier, ClassifierConfig
 from genloom.models.gpt import GPT, GPTConfig
 
-MODELS: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT)}
+MODELS: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT), "classifier": (ClassifierConfig, Classifier)}
 
 
 def family(name: str) -> tuple[type, type]:

@@ -1,0 +1,64 @@
+"""genloom's own image feature networks: load one (or a user's TorchScript Inception), score a classifier.
+
+`--features` takes `models/fmnist-features` (the bundled Fashion-MNIST network), any genloom classifier
+folder or run, or `torchscript:PATH` for a TorchScript feature network a user has on disk (for example
+the Inception-v3 `inception-2015-12-05.pt` that clean-fid and StyleGAN use; 299x299 RGB input).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from genloom.errors import GenloomError
+
+ROOT = Path(__file__).resolve().parent.parent.parent
+DEFAULT_FEATURES = {"fashion-mnist": "models/fmnist-features", "mnist5k": "models/mnist-features"}
+
+
+def resolve_model_path(path: str) -> Path:
+    """A bundled model name like models/fmnist-features works from any working directory."""
+    p = Path(path)
+    if not p.exists() and not p.is_absolute() and (ROOT / p).exists():
+        return ROOT / p
+    return p
+
+
+def load_feature_extractor(spec: str, batch_size: int = 256):
+    """`torchscript:PATH[:SIZE]` or a genloom classifier model -> a FeatureExtractor."""
+    from genloom.metrics.image import FeatureExtractor
+
+    if spec.startswith("torchscript:"):
+        rest = spec[len("torchscript:"):]
+        size = 299
+        if rest.rsplit(":", 1)[-1].isdigit():
+            rest, size = rest.rsplit(":", 1)[0], int(rest.rsplit(":", 1)[1])
+        return FeatureExtractor.from_torchscript(rest, image_size=size, channels=3)
+    from genloom.store import load_model
+
+    lm = load_model(resolve_model_path(spec))
+    if lm.family != "classifier":
+        raise GenloomError(f"{spec} is a '{lm.family}' model; features come from a 'classifier' model or torchscript:PATH")
+    cfg = lm.config
+    name = f"genloom classifier {Path(lm.path).name if lm.path else spec} ({cfg.feature_dim}-d features, "
+    name += f"{cfg.channels}x{cfg.image_size}x{cfg.image_size} input)"
+    return FeatureExtractor.from_genloom(lm.model.eval(), name=name, image_size=cfg.image_size, channels=cfg.channels)
+
+
+@torch.no_grad()
+def classifier_accuracy(model, ds, batch_size: int = 500) -> dict:
+    """Top-1 accuracy of a classifier on an ImageSet, overall and per class."""
+    was_training = model.training
+    model.eval()
+    preds = []
+    for i in range(0, len(ds), batch_size):
+        logits, _ = model(ds.images[i: i + batch_size].float() / 255.0)
+        preds.append(logits.argmax(-1))
+    model.train(was_training)
+    pred = torch.cat(preds)
+    y = ds.labels
+    per_class = [float((pred[y == c] == c).float().mean()) if (y == c).any() else float("nan")
+                 for c in range(len(ds.classes))]
+    return {"accuracy": float((pred == y).float().mean()), "per_class": per_class, "n": len(ds),
+            "protocol": f"top-1 accuracy on {len(ds):,} {ds.source} {ds.split} images"}
