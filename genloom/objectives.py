@@ -86,7 +86,8 @@ class LMTask:
 
     def metrics(self, model, names: list[str], max_tokens: int = 20_000) -> dict:
         """Perplexity of the validation split (first max_tokens, stride block/2) and diversity of samples."""
-        from genloom.metrics.text import distinct_n, perplexity, repetition_rate
+        from genloom.metrics.text import perplexity
+        from genloom.metrics.textgen import distinct_n, repetition_rate
 
         out = {}
         if "perplexity" in names and self.has_split("val"):
@@ -98,7 +99,7 @@ class LMTask:
                 d = distinct_n(texts, n=(1, 2))
                 out.update(distinct_1=d["distinct_1"], distinct_2=d["distinct_2"])
             if "repetition" in names:
-                out["repetition_4"] = repetition_rate(texts, n=4)["repetition_rate"]
+                out["repetition_4"] = repetition_rate(texts, n=4)["repetition_rate_4"]
         return {k: v for k, v in out.items() if v is not None}
 
     def sample(self, model, n: int = 2, max_new_tokens: int = 120, with_prompt: bool = True) -> list[str]:

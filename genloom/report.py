@@ -28,6 +28,7 @@ class Section:
     figures: list = field(default_factory=list)  # (caption, png bytes)
     samples: list = field(default_factory=list)  # dicts: prompt / output / reference
     notes: list = field(default_factory=list)  # warnings a reader must see
+    raw: dict = field(default_factory=dict)  # the metric functions' full results (what the CLI prints)
 
     def add(self, group: str, result: dict, keys=None, prefix: str = "") -> None:
         """Take the numbers (and the protocol) of one metric function's result dict."""
@@ -45,7 +46,20 @@ class Section:
     def to_json(self, figure_files: list[str]) -> dict:
         return {"name": self.name, "kind": self.kind, "metrics": self.metrics, "protocols": self.protocols,
                 "figures": [{"caption": c, "file": f} for (c, _), f in zip(self.figures, figure_files)],
-                "samples": self.samples, "notes": self.notes}
+                "samples": self.samples, "notes": self.notes, "result": self.raw}
+
+
+def jsonable(obj):
+    """Strict JSON: NaN and infinities (a silent clip's loudness, say) become null."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, (str, int, bool)) or obj is None:
+        return obj
+    return str(obj)
 
 
 def loss_curve_png(metrics_path: str | Path) -> bytes | None:
@@ -142,6 +156,6 @@ def write_report(out_dir: str | Path, sections: list[Section], title: str = "gen
             files.append(name)
         data["sections"].append(s.to_json(files))
     json_path, html_path = out / "report.json", out / "report.html"
-    atomic_write_text(json_path, json.dumps(data, indent=2, ensure_ascii=False))
+    atomic_write_text(json_path, json.dumps(jsonable(data), indent=2, ensure_ascii=False, allow_nan=False))
     atomic_write_text(html_path, render_html(title, sections, meta))
     return json_path, html_path

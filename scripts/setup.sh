@@ -7,7 +7,8 @@ extras=""
 [ "${1:-}" = "--test" ] && extras="[test]"
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=""
-  for p in fortunes-zh fortunes bible-kjv bible-kjv-text; do
+  for p in fortunes-zh fortunes bible-kjv bible-kjv-text dataset-fashion-mnist diatheke sword-text-sparv \
+           sword-text-web espeak-ng pocketsphinx-testdata; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
   done
   if [ -n "$need" ]; then
@@ -15,7 +16,8 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $need >/dev/null
   fi
 else
-  echo "note: not root; install the Debian corpora yourself: apt-get install fortunes-zh fortunes bible-kjv bible-kjv-text" >&2
+  echo "note: not root; install the Debian data yourself: apt-get install fortunes-zh fortunes bible-kjv" \
+    "bible-kjv-text dataset-fashion-mnist diatheke sword-text-sparv sword-text-web espeak-ng pocketsphinx-testdata" >&2
 fi
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}" chatterbot-corpus

@@ -20,6 +20,7 @@ from genloom.errors import GenloomError, choices
 FORTUNES = Path("/usr/share/games/fortunes")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TEXT_SUFFIXES = {".txt", ".md", ".text", ""}
+VAL_FRACTION, SEED = 0.05, 1337  # the default document split; eval sets hold out its validation side
 
 
 def _need(path: Path, package: str) -> Path:
@@ -99,6 +100,13 @@ def chatterbot() -> list[str]:
     return docs
 
 
+def bible_en_es() -> list[str]:
+    """EN-ES Bible chapters as 'EN: ...'/'ES: ...' verse lines, the held-out chapters of the eval set left out."""
+    from genloom.data.bible import parallel_chapters
+
+    return parallel_chapters("train")
+
+
 CORPUS_INFO = {  # where each named corpus comes from and its licence, for model cards
     "tang": "313 Tang poems, Debian package fortunes-zh (tang300); GPL-3+",
     "song": "95 Song ci, Debian package fortunes-zh (song100); GPL-3+",
@@ -106,6 +114,8 @@ CORPUS_INFO = {  # where each named corpus comes from and its licence, for model
     "kjv": "King James Bible, Debian packages bible-kjv and bible-kjv-text; public domain",
     "fortunes": "English fortune cookies, Debian package fortunes (offensive sets excluded); BSD-style",
     "chatterbot": "chatterbot-corpus English dialogues (PyPI chatterbot-corpus); BSD-3-Clause",
+    "bible-en-es": "verse-aligned English (KJV, public domain) and Spanish (Reina-Valera 1909, public domain) "
+                   "Bible, train-side chapters only; Debian packages bible-kjv, diatheke and sword-text-sparv",
 }
 
 CORPORA = {
@@ -115,6 +125,7 @@ CORPORA = {
     "kjv": kjv,
     "fortunes": fortunes,
     "chatterbot": chatterbot,
+    "bible-en-es": bible_en_es,
 }
 
 
@@ -174,17 +185,21 @@ def read_documents(source: str, text_field: str = "text") -> list[str]:
     return docs
 
 
-def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split by a seeded permutation of documents (at least one in each side when possible)."""
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Deterministic split of range(n) by a seeded permutation (at least one in each side when possible)."""
     if not 0.0 <= val_fraction < 1.0:
         raise GenloomError(f"val fraction must be in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(len(docs))
-    n_val = int(round(len(docs) * val_fraction))
-    if val_fraction > 0 and len(docs) > 1:
-        n_val = min(max(n_val, 1), len(docs) - 1)
-    val = [docs[i] for i in sorted(order[:n_val])]
-    train = [docs[i] for i in sorted(order[n_val:])]
-    return train, val
+    order = np.random.default_rng(seed).permutation(n)
+    n_val = int(round(n * val_fraction))
+    if val_fraction > 0 and n > 1:
+        n_val = min(max(n_val, 1), n - 1)
+    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+
+
+def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic document split: the documents at split_indices' train and validation positions."""
+    train, val = split_indices(len(docs), val_fraction, seed)
+    return [docs[i] for i in train], [docs[i] for i in val]
 
 
 def encode_documents(tok: Tokenizer, docs: list[str]) -> np.ndarray:
@@ -207,8 +222,8 @@ def prepare(
     out_dir: str | Path,
     tokenizer: str = "char",
     vocab_size: int = 4096,
-    val_fraction: float = 0.05,
-    seed: int = 1337,
+    val_fraction: float = VAL_FRACTION,
+    seed: int = SEED,
     text_field: str = "text",
     tokenizer_from: str | None = None,
 ) -> dict:

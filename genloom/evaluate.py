@@ -1,0 +1,280 @@
+"""What `genloom eval` runs: one function per kind of thing evaluated, each returning a report Section.
+
+The metric functions live in genloom.metrics (pure, with protocols); this module loads models and data,
+generates what must be generated, calls the metrics and collects figures for the report. The CLI, the
+training callbacks and (later) the API call these same functions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from genloom.errors import GenloomError, choices
+from genloom.report import Section, loss_curve_png
+
+EVALSETS = ("chat", "translation")
+
+
+def _metrics_file(model_path: str) -> Path | None:
+    """A run's metrics.jsonl, whether given the run folder, its best/ export or last.pt."""
+    p = Path(model_path)
+    for cand in (p / "metrics.jsonl", p.parent / "metrics.jsonl"):
+        if cand.is_file():
+            return cand
+    return None
+
+
+def _curve(section: Section, model_path: str) -> None:
+    metrics = _metrics_file(model_path)
+    png = loss_curve_png(metrics) if metrics else None
+    if png is None and (Path(model_path) / "loss.png").is_file():  # an export that shipped its curve
+        png = (Path(model_path) / "loss.png").read_bytes()
+    if png:
+        section.figures.append(("loss curve (train and validation)", png))
+
+
+# ---- text ---------------------------------------------------------------------------------------
+def perplexity_section(model_path: str, data_dir: str, *, split: str = "val", context: int = 0, stride: int = 0,
+                       max_tokens: int = 0) -> Section:
+    """Perplexity and bits per token/character of a GPT on a prepared split."""
+    from genloom.data.text import TokenData
+    from genloom.metrics.text import perplexity
+    from genloom.store import load_model
+
+    lm = load_model(model_path)
+    if lm.family != "gpt":
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; perplexity needs a 'gpt' model")
+    data = TokenData(data_dir)
+    if json.dumps(data.tokenizer.to_json()) != json.dumps(lm.tokenizer.to_json()):
+        raise GenloomError(f"{data_dir} was tokenized differently from {model_path}; prepare it with --tokenizer-from")
+    res = perplexity(lm.model, data.split(split), context=context or None, stride=stride or None,
+                     tokenizer=lm.tokenizer, max_tokens=max_tokens)
+    s = Section(str(model_path), "text-lm", raw={"model": str(model_path), "data": str(data_dir), "split": split, **res})
+    s.add("perplexity", res)
+    _curve(s, model_path)
+    return s
+
+
+def text_section(name: str, hyps: list[str], refs: list[str] | None, prompts: list[str] | None = None,
+                 similarity: bool = True, show: int = 8) -> Section:
+    """BLEU, chrF (sacrebleu), ROUGE (rouge-score), MiniLM similarity against references; diversity always."""
+    from genloom.metrics import textgen as tg
+
+    s = Section(name, "text-generation")
+    raw = {"name": name, "hypotheses": len(hyps)}
+    if refs is not None:
+        for group, fn in (("BLEU", tg.bleu), ("chrF", tg.chrf), ("ROUGE", tg.rouge)):
+            res = fn(hyps, refs)
+            s.add(group, res)
+            raw[group.lower()] = res
+        if similarity:
+            res = tg.semantic_similarity(hyps, refs)
+            s.add("similarity", {k: v for k, v in res.items() if k != "per_pair"})
+            raw["similarity"] = {k: v for k, v in res.items() if k != "per_pair"}
+    div = tg.distinct_n(hyps, n=(1, 2))
+    s.add("distinct-n", div, keys=("distinct_1", "distinct_2"))
+    rep = tg.repetition_rate(hyps, n=4)
+    s.add("repetition", rep, keys=("repetition_rate_4",))
+    raw.update(distinct=div, repetition=rep)
+    if len(hyps) >= 2:
+        sb = tg.self_bleu(hyps)
+        s.add("self-BLEU", sb, keys=("self_bleu",))
+        raw["self_bleu"] = sb
+    for i in range(min(show, len(hyps))):
+        row = {"output": hyps[i]}
+        if prompts is not None:
+            row["prompt"] = prompts[i]
+        if refs is not None:
+            row["reference"] = refs[i] if isinstance(refs[i], str) else " | ".join(refs[i])
+        s.samples.append(row)
+    s.raw = raw
+    return s
+
+
+def read_lines(path: str, what: str) -> list[str]:
+    p = Path(path)
+    if not p.is_file():
+        raise GenloomError(f"{what} file not found: {p}")
+    lines = p.read_text(encoding="utf-8").splitlines()
+    if not any(ln.strip() for ln in lines):
+        raise GenloomError(f"{what} file {p} is empty")
+    return lines
+
+
+def files_section(hyps_path: str, refs_path: str | None) -> Section:
+    """Text metrics of a hypotheses file against a references file (one segment per line)."""
+    hyps = read_lines(hyps_path, "hypotheses")
+    refs = read_lines(refs_path, "references") if refs_path else None
+    if refs is not None and len(hyps) != len(refs):
+        raise GenloomError(f"{hyps_path} has {len(hyps)} lines but {refs_path} has {len(refs)}; "
+                           "give one reference line per hypothesis line")
+    return text_section(Path(hyps_path).name, hyps, refs)
+
+
+def load_evalset(name: str, limit: int, seed: int = 1337) -> tuple[list[dict], list[str]]:
+    """A held-out set by name (chat, translation) or a JSONL file; returns the pairs and the stop strings."""
+    from genloom.data import evalsets
+
+    if name == "chat":
+        # unseen_only: chatterbot repeats some dialogues across files; drop held-out pairs also in training
+        return evalsets.chat_eval_set(limit=limit, unseen_only=True), ["\nUser:", "\n"]
+    if name == "translation":
+        return evalsets.translation_eval_set(limit=limit), ["\n"]
+    if Path(name).suffix == ".jsonl":
+        pairs = evalsets.read_jsonl(name)
+        return (pairs[:limit] if limit else pairs), ["\n"]
+    raise GenloomError(f"unknown eval set '{name}'; choose one of {choices(EVALSETS)} or a .jsonl file")
+
+
+def evalset_section(model_path: str, evalset: str, *, limit: int = 100, max_new_tokens: int = 64,
+                    temperature: float = 0.0, seed: int = 0, similarity: bool = True) -> Section:
+    """Generate a reply to every prompt of a held-out set and score it against the reference."""
+    from genloom.sample import SamplingParams, generate
+    from genloom.store import load_model
+
+    lm = load_model(model_path)
+    if lm.family != "gpt":
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; eval sets need a 'gpt' model")
+    pairs, stops = load_evalset(evalset, limit)
+    block = lm.config.block_size
+    prompts = []
+    for p in pairs:  # keep the end of a long prompt (the conversation so far), where the cue is
+        ids = lm.tokenizer.encode(p["prompt"])
+        prompts.append(lm.tokenizer.decode(ids[-(block - max_new_tokens):]) if len(ids) > block - max_new_tokens
+                       else p["prompt"])
+    sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop=stops)
+    outs = []
+    for i in range(0, len(prompts), 16):
+        outs += [o.text.strip() for o in generate(lm.model, lm.tokenizer, prompts[i: i + 16], sp)]
+    refs = [p["reference"] for p in pairs]
+    s = text_section(f"{model_path} on {evalset}", outs, refs, prompts=[p["prompt"] for p in pairs],
+                     similarity=similarity)
+    decoding = "greedy" if temperature == 0 else f"temperature {temperature}, seed {seed}"
+    s.protocols["generation"] = (f"{len(pairs)} held-out prompts of '{evalset}', {decoding}, at most "
+                                 f"{max_new_tokens} new tokens, stop at {', '.join(repr(x) for x in stops)}")
+    s.raw.update(model=str(model_path), evalset=evalset, prompts=len(pairs))
+    _curve(s, model_path)
+    return s
+
+
+# ---- images -------------------------------------------------------------------------------------
+def reference_images(reference: str, split: str = "test"):
+    from genloom.data.images import IMAGE_SOURCES, load_images
+
+    if reference in IMAGE_SOURCES or reference == "mnist" or Path(reference).is_dir():
+        return load_images(reference, split)
+    raise GenloomError(f"unknown reference '{reference}'; choose one of {choices(IMAGE_SOURCES)} or an image folder")
+
+
+def images_section(samples: str, reference: str, features: str | None, *, limit: int = 0, seed: int = 0,
+                   kid_subsets: int = 100) -> Section:
+    """FID, KID, precision/recall and the IS-style score of a folder of images against a reference set.
+
+    Every FID comes with its floor: the FID between as many images of the reference's train split and
+    its test split, with the same feature network (what a perfect generator would score).
+    """
+    from genloom.data.images import grid_png, image_folder
+    from genloom.metrics.features import DEFAULT_FEATURES, load_feature_extractor
+    from genloom.metrics.image import fid, image_metrics
+
+    spec = features or DEFAULT_FEATURES.get(reference)
+    if spec is None:
+        raise GenloomError(f"no default feature network for '{reference}'; pass --features "
+                           f"(models/fmnist-features or torchscript:PATH)")
+    real = reference_images(reference, "test")
+    ext = load_feature_extractor(spec)
+    fake = image_folder(samples)  # native size; the extractor resizes and converts channels
+    gen = torch.Generator().manual_seed(seed)
+    if limit and len(fake) > limit:
+        fake.images = fake.images[torch.randperm(len(fake), generator=gen)[:limit]]
+    res = image_metrics(ext, real.images, fake.images, kid_subsets=kid_subsets, seed=seed)
+    s = Section(f"{samples} vs {reference}", "images")
+    s.add("FID", res["fid"], keys=("fid",))
+    s.add("KID", res["kid"])
+    s.add("precision/recall", res["precision_recall"])
+    if "inception_score" in res:
+        s.add("IS-style", res["inception_score"], keys=("inception_score", "inception_score_std"))
+    raw = {"samples": samples, "reference": reference, "feature_net": res["feature_net"],
+           **{k: res[k] for k in ("fid", "kid", "precision_recall") if k in res}}
+    try:  # the floor: reference train vs reference test, as many train images as fake ones
+        train = reference_images(reference, "train")
+    except GenloomError:
+        train = None
+    if train is not None and train.source == real.source and reference != str(Path(samples)):
+        idx = torch.randperm(len(train), generator=gen)[: len(fake)]
+        tf = ext.features(train.images[idx])
+        rf = ext.features(real.images)
+        floor = fid(rf, tf, feature_net=res["feature_net"])
+        s.metrics["fid_floor_train_vs_test"] = floor["fid"]
+        s.protocols["FID floor"] = (f"FID between {len(idx)} {reference} train and {len(rf)} test images with the "
+                                    f"same features (a perfect generator's expected score)")
+        raw["fid_floor"] = floor
+    else:
+        s.notes.append(f"no train split for '{reference}': the train-versus-test FID floor is not reported")
+    s.figures.append((f"samples ({min(64, len(fake))} of {len(fake)})", grid_png(fake.images[:64], nrow=8, scale=2)))
+    s.figures.append((f"reference: {reference} test ({min(64, len(real))})", grid_png(real.images[:64], nrow=8, scale=2)))
+    s.raw = raw
+    return s
+
+
+def classifier_section(model_path: str, reference: str | None) -> Section:
+    """Held-out accuracy of a classifier (genloom's feature networks carry this on their card)."""
+    from genloom.metrics.features import classifier_accuracy, resolve_model_path
+    from genloom.store import load_model
+
+    lm = load_model(resolve_model_path(model_path))
+    card_source = (lm.meta.get("card") or {}).get("data", {}).get("source")
+    reference = reference or card_source
+    if not reference:
+        raise GenloomError("which test set? pass --reference (fashion-mnist, mnist5k, digits or a folder)")
+    from genloom.data.images import convert
+
+    ds = convert(reference_images(reference, "test"), lm.config.image_size, lm.config.channels)
+    res = classifier_accuracy(lm.model, ds)
+    s = Section(str(model_path), "classifier", raw={"model": str(model_path), "reference": reference, **res})
+    s.add("accuracy", {"accuracy": res["accuracy"], "protocol": res["protocol"]})
+    for name, acc in zip(ds.classes, res["per_class"]):
+        s.metrics[f"accuracy[{name}]"] = acc
+    _curve(s, model_path)
+    return s
+
+
+def model_section(model_path: str, reference: str | None) -> Section:
+    """A model given without data: a classifier is scored on its test set; a GPT needs --data or --evalset."""
+    from genloom.metrics.features import resolve_model_path
+    from genloom.store import load_model
+
+    lm = load_model(resolve_model_path(model_path))
+    if lm.family == "classifier":
+        return classifier_section(model_path, reference)
+    raise GenloomError(f"{model_path} is a '{lm.family}' model: pass --data DIR (perplexity) or --evalset "
+                       f"{'|'.join(EVALSETS)} (generation metrics)")
+
+
+# ---- audio --------------------------------------------------------------------------------------
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
+
+
+def audio_section(audio: str, texts_path: str | None) -> Section:
+    """Duration, loudness and (with a texts file, one line per file in name order) pocketsphinx WER."""
+    from genloom.metrics.audio import audio_report
+
+    p = Path(audio)
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES) if p.is_dir() else [p]
+    if not files:
+        raise GenloomError(f"{audio} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    texts = read_lines(texts_path, "texts") if texts_path else None
+    if texts is not None and len(texts) != len(files):
+        raise GenloomError(f"{audio} has {len(files)} audio files but {texts_path} has {len(texts)} lines")
+    res = audio_report(files, texts)
+    s = Section(str(audio), "audio", raw=res)
+    s.add("audio", {**{k: v for k, v in res["total"].items()}, "protocol": res["protocol"]})
+    for row in res["files"]:
+        s.samples.append({"prompt": Path(row["path"]).name, "reference": row.get("reference", ""),
+                          "output": f"{row['seconds']:.2f} s, "
+                                    + (f"{row['lufs']:.1f} LUFS" if row.get("lufs") is not None else "no LUFS (< 400 ms)")
+                                    + (f", heard: {row['transcript']!r} (WER {row['wer']:.2f})" if "wer" in row else "")})
+    return s

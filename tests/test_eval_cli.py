@@ -1,0 +1,161 @@
+"""`genloom eval` end to end: text files, image folders, classifiers, reports, and its bad-input errors."""
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import assert_one_line_error
+from genloom.data.images import load_images
+from genloom.models.classifier import Classifier, ClassifierConfig
+from genloom.store import export_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def feature_net(tmp_path_factory) -> Path:
+    """A small random-init classifier as the feature network: metrics must behave on any features."""
+    torch.manual_seed(0)
+    model = Classifier(ClassifierConfig(image_size=8, channels=1, num_classes=10, width=8, feature_dim=16)).eval()
+    out = tmp_path_factory.mktemp("feat") / "net"
+    export_model(out, family="classifier", model=model, model_config=model.config, tokenizer=None,
+                 card={"family": "classifier", "data": {"source": "digits"}})
+    return out
+
+
+def _save_pngs(images: torch.Tensor, folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(images):
+        Image.fromarray(img[0].numpy()).save(folder / f"{i:04d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def image_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    train = load_images("digits", "train").images  # 8x8: the reference (digits test) is small, the tests fast
+    real = _save_pngs(train[-300:], root / "real")  # train images: close to the test split
+    noise = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (300, 1, 8, 8), dtype=np.uint8))
+    fake = _save_pngs(noise, root / "noise")
+    return real, fake
+
+
+def test_text_files_match_sacrebleu(run_main, tmp_path):
+    import sacrebleu
+
+    hyps = ["the cat sat on the mat", "a dog barks loudly", "hello there world"]
+    refs = ["the cat sat on a mat", "the dog barks loudly", "hello world"]
+    (tmp_path / "h.txt").write_text("\n".join(hyps) + "\n")
+    (tmp_path / "r.txt").write_text("\n".join(refs) + "\n")
+    code, out, err = run_main("eval", "--hyps", tmp_path / "h.txt", "--refs", tmp_path / "r.txt")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["bleu"]["bleu"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [refs]).score)
+    assert res["chrf"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
+    assert "nrefs:1" in res["bleu"]["signature"]
+    assert 0.5 < res["similarity"]["similarity"] <= 1.0
+
+
+@pytest.mark.parametrize("case, expect", [
+    ("mismatch", "has 3 lines but .* has 2"),
+    ("empty", "is empty"),
+    ("refs only", "--refs needs --hyps"),
+    ("nothing", "nothing to evaluate"),
+])
+def test_text_bad_input(run_main, tmp_path, case, expect):
+    (tmp_path / "h.txt").write_text("a b\nc d\ne f\n")
+    (tmp_path / "r2.txt").write_text("a b\nc d\n")
+    (tmp_path / "empty.txt").write_text("\n\n")
+    argv = {"mismatch": ["--hyps", tmp_path / "h.txt", "--refs", tmp_path / "r2.txt"],
+            "empty": ["--hyps", tmp_path / "h.txt", "--refs", tmp_path / "empty.txt"],
+            "refs only": ["--refs", tmp_path / "r2.txt"],
+            "nothing": []}[case]
+    code, out, err = run_main("eval", *argv)
+    assert re.search(expect, assert_one_line_error(code, out, err))
+
+
+def test_image_folder_metrics_floor_and_report(run_main, tmp_path, feature_net, image_dirs):
+    real, noise = image_dirs
+    report = tmp_path / "report"
+    code, out, err = run_main("eval", "--samples", real, "--samples", noise, "--reference", "digits",
+                              "--features", feature_net, "--report", report)
+    assert code == 0, err
+    good, bad = json.loads(out)
+    assert good["fid"]["fid"] < bad["fid"]["fid"]  # real clothes are closer to the test split than noise
+    assert good["precision_recall"]["precision"] > bad["precision_recall"]["precision"]
+    assert good["fid_floor"]["fid"] >= 0 and good["fid_floor"]["n_fake"] == 300  # as many train images as samples
+    assert "300 fake" in good["fid"]["protocol"] and "genloom classifier" in good["fid"]["protocol"]
+    page = (report / "report.html").read_text()
+    assert "Comparison" in page and "fid_floor_train_vs_test" in page
+    assert page.count("data:image/png;base64,") == 4  # a sample grid and a reference grid per folder
+    data = json.loads((report / "report.json").read_text())
+    assert [s["kind"] for s in data["sections"]] == ["images", "images"]
+    assert (report / data["sections"][0]["figures"][0]["file"]).exists()
+
+
+def test_small_sample_warning_reaches_the_report(run_main, tmp_path, feature_net, image_dirs):
+    real, _ = image_dirs
+    code, out, err = run_main("eval", "--samples", real, "--reference", "digits", "--features", feature_net,
+                              "--limit", "10", "--report", tmp_path / "r")
+    assert code == 0, err
+    assert json.loads(out)["fid"]["warning"].startswith("FID on 179 real and 10 fake samples of 16-d")
+    assert "fewer samples than dimensions" in (tmp_path / "r" / "report.html").read_text()
+
+
+def test_image_bad_input(run_main, tmp_path, feature_net):
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    Image.new("L", (28, 28)).save(mixed / "a.png")
+    Image.new("L", (32, 32)).save(mixed / "b.png")
+    code, out, err = run_main("eval", "--samples", mixed, "--reference", "digits", "--features", feature_net)
+    assert "b.png is 32x32 but a.png is 28x28" in assert_one_line_error(code, out, err)
+    code, out, err = run_main("eval", "--samples", mixed, "--reference", "cifar10", "--features", feature_net)
+    assert "unknown reference 'cifar10'" in assert_one_line_error(code, out, err)
+    code, out, err = run_main("eval", "--samples", mixed)
+    assert "--samples needs --reference" in assert_one_line_error(code, out, err)
+    code, out, err = run_main("eval", "--samples", mixed, "--reference", "digits", "--features", ROOT / "models" / "kjv")
+    assert "is a 'gpt' model" in assert_one_line_error(code, out, err)
+
+
+def test_classifier_accuracy_section(run_main, tmp_path, feature_net):
+    code, out, err = run_main("eval", "-m", feature_net, "--report", tmp_path / "r")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["n"] == 179 and len(res["per_class"]) == 10
+    assert 0.0 <= res["accuracy"] <= 0.5  # an untrained network is near chance
+    assert "top-1 accuracy on 179 digits test images" in res["protocol"]
+
+
+def test_perplexity_report_has_loss_curve(run_main, tmp_path, trained_run, english_dir):
+    trained_run, _ = trained_run
+    code, out, err = run_main("eval", "-m", trained_run, "-d", english_dir, "--report", tmp_path / "r")
+    assert code == 0, err
+    assert json.loads(out)["perplexity"] > 1
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "loss curve" in page and "sliding window" in page
+
+
+def test_gpt_without_data_says_what_to_pass(run_main, trained_run):
+    trained_run, _ = trained_run
+    code, out, err = run_main("eval", "-m", trained_run)
+    assert "pass --data DIR (perplexity) or --evalset" in assert_one_line_error(code, out, err)
+
+
+def test_training_evaluates_on_a_schedule(tmp_path, english_dir):
+    from conftest import make_cfg
+    from genloom.callbacks import default_callbacks
+    from genloom.train import Trainer
+
+    cfg = make_cfg(english_dir, tmp_path / "run", max_steps=20, eval_interval=10, metrics=["perplexity", "distinct",
+                                                                                           "repetition"])
+    Trainer(cfg, callbacks=default_callbacks(progress=False, cfg=cfg)).fit()
+    rows = [json.loads(ln) for ln in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    scheduled = [r for r in rows if "val_perplexity" in r]
+    assert [r["step"] for r in scheduled] == [10, 20]
+    assert scheduled[-1]["val_perplexity"] < scheduled[0]["val_perplexity"]  # it is learning
+    assert all(0 < r["distinct_1"] <= 1 and 0 <= r["repetition_4"] <= 1 for r in scheduled)
