@@ -113,7 +113,7 @@ class MetricsLog(Callback):
         self._append(info)
 
 
-def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "") -> Path | None:
+def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "", ylabel: str = "loss") -> Path | None:
     """Train and validation loss against step, from a metrics.jsonl, as a PNG."""
     import matplotlib
 
@@ -133,7 +133,7 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "") -> Path
     if val:
         ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5, ms=3)
     ax.set_xlabel("step")
-    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title or Path(metrics_path).parent.name)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -153,7 +153,8 @@ class LossCurve(Callback):
     def _draw(self, trainer):
         path = trainer.out / "metrics.jsonl"
         if path.exists():
-            plot_loss_curve(path, trainer.out / "loss.png", title=f"{trainer.out.name}: loss")
+            ylabel = "cross-entropy (nats/token)" if trainer.task.unit == "tok" else "cross-entropy (nats)"
+            plot_loss_curve(path, trainer.out / "loss.png", title=f"{trainer.out.name}: loss", ylabel=ylabel)
 
     def on_eval_end(self, trainer, info):
         self._draw(trainer)

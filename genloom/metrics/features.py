@@ -41,8 +41,7 @@ def load_feature_extractor(spec: str, batch_size: int = 256):
     if lm.family != "classifier":
         raise GenloomError(f"{spec} is a '{lm.family}' model; features come from a 'classifier' model or torchscript:PATH")
     cfg = lm.config
-    name = f"genloom classifier {Path(lm.path).name if lm.path else spec} ({cfg.feature_dim}-d features, "
-    name += f"{cfg.channels}x{cfg.image_size}x{cfg.image_size} input)"
+    name = f"genloom classifier {Path(lm.path).name if lm.path else spec}"
     return FeatureExtractor.from_genloom(lm.model.eval(), name=name, image_size=cfg.image_size, channels=cfg.channels)
 
 

@@ -289,10 +289,11 @@ def fid(real_feats, fake_feats, *, eps: float = 1e-6, feature_net: str = "unname
 def _poly_mmd2(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> float:
     """Unbiased MMD^2 of two equal-size samples under k(a, b) = (gamma a.b + coef0)^degree."""
     m = len(x)
-    k_xx = (gamma * x @ x.T + coef0) ** degree  # (m, m)
-    k_yy = (gamma * y @ y.T + coef0) ** degree
-    k_xy = (gamma * x @ y.T + coef0) ** degree
-    within = (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+    x, y = torch.from_numpy(x), torch.from_numpy(y)  # torch: threaded float64 matmul, integer pow by multiplies
+    k_xx = (x @ x.T).mul_(gamma).add_(coef0).pow_(degree)  # (m, m)
+    k_yy = (y @ y.T).mul_(gamma).add_(coef0).pow_(degree)
+    k_xy = (x @ y.T).mul_(gamma).add_(coef0).pow_(degree)
+    within = (k_xx.sum() - k_xx.trace() + k_yy.sum() - k_yy.trace()) / (m * (m - 1))
     return float(within - 2 * k_xy.mean())
 
 
