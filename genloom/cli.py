@@ -130,6 +130,8 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
 @click.option("--samples", "sample_dirs", multiple=True, help="Images: a folder of generated images; repeat to compare.")
 @click.option("--reference", default=None, help="Images: fashion-mnist, mnist5k, digits or a folder (its test split).")
 @click.option("--features", default=None, help="Images: a genloom classifier (default models/fmnist-features) or torchscript:PATH.")
+@click.option("--recon", default=None, help="Images: a folder of reconstructions, scored against --originals.")
+@click.option("--originals", default=None, help="Images: the originals of --recon, same file names (PSNR, SSIM).")
 @click.option("--audio", default=None, help="Audio: a file or folder of WAV/FLAC files.")
 @click.option("--texts", default=None, help="Audio: what each file says, one line per file in name order (WER).")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
@@ -140,7 +142,8 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--report", "report_dir", default=None, help="Write report.json and a self-contained report.html here.")
 @click.option("--threads", type=int, default=0)
-def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, audio, texts, split, context,
+def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
+          split, context,
           stride, max_tokens, limit, seed, report_dir, threads):
     """Evaluate models or generated samples; metrics with their protocols, JSON out, optional HTML report.
 
@@ -150,6 +153,7 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     genloom eval --hyps out.txt --refs ref.txt                   the same on files
     genloom eval --samples imgs/ --reference fashion-mnist       FID (+ floor), KID, IS-style, precision/recall
     genloom eval -m models/fmnist-features                       a classifier's test accuracy
+    genloom eval --recon out/ --originals in/                   PSNR, SSIM of reconstructions
     genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, pocketsphinx WER
     """
     from genloom import evaluate as ev
@@ -173,12 +177,17 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
         if not reference:
             raise GenloomError("--samples needs --reference (fashion-mnist, mnist5k, digits or an image folder)")
         sections.append(ev.images_section(d, reference, features, limit=limit, seed=seed))
+    if recon or originals:
+        if not (recon and originals):
+            raise GenloomError("--recon and --originals go together (reconstructions and their originals)")
+        sections.append(ev.reconstruction_section(recon, originals))
     if audio:
         sections.append(ev.audio_section(audio, texts))
     elif texts:
         raise GenloomError("--texts needs --audio (the files that should say them)")
     if not sections:
-        raise GenloomError("nothing to evaluate: give --model, --hyps, --samples or --audio (see genloom eval -h)")
+        raise GenloomError("nothing to evaluate: give --model, --hyps, --samples, --recon or --audio "
+                           "(see genloom eval -h)")
     if report_dir:
         json_path, html_path = write_report(report_dir, sections)
         click.echo(f"report: {html_path} ({json_path})", err=True)

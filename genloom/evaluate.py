@@ -220,6 +220,51 @@ def images_section(samples: str, reference: str, features: str | None, *, limit:
     return s
 
 
+def reconstruction_section(recon: str, originals: str) -> Section:
+    """PSNR and SSIM of reconstructions against their originals, paired by file name."""
+    import numpy as np
+
+    from genloom.data.images import IMAGE_SUFFIXES, grid_png, load_image_file
+    from genloom.metrics.image import psnr, ssim
+
+    rdir, odir = Path(recon), Path(originals)
+    for d in (rdir, odir):
+        if not d.is_dir():
+            raise GenloomError(f"image folder not found: {d}")
+    names = sorted(f.name for f in rdir.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    if not names:
+        raise GenloomError(f"{rdir} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    missing = [n for n in names if not (odir / n).is_file()]
+    if missing:
+        raise GenloomError(f"{odir} has no original for {missing[0]} ({len(missing)} of {len(names)} unpaired)")
+    pairs = []
+    for n in names:
+        a = load_image_file(rdir / n, None, 3)
+        b = load_image_file(odir / n, None, 3)
+        if a.shape != b.shape:
+            raise GenloomError(f"{n}: reconstruction is {a.shape[2]}x{a.shape[1]} but the original is "
+                               f"{b.shape[2]}x{b.shape[1]}")
+        if pairs and a.shape != pairs[0][0].shape:
+            raise GenloomError(f"{n} is {a.shape[2]}x{a.shape[1]} but {names[0]} is "
+                               f"{pairs[0][0].shape[2]}x{pairs[0][0].shape[1]}; compare one image size at a time")
+        pairs.append((a, b))
+    x = torch.from_numpy(np.stack([a for a, _ in pairs])).float() / 255  # (N, 3, H, W) reconstructions
+    y = torch.from_numpy(np.stack([b for _, b in pairs])).float() / 255  # originals
+    s = Section(f"{recon} vs {originals}", "reconstruction")
+    raw = {"recon": recon, "originals": originals, "pairs": len(pairs), "psnr": psnr(x, y)}
+    s.add("PSNR", raw["psnr"], keys=("psnr", "psnr_std"))
+    if min(x.shape[-2:]) >= 11:
+        raw["ssim"] = ssim(x, y)
+        s.add("SSIM", raw["ssim"], keys=("ssim", "ssim_std"))
+    else:
+        s.notes.append(f"images are {x.shape[-1]}x{x.shape[-2]}: SSIM's 11x11 window does not fit, SSIM not reported")
+    k = min(16, len(x))
+    both = (torch.cat([y[:k], x[:k]]) * 255).round().to(torch.uint8)
+    s.figures.append(("originals (top row) and reconstructions (bottom row)", grid_png(both, nrow=k, scale=2)))
+    s.raw = raw
+    return s
+
+
 def classifier_section(model_path: str, reference: str | None) -> Section:
     """Held-out accuracy of a classifier (genloom's feature networks carry this on their card)."""
     from genloom.metrics.features import classifier_accuracy, resolve_model_path

@@ -159,3 +159,47 @@ def test_training_evaluates_on_a_schedule(tmp_path, english_dir):
     assert [r["step"] for r in scheduled] == [10, 20]
     assert scheduled[-1]["val_perplexity"] < scheduled[0]["val_perplexity"]  # it is learning
     assert all(0 < r["distinct_1"] <= 1 and 0 <= r["repetition_4"] <= 1 for r in scheduled)
+
+
+def test_reconstructions_psnr_ssim_match_torchmetrics(run_main, tmp_path):
+    from torchmetrics.functional.image import peak_signal_noise_ratio
+
+    orig = load_images("fashion-mnist", "test").images[:12]
+    noisy = (orig.float() + 12 * torch.randn(orig.shape, generator=torch.Generator().manual_seed(0)))
+    noisy = noisy.round().clamp(0, 255).to(torch.uint8)
+    _save_pngs(orig, tmp_path / "orig")
+    _save_pngs(noisy, tmp_path / "recon")
+    code, out, err = run_main("eval", "--recon", tmp_path / "recon", "--originals", tmp_path / "orig",
+                              "--report", tmp_path / "r")
+    assert code == 0, err
+    res = json.loads(out)
+    per_image = peak_signal_noise_ratio(noisy.float() / 255, orig.float() / 255, data_range=1.0, reduction="none",
+                                        dim=(1, 2, 3))
+    assert res["psnr"]["psnr"] == pytest.approx(float(per_image.mean()), rel=1e-5)
+    assert 0.3 < res["ssim"]["ssim"] < 0.95 and res["pairs"] == 12
+    (tmp_path / "recon" / "0003.png").unlink()
+    (tmp_path / "orig" / "0005.png").unlink()
+    code, out, err = run_main("eval", "--recon", tmp_path / "recon", "--originals", tmp_path / "orig")
+    assert "has no original for 0005.png" in assert_one_line_error(code, out, err)
+    code, out, err = run_main("eval", "--recon", tmp_path / "recon")
+    assert "--recon and --originals go together" in assert_one_line_error(code, out, err)
+
+
+def test_audio_folder_wer_and_loudness(run_main, tmp_path):
+    import shutil
+    import subprocess
+
+    if shutil.which("espeak-ng") is None:
+        pytest.fail("espeak-ng is missing: apt-get install espeak-ng")
+    (tmp_path / "wav").mkdir()
+    line = "I would like to go to the store tomorrow morning."
+    subprocess.run(["espeak-ng", "-v", "en-us+f2", "-w", str(tmp_path / "wav" / "a.wav"), line], check=True)
+    (tmp_path / "texts.txt").write_text(line + "\n")
+    code, out, err = run_main("eval", "--audio", tmp_path / "wav", "--texts", tmp_path / "texts.txt")
+    assert code == 0, err
+    res = json.loads(out)
+    assert res["total"]["wer"] <= 0.3 and res["files"][0]["seconds"] > 1.0
+    assert -40 < res["files"][0]["lufs"] < -5
+    (tmp_path / "texts.txt").write_text(line + "\nanother line\n")
+    code, out, err = run_main("eval", "--audio", tmp_path / "wav", "--texts", tmp_path / "texts.txt")
+    assert "has 1 audio files but" in assert_one_line_error(code, out, err)
