@@ -212,6 +212,65 @@ def evalset(name, out, limit, all_pairs):
     click.echo(f"{out}: {len(pairs)} held-out {name} pairs")
 
 
+@cli.group()
+def keys():
+    """API keys of `genloom serve`: once any key exists, every route but /health requires one."""
+
+
+def _store(data_dir, db):
+    from genloom.serve.storage import Store
+
+    return Store(db, data_dir=data_dir)
+
+
+_store_opts = [
+    click.option("--data-dir", default="genloom-data", show_default=True, help="The server's data directory."),
+    click.option("--db", default=None, help="A SQLAlchemy URL (default: SQLite in the data directory)."),
+]
+
+
+def _with_store(f):
+    for opt in reversed(_store_opts):
+        f = opt(f)
+    return f
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--rate-limit", type=int, default=0, show_default=True, help="Requests per minute (0: unlimited).")
+@_with_store
+def keys_create(name, rate_limit, data_dir, db):
+    """Create a key; its secret is printed once (only a hash is stored)."""
+    key, secret = _store(data_dir, db).create_key(name, rate_limit)
+    click.echo(f"created {key.id} ({key.prefix}...) for '{name}'; the secret, shown only now:", err=True)
+    click.echo(secret)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_with_store
+def keys_list(as_json, data_dir, db):
+    """List keys (id, prefix, name, created, revoked); secrets are never shown."""
+    rows = [{"id": k.id, "prefix": k.prefix, "name": k.name, "rate_limit": k.rate_limit,
+             "created_at": k.created_at.isoformat(timespec="seconds"), "revoked": k.revoked_at is not None}
+            for k in _store(data_dir, db).list_keys()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['id']}  {r['prefix']}...  {r['name']}  created {r['created_at']}"
+                   f"{'  REVOKED' if r['revoked'] else ''}")
+
+
+@keys.command("revoke")
+@click.argument("key")
+@_with_store
+def keys_revoke(key, data_dir, db):
+    """Revoke a key by id or prefix; requests with it get 401 from then on."""
+    k = _store(data_dir, db).revoke_key(key)
+    click.echo(f"revoked {k.id} ({k.prefix}...)")
+
+
 @cli.command()
 @click.argument("run")
 @click.option("--out", "-o", required=True, help="Folder for the slim safetensors export.")

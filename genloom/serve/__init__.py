@@ -1,0 +1,1 @@
+"""genloom serve: an OpenAI-compatible HTTP API (protocol / engine / routes / app) and its storage."""

@@ -1,0 +1,331 @@
+"""The server's storage: SQLAlchemy tables, Alembic migrations, API keys, history, jobs, files, usage.
+
+SQLite under the data directory by default (WAL mode, so readers never wait for the writer); any
+SQLAlchemy URL otherwise (PostgreSQL in CI). The schema is owned by Alembic: `Store(...)` upgrades the
+database to the newest revision on open. API keys are random 256-bit secrets; only their SHA-256 is
+stored (a salted slow hash buys nothing for secrets of that entropy) and checks use hmac.compare_digest.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
+from pathlib import Path
+
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+
+from genloom.errors import GenloomError
+
+KEY_PREFIX = "gl-"
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+
+
+def now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)  # naive UTC: the same on SQLite and PostgreSQL
+
+
+def new_id(kind: str) -> str:
+    return f"{kind}-{uuid.uuid4().hex[:24]}"
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16), index=True)  # shown in listings: gl-abcd1234
+    key_hash: Mapped[str] = mapped_column(String(64))  # sha256 hex of the whole secret
+    rate_limit: Mapped[int] = mapped_column(Integer, default=0)  # requests per minute; 0: unlimited
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
+    revoked_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    last_used_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class Request(Base):
+    """One served request and its output: the history the web UI's gallery shows."""
+
+    __tablename__ = "requests"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    key_id: Mapped[str | None] = mapped_column(String(40), nullable=True, index=True)
+    route: Mapped[str] = mapped_column(String(64))
+    model: Mapped[str] = mapped_column(String(200))
+    params: Mapped[dict] = mapped_column(JSON, default=dict)
+    output: Mapped[dict] = mapped_column(JSON, default=dict)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    status: Mapped[int] = mapped_column(Integer, default=200)
+    latency_ms: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now, index=True)
+
+
+class File(Base):
+    __tablename__ = "files"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(255))
+    purpose: Mapped[str] = mapped_column(String(32))
+    bytes: Mapped[int] = mapped_column(Integer)
+    path: Mapped[str] = mapped_column(Text)  # relative to the data directory's files/ folder
+    meta: Mapped[dict] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    model: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    config: Mapped[dict] = mapped_column(JSON, default=dict)
+    training_file: Mapped[str | None] = mapped_column(String(40), nullable=True)
+    fine_tuned_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
+    started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+
+
+class JobEvent(Base):
+    __tablename__ = "job_events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+class Usage(Base):
+    """Per key and day: requests, tokens in and out, images."""
+
+    __tablename__ = "usage"
+    key_id: Mapped[str] = mapped_column(String(40), primary_key=True)  # "" for unauthenticated use
+    day: Mapped[str] = mapped_column(String(10), primary_key=True)  # YYYY-MM-DD (UTC)
+    requests: Mapped[int] = mapped_column(Integer, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    images: Mapped[int] = mapped_column(Integer, default=0)
+
+
+def hash_key(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def database_url(url: str | None, data_dir: str | Path) -> str:
+    if url:
+        return url
+    Path(data_dir).mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{Path(data_dir).resolve() / 'genloom.db'}"
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to Alembic's head revision (the migrations live beside this module)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, "head")
+
+
+class Store:
+    """One handle on the database: open (and migrate) once at startup, share across requests."""
+
+    def __init__(self, url: str | None = None, data_dir: str | Path = "genloom-data"):
+        self.data_dir = Path(data_dir)
+        self.url = database_url(url, data_dir)
+        try:
+            migrate(self.url)
+            self.engine = create_engine(self.url, pool_pre_ping=True)
+        except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable server is the user's to fix
+            raise GenloomError(f"cannot open database {self.safe_url}: {str(e).splitlines()[0]}") from None
+        if self.engine.dialect.name == "sqlite":
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self.session = sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def safe_url(self) -> str:
+        from sqlalchemy.engine import make_url
+
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except Exception:  # noqa: BLE001
+            return "<unparsable URL>"
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- API keys --------------------------------------------------------------------------------
+    def create_key(self, name: str, rate_limit: int = 0) -> tuple[ApiKey, str]:
+        """A new key; the secret is returned once and never stored."""
+        if rate_limit < 0:
+            raise GenloomError(f"rate limit must be >= 0 requests per minute, got {rate_limit}")
+        secret = KEY_PREFIX + secrets.token_urlsafe(32)
+        key = ApiKey(id=new_id("key"), name=name, prefix=secret[:11], key_hash=hash_key(secret), rate_limit=rate_limit)
+        with self.session.begin() as s:
+            s.add(key)
+        return key, secret
+
+    def list_keys(self) -> list[ApiKey]:
+        with self.session() as s:
+            return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at)))
+
+    def revoke_key(self, ident: str) -> ApiKey:
+        with self.session.begin() as s:
+            key = s.get(ApiKey, ident) or s.scalars(select(ApiKey).where(ApiKey.prefix == ident)).first()
+            if key is None:
+                raise GenloomError(f"no API key '{ident}'; `genloom keys list` shows the ids and prefixes")
+            key.revoked_at = key.revoked_at or now()
+            return key
+
+    def any_keys(self) -> bool:
+        with self.session() as s:
+            return s.scalars(select(ApiKey.id).limit(1)).first() is not None
+
+    def verify_key(self, secret: str) -> ApiKey | None:
+        """The active key matching `secret`, compared in constant time, or None."""
+        if not secret or not secret.startswith(KEY_PREFIX):
+            return None
+        digest = hash_key(secret)
+        with self.session.begin() as s:
+            for key in s.scalars(select(ApiKey).where(ApiKey.prefix == secret[:11])):
+                if hmac.compare_digest(key.key_hash, digest) and key.revoked_at is None:
+                    key.last_used_at = now()
+                    return key
+        return None
+
+    # ---- history and usage -----------------------------------------------------------------------
+    def log_request(self, *, route: str, model: str, params: dict, output: dict, key_id: str | None = None,
+                    prompt_tokens: int = 0, completion_tokens: int = 0, images: int = 0, status: int = 200,
+                    latency_ms: int = 0) -> str:
+        rid = new_id("req")
+        day = now().strftime("%Y-%m-%d")
+        with self.session.begin() as s:
+            s.add(Request(id=rid, key_id=key_id, route=route, model=model, params=params, output=output,
+                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status,
+                          latency_ms=latency_ms))
+            u = s.get(Usage, (key_id or "", day))
+            if u is None:
+                u = Usage(key_id=key_id or "", day=day, requests=0, prompt_tokens=0, completion_tokens=0, images=0)
+                s.add(u)
+            u.requests += 1
+            u.prompt_tokens += prompt_tokens
+            u.completion_tokens += completion_tokens
+            u.images += images
+        return rid
+
+    def history(self, limit: int = 50, route: str | None = None) -> list[Request]:
+        with self.session() as s:
+            q = select(Request).order_by(Request.created_at.desc()).limit(limit)
+            if route:
+                q = q.where(Request.route == route)
+            return list(s.scalars(q))
+
+    def usage(self, key_id: str | None = None) -> list[Usage]:
+        with self.session() as s:
+            q = select(Usage).order_by(Usage.day)
+            if key_id is not None:
+                q = q.where(Usage.key_id == key_id)
+            return list(s.scalars(q))
+
+    # ---- files -----------------------------------------------------------------------------------
+    def files_dir(self) -> Path:
+        d = self.data_dir / "files"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def add_file(self, filename: str, data: bytes, purpose: str, meta: dict | None = None) -> File:
+        """Store bytes under files/<id><suffix> (the user's name is kept only as metadata, never as a path)."""
+        from genloom.store import atomic_write_bytes
+
+        fid = new_id("file")
+        suffix = "".join(c for c in Path(filename).suffix.lower() if c.isalnum() or c == ".")[:10]
+        rel = fid + suffix
+        atomic_write_bytes(self.files_dir() / rel, data)
+        rec = File(id=fid, filename=Path(filename).name[:255], purpose=purpose, bytes=len(data), path=rel,
+                   meta=meta or {})
+        with self.session.begin() as s:
+            s.add(rec)
+        return rec
+
+    def get_file(self, fid: str) -> File | None:
+        with self.session() as s:
+            return s.get(File, fid)
+
+    def file_path(self, rec: File) -> Path:
+        """The file's path, checked to stay inside the files folder."""
+        root = self.files_dir().resolve()
+        p = (root / rec.path).resolve()
+        if root not in p.parents:
+            raise GenloomError(f"file {rec.id} points outside the files folder")
+        return p
+
+    # ---- jobs ------------------------------------------------------------------------------------
+    def create_job(self, model: str, config: dict, training_file: str | None = None) -> Job:
+        job = Job(id=new_id("ftjob"), model=model, config=config, training_file=training_file, status="queued")
+        with self.session.begin() as s:
+            s.add(job)
+            s.add(JobEvent(job_id=job.id, message="job queued", data={}))
+        return job
+
+    def get_job(self, jid: str) -> Job | None:
+        with self.session() as s:
+            return s.get(Job, jid)
+
+    def list_jobs(self, limit: int = 20) -> list[Job]:
+        with self.session() as s:
+            return list(s.scalars(select(Job).order_by(Job.created_at.desc()).limit(limit)))
+
+    def set_job(self, jid: str, status: str, **fields) -> Job:
+        if status not in JOB_STATES:
+            raise GenloomError(f"unknown job status '{status}'; choose one of {', '.join(JOB_STATES)}")
+        with self.session.begin() as s:
+            job = s.get(Job, jid)
+            if job is None:
+                raise GenloomError(f"no job '{jid}'")
+            job.status = status
+            if status == "running" and job.started_at is None:
+                job.started_at = now()
+            if status in ("succeeded", "failed", "cancelled"):
+                job.finished_at = now()
+            for k, v in fields.items():
+                setattr(job, k, v)
+            return job
+
+    def add_event(self, jid: str, message: str, data: dict | None = None, level: str = "info") -> None:
+        with self.session.begin() as s:
+            s.add(JobEvent(job_id=jid, message=message, data=json.loads(json.dumps(data or {})), level=level))
+
+    def events(self, jid: str, after: int = 0, limit: int = 100) -> list[JobEvent]:
+        with self.session() as s:
+            q = select(JobEvent).where(JobEvent.job_id == jid, JobEvent.id > after).order_by(JobEvent.id).limit(limit)
+            return list(s.scalars(q))
+
+    def recover_jobs(self) -> list[str]:
+        """At startup: a job left 'running' by a dead server goes back to the queue (its checkpoint resumes it)."""
+        with self.session.begin() as s:
+            stuck = list(s.scalars(select(Job).where(Job.status == "running")))
+            for job in stuck:
+                job.status = "queued"
+                s.add(JobEvent(job_id=job.id, level="warning", message="server restarted: job re-queued, "
+                               "it resumes from its last checkpoint", data={}))
+            return [j.id for j in stuck]
+
+    def next_queued_job(self) -> Job | None:
+        with self.session() as s:
+            return s.scalars(select(Job).where(Job.status == "queued").order_by(Job.created_at)).first()
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=5000")
+    cur.close()
