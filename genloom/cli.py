@@ -212,6 +212,33 @@ def evalset(name, out, limit, all_pairs):
     click.echo(f"{out}: {len(pairs)} held-out {name} pairs")
 
 
+@cli.command()
+@click.option("--model", "-m", "models", multiple=True, help="A model folder to serve; repeat. Default: the bundled "
+              "text starters (models/chat, models/kjv, models/tang).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 exposes it).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--data-dir", default="genloom-data", show_default=True, help="History, files, jobs, keys, fine-tuned models.")
+@click.option("--db", default=None, help="A SQLAlchemy URL instead of SQLite in the data directory.")
+@click.option("--max-batch", default=16, show_default=True, type=int, help="Requests decoded together (continuous batching).")
+@click.option("--max-queue", default=64, show_default=True, type=int, help="Waiting requests before 429s.")
+@click.option("--max-tokens", default=1024, show_default=True, type=int, help="Upper limit of max_tokens per request.")
+@click.option("--no-jobs", is_flag=True, help="Do not start the fine-tuning worker process.")
+@click.option("--threads", type=int, default=0)
+def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, threads):
+    """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
+    from pathlib import Path
+
+    from genloom.serve.app import serve as run
+
+    _threads(threads)
+    root = Path(__file__).resolve().parent.parent
+    paths = list(models) or [str(root / "models" / n) for n in ("chat", "kjv", "tang")]
+    click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
+               f"(web UI: http://{host}:{port}/ui/)", err=True)
+    run(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
+        max_tokens=max_tokens, jobs=not no_jobs)
+
+
 @cli.group()
 def keys():
     """API keys of `genloom serve`: once any key exists, every route but /health requires one."""

@@ -1,0 +1,358 @@
+"""The HTTP routes: parse an OpenAI request, submit it to the model's engine, shape the answer. No model logic."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+
+from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+from genloom.errors import GenloomError
+from genloom.sample import SamplingParams
+from genloom.serve.app import ApiError, ServedModel, check_api_key, log_event
+from genloom.serve.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionChoice,
+    CompletionRequest,
+    CompletionResponse,
+    Delta,
+    ModelCard,
+    ModelList,
+    Usage,
+    new_id,
+)
+
+router = APIRouter()
+v1 = [Depends(check_api_key)]
+DISCONNECT_POLL_S = 0.25
+
+
+# ---- endpoints ----
+
+
+@router.get("/health")
+async def health(request: Request):
+    models = request.app.state.models
+    if not models:
+        return JSONResponse({"status": "starting", "models": []}, status_code=503)
+    return {"status": "ok", "models": sorted(models)}
+
+
+@router.get("/metrics", dependencies=v1)
+async def metrics(request: Request) -> Response:
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    return Response(request.app.state.metrics.render(request.app.state.models), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/models", dependencies=v1)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[_card(s) for s in request.app.state.models.values()])
+
+
+@router.get("/v1/models/{model_id}", dependencies=v1)
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    return _card(_served(request, model_id))
+
+
+@router.post("/v1/completions", dependencies=v1)
+async def completions(body: CompletionRequest, request: Request):
+    served = _served(request, body.model)
+    _unsupported(body.logprobs, "logprobs", ok=lambda v: not v)
+    _unsupported(body.suffix, "suffix")
+    _unsupported(body.best_of, "best_of", ok=lambda v: v == body.n)
+    prompts = body.prompts()
+    limits = request.app.state.limits
+    if not prompts:
+        raise ApiError(400, "prompt must not be empty.", param="prompt")
+    if len(prompts) > limits.max_prompts:
+        raise ApiError(400, f"At most {limits.max_prompts} prompts per request (got {len(prompts)}).", param="prompt")
+    ids = [_encode(served, p) for p in prompts]
+    job = _submit(request, served, body, ids, extra_stop=[], max_tokens=body.max_tokens, param="max_tokens")
+    job.route, job.params = "/v1/completions", body.model_dump(exclude_none=True)
+    echo = [served.tokenizer.decode(i) if body.echo else "" for i in ids for _ in range(body.n)]
+    if body.stream:
+        return _sse(_completion_chunks(request, job, body, echo))
+    texts, reasons = await _collect(request, job)
+    choices = [CompletionChoice(index=i, text=echo[i] + t, finish_reason=r)
+               for i, (t, r) in enumerate(zip(texts, reasons))]
+    return CompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage())
+
+
+@router.post("/v1/chat/completions", dependencies=v1)
+async def chat_completions(body: ChatCompletionRequest, request: Request):
+    served = _served(request, body.model)
+    _unsupported(body.logprobs, "logprobs", ok=lambda v: not v)
+    _unsupported(body.top_logprobs, "top_logprobs", ok=lambda v: not v)
+    _unsupported(body.tools, "tools", ok=lambda v: not v)
+    _unsupported(body.tool_choice, "tool_choice", ok=lambda v: v == "none")
+    _unsupported(body.response_format, "response_format", ok=lambda v: v == {"type": "text"})
+    prompt = served.template.render([(m.role, m.text()) for m in body.messages])
+    ids = [_encode(served, prompt, param="messages")]
+    max_tokens, param = body.max_tokens, "max_tokens"
+    if body.max_completion_tokens is not None:
+        max_tokens, param = body.max_completion_tokens, "max_completion_tokens"
+    job = _submit(request, served, body, ids, extra_stop=served.template.stop, max_tokens=max_tokens, param=param)
+    job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_none=True)
+    if body.stream:
+        return _sse(_chat_chunks(request, job, body))
+    texts, reasons = await _collect(request, job)
+    choices = [ChatChoice(index=i, message=AssistantMessage(content=t.lstrip()), finish_reason=r)
+               for i, (t, r) in enumerate(zip(texts, reasons))]
+    return ChatCompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage())
+
+
+# ---- submitting ----
+
+
+@dataclass
+class _Job:
+    """One API request as engine requests: choice i of prompt p is handles[p * n + i]."""
+
+    id: str
+    served: ServedModel
+    handles: list
+    prompt_lens: list[int]
+    t0: float
+    route: str = ""
+    params: dict | None = None  # the request as sent, for the history (and the UI's "regenerate")
+    texts: list | None = None
+
+    def usage(self) -> Usage:
+        prompt = sum(self.prompt_lens)
+        done = sum(h.completion_tokens or 0 for h in self.handles)
+        return Usage(prompt_tokens=prompt, completion_tokens=done, total_tokens=prompt + done)
+
+
+def _served(request: Request, name: str) -> ServedModel:
+    models = request.app.state.models
+    if name not in models:
+        raise ApiError(404, f"The model `{name}` does not exist. Available: {', '.join(sorted(models))}.",
+                       param="model", code="model_not_found")
+    return models[name]
+
+
+def _card(served: ServedModel) -> ModelCard:
+    card = served.loaded.meta.get("card", {}) or {}
+    data = card.get("data") or {}
+    extra = {"family": served.loaded.family, "parameters": sum(p.numel() for p in served.loaded.model.parameters()),
+             "context": served.context,
+             "description": f"{data.get('source', 'unknown data')}, {data.get('tokenizer', '?')} tokenizer"
+                            + (f", fine-tuned from {card['fine_tuned_from']}" if card.get("fine_tuned_from") else "")}
+    return ModelCard(id=served.name, created=served.created, max_model_len=served.context, genloom=extra)
+
+
+def _unsupported(value, param: str, ok=lambda v: v is None) -> None:
+    if value is not None and not ok(value):
+        raise ApiError(400, f"'{param}' is not supported by genloom models.", param=param, code="unsupported_parameter")
+
+
+def _encode(served: ServedModel, prompt: str | list[int], param: str = "prompt") -> list[int]:
+    if isinstance(prompt, str):
+        ids = served.tokenizer.encode(prompt)
+    else:
+        vocab = served.tokenizer.vocab_size
+        bad = next((t for t in prompt if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise ApiError(400, f"Token id {bad} is outside the vocabulary of `{served.name}` (0..{vocab - 1}).",
+                           param=param)
+        ids = list(prompt)
+    if not ids:
+        raise ApiError(400, f"'{param}' must not be empty: give at least one token of text.", param=param)
+    if len(ids) > served.context:
+        raise ApiError(400, f"This model's maximum context length is {served.context} tokens, however your "
+                       f"prompt is {len(ids)} tokens. Shorten it.", param=param, code="context_length_exceeded")
+    return ids
+
+
+def _submit(request: Request, served: ServedModel, body, ids: list[list[int]], *, extra_stop: list[str],
+            max_tokens: int | None, param: str) -> _Job:
+    """Check the request against the limits, then submit n engine requests per prompt (seeds seed, seed+1, ...)."""
+    from genloom.serve.engine import QueueFull
+
+    limits = request.app.state.limits
+    if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
+        raise ApiError(400, f"'{param}' must be between 1 and {limits.max_tokens} (got {max_tokens}).", param=param)
+    if body.n > limits.max_n:
+        raise ApiError(400, f"'n' must be at most {limits.max_n} (got {body.n}).", param="n")
+    stop = body.stop_list()
+    if len(stop) > limits.max_stop:
+        raise ApiError(400, f"'stop' takes at most {limits.max_stop} sequences (got {len(stop)}).", param="stop")
+    _unsupported(body.logit_bias, "logit_bias", ok=lambda v: not v)
+    if len(ids) * body.n > request.app.state.capacity:  # could never fit: a 400, not a 429 to retry forever
+        raise ApiError(400, f"{len(ids)} prompt(s) x n={body.n} needs {len(ids) * body.n} engine slots; this "
+                       f"server holds {request.app.state.capacity} (max_batch + max_queue).", param="n")
+    wanted = max_tokens if max_tokens is not None else limits.max_tokens
+    handles = []
+    try:
+        for prompt in ids:
+            for j in range(body.n):
+                sp = SamplingParams(
+                    max_new_tokens=max(1, min(wanted, served.context - len(prompt) + 1)),  # the rest of the context
+                    temperature=body.temperature, top_p=body.top_p,
+                    presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
+                    stop=[*extra_stop, *stop], seed=None if body.seed is None else body.seed + j,
+                )
+                handles.append(served.engine.submit(prompt, sp))
+    except QueueFull:
+        for h in handles:
+            h.cancel()
+        retry = str(limits.retry_after_s)
+        raise ApiError(429, f"The server is busy ({served.name}'s queue is full); retry after {retry} s.",
+                       type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": retry}) from None
+    except GenloomError as e:
+        for h in handles:
+            h.cancel()
+        raise ApiError(400, str(e)) from None
+    return _Job(new_id("cmpl" if isinstance(body, CompletionRequest) else "chatcmpl"), served, handles,
+                [len(p) for p in ids], time.perf_counter())
+
+
+# ---- consuming ----
+
+
+async def _events(request: Request, job: _Job, poll: bool):
+    """Yield (choice, event) from every handle as they come; cancel what is left on exit or on disconnect.
+
+    With `poll` the client's connection is checked every DISCONNECT_POLL_S (plain responses); a stream is
+    cancelled by Starlette itself when its client goes, which ends this generator the same way.
+    """
+    metrics, name = request.app.state.metrics, job.served.name
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def pump(i, handle):
+        try:
+            async for ev in metrics.watch(handle, name, job.t0):
+                await queue.put((i, ev))
+        except Exception as e:  # noqa: BLE001 - the engine failed this request: tell the client, not a hang
+            queue.put_nowait((i, e))
+        finally:
+            queue.put_nowait((i, None))
+
+    tasks = [asyncio.create_task(pump(i, h)) for i, h in enumerate(job.handles)]
+    open_, finished = len(tasks), set()
+    job.texts = [""] * len(job.handles)
+    last_poll = time.monotonic()
+    try:
+        while open_:
+            try:
+                i, ev = await asyncio.wait_for(queue.get(), DISCONNECT_POLL_S) if poll else await queue.get()
+            except asyncio.TimeoutError:
+                i = ev = None
+            if poll and time.monotonic() - last_poll >= DISCONNECT_POLL_S:
+                last_poll = time.monotonic()
+                if await request.is_disconnected():
+                    log_event("client_disconnected", request_id=request.state.request_id, id=job.id)
+                    return
+            if i is None:
+                continue
+            if ev is None:
+                open_ -= 1
+                continue
+            if isinstance(ev, Exception):
+                raise ApiError(500, f"Generation failed: {ev}", type="server_error")
+            if ev.finish_reason:
+                finished.add(i)
+            job.texts[i] += ev.text
+            yield i, ev
+    finally:
+        for i, h in enumerate(job.handles):
+            if i not in finished:
+                h.cancel()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        log_event("generation", request_id=request.state.request_id, id=job.id, model=name, n=len(job.handles),
+                  finished=len(finished), **job.usage().model_dump(),
+                  ms=round(1000 * (time.perf_counter() - job.t0), 1))
+        await _record(request, job)
+
+
+async def _record(request: Request, job: _Job) -> None:
+    """Store the request and its output in the history (and the key's usage), off the event loop."""
+    store = getattr(request.app.state, "store", None)
+    if store is None or not job.route:
+        return
+    usage = job.usage()
+    texts = [t.lstrip() if job.route.endswith("chat/completions") else t for t in (job.texts or [])]
+    try:
+        await asyncio.to_thread(
+            store.log_request, route=job.route, model=job.served.name, params=job.params or {},
+            output={"text": texts[0] if len(texts) == 1 else texts}, key_id=getattr(request.state, "key_id", None),
+            prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
+            latency_ms=round(1000 * (time.perf_counter() - job.t0)))
+    except Exception as e:  # noqa: BLE001 - a history write must never fail the request
+        log_event("history_write_failed", request_id=request.state.request_id, error=str(e))
+
+
+async def _collect(request: Request, job: _Job) -> tuple[list[str], list[str]]:
+    texts = [""] * len(job.handles)
+    reasons = ["cancelled"] * len(job.handles)
+    async for i, ev in _events(request, job, poll=True):
+        texts[i] += ev.text
+        if ev.finish_reason:
+            reasons[i] = ev.finish_reason
+    return texts, reasons
+
+
+def _sse(chunks) -> StreamingResponse:
+    async def frames():
+        try:
+            async for chunk in chunks:
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+        except ApiError as e:  # the status line is gone already: the error travels as an event, as vLLM does
+            err = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
+            yield f"data: {json.dumps({'error': err}, ensure_ascii=False)}\n\n"
+        yield "data: [DONE]\n\n"
+
+    return StreamingResponse(frames(), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+def _include_usage(body) -> bool:
+    return bool(body.stream_options and body.stream_options.include_usage)
+
+
+async def _completion_chunks(request: Request, job: _Job, body: CompletionRequest, echo: list[str]):
+    def chunk(i, text, reason=None):
+        return CompletionResponse(id=job.id, model=job.served.name,
+                                  choices=[CompletionChoice(index=i, text=text, finish_reason=reason)]).model_dump()
+
+    for i, e in enumerate(echo):
+        if e:
+            yield chunk(i, e)
+    async for i, ev in _events(request, job, poll=False):
+        if ev.text or ev.finish_reason:
+            yield chunk(i, ev.text, ev.finish_reason)
+    if _include_usage(body):
+        yield CompletionResponse(id=job.id, model=job.served.name, choices=[], usage=job.usage()).model_dump()
+
+
+async def _chat_chunks(request: Request, job: _Job, body: ChatCompletionRequest):
+    def chunk(i, delta: Delta, reason=None):
+        out = ChatCompletionChunk(id=job.id, model=job.served.name,
+                                  choices=[ChatChunkChoice(index=i, delta=delta, finish_reason=reason)]).model_dump()
+        out["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
+        return out
+
+    started = [False] * len(job.handles)  # a reply's leading whitespace (after "Bot:") is dropped, as in plain mode
+    for i in range(len(job.handles)):
+        yield chunk(i, Delta(role="assistant", content=""))
+    async for i, ev in _events(request, job, poll=False):
+        text = ev.text if started[i] else ev.text.lstrip()
+        started[i] = started[i] or bool(text)
+        if text:
+            yield chunk(i, Delta(content=text))
+        if ev.finish_reason:
+            yield chunk(i, Delta(), ev.finish_reason)
+    if _include_usage(body):
+        out = ChatCompletionChunk(id=job.id, model=job.served.name, choices=[], usage=job.usage()).model_dump()
+        yield out

@@ -1,0 +1,345 @@
+// genloom web UI: a thin page over the same OpenAI-compatible API applications use. No build step.
+"use strict";
+
+const $ = (sel) => document.querySelector(sel);
+const state = { chat: [], models: [], jobTimer: null, openJob: null };
+
+// ---- API -------------------------------------------------------------------------------------
+function headers(json = true) {
+  const h = {};
+  if (json) h["Content-Type"] = "application/json";
+  const key = $("#apikey").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+function showError(message) {
+  const box = $("#error");
+  box.textContent = message;
+  box.hidden = !message;
+}
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: { ...headers(!(options.body instanceof FormData)), ...(options.headers || {}) } });
+  if (!res.ok) {
+    let msg = res.status + " " + res.statusText;
+    try { msg = (await res.json()).error.message; } catch (e) { /* not JSON */ }
+    throw new Error(msg);
+  }
+  return res;
+}
+
+// Server-sent events from a POST (EventSource only does GET): yield each parsed `data:` payload.
+async function* sse(path, body) {
+  const res = await api(path, { method: "POST", body: JSON.stringify(body) });
+  const reader = res.body.getReader();
+  const decoder = new TextDecoder();
+  let buf = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buf += decoder.decode(value, { stream: true });
+    let at;
+    while ((at = buf.indexOf("\n\n")) >= 0) {
+      const chunk = buf.slice(0, at);
+      buf = buf.slice(at + 2);
+      for (const line of chunk.split("\n")) {
+        if (!line.startsWith("data: ")) continue;
+        const data = line.slice(6);
+        if (data === "[DONE]") return;
+        yield JSON.parse(data);
+      }
+    }
+  }
+}
+
+function numberOrUndefined(id) {
+  const v = $(id).value;
+  return v === "" ? undefined : Number(v);
+}
+
+// ---- tabs ------------------------------------------------------------------------------------
+function openTab(name) {
+  document.querySelectorAll("nav button").forEach((b) => b.classList.toggle("active", b.dataset.tab === name));
+  document.querySelectorAll(".tab").forEach((s) => { s.hidden = s.id !== "tab-" + name; });
+  showError("");
+  if (name === "history") loadHistory();
+  if (name === "jobs") loadJobs();
+  if (name === "models") loadModels();
+}
+
+// ---- models ----------------------------------------------------------------------------------
+async function loadModels() {
+  try {
+    const data = await (await api("/v1/models")).json();
+    state.models = data.data;
+    for (const sel of document.querySelectorAll(".model-select")) {
+      const keep = sel.value;
+      sel.innerHTML = "";
+      for (const m of state.models) {
+        const o = document.createElement("option");
+        o.value = o.textContent = m.id;
+        sel.appendChild(o);
+      }
+      if (keep) sel.value = keep;
+    }
+    if (state.models.some((m) => m.id === "chat")) $("#chat-model").value = "chat";
+    const body = $("#models-table tbody");
+    body.innerHTML = "";
+    for (const m of state.models) {
+      const g = m.genloom || {};
+      const tr = document.createElement("tr");
+      for (const v of [m.id, g.family || "", g.parameters ? g.parameters.toLocaleString() : "", g.context || "",
+                       g.description || ""]) {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+  } catch (e) { showError(e.message); }
+}
+
+// ---- chat ------------------------------------------------------------------------------------
+function addMessage(role, text) {
+  const div = document.createElement("div");
+  div.className = "msg " + role;
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = role === "user" ? "you" : $("#chat-model").value + " (AI-generated)";
+  const body = document.createElement("span");
+  body.className = "body";
+  body.textContent = text;
+  div.append(who, body);
+  $("#chat-log").appendChild(div);
+  $("#chat-log").scrollTop = $("#chat-log").scrollHeight;
+  return body;
+}
+
+async function sendChat(text, params) {
+  showError("");
+  state.chat.push({ role: "user", content: text });
+  addMessage("user", text);
+  const out = addMessage("assistant", "");
+  $("#chat-send").disabled = true;
+  const body = params || {
+    model: $("#chat-model").value, messages: state.chat, stream: true,
+    temperature: numberOrUndefined("#chat-temperature"), top_p: numberOrUndefined("#chat-top-p"),
+    max_tokens: numberOrUndefined("#chat-max-tokens"), seed: numberOrUndefined("#chat-seed"),
+  };
+  body.messages = state.chat;
+  body.stream = true;
+  let reply = "";
+  try {
+    for await (const chunk of sse("/v1/chat/completions", body)) {
+      const delta = chunk.choices[0].delta || {};
+      if (delta.content) { reply += delta.content; out.textContent = reply; }
+    }
+    state.chat.push({ role: "assistant", content: reply });
+  } catch (e) {
+    showError(e.message);
+    out.parentElement.remove();
+    state.chat.pop();
+  } finally {
+    $("#chat-send").disabled = false;
+  }
+}
+
+// ---- completions -----------------------------------------------------------------------------
+async function runCompletion(params) {
+  showError("");
+  const stop = $("#complete-stop").value.replace(/\\n/g, "\n");
+  const body = params || {
+    model: $("#complete-model").value, prompt: $("#complete-prompt").value, stream: true,
+    temperature: numberOrUndefined("#complete-temperature"), top_p: numberOrUndefined("#complete-top-p"),
+    max_tokens: numberOrUndefined("#complete-max-tokens"), seed: numberOrUndefined("#complete-seed"),
+    stop: stop ? [stop] : undefined,
+  };
+  body.stream = true;
+  $("#complete-out").textContent = body.prompt;
+  $("#complete-run").disabled = true;
+  let n = 0;
+  try {
+    for await (const chunk of sse("/v1/completions", body)) {
+      $("#complete-out").textContent += chunk.choices[0].text;
+      n += 1;
+    }
+    $("#complete-usage").textContent = n + " chunks streamed · AI-generated text";
+  } catch (e) { showError(e.message); } finally { $("#complete-run").disabled = false; }
+}
+
+// ---- history ---------------------------------------------------------------------------------
+async function loadHistory() {
+  try {
+    const rows = (await (await api("/ui/api/history?limit=50")).json()).data;
+    const body = $("#history-table tbody");
+    body.innerHTML = "";
+    for (const r of rows) {
+      const tr = document.createElement("tr");
+      const params = { ...r.params };
+      delete params.messages; delete params.prompt;
+      const cells = [new Date(r.created_at + "Z").toLocaleString(), r.route, r.model, JSON.stringify(params),
+                     (r.output && r.output.text) || ""];
+      cells.forEach((v, i) => {
+        const td = document.createElement("td");
+        td.textContent = v;
+        if (i >= 3) td.className = "text";
+        tr.appendChild(td);
+      });
+      const td = document.createElement("td");
+      const b = document.createElement("button");
+      b.className = "secondary regenerate";
+      b.textContent = "Regenerate";
+      b.onclick = () => regenerate(r);
+      td.appendChild(b);
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+  } catch (e) { showError(e.message); }
+}
+
+function regenerate(r) {
+  const p = { ...r.params, model: r.model };
+  if (r.route.endsWith("/chat/completions")) {
+    openTab("chat");
+    const msgs = p.messages || [];
+    state.chat = msgs.slice(0, -1);
+    $("#chat-log").innerHTML = "";
+    for (const m of state.chat) addMessage(m.role, m.content);
+    const last = msgs[msgs.length - 1];
+    if (last) sendChat(last.content, p);
+  } else {
+    openTab("complete");
+    $("#complete-prompt").value = p.prompt || "";
+    runCompletion(p);
+  }
+}
+
+// ---- jobs ------------------------------------------------------------------------------------
+async function loadJobs() {
+  try {
+    const jobs = (await (await api("/v1/fine_tuning/jobs?limit=20")).json()).data;
+    const body = $("#jobs-table tbody");
+    body.innerHTML = "";
+    for (const j of jobs) {
+      const tr = document.createElement("tr");
+      tr.dataset.job = j.id;
+      for (const v of [j.id, j.model, j.status, j.genloom_progress || "", j.fine_tuned_model || ""]) {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      }
+      const td = document.createElement("td");
+      const view = document.createElement("button");
+      view.className = "secondary";
+      view.textContent = "Watch";
+      view.onclick = () => watchJob(j.id);
+      td.appendChild(view);
+      if (j.status === "queued" || j.status === "running") {
+        const cancel = document.createElement("button");
+        cancel.className = "secondary";
+        cancel.textContent = "Cancel";
+        cancel.onclick = async () => { await api(`/v1/fine_tuning/jobs/${j.id}/cancel`, { method: "POST" }); loadJobs(); };
+        td.appendChild(cancel);
+      }
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+  } catch (e) { showError(e.message); }
+}
+
+function drawCurve(points) {
+  const c = $("#job-curve");
+  const ctx = c.getContext("2d");
+  ctx.clearRect(0, 0, c.width, c.height);
+  ctx.fillStyle = "#666";
+  ctx.font = "12px system-ui";
+  if (points.length < 2) { ctx.fillText("waiting for training steps...", 20, 30); return; }
+  const pad = 36;
+  const xs = points.map((p) => p.step), ys = points.map((p) => p.loss);
+  const [x0, x1] = [Math.min(...xs), Math.max(...xs)], [y0, y1] = [Math.min(...ys), Math.max(...ys)];
+  const X = (x) => pad + (x - x0) / Math.max(1e-9, x1 - x0) * (c.width - 2 * pad);
+  const Y = (y) => c.height - pad - (y - y0) / Math.max(1e-9, y1 - y0) * (c.height - 2 * pad);
+  ctx.strokeStyle = "#ccc";
+  ctx.strokeRect(pad, pad, c.width - 2 * pad, c.height - 2 * pad);
+  ctx.fillText(y1.toFixed(3), 2, pad + 4);
+  ctx.fillText(y0.toFixed(3), 2, c.height - pad);
+  ctx.fillText("step " + x1, c.width - pad - 40, c.height - 10);
+  ctx.fillText("training loss", pad + 4, pad - 8);
+  ctx.strokeStyle = "#2956b2";
+  ctx.lineWidth = 1.5;
+  ctx.beginPath();
+  points.forEach((p, i) => (i ? ctx.lineTo(X(p.step), Y(p.loss)) : ctx.moveTo(X(p.step), Y(p.loss))));
+  ctx.stroke();
+}
+
+async function refreshJob() {
+  const id = state.openJob;
+  if (!id) return;
+  try {
+    const job = await (await api(`/v1/fine_tuning/jobs/${id}`)).json();
+    const events = (await (await api(`/v1/fine_tuning/jobs/${id}/events?limit=1000`)).json()).data;
+    events.sort((a, b) => a.created_at - b.created_at);
+    const steps = events.filter((e) => e.data && e.data.loss !== undefined);
+    drawCurve(steps.map((e) => e.data));
+    const last = steps[steps.length - 1];
+    const frac = job.status === "succeeded" ? 1 : last ? last.data.step / last.data.total_steps : 0;
+    $("#job-bar").style.width = (100 * frac).toFixed(1) + "%";
+    $("#job-progress").textContent = `${job.status}` + (last ? ` · step ${last.data.step}/${last.data.total_steps}` +
+      ` · loss ${last.data.loss.toFixed(4)} · ETA ${Math.round(last.data.eta_s)} s` : "") +
+      (job.fine_tuned_model ? ` · model ${job.fine_tuned_model}` : "");
+    $("#job-events").textContent = events.map((e) => e.message).join("\n");
+    if (["succeeded", "failed", "cancelled"].includes(job.status)) {
+      clearInterval(state.jobTimer);
+      state.jobTimer = null;
+      loadJobs();
+      loadModels();
+    }
+  } catch (e) { showError(e.message); }
+}
+
+function watchJob(id) {
+  state.openJob = id;
+  $("#job-detail").hidden = false;
+  $("#job-title").textContent = id;
+  if (state.jobTimer) clearInterval(state.jobTimer);
+  state.jobTimer = setInterval(refreshJob, 1000);
+  refreshJob();
+}
+
+async function startJob(ev) {
+  ev.preventDefault();
+  showError("");
+  const file = $("#job-file").files[0];
+  if (!file) { showError("choose a training text file first"); return; }
+  try {
+    const form = new FormData();
+    form.append("file", file);
+    form.append("purpose", "fine-tune");
+    const uploaded = await (await api("/v1/files", { method: "POST", body: form })).json();
+    const job = await (await api("/v1/fine_tuning/jobs", {
+      method: "POST",
+      body: JSON.stringify({ model: $("#job-model").value, training_file: uploaded.id,
+                             genloom_config: { train: { max_steps: Number($("#job-steps").value) } } }),
+    })).json();
+    await loadJobs();
+    watchJob(job.id);
+  } catch (e) { showError(e.message); }
+}
+
+// ---- wiring ----------------------------------------------------------------------------------
+document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => openTab(b.dataset.tab)));
+$("#chat-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const text = $("#chat-input").value.trim();
+  if (!text) return;
+  $("#chat-input").value = "";
+  sendChat(text);
+});
+$("#chat-clear").addEventListener("click", () => { state.chat = []; $("#chat-log").innerHTML = ""; });
+$("#complete-run").addEventListener("click", () => runCompletion());
+$("#history-refresh").addEventListener("click", loadHistory);
+$("#job-form").addEventListener("submit", startJob);
+$("#apikey").value = localStorage.getItem("genloom-key") || "";
+$("#apikey").addEventListener("change", () => { localStorage.setItem("genloom-key", $("#apikey").value); loadModels(); });
+loadModels();
