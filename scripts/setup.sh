@@ -8,7 +8,7 @@ extras=""
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=""
   for p in fortunes-zh fortunes bible-kjv bible-kjv-text dataset-fashion-mnist diatheke sword-text-sparv \
-           sword-text-web espeak-ng pocketsphinx-testdata; do
+           sword-text-web espeak-ng pocketsphinx-testdata ${extras:+chromium}; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
   done
   if [ -n "$need" ]; then

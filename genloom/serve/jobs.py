@@ -26,7 +26,8 @@ class JobEvents(Callback):
         self.t0 = time.time()
 
     def on_train_start(self, trainer, info):
-        self.every = max(1, trainer.cfg.train.log_interval)  # an event per logged step
+        t = trainer.cfg.train  # an event per logged step, and at least ~50 over a short job (the UI's curve)
+        self.every = max(1, min(t.log_interval, t.max_steps // 50))
         self.total = trainer.cfg.train.max_steps
         self.start_step = trainer.step
         self.store.add_event(self.job_id, f"training started at step {trainer.step} of {self.total}",

@@ -1,0 +1,131 @@
+"""The web UI end to end in headless Chromium (Debian's chromium, driven by Playwright): what a person sees.
+
+Screenshots of each page land in test-artifacts/ui/ (CI keeps them with the run).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from genloom.serve.app import create_app
+from test_serve_api import CHAT, KJV, Server
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+TEXT = "\n".join(f"User: is the shop open on day {i}?\nBot: Yes, from nine to five." for i in range(60))
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    data = tmp_path_factory.mktemp("ui-data")
+    s = Server(create_app([CHAT, KJV], max_batch=4, max_queue=8, max_tokens=64, data_dir=str(data), jobs=True))
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    if not Path(CHROMIUM).exists():
+        pytest.fail("chromium is missing: apt-get install chromium (CI installs it)")
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+            "--disable-component-update", "--disable-sync"])
+        pg = browser.new_page(viewport={"width": 1100, "height": 800})
+        pg.set_default_timeout(30_000)
+        pg.goto(f"{server.url}/ui/")
+        yield pg
+        browser.close()
+
+
+def shot(page, name: str) -> Path:
+    path = SHOTS / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 5_000  # a rendered page, not a blank one
+    return path
+
+
+def test_models_load_into_the_pickers(page):
+    page.wait_for_function("document.querySelectorAll('#chat-model option').length >= 2")
+    assert page.input_value("#chat-model") == "chat"
+    assert "AI-generated content" in page.inner_text("p.label")
+
+
+def test_chat_streams_a_reply(page):
+    page.fill("#chat-temperature", "0")
+    page.fill("#chat-input", "Hello, who are you?")
+    page.click("#chat-send")
+    page.wait_for_selector(".msg.user")
+    page.wait_for_function("!document.querySelector('#chat-send').disabled && "
+                           "document.querySelectorAll('.msg.assistant .body').length === 1 && "
+                           "document.querySelector('.msg.assistant .body').textContent.length > 0")
+    assert page.inner_text(".msg.user .body") == "Hello, who are you?"
+    assert "(AI-generated)" in page.inner_text(".msg.assistant .who")
+    assert page.is_hidden("#error")
+    shot(page, "chat")
+
+
+def test_completion_and_regenerate_from_history(page):
+    page.click("nav button[data-tab=complete]")
+    page.select_option("#complete-model", "kjv")
+    page.fill("#complete-prompt", "And God said")
+    page.fill("#complete-seed", "7")
+    page.fill("#complete-max-tokens", "24")
+    page.click("#complete-run")
+    page.wait_for_function("!document.querySelector('#complete-run').disabled && "
+                           "document.querySelector('#complete-out').textContent.length > 'And God said'.length")
+    first = page.inner_text("#complete-out")
+    assert first.startswith("And God said")
+    shot(page, "completions")
+    page.click("nav button[data-tab=history]")
+    page.wait_for_selector("#history-table tbody tr")
+    rows = page.inner_text("#history-table tbody")
+    assert "/v1/completions" in rows and "/v1/chat/completions" in rows and "kjv" in rows
+    shot(page, "history")
+    row = page.locator("#history-table tbody tr", has_text="/v1/completions").first
+    row.locator("button.regenerate").click()
+    page.wait_for_function("!document.querySelector('#complete-run').disabled && "
+                           "document.querySelector('#complete-out').textContent.length > 'And God said'.length")
+    assert page.inner_text("#complete-out") == first  # same seed, same parameters: the same text
+
+
+def test_fine_tuning_job_with_live_progress(page, tmp_path):
+    corpus = tmp_path / "shop.txt"
+    corpus.write_text(TEXT)
+    page.click("nav button[data-tab=jobs]")
+    page.select_option("#job-model", "chat")
+    page.set_input_files("#job-file", str(corpus))
+    page.fill("#job-steps", "8")
+    page.click("#job-form button[type=submit]")
+    page.wait_for_selector("#job-detail:not([hidden])")
+    page.wait_for_function("document.querySelector('#job-progress').textContent.startsWith('succeeded')",
+                           timeout=120_000)
+    assert page.evaluate("document.querySelector('#job-bar').style.width") == "100%"
+    drawn = page.evaluate("""() => {
+        const c = document.querySelector('#job-curve');
+        const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+        let blue = 0;
+        for (let i = 0; i < d.length; i += 4) if (d[i + 2] > 150 && d[i] < 100) blue++;
+        return blue; }""")
+    assert drawn > 50  # the loss curve was plotted
+    assert "step 8/8" in page.inner_text("#job-progress")
+    page.wait_for_timeout(500)  # let the progress bar finish its CSS transition before the screenshot
+    shot(page, "jobs")
+    page.click("nav button[data-tab=models]")
+    page.wait_for_function("document.querySelector('#models-table tbody').textContent.includes('ft-chat-')",
+                           timeout=30_000)
+    assert "fine-tuned from chat" in page.inner_text("#models-table tbody")
+    shot(page, "models")
+
+
+def test_errors_are_shown_not_swallowed(page):
+    page.click("nav button[data-tab=complete]")
+    page.fill("#complete-max-tokens", "100000")
+    page.click("#complete-run")
+    page.wait_for_selector("#error:not([hidden])")
+    assert "max_tokens" in page.inner_text("#error")
