@@ -159,3 +159,14 @@ def test_ui_is_served(served):
     assert httpx.get(f"{s.url}/ui/app.js").status_code == 200
     assert httpx.get(f"{s.url}/ui/..%2Fapp.py").status_code == 404
     assert httpx.get(f"{s.url}/", follow_redirects=False).status_code in (302, 307)
+
+
+def test_moderations_first_version(client):
+    res = client.moderations.create(model="genloom-moderation-1",
+                                    input=["Have a lovely day!", "you are a fucking idiot", "I will kill you"])
+    polite, abusive, threat = res.results
+    assert not polite.flagged and polite.category_scores.harassment < 0.5
+    assert abusive.flagged and abusive.categories.harassment
+    assert threat.flagged and threat.categories.violence and threat.categories.harassment_threatening
+    with pytest.raises(openai.NotFoundError):
+        client.moderations.create(model="llama-guard", input="x")

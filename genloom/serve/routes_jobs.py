@@ -217,6 +217,32 @@ def _encode_vector(v, fmt: str):
     return v.tolist() if fmt == "float" else base64.b64encode(np.asarray(v, "<f4").tobytes()).decode()
 
 
+# ---- moderations ----
+
+
+class ModerationRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    input: str | list[str]
+    model: str = "genloom-moderation-1"
+
+
+@router.post("/v1/moderations", dependencies=v1)
+async def moderations(body: ModerationRequest):
+    """A first version: offensive-language classifier + keyword lexicons (genloom.safety.moderation)."""
+    from genloom.safety.moderation import MODEL, moderate
+
+    if body.model not in (MODEL, "omni-moderation-latest", "text-moderation-latest"):
+        raise ApiError(404, f"The moderation model '{body.model}' does not exist; choose {MODEL}.", param="model",
+                       code="model_not_found")
+    texts = [body.input] if isinstance(body.input, str) else body.input
+    if not texts:
+        raise ApiError(400, "input must be a string or a non-empty list of strings.", param="input")
+    results = await asyncio.to_thread(moderate, texts)
+    from genloom.serve.protocol import new_id
+
+    return {"id": new_id("modr"), "model": MODEL, "results": results}
+
+
 # ---- history and the web UI ----
 
 
