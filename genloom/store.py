@@ -142,6 +142,8 @@ def write_model_card(folder, card: dict, name: str = "", command: str = "") -> P
 
     if card.get("family") == "classifier":
         return _write_classifier_card(folder, card, name, command)
+    if card.get("family") == "dcgan":
+        return _write_generator_card(folder, card, name, command)
     data = card.get("data") or {}
     source = data.get("source") or "unknown"
     tokens = data.get("tokens") or {}
@@ -164,6 +166,22 @@ def write_model_card(folder, card: dict, name: str = "", command: str = "") -> P
         f"| validation loss | {card['val_loss']:.4f} nats/token (best checkpoint, {card.get('run_config', {}).get('train', {}).get('eval_batches', '?')} fixed validation batches) |"
         if card.get("val_loss") is not None else "| validation loss | not measured |",
     ]
+    if command:
+        lines += ["", "Reproduce:", "", "```", command, "```"]
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def _write_generator_card(folder, card: dict, name: str, command: str) -> Path:
+    """The card of an image generator: where it came from, its licence terms, its size."""
+    lines = [f"# {name or Path(folder).name}", "",
+             "A genloom image generator. Images it makes are machine-made: genloom writes that, and the "
+             "generation parameters, into every PNG it saves.", "", "| | |", "|---|---|",
+             f"| family | {card.get('family')} |",
+             f"| source | {card.get('imported_from') or (card.get('data') or {}).get('source', '?')} |",
+             f"| licence / terms | {card.get('licence') or 'see the source'} |",
+             f"| parameters (generator) | {card.get('parameters', 0):,} |"]
     if command:
         lines += ["", "Reproduce:", "", "```", command, "```"]
     path = Path(folder) / "README.md"

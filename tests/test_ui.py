@@ -20,8 +20,14 @@ TEXT = "\n".join(f"User: is the shop open on day {i}?\nBot: Yes, from nine to fi
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    from genloom.models.gan import import_dcgan
+
+    gan_face_generate = pytest.importorskip("gan_face_generate")
+    faces = tmp_path_factory.mktemp("faces") / "dcgan-faces"
+    import_dcgan(str(Path(gan_face_generate.__file__).parent / "weights.tar"), str(faces))
     data = tmp_path_factory.mktemp("ui-data")
-    s = Server(create_app([CHAT, KJV], max_batch=4, max_queue=8, max_tokens=64, data_dir=str(data), jobs=True))
+    s = Server(create_app([CHAT, KJV, str(faces)], max_batch=4, max_queue=8, max_tokens=64, data_dir=str(data),
+                          jobs=True))
     yield s
     s.close()
 
@@ -92,6 +98,26 @@ def test_completion_and_regenerate_from_history(page):
     page.wait_for_function("!document.querySelector('#complete-run').disabled && "
                            "document.querySelector('#complete-out').textContent.length > 'And God said'.length")
     assert page.inner_text("#complete-out") == first  # same seed, same parameters: the same text
+
+
+def test_images_tab_generates_and_regenerates(page):
+    page.click("nav button[data-tab=images]")
+    assert page.input_value("#images-model") == "dcgan-faces"
+    page.fill("#images-n", "3")
+    page.fill("#images-seed", "11")
+    page.click("#images-run")
+    page.wait_for_function("document.querySelectorAll('#images-out img').length === 3 && "
+                           "[...document.querySelectorAll('#images-out img')].every(i => i.complete && i.naturalWidth === 64)")
+    first = page.evaluate("[...document.querySelectorAll('#images-out img')].map(i => i.src)")
+    assert "seed 11" in page.inner_text("#images-out figcaption")
+    shot(page, "images")
+    page.click("nav button[data-tab=history]")
+    page.wait_for_selector("#history-table tbody tr", )
+    row = page.locator("#history-table tbody tr", has_text="/v1/images/generations").first
+    assert "3 image(s)" in row.inner_text()
+    row.locator("button.regenerate").click()
+    page.wait_for_function("document.querySelectorAll('#images-out img').length === 3")
+    assert page.evaluate("[...document.querySelectorAll('#images-out img')].map(i => i.src)") == first
 
 
 def test_fine_tuning_job_with_live_progress(page, tmp_path):

@@ -248,3 +248,41 @@ def grid_png(images: torch.Tensor, nrow: int = 8, scale: int = 1) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
+
+
+# ---- PNGs that carry how they were made ---------------------------------------------------------
+def png_with_metadata(image: torch.Tensor, params: dict) -> bytes:
+    """uint8 (C, H, W) -> PNG bytes whose text chunks hold the generation parameters and an AIGC label.
+
+    `parameters` follows the AUTOMATIC1111 convention (prompt line, then "Steps: .., Sampler: .., Seed: ..")
+    so common tools read it; `genloom` holds the exact JSON to regenerate the image; `AIGC` labels it.
+    """
+    import json
+
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    a = image.permute(1, 2, 0).numpy()
+    img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
+    info = PngInfo()
+    keys = {"steps": "Steps", "sampler": "Sampler", "guidance": "CFG scale", "seed": "Seed", "model": "Model",
+            "size": "Size"}
+    line = ", ".join(f"{label}: {params[k]}" for k, label in keys.items() if params.get(k) is not None)
+    info.add_text("parameters", f"{params.get('prompt') or ''}\n{line}".strip())
+    info.add_text("genloom", json.dumps(params, ensure_ascii=False, sort_keys=True))
+    info.add_text("AIGC", json.dumps({"label": "AI-generated", "generator": "genloom", "model": params.get("model")}))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def read_png_parameters(path_or_bytes) -> dict:
+    """The genloom parameters stored in a PNG by png_with_metadata ({} when there are none)."""
+    import json
+
+    from PIL import Image
+
+    src = io.BytesIO(path_or_bytes) if isinstance(path_or_bytes, (bytes, bytearray)) else path_or_bytes
+    with Image.open(src) as img:
+        text = img.text.get("genloom") if hasattr(img, "text") else None
+    return json.loads(text) if text else {}

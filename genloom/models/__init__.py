@@ -6,9 +6,15 @@ import dataclasses
 
 from genloom.errors import GenloomError, choices
 from genloom.models.classifier import Classifier, ClassifierConfig
+from genloom.models.gan import DCGAN, DCGANConfig
 from genloom.models.gpt import GPT, GPTConfig
 
-MODELS: dict[str, tuple[type, type]] = {"gpt": (GPTConfig, GPT), "classifier": (ClassifierConfig, Classifier)}
+MODELS: dict[str, tuple[type, type]] = {
+    "gpt": (GPTConfig, GPT),
+    "classifier": (ClassifierConfig, Classifier),
+    "dcgan": (DCGANConfig, DCGAN),
+}
+IMAGE_FAMILIES = ("dcgan",)
 
 
 def family(name: str) -> tuple[type, type]:

@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
@@ -185,8 +186,13 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedMo
     from genloom.serve.engine import TextEngine
     from genloom.store import load_model
 
+    from genloom.models import IMAGE_FAMILIES
+
     loaded = load_model(path)
     name = model_name(path)
+    if loaded.family in IMAGE_FAMILIES:  # sampled in a thread by the images route; no decode engine
+        loaded.lock = threading.Lock()
+        return ServedModel(name, loaded, None, None, 0)
     if loaded.family != "gpt" or loaded.tokenizer is None:
         raise GenloomError(f"{path} is a '{loaded.family}' model; the text API serves gpt models with a tokenizer")
     p = Path(path)
@@ -235,11 +241,25 @@ class Metrics:
         self.generation_tokens = Counter("genloom:generation_tokens", "Tokens generated.", m, registry=r)
         self.success = Counter("genloom:request_success", "Finished engine requests by finish reason.",
                                m + ["finished_reason"], registry=r)
+        self.images = Counter("genloom:images_generated", "Images generated.", m, registry=r)
+        self.jobs = Gauge("genloom:fine_tuning_jobs", "Fine-tuning jobs by status.", ["status"], registry=r)
 
-    def render(self, models: dict[str, ServedModel]) -> bytes:
+    def render(self, models: dict[str, ServedModel], store=None) -> bytes:
         from prometheus_client import generate_latest
 
+        if store is not None:
+            from sqlalchemy import func, select
+
+            from genloom.serve.storage import JOB_STATES, Job
+
+            with store.session() as s:
+                counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
+            for status in JOB_STATES:
+                self.jobs.labels(status).set(counts.get(status, 0))
+
         for name, served in models.items():
+            if served.engine is None:  # image models have no decode engine
+                continue
             stats = served.engine.stats()
             self.running.labels(name).set(stats.get("running", 0))
             self.waiting.labels(name).set(stats.get("waiting", 0))
@@ -329,6 +349,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     data_dir/models and are served once their job succeeds.
     """
     from genloom.serve.routes import router
+    from genloom.serve.routes_images import router as images_router
     from genloom.serve.routes_jobs import router as jobs_router
 
     if not model_paths:
@@ -373,7 +394,8 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                 worker.terminate()
                 worker.join(5)
             for served in list(models.values()) + [m for m in app.state.models.values() if m not in models.values()]:
-                served.engine.stop()
+                if served.engine is not None:
+                    served.engine.stop()
             app.state.models = {}
 
     app = FastAPI(title="genloom", summary="OpenAI-compatible API for genloom models", lifespan=lifespan)
@@ -400,6 +422,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
     app.include_router(router)
     app.include_router(jobs_router)
+    app.include_router(images_router)
     return app
 
 

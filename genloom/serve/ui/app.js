@@ -73,10 +73,12 @@ async function loadModels() {
   try {
     const data = await (await api("/v1/models")).json();
     state.models = data.data;
-    for (const sel of document.querySelectorAll(".model-select")) {
+    const isImage = (m) => m.genloom && m.genloom.kind === "image";
+    for (const sel of document.querySelectorAll(".model-select, .image-model-select")) {
       const keep = sel.value;
       sel.innerHTML = "";
-      for (const m of state.models) {
+      const wantImages = sel.classList.contains("image-model-select");
+      for (const m of state.models.filter((m) => isImage(m) === wantImages)) {
         const o = document.createElement("option");
         o.value = o.textContent = m.id;
         sel.appendChild(o);
@@ -168,6 +170,36 @@ async function runCompletion(params) {
   } catch (e) { showError(e.message); } finally { $("#complete-run").disabled = false; }
 }
 
+// ---- images ----------------------------------------------------------------------------------
+function figure(src, caption) {
+  const fig = document.createElement("figure");
+  const img = document.createElement("img");
+  img.src = src;
+  img.alt = caption;
+  const cap = document.createElement("figcaption");
+  cap.textContent = caption;
+  fig.append(img, cap);
+  return fig;
+}
+
+async function runImages(params) {
+  showError("");
+  const model = $("#images-model").value;
+  if (!model) { showError("no image model is being served"); return; }
+  const body = params || { model, n: numberOrUndefined("#images-n"), seed: numberOrUndefined("#images-seed"),
+                           response_format: "b64_json" };
+  body.response_format = "b64_json";
+  $("#images-run").disabled = true;
+  try {
+    const res = await (await api("/v1/images/generations", { method: "POST", body: JSON.stringify(body) })).json();
+    const out = $("#images-out");
+    out.innerHTML = "";
+    res.data.forEach((d, i) => out.appendChild(figure("data:image/png;base64," + d.b64_json,
+      `${body.model} · seed ${body.seed ?? "random"} · #${i} · AI-generated`)));
+    $("#images-note").textContent = "Each PNG carries its generation parameters and an AI-generated label in its metadata.";
+  } catch (e) { showError(e.message); } finally { $("#images-run").disabled = false; }
+}
+
 // ---- history ---------------------------------------------------------------------------------
 async function loadHistory() {
   try {
@@ -178,8 +210,9 @@ async function loadHistory() {
       const tr = document.createElement("tr");
       const params = { ...r.params };
       delete params.messages; delete params.prompt;
+      const out = r.output || {};
       const cells = [new Date(r.created_at + "Z").toLocaleString(), r.route, r.model, JSON.stringify(params),
-                     (r.output && r.output.text) || ""];
+                     out.images ? `${out.images.length} image(s)` : (out.text || "")];
       cells.forEach((v, i) => {
         const td = document.createElement("td");
         td.textContent = v;
@@ -200,7 +233,11 @@ async function loadHistory() {
 
 function regenerate(r) {
   const p = { ...r.params, model: r.model };
-  if (r.route.endsWith("/chat/completions")) {
+  if (r.route.endsWith("/images/generations")) {
+    openTab("images");
+    $("#images-model").value = p.model;
+    runImages(p);
+  } else if (r.route.endsWith("/chat/completions")) {
     openTab("chat");
     const msgs = p.messages || [];
     state.chat = msgs.slice(0, -1);
@@ -338,6 +375,7 @@ $("#chat-form").addEventListener("submit", (ev) => {
 });
 $("#chat-clear").addEventListener("click", () => { state.chat = []; $("#chat-log").innerHTML = ""; });
 $("#complete-run").addEventListener("click", () => runCompletion());
+$("#images-run").addEventListener("click", () => runImages());
 $("#history-refresh").addEventListener("click", loadHistory);
 $("#job-form").addEventListener("submit", startJob);
 $("#apikey").value = localStorage.getItem("genloom-key") || "";
