@@ -20,6 +20,7 @@ Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 @dataclass(kw_only=True)
 class SamplingParams:
     max_new_tokens: int = 128
+    min_new_tokens: int = 0  # end-of-text masked and stop strings ignored until this many tokens (vLLM's min_tokens)
     temperature: float = 1.0  # 0 means greedy
     top_k: int = 0  # 0 disables
     top_p: float = 1.0
@@ -35,6 +36,8 @@ class SamplingParams:
         bad = []
         if self.max_new_tokens < 1:
             bad.append(f"max_new_tokens must be >= 1 (got {self.max_new_tokens})")
+        if not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            bad.append(f"min_new_tokens must be in [0, max_new_tokens={self.max_new_tokens}] (got {self.min_new_tokens})")
         if self.temperature < 0:
             bad.append(f"temperature must be >= 0 (got {self.temperature})")
         if self.top_k < 0:
@@ -123,17 +126,30 @@ def build_processors(sp: SamplingParams) -> list[Processor]:
     return procs
 
 
-def _left_pad(prompts: list[list[int]]):
-    """(B, L) ids, per-row positions and a key-validity mask for prompts of different lengths."""
+def min_new_tokens_mask(logits: torch.Tensor, eot_id: int | None, rows=None) -> torch.Tensor:
+    """End-of-text gets -inf in the given rows (all if None), as transformers' MinNewTokensLengthLogitsProcessor."""
+    if eot_id is None:
+        return logits
+    logits = logits.clone()
+    logits[slice(None) if rows is None else rows, eot_id] = float("-inf")
+    return logits
+
+
+def left_pad(prompts: list[list[int]], device=None):
+    """(B, L) ids, per-row positions, key validity (B, L) and prefill mask (B, 1, L, L) for prompts of
+    different lengths, right-aligned so that every row's last token sits in column L - 1. pos, valid and
+    mask are None when all prompts have the same length (plain causal attention)."""
     L = max(len(p) for p in prompts)
-    pad = torch.tensor([L - len(p) for p in prompts])
-    ids = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], dtype=torch.long)
+    pad = torch.tensor([L - len(p) for p in prompts], device=device)
+    ids = torch.tensor([[0] * (L - len(p)) + list(p) for p in prompts], dtype=torch.long, device=device)
     if int(pad.max()) == 0:
-        return ids, None, None
-    cols = torch.arange(L)
+        return ids, None, None, None
+    cols = torch.arange(L, device=device)
     valid = cols.unsqueeze(0) >= pad.unsqueeze(1)  # (B, L)
     pos = (cols.unsqueeze(0) - pad.unsqueeze(1)).clamp(min=0)  # (B, L)
-    return ids, pos, valid
+    causal = torch.ones(L, L, dtype=torch.bool, device=device).tril()
+    mask = (causal & valid[:, None, :]) | torch.eye(L, dtype=torch.bool, device=device)  # (B, L, L)
+    return ids, pos, valid, mask.unsqueeze(1)  # (B, 1, L, L); pad queries see themselves, so no row is empty
 
 
 @torch.inference_mode()
@@ -157,12 +173,7 @@ def stream_ids(
     steps = min(sp.max_new_tokens, cfg.block_size - longest + 1)
     dtype = next(model.parameters()).dtype
     cache = KVCache(cfg, B, longest + steps, dtype=dtype)
-    ids, pos, valid = _left_pad(prompts)
-    mask = None
-    if valid is not None:
-        causal = torch.ones(longest, longest, dtype=torch.bool).tril()
-        mask = (causal & valid[:, None, :]) | torch.eye(longest, dtype=torch.bool)  # (B, L, L)
-        mask = mask.unsqueeze(1)  # (B, 1, L, L); pad queries see themselves, so no row is empty
+    ids, pos, valid, mask = left_pad(prompts)
     procs = build_processors(sp)
     counts = None
     if (sp.repetition_penalty != 1.0 or sp.presence_penalty or sp.frequency_penalty):
@@ -180,6 +191,8 @@ def stream_ids(
         valid = torch.cat([valid, torch.ones(B, steps, dtype=torch.bool)], dim=1)  # (B, L + steps)
     for step in range(steps):
         logits = logits[:, -1, :].float()  # (B, V)
+        if step < sp.min_new_tokens:  # every row has `step` tokens so far
+            logits = min_new_tokens_mask(logits, eot_id)
         for proc in procs:
             logits = proc(counts, logits)
         if gens is None:
@@ -210,12 +223,17 @@ def stream_ids(
 
 
 class TextStream:
-    """Turns one row's token ids into text deltas, holding back partial UTF-8 and possible stop strings."""
+    """Turns one row's token ids into text deltas, holding back partial UTF-8 and possible stop strings.
 
-    def __init__(self, tokenizer, stop: list[str]):
-        self.tok, self.stop = tokenizer, [s for s in stop if s]
+    Before `min_tokens` tokens, stop strings are not looked for and nothing is held back but partial
+    UTF-8; a stop string found later must lie wholly in text not yet handed out (vLLM's min_tokens).
+    """
+
+    def __init__(self, tokenizer, stop: list[str], min_tokens: int = 0):
+        self.tok, self.stop, self.min_tokens = tokenizer, [s for s in stop if s], min_tokens
         self.ids: list[int] = []
         self.emitted = 0  # characters of the text already handed out
+        self.floor = 0  # characters handed out before min_tokens: a stop string may not start before this
         self.text = ""
         self.stopped = False
 
@@ -225,8 +243,12 @@ class TextStream:
         if text.endswith("\ufffd"):  # an incomplete multi-byte character; wait for the next token
             return ""
         self.text = text
+        if len(self.ids) < self.min_tokens:  # too early to stop: hand out everything
+            delta = self._flush(len(text))
+            self.floor = self.emitted
+            return delta
         for s in self.stop:
-            at = text.find(s, max(0, self.emitted - len(s)))
+            at = text.find(s, max(0, self.floor, self.emitted - len(s)))
             if at != -1:
                 self.stopped = True
                 self.text = text[:at]
@@ -253,7 +275,7 @@ class Completion:
 
 def stream_text(model, tokenizer, prompts: list[str], sp: SamplingParams) -> Iterator[tuple[int, str]]:
     """Yield (row, text delta) as tokens arrive; the building block for the CLI and the server."""
-    streams = [TextStream(tokenizer, sp.stop) for _ in prompts]
+    streams = [TextStream(tokenizer, sp.stop, sp.min_new_tokens) for _ in prompts]
     for row, delta, _ in _stream_text(model, tokenizer, prompts, sp, streams):
         if delta:
             yield row, delta
@@ -286,7 +308,7 @@ def _stream_text(model, tokenizer, prompts, sp, streams):
 
 def generate(model, tokenizer, prompts: list[str], sp: SamplingParams) -> list[Completion]:
     """Complete a batch of prompts (of any lengths) with one set of sampling parameters."""
-    streams = [TextStream(tokenizer, sp.stop) for _ in prompts]
+    streams = [TextStream(tokenizer, sp.stop, sp.min_new_tokens) for _ in prompts]
     reasons = ["length"] * len(prompts)
     for r, _, reason in _stream_text(model, tokenizer, prompts, sp, streams):
         if reason:
@@ -294,3 +316,28 @@ def generate(model, tokenizer, prompts: list[str], sp: SamplingParams) -> list[C
     return [
         Completion(s.text, s.ids, len(tokenizer.encode(p)), reasons[i]) for i, (p, s) in enumerate(zip(prompts, streams))
     ]
+
+
+def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "") -> list:
+    """Sample n images from an image model, write one PNG each (with its parameters) and a grid.png."""
+    from pathlib import Path
+
+    from genloom.data.images import grid_png, png_with_metadata
+    from genloom.store import atomic_write_bytes
+
+    if n < 1:
+        raise GenloomError(f"number of images must be >= 1, got {n}")
+    seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
+    images = lm.model.sample(n, seed=seed)  # (n, C, H, W) uint8
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    size = f"{images.shape[-1]}x{images.shape[-2]}"
+    for i, img in enumerate(images):
+        params = {"model": model_name or lm.path, "family": lm.family, "seed": seed, "index": i, "n": n,
+                  "size": size, "sampler": "gan", "steps": 1}
+        paths.append(out / f"{seed}-{i:03d}.png")
+        atomic_write_bytes(paths[-1], png_with_metadata(img, params))
+    paths.append(out / f"{seed}-grid.png")
+    atomic_write_bytes(paths[-1], grid_png(images, nrow=min(8, n)))
+    return paths

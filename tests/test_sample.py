@@ -277,3 +277,50 @@ def test_end_of_text_finishes_one_row_and_the_others_continue():
     keep = generate(ForceEot(model, tok.eot_id, call=3), tok, prompts, SamplingParams(max_new_tokens=10,
                                                                                        stop_at_eot=False, **GREEDY))
     assert keep[0].token_ids[3] == tok.eot_id and len(keep[0].token_ids) == 10
+
+
+def greedy_with_min_tokens(model, ids, n, eot, m):
+    """Reference: full-recompute greedy that masks end-of-text for the first m tokens and stops at it after."""
+    ids, out = list(ids), []
+    with torch.no_grad():
+        for _ in range(n):
+            logits = model(torch.tensor([ids]))[0][0, -1]
+            if len(out) < m:
+                logits[eot] = float("-inf")
+            out.append(int(logits.argmax()))
+            if out[-1] == eot:
+                break
+            ids.append(out[-1])
+    return out
+
+
+def test_min_new_tokens_outlasts_end_of_text_and_stop_strings(llama):
+    model, tok = llama
+    free = generate(model, tok, ["abc"], SamplingParams(max_new_tokens=20, **GREEDY))[0]
+    eot_tok = CharTokenizer(list(string.ascii_letters[:50]))
+    eot_tok.eot_id = tok.encode(free.text[4])[0]  # pretend this letter is end-of-text
+    sp = lambda **kw: SamplingParams(max_new_tokens=20, **GREEDY, **kw)  # noqa: E731
+    natural = generate(model, eot_tok, ["abc"], sp())[0]
+    assert natural.finish_reason == "stop" and len(natural.token_ids) <= 5  # greedy stops early
+    assert generate(model, eot_tok, ["abc"], sp(min_new_tokens=0))[0] == natural
+    for m in (8, 20):
+        c = generate(model, eot_tok, ["abc"], sp(min_new_tokens=m))[0]
+        assert c.token_ids == greedy_with_min_tokens(model, tok.encode("abc"), 20, eot_tok.eot_id, m)
+        assert len(c.token_ids) >= m and eot_tok.eot_id not in c.token_ids[:m]
+        assert c.text.startswith(natural.text)
+    # a stop string inside the first m tokens does not end the request; one wholly after them does
+    stop = free.text[6:8]
+    assert stop not in free.text[:7]
+    assert generate(model, tok, ["abc"], sp(stop=[stop]))[0].text == free.text[:6]
+    assert generate(model, tok, ["abc"], sp(stop=[stop], min_new_tokens=0))[0].text == free.text[:6]
+    for m in (7, 8, 12):
+        c = generate(model, tok, ["abc"], sp(stop=[stop], min_new_tokens=m))[0]
+        at = free.text.find(stop, m - 1)  # one char per token: the m-th token may complete a stop string
+        want = (free.text, "length") if at == -1 else (free.text[:at], "stop")
+        assert (c.text, c.finish_reason) == want and len(c.token_ids) >= m
+        deltas = "".join(d for _, d in stream_text(model, tok, ["abc"], sp(stop=[stop], min_new_tokens=m)))
+        assert deltas == c.text and c.text.startswith(free.text[: m - 1])  # text before m is handed out
+    with pytest.raises(GenloomError, match="min_new_tokens"):
+        generate(model, tok, ["abc"], SamplingParams(max_new_tokens=5, min_new_tokens=6))
+    with pytest.raises(GenloomError, match="min_new_tokens"):
+        generate(model, tok, ["abc"], SamplingParams(min_new_tokens=-1))

@@ -208,6 +208,35 @@ def test_streaming_chat_concatenates_to_plain(client, raw):
     assert json.loads(frames[0][6:])["choices"][0]["delta"] == {"role": "assistant", "content": ""}
 
 
+def test_min_tokens_extra_body(client, raw, server):
+    msgs = [{"role": "user", "content": "What is your name?"}]
+    natural = client.chat.completions.create(model="chat", messages=msgs, max_tokens=40, temperature=0)
+    assert natural.choices[0].finish_reason == "stop" and natural.usage.completion_tokens < 30
+    forced = client.chat.completions.create(model="chat", messages=msgs, max_tokens=40, temperature=0,
+                                            extra_body={"min_tokens": 30})
+    assert forced.usage.completion_tokens >= 30
+    prompt = server.app.state.models["chat"].template.render([("user", "What is your name?")])
+    m = server.model("chat")
+    ref = generate(m.model, m.tokenizer, [prompt], SamplingParams(max_new_tokens=40, min_new_tokens=30,
+                                                                  temperature=0.0, stop=["\nUser:"]))[0]
+    assert forced.choices[0].message.content == ref.text.lstrip()
+    assert forced.choices[0].finish_reason == ref.finish_reason
+    fixed = client.completions.create(model="kjv", prompt="And", max_tokens=12, temperature=0,
+                                      extra_body={"min_tokens": 12}, stop=["\n", " "])
+    assert fixed.usage.completion_tokens == 12  # min_tokens = max_tokens: a fixed length (the 12th may still stop)
+    same = client.completions.create(model="kjv", prompt="And", max_tokens=12, temperature=0,
+                                     extra_body={"min_tokens": 0})
+    assert same.choices[0].text == client.completions.create(model="kjv", prompt="And", max_tokens=12,
+                                                             temperature=0).choices[0].text
+    for body in [{**OK_CHAT, "min_tokens": 3}, {**OK_COMPLETION, "min_tokens": -1},
+                 {**OK_COMPLETION, "min_tokens": "4"}, {**OK_CHAT, "max_tokens": None, "min_tokens": 10_000}]:
+        path = "/v1/chat/completions" if "messages" in body else "/v1/completions"
+        _error(raw.post(path, json=body), 400, param="min_tokens")
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=msgs, max_tokens=5, extra_body={"min_tokens": 6})
+    assert e.value.status_code == 400 and e.value.body["param"] == "min_tokens"
+
+
 def test_chat_template_file(tmp_path):
     assert ChatTemplate.load(tmp_path).render([("user", "Hi")]) == "User: Hi\nBot:"
     assert ChatTemplate.load(tmp_path).stop == DEFAULT_CHAT_TEMPLATE["stop"]

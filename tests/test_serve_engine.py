@@ -314,3 +314,43 @@ def test_stop_cancels_pending_and_failures_do_not_hang(llama):
         assert engine.stats()["failed"] == 2
     finally:
         engine.stop()
+
+
+def test_min_new_tokens_equals_generate(llama):
+    model, tok = llama
+    free = generate(model, tok, ["abc"], SamplingParams(max_new_tokens=20, **GREEDY))[0].text
+    eot_tok = CharTokenizer(LETTERS)
+    eot_tok.eot_id = tok.encode(free[4])[0]  # pretend this letter is end-of-text: greedy stops within 5 tokens
+    stop = free[6:8]
+    cases = [("abc", SamplingParams(max_new_tokens=20, **GREEDY)),
+             ("abc", SamplingParams(max_new_tokens=20, min_new_tokens=12, **GREEDY)),
+             ("abc", SamplingParams(max_new_tokens=20, min_new_tokens=20, **GREEDY)),
+             ("abc", SamplingParams(max_new_tokens=20, min_new_tokens=9, stop=[stop], **GREEDY)),
+             ("mnop", SamplingParams(max_new_tokens=16, min_new_tokens=10, repetition_penalty=1.5, **GREEDY)),
+             ("q", SamplingParams(max_new_tokens=18, min_new_tokens=15, temperature=1.0, seed=5))]
+    ref = [generate(model, eot_tok, [p], sp)[0] for p, sp in cases]
+    assert ref[0].finish_reason == "stop" and len(ref[0].token_ids) <= 5
+    assert len(ref[1].token_ids) >= 12 and len(ref[2].token_ids) == 20
+    engine = TextEngine(model, eot_tok, max_batch=4)
+    handles = [engine.submit(p, sp) for p, sp in cases]  # four join at the first step, two later
+    drive(engine, handles)
+    for h, c in zip(handles, ref):
+        assert h.result() == (c.text, c.finish_reason)
+        got = tokens(h)  # the engine's events carry the end-of-text token too; generate()'s token_ids do not
+        assert (got[:-1] if got[-1] == eot_tok.eot_id else got) == c.token_ids
+
+
+def test_joiners_prefilled_together_equal_generate_alone(model_tok):
+    """Requests joining at the same step share one left-padded prefill, also while others run."""
+    model, tok = model_tok
+    ref = [generate(model, tok, [p], mixed_params(i))[0] for i, p in enumerate(PROMPTS + PROMPTS[::-1])]
+    engine = TextEngine(model, tok, max_batch=16)
+    first = [engine.submit(p, mixed_params(i)) for i, p in enumerate(PROMPTS)]
+    for _ in range(2):
+        engine.step()
+    later = [engine.submit(p, mixed_params(i + len(PROMPTS))) for i, p in enumerate(PROMPTS[::-1])]
+    engine.step()
+    assert engine.stats()["running"] == 2 * len(PROMPTS)
+    drive(engine, first + later)
+    for h, c in zip(first + later, ref):
+        assert h.result() == (c.text, c.finish_reason) and tokens(h) == c.token_ids

@@ -1,8 +1,9 @@
 """Text engine for the server: continuous batching over one shared KV cache (vLLM's scheduler in miniature).
 
-Requests wait in a bounded queue; at every scheduler step the free slots are filled from it, each
-joiner is prefilled alone and its keys/values are copied into the shared cache right-aligned to the
-current write column W, and then one decode step runs for every running row. Rows that started at
+Requests wait in a bounded queue; at every scheduler step the free slots are filled from it, the
+joiners are prefilled together as one left-padded batch (as stream_ids prefills its prompts) and their
+keys/values are copied into the shared cache right-aligned to the current write column W, and then one
+decode step runs for every running row. Rows that started at
 different times coexist through per-row positions (B, 1) and a key-validity mask (B, 1, 1, S):
 row r holds its n_r cached tokens in columns [W - n_r, W). Finished or cancelled rows leave at once
 (the last row is moved into the hole), and the columns no row needs any more are dropped now and then.
@@ -25,7 +26,7 @@ from typing import AsyncIterator, Iterator
 import torch
 
 from genloom.errors import GenloomError
-from genloom.sample import SamplingParams, TextStream, build_processors
+from genloom.sample import SamplingParams, TextStream, build_processors, left_pad, min_new_tokens_mask
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -332,6 +333,9 @@ class TextEngine:
     def _sample(self) -> list[int]:
         """Each row's next token with its own processors and generator (as stream_ids does for one row)."""
         logits = self._logits.float()  # (B, V)
+        early = [i for i, r in enumerate(self._rows) if r.h.completion_tokens < r.sp.min_new_tokens]
+        if early:
+            logits = min_new_tokens_mask(logits, self.eot, early)
         plain = [i for i, r in enumerate(self._rows) if r.sp.greedy and not r.procs]
         toks = [0] * len(self._rows)
         if plain:
@@ -351,7 +355,7 @@ class TextEngine:
         return toks
 
     def _admit(self) -> None:
-        """Fill free slots from the queue: prefill each joiner alone, copy its K/V right-aligned to W."""
+        """Fill free slots from the queue: prefill the joiners together, copy their K/V right-aligned to W."""
         joiners = []
         with self._cond:
             while self._waiting and len(self._rows) + len(joiners) < self.max_batch:
@@ -369,28 +373,33 @@ class TextEngine:
             raise
 
     def _prefill(self, joiners: list[RequestHandle]) -> None:
+        """One forward pass over the joiners' left-padded prompts; row j's last P_j columns are its K/V."""
         from genloom.models.gpt import KVCache
 
+        rows = []
         for h in joiners:
             r = _Row(h, self.cfg, self.cfg.vocab_size, self.device)
-            r.stream = TextStream(self.tok, h._sp.stop)
-            P = h.prompt_tokens
-            tmp = KVCache(self.cfg, 1, P, dtype=self.dtype, device=self.device)
-            ids = torch.tensor([h._prompt], dtype=torch.long, device=self.device)
-            logits, _ = self.model(ids, cache=tmp, last_only=True)  # (1, 1, V)
-            self._counters["prompt_tokens"] += P
-            if not self._rows:
-                self._W = 0
-            if P > self._W:  # make room on the left: shift every running row right
-                self._shift(P - self._W)
-            b = len(self._rows)
-            r.start = self._W - P
-            for buf, kv in zip(self._bufs, tmp.kv):
-                buf[b, :, :, r.start : self._W] = kv[0]
-            self._rows.append(r)
-            self._set_batch()
-            old = [self._logits] if self._logits is not None and len(self._rows) > 1 else []
-            self._logits = torch.cat(old + [logits[:, -1]])  # (B, V), in step with the rows
+            r.stream = TextStream(self.tok, h._sp.stop, h._sp.min_new_tokens)
+            rows.append(r)
+        n = len(joiners)
+        ids, pos, _, mask = left_pad([h._prompt for h in joiners], self.device)  # (n, L)
+        L = ids.size(1)
+        tmp = KVCache(self.cfg, n, L, dtype=self.dtype, device=self.device)
+        logits, _ = self.model(ids, cache=tmp, pos=pos, mask=mask, last_only=True)  # (n, 1, V)
+        self._counters["prompt_tokens"] += sum(h.prompt_tokens for h in joiners)
+        if not self._rows:
+            self._W = 0
+        if L > self._W:  # make room on the left: shift every running row right
+            self._shift(L - self._W)
+        b, W = len(self._rows), self._W
+        for buf, kv in zip(self._bufs, tmp.kv):  # padding columns land left of each row's start: never attended
+            buf[b : b + n, :, :, W - L : W] = kv  # (n, 2, n_kv_head, L, hs)
+        for r in rows:
+            r.start = W - r.n
+        self._rows += rows
+        self._set_batch()
+        old = [self._logits] if self._logits is not None and b > 0 else []
+        self._logits = torch.cat(old + [logits[:, -1]])  # (B, V), in step with the rows
 
     def _decode(self, toks: list[int]) -> None:
         """One decode step for every running row: logits for their next tokens."""

@@ -39,6 +39,7 @@ class _SamplingRequest(BaseModel):
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     logit_bias: Optional[dict[str, float]] = None  # accepted only empty: genloom has no logit bias
+    min_tokens: Optional[int] = Field(None, ge=0)  # vLLM's extension (extra_body): no stop before this many tokens
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])

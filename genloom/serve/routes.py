@@ -50,7 +50,8 @@ async def health(request: Request):
 async def metrics(request: Request) -> Response:
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    return Response(request.app.state.metrics.render(request.app.state.models), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.metrics.render(request.app.state.models,
+                                                                 getattr(request.app.state, "store", None)), media_type=CONTENT_TYPE_LATEST)
 
 
 @router.get("/v1/models", dependencies=v1)
@@ -137,12 +138,22 @@ def _served(request: Request, name: str) -> ServedModel:
     if name not in models:
         raise ApiError(404, f"The model `{name}` does not exist. Available: {', '.join(sorted(models))}.",
                        param="model", code="model_not_found")
+    if models[name].engine is None:
+        raise ApiError(400, f"`{name}` is an image model ({models[name].loaded.family}); use /v1/images/generations.",
+                       param="model")
     return models[name]
 
 
 def _card(served: ServedModel) -> ModelCard:
     card = served.loaded.meta.get("card", {}) or {}
     data = card.get("data") or {}
+    if served.engine is None:  # an image model
+        n = sum(p.numel() for p in served.loaded.model.parameters())
+        size = served.loaded.config.image_size
+        extra = {"family": served.loaded.family, "parameters": n, "context": None, "kind": "image",
+                 "sizes": [f"{size}x{size}"], "description": str(data.get("source", "")) + (
+                     f"; {card['licence']}" if card.get("licence") else "")}
+        return ModelCard(id=served.name, created=served.created, genloom=extra)
     extra = {"family": served.loaded.family, "parameters": sum(p.numel() for p in served.loaded.model.parameters()),
              "context": served.context,
              "description": f"{data.get('source', 'unknown data')}, {data.get('tokenizer', '?')} tokenizer"
@@ -191,12 +202,16 @@ def _submit(request: Request, served: ServedModel, body, ids: list[list[int]], *
         raise ApiError(400, f"{len(ids)} prompt(s) x n={body.n} needs {len(ids) * body.n} engine slots; this "
                        f"server holds {request.app.state.capacity} (max_batch + max_queue).", param="n")
     wanted = max_tokens if max_tokens is not None else limits.max_tokens
+    min_tokens = body.min_tokens or 0
+    if min_tokens > wanted:
+        raise ApiError(400, f"'min_tokens' must be at most {param} ({wanted}) (got {min_tokens}).", param="min_tokens")
     handles = []
     try:
         for prompt in ids:
             for j in range(body.n):
+                most = max(1, min(wanted, served.context - len(prompt) + 1))  # the rest of the context
                 sp = SamplingParams(
-                    max_new_tokens=max(1, min(wanted, served.context - len(prompt) + 1)),  # the rest of the context
+                    max_new_tokens=most, min_new_tokens=min(min_tokens, most),
                     temperature=body.temperature, top_p=body.top_p,
                     presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
                     stop=[*extra_stop, *stop], seed=None if body.seed is None else body.seed + j,
