@@ -29,7 +29,7 @@ LIMITS = dict(max_tokens=64, max_n=4)
 class Server:
     """uvicorn in a daemon thread on a free loopback port; the app object stays reachable for white-box checks."""
 
-    def __init__(self, app):
+    def __init__(self, app, wait_ready: bool = True):
         self.app = app
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
@@ -42,6 +42,10 @@ class Server:
         while not self.server.started:
             if not self.thread.is_alive() or time.monotonic() > deadline:
                 raise RuntimeError("the test server did not start")
+            time.sleep(0.05)
+        while wait_ready and httpx.get(f"{self.url}/health").status_code != 200:  # models load in the background
+            if time.monotonic() > deadline:
+                raise RuntimeError("the test server's models did not load")
             time.sleep(0.05)
 
     def close(self):
@@ -476,3 +480,33 @@ def test_queue_full_429_and_disconnect_cancels(busy, monkeypatch):
     assert engine.stats()["cancelled"] - before == 2, engine.stats()
     ok = httpx.post(f"{busy.url}/v1/chat/completions", json={**OK_CHAT, "max_tokens": 2}, headers=auth)
     assert ok.status_code == 200  # the slots are free again
+
+
+def test_a_slow_model_does_not_block_the_others(monkeypatch):
+    import genloom.serve.app as app_module
+
+    release = threading.Event()
+    real = app_module.load_served
+
+    def slow_for_kjv(path, **kw):
+        if Path(path).name == "kjv":
+            assert release.wait(30)
+        return real(path, **kw)
+
+    monkeypatch.setattr(app_module, "load_served", slow_for_kjv)
+    s = Server(create_app([CHAT, KJV], max_batch=2, max_queue=4, **LIMITS), wait_ready=False)
+    try:
+        assert wait_for(lambda: "chat" in s.app.state.models, timeout=30)
+        health = httpx.get(f"{s.url}/health")
+        assert health.status_code == 503 and health.json()["loading"] == ["kjv"]
+        r = httpx.post(f"{s.url}/v1/completions", json={"model": "chat", "prompt": "Hi", "max_tokens": 4})
+        assert r.status_code == 200  # served while kjv is still loading
+        r = httpx.post(f"{s.url}/v1/completions", json={"model": "kjv", "prompt": "Hi", "max_tokens": 4})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_loading" and r.headers["retry-after"]
+        release.set()
+        assert wait_for(lambda: httpx.get(f"{s.url}/health").status_code == 200, timeout=30)
+        r = httpx.post(f"{s.url}/v1/completions", json={"model": "kjv", "prompt": "Hi", "max_tokens": 4})
+        assert r.status_code == 200
+    finally:
+        release.set()
+        s.close()

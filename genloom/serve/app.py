@@ -367,14 +367,25 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         models: dict[str, ServedModel] = {}
+        app.state.loading = set(names)
+
+        async def load(path):  # in a thread: requests to models already loaded go on meanwhile
+            t0, name = time.perf_counter(), model_name(path)
+            try:
+                served = await asyncio.to_thread(load_served, path, max_batch=max_batch, max_queue=max_queue)
+            except Exception as e:  # noqa: BLE001 - reported by /health and the log; the others still serve
+                app.state.load_errors[name] = str(e)
+                log_event("model_load_failed", model=name, path=str(path), error=str(e))
+                return
+            finally:
+                app.state.loading.discard(name)
+            models[served.name] = served
+            app.state.models = {**app.state.models, served.name: served}
+            log_event("model_loaded", model=served.name, path=str(path), context=served.context,
+                      seconds=round(time.perf_counter() - t0, 2))
+
+        loader = asyncio.gather(*(load(p) for p in model_paths))
         try:
-            for path in model_paths:
-                t0 = time.perf_counter()
-                served = load_served(path, max_batch=max_batch, max_queue=max_queue)
-                models[served.name] = served
-                log_event("model_loaded", model=served.name, path=str(path), context=served.context,
-                          seconds=round(time.perf_counter() - t0, 2))
-            app.state.models = models
             watcher = worker = None
             if app.state.store is not None:
                 from genloom.serve.jobs import start_worker
@@ -383,11 +394,12 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                 if requeued:
                     log_event("jobs_requeued", jobs=requeued)
                 if jobs:
-                    bases = {n: str(Path(m.loaded.path).resolve()) for n, m in models.items()}
+                    bases = {model_name(p): str(Path(p).resolve()) for p in model_paths}
                     worker = start_worker(db_url, str(app.state.data_dir), str(app.state.data_dir / "models"), bases)
                 watcher = asyncio.create_task(_register_finished(app, max_batch, max_queue))
             yield
         finally:
+            await asyncio.gather(loader, return_exceptions=True)
             if watcher is not None:
                 watcher.cancel()
             if worker is not None:
@@ -400,6 +412,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
 
     app = FastAPI(title="genloom", summary="OpenAI-compatible API for genloom models", lifespan=lifespan)
     app.state.models = {}
+    app.state.loading, app.state.load_errors = set(), {}
     app.state.limits = Limits(max_tokens=max_tokens, max_n=max_n, max_prompts=max_prompts,
                               max_body_bytes=max_body_bytes, retry_after_s=retry_after_s)
     app.state.capacity = max_batch + max_queue  # engine requests one API request may need at most

@@ -40,10 +40,14 @@ DISCONNECT_POLL_S = 0.25
 
 @router.get("/health")
 async def health(request: Request):
-    models = request.app.state.models
-    if not models:
-        return JSONResponse({"status": "starting", "models": []}, status_code=503)
-    return {"status": "ok", "models": sorted(models)}
+    """200 once every model given at startup is loaded; 503 while some load (the loaded ones already serve)."""
+    state = request.app.state
+    body = {"status": "ok", "models": sorted(state.models)}
+    if state.loading:
+        return JSONResponse({**body, "status": "loading", "loading": sorted(state.loading)}, status_code=503)
+    if state.load_errors:
+        return JSONResponse({**body, "status": "degraded", "errors": state.load_errors}, status_code=503)
+    return body
 
 
 @router.get("/metrics", dependencies=v1)
@@ -135,6 +139,9 @@ class _Job:
 
 def _served(request: Request, name: str) -> ServedModel:
     models = request.app.state.models
+    if name in request.app.state.loading:
+        raise ApiError(503, f"The model `{name}` is still loading; retry shortly.", type="server_error",
+                       code="model_loading", headers={"Retry-After": "1"})
     if name not in models:
         raise ApiError(404, f"The model `{name}` does not exist. Available: {', '.join(sorted(models))}.",
                        param="model", code="model_not_found")
