@@ -38,7 +38,7 @@ from genloom.config import TrainConfig  # noqa: E402
 from genloom.hf import hf_config_from_gpt2, state_dict_to_hf  # noqa: E402
 from genloom.models import build_model  # noqa: E402
 from genloom.models.gpt import GPTConfig  # noqa: E402
-from genloom.objectives import lm_loss  # noqa: E402
+from genloom.objectives import supervised_loss  # noqa: E402
 from genloom.train import lr_at  # noqa: E402
 
 
@@ -72,7 +72,7 @@ class GenloomStep:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         with autocast(bf16):
-            loss = lm_loss(self.model, batch) / t.grad_accum
+            loss = supervised_loss(self.model, batch) / t.grad_accum
         loss.backward()
         loss_sum = loss.item()
         if t.grad_clip > 0:

@@ -14,8 +14,8 @@ import torch
 from genloom.errors import GenloomError, choices
 
 
-def lm_loss(model, batch) -> torch.Tensor:
-    """Next-token cross-entropy (the model computes it from its logits)."""
+def supervised_loss(model, batch) -> torch.Tensor:
+    """The model's own loss on (inputs, targets): next-token or class cross-entropy from its logits."""
     x, y = batch
     _, loss = model(x, y)
     return loss
@@ -82,7 +82,7 @@ class LMTask:
     def card(self) -> dict:
         return {k: self.data.meta.get(k) for k in ("source", "tokenizer", "vocab_size", "tokens", "documents")}
 
-    loss = staticmethod(lm_loss)
+    loss = staticmethod(supervised_loss)
 
     def metrics(self, model, names: list[str], max_tokens: int = 20_000) -> dict:
         """Perplexity of the validation split (first max_tokens, stride block/2) and diversity of samples."""
@@ -116,13 +116,6 @@ class LMTask:
             return [(prompt if with_prompt else "") + c.text for c in generate(model, tok, [prompt] * n, sp)]
         finally:
             model.train(was_training)
-
-
-def classify_loss(model, batch) -> torch.Tensor:
-    """Cross-entropy of the class logits."""
-    x, y = batch
-    _, loss = model(x, y)
-    return loss
 
 
 class ClassifyTask:
@@ -179,7 +172,7 @@ class ClassifyTask:
     def tokens(self, batch) -> int:
         return batch[0].shape[0]
 
-    loss = staticmethod(classify_loss)
+    loss = staticmethod(supervised_loss)
 
     @torch.no_grad()
     def evaluate(self, model, batch_size: int = 500) -> dict:

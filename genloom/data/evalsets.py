@@ -77,14 +77,10 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise GenloomError(f"eval set not found: {path}")
+    from genloom.data.text import iter_jsonl
+
     pairs = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise GenloomError(f"{path}:{i}: not valid JSON") from None
+    for i, row in iter_jsonl(path):
         if not isinstance(row, dict) or not all(isinstance(row.get(k), str) for k in ("prompt", "reference")):
             raise GenloomError(f"{path}:{i}: needs string fields 'prompt' and 'reference'")
         pairs.append(row)

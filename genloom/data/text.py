@@ -144,15 +144,20 @@ def _chunks(text: str, size: int = 2000) -> list[str]:
     return [d for d in docs if d.strip()]
 
 
-def _jsonl(path: Path, field: str) -> list[str]:
-    docs = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+def iter_jsonl(path: Path):
+    """(line number, object) for each non-blank line; a line that is not JSON is an error naming it."""
+    for i, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
+            yield i, json.loads(line)
         except json.JSONDecodeError:
             raise GenloomError(f"{path}:{i}: not valid JSON") from None
+
+
+def _jsonl(path: Path, field: str) -> list[str]:
+    docs = []
+    for i, row in iter_jsonl(path):
         if not isinstance(row, dict) or not isinstance(row.get(field), str):
             raise GenloomError(f"{path}:{i}: no string field '{field}' (set --text-field)")
         docs.append(row[field])
