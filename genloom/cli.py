@@ -78,8 +78,14 @@ def train(config_path, overrides, resume):
 @click.option("--json", "as_json", is_flag=True, help="Print the completions as JSON.")
 @click.option("--threads", type=int, default=0, help="Torch threads (0: default).")
 @click.option("--out", "out_dir", default="outputs", show_default=True, help="Images: the folder for the PNGs.")
+@click.option("--sampler", default=None, help="Diffusion: ddpm, ddim, dpmpp_2m (default ddim).")
+@click.option("--steps", type=int, default=None, help="Diffusion: sampling steps (default 50).")
+@click.option("--guidance", type=float, default=None, help="Diffusion: classifier-free guidance scale (needs --label).")
+@click.option("--label", "labels", type=int, multiple=True, help="Diffusion: class label(s), cycled over the images.")
+@click.option("--eta", type=float, default=None, help="Diffusion: DDIM eta (0 deterministic).")
 def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
-             repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir):
+             repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir, sampler, steps, guidance,
+             labels, eta):
     """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out)."""
     from genloom.sample import SamplingParams, generate as gen, stream_text
     from genloom.store import load_model
@@ -93,7 +99,22 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
             raise GenloomError(f"{model_path} is an unconditional '{lm.family}' image model: it takes no prompt")
         from genloom.sample import generate_images
 
-        paths = generate_images(lm, num_samples, seed, out_dir, model_name=str(model_path))
+        opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance, eta=eta).items() if v is not None}
+        if labels:
+            import torch
+
+            opts["labels"] = torch.tensor([labels[i % len(labels)] for i in range(num_samples)])
+        if lm.family == "dcgan" and opts:
+            raise GenloomError(f"a GAN makes an image in one pass: --sampler/--steps/--guidance/--label/--eta do not "
+                               f"apply to {model_path}")
+        if lm.family == "diffusion":
+            from genloom.diffusion import SAMPLERS
+
+            opts.setdefault("sampler", "ddim")
+            opts.setdefault("steps", 50)
+            if opts["sampler"] not in SAMPLERS:
+                raise GenloomError(f"unknown sampler '{opts['sampler']}'; choose one of {', '.join(sorted(SAMPLERS))}")
+        paths = generate_images(lm, num_samples, seed, out_dir, model_name=str(model_path), **opts)
         click.echo(f"wrote {len(paths) - 1} images and {paths[-1]} (parameters in each PNG)")
         return
     prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])

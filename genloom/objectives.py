@@ -56,8 +56,9 @@ class LMTask:
             )
         return mdict
 
-    def bind(self, block_size: int) -> None:
-        """Use the model's context length (known once the model config is final)."""
+    def bind(self, model_config) -> None:
+        """Use the model's context length (known once the model config is final); an int is the length."""
+        block_size = model_config if isinstance(model_config, int) else model_config.block_size
         self.block_size = block_size
         if len(self.splits["train"]) <= block_size + 1:
             raise GenloomError(
@@ -203,4 +204,61 @@ class ClassifyTask:
         return {"test_accuracy": res["accuracy"], **{f"test_accuracy_{i}": a for i, a in enumerate(res["per_class"])}}
 
 
-TASKS = {"gpt": LMTask, "classifier": ClassifyTask}
+class DiffusionTask(ClassifyTask):
+    """DDPM training (Ho et al. 2020): noise a batch at random timesteps, regress the noise (or v).
+
+    Images are scaled to [-1, 1]; with a class-conditional model a `cond_dropout` share of labels is
+    replaced by the null class so one network learns both halves of classifier-free guidance.
+    """
+
+    METRICS = ()
+
+    def __init__(self, train, test, batch_size: int):
+        self.splits = {"train": train, "val": test}
+        self.batch_size = batch_size
+
+    def model_config(self, mdict: dict) -> dict:
+        _, c, h, w = self.splits["train"].images.shape
+        mdict.setdefault("image_size", h)
+        mdict.setdefault("channels", c)
+        if mdict.get("num_classes") and self.splits["train"].labels is None:
+            raise GenloomError("model.num_classes is set but the images have no labels")
+        return mdict
+
+    def bind(self, model_config) -> None:
+        from genloom import diffusion
+
+        self.config = model_config
+        self.schedule = diffusion.make_schedule(model_config.schedule, model_config.num_train_timesteps)
+
+    def batch(self, split: str, gen: torch.Generator):
+        ds = self.splits[split]
+        ix = torch.randint(len(ds), (self.batch_size,), generator=gen)
+        x0 = ds.images[ix].float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
+        labels = ds.labels[ix] if ds.labels is not None and self.config.num_classes else None
+        t = torch.randint(self.config.num_train_timesteps, (self.batch_size,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        if labels is not None and self.config.cond_dropout > 0:
+            drop = torch.rand(self.batch_size, generator=gen) < self.config.cond_dropout
+            labels = torch.where(drop, torch.full_like(labels, self.config.num_classes), labels)
+        return x0, t, noise, labels
+
+    def loss(self, model, batch) -> torch.Tensor:
+        from genloom import diffusion
+
+        x0, t, noise, labels = batch
+        x_t = diffusion.add_noise(self.schedule, x0, noise, t)
+        target = noise if self.config.prediction == "epsilon" else diffusion.velocity(self.schedule, x0, noise, t)
+        out, _ = model(x_t, t, labels)
+        return torch.nn.functional.mse_loss(out, target)
+
+    def after_step(self, model) -> None:
+        model.update_ema()
+
+    evaluate = None  # the loop's default: the same fixed validation batches every time
+
+    def card(self) -> dict:
+        return {**super().card(), "task": "diffusion"}
+
+
+TASKS = {"gpt": LMTask, "classifier": ClassifyTask, "diffusion": DiffusionTask}

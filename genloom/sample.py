@@ -318,8 +318,11 @@ def generate(model, tokenizer, prompts: list[str], sp: SamplingParams) -> list[C
     ]
 
 
-def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "") -> list:
-    """Sample n images from an image model, write one PNG each (with its parameters) and a grid.png."""
+def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "", **sampling) -> list:
+    """Sample n images from an image model, write one PNG each (with its parameters) and a grid.png.
+
+    `sampling` goes to the model's sample(): sampler, steps, guidance, eta and labels for diffusion models.
+    """
     from pathlib import Path
 
     from genloom.data.images import grid_png, png_with_metadata
@@ -328,7 +331,7 @@ def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "")
     if n < 1:
         raise GenloomError(f"number of images must be >= 1, got {n}")
     seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
-    images = lm.model.sample(n, seed=seed)  # (n, C, H, W) uint8
+    images = lm.model.sample(n, seed=seed, **sampling)  # (n, C, H, W) uint8
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -336,6 +339,10 @@ def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "")
     for i, img in enumerate(images):
         params = {"model": model_name or lm.path, "family": lm.family, "seed": seed, "index": i, "n": n,
                   "size": size, "sampler": "gan", "steps": 1}
+        if sampling:
+            params.update({k: v for k, v in sampling.items() if k != "labels"})
+            if sampling.get("labels") is not None:
+                params["label"] = int(sampling["labels"][i])
         paths.append(out / f"{seed}-{i:03d}.png")
         atomic_write_bytes(paths[-1], png_with_metadata(img, params))
     paths.append(out / f"{seed}-grid.png")

@@ -82,7 +82,7 @@ class Trainer:
         else:
             self.model_config = model_config_from_dict(cfg.family, self.task.model_config(dict(cfg.model)))
             self.model = build_model(cfg.family, self.model_config)
-        self.task.bind(getattr(self.model_config, "block_size", None))
+        self.task.bind(self.model_config)
         self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
         self.data_gen = torch.Generator().manual_seed(t.seed)
         self.step, self.best_val, self.elapsed = 0, float("inf"), 0.0
@@ -193,7 +193,7 @@ class Trainer:
         gen = torch.Generator().manual_seed(t.seed + 1)  # the same validation batches every time
         out = {}
         self.model.eval()
-        if hasattr(self.task, "evaluate"):  # a task that scores its whole held-out split
+        if getattr(self.task, "evaluate", None) is not None:  # a task that scores its whole held-out split
             with self._autocast():
                 out = self.task.evaluate(self.model) if self.task.has_split("val") else {}
             self.model.train()
@@ -244,6 +244,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
+                if hasattr(self.task, "after_step"):  # e.g. the EMA update of a diffusion model
+                    self.task.after_step(self.model)
                 dt = time.perf_counter() - t0
                 self.elapsed += dt
                 self.step += 1

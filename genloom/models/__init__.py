@@ -8,13 +8,15 @@ from genloom.errors import GenloomError, choices
 from genloom.models.classifier import Classifier, ClassifierConfig
 from genloom.models.gan import DCGAN, DCGANConfig
 from genloom.models.gpt import GPT, GPTConfig
+from genloom.models.unet import DiffusionModel, UNetConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "gpt": (GPTConfig, GPT),
     "classifier": (ClassifierConfig, Classifier),
     "dcgan": (DCGANConfig, DCGAN),
+    "diffusion": (UNetConfig, DiffusionModel),
 }
-IMAGE_FAMILIES = ("dcgan",)
+IMAGE_FAMILIES = ("dcgan", "diffusion")
 
 
 def family(name: str) -> tuple[type, type]:

@@ -32,6 +32,7 @@ class ImageRequest(BaseModel):
     sampler: str | None = None  # genloom: diffusion samplers (ddpm, ddim, ...); a GAN has none
     steps: int | None = Field(None, ge=1)
     guidance: float | None = None
+    label: int | None = None  # genloom: a class index for a class-conditional model (or name it in the prompt)
 
 
 def _image_model(request: Request, name: str):
@@ -58,24 +59,29 @@ async def generate(body: ImageRequest, request: Request):
     if body.size not in (None, size):
         raise ApiError(400, f"size {body.size} is not available for `{body.model}`; it makes {size} images.",
                        param="size")
-    if body.prompt:
-        raise ApiError(400, f"`{body.model}` is an unconditional {served.loaded.family} model: it takes no prompt.",
-                       param="prompt")
-    if body.guidance is not None:
-        raise ApiError(400, "guidance needs a conditional model; this one is unconditional.", param="guidance")
-    if body.sampler not in (None, "gan") or body.steps not in (None, 1):
-        raise ApiError(400, f"a {served.loaded.family} generator makes an image in one pass: no sampler or steps.",
-                       param="sampler" if body.sampler not in (None, "gan") else "steps")
+    family = served.loaded.family
+    opts, params = {}, {"sampler": "gan", "steps": 1}
+    if family == "diffusion":
+        opts, params = _diffusion_options(body, served)
+    else:
+        if body.prompt:
+            raise ApiError(400, f"`{body.model}` is an unconditional {family} model: it takes no prompt.",
+                           param="prompt")
+        if body.guidance is not None or body.label is not None:
+            raise ApiError(400, "guidance and label need a conditional model; this one is unconditional.",
+                           param="guidance" if body.guidance is not None else "label")
+        if body.sampler not in (None, "gan") or body.steps not in (None, 1):
+            raise ApiError(400, f"a {family} generator makes an image in one pass: no sampler or steps.",
+                           param="sampler" if body.sampler not in (None, "gan") else "steps")
     seed = body.seed if body.seed is not None else int(time.time_ns() % (2**31 - 1))
     t0 = time.perf_counter()
 
     def sample():
         with served.loaded.lock:
-            return served.loaded.model.sample(body.n, seed=seed)
+            return served.loaded.model.sample(body.n, seed=seed, **opts)
 
     images = await asyncio.to_thread(sample)
-    params = {"model": served.name, "family": served.loaded.family, "seed": seed, "n": body.n, "size": size,
-              "sampler": "gan", "steps": 1}
+    params = {"model": served.name, "family": family, "seed": seed, "n": body.n, "size": size, **params}
     pngs = [png_with_metadata(img, {**params, "index": i}) for i, img in enumerate(images)]
     data, ids = [], []
     store = request.app.state.store
@@ -102,6 +108,45 @@ async def generate(body: ImageRequest, request: Request):
                                 images=len(pngs), latency_ms=round(1000 * (time.perf_counter() - t0)))
     request.app.state.metrics.images.labels(served.name).inc(len(pngs))
     return {"created": int(time.time()), "data": data}
+
+
+def _diffusion_options(body: ImageRequest, served) -> tuple[dict, dict]:
+    """Sampler, steps, guidance and class label for a diffusion model, checked; the label may come from the prompt."""
+    import torch
+
+    from genloom.diffusion import SAMPLERS
+
+    cfg = served.loaded.config
+    sampler = body.sampler or "ddim"
+    if sampler not in SAMPLERS:
+        raise ApiError(400, f"Unknown sampler '{sampler}'; choose one of {', '.join(sorted(SAMPLERS))}.", param="sampler")
+    steps = body.steps or 50
+    if steps > cfg.num_train_timesteps:
+        raise ApiError(400, f"steps must be at most {cfg.num_train_timesteps}.", param="steps")
+    classes = ((served.loaded.meta.get("card") or {}).get("data") or {}).get("classes") or []
+    label = body.label
+    if body.prompt and label is None:
+        if not cfg.num_classes:
+            raise ApiError(400, f"`{body.model}` is unconditional: it takes no prompt.", param="prompt")
+        named = [i for i, c in enumerate(classes) if c.lower() in body.prompt.lower()]
+        if not named:
+            raise ApiError(400, f"`{body.model}` draws one of its classes; name one in the prompt: "
+                           f"{', '.join(classes)}.", param="prompt")
+        label = named[0]
+    if label is not None and not 0 <= label < (cfg.num_classes or 0):
+        raise ApiError(400, f"label must be a class index in 0..{max(0, cfg.num_classes - 1)}"
+                       + (f" ({', '.join(classes)})" if classes else "") + ".", param="label")
+    guidance = 1.0 if body.guidance is None else body.guidance
+    if guidance != 1.0 and label is None:
+        raise ApiError(400, "guidance needs a class label (or a class named in the prompt).", param="guidance")
+    opts = {"sampler": sampler, "steps": steps, "guidance": guidance}
+    params = dict(opts)
+    if label is not None:
+        opts["labels"] = torch.full((body.n,), label, dtype=torch.long)
+        params["label"] = label
+        if classes:
+            params["prompt"] = classes[label]
+    return opts, params
 
 
 @router.get("/v1/images/{image_id}.png", name="image_file", dependencies=v1)

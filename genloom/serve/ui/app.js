@@ -187,6 +187,8 @@ async function runImages(params) {
   const model = $("#images-model").value;
   if (!model) { showError("no image model is being served"); return; }
   const body = params || { model, n: numberOrUndefined("#images-n"), seed: numberOrUndefined("#images-seed"),
+                           prompt: $("#images-prompt").value || undefined, sampler: $("#images-sampler").value || undefined,
+                           steps: numberOrUndefined("#images-steps"), guidance: numberOrUndefined("#images-guidance"),
                            response_format: "b64_json" };
   body.response_format = "b64_json";
   $("#images-run").disabled = true;
