@@ -80,3 +80,28 @@ def test_cli_generates_diffusion_images(run_main, trained, tmp_path):
     assert "unknown sampler 'ddmi'; choose one of ddim, ddpm, dpmpp_2m" in assert_one_line_error(code, out, err)
     code, out, err = run_main("generate", "-m", run, "--label", "12", "--steps", "3", "--out", tmp_path)
     assert "class label out of range" in assert_one_line_error(code, out, err)
+
+
+def test_images_api_for_a_diffusion_model(trained):
+    import base64
+
+    from genloom.data.images import read_png_parameters
+    from genloom.serve.app import create_app
+    from test_serve_api import Server, httpx
+
+    run, _ = trained
+    s = Server(create_app([str(run)], max_batch=1, max_queue=2, max_n=4))
+    try:
+        url = f"{s.url}/v1/images/generations"
+        name = s.app.state.models and next(iter(s.app.state.models))
+        r = httpx.post(url, json={"model": name, "prompt": "the digit 7", "n": 2, "seed": 3, "steps": 4,
+                                  "sampler": "dpmpp_2m", "guidance": 2.0}, timeout=60)
+        assert r.status_code == 200, r.text
+        params = read_png_parameters(base64.b64decode(r.json()["data"][1]["b64_json"]))
+        assert (params["label"], params["prompt"], params["sampler"], params["steps"]) == (7, "7", "dpmpp_2m", 4)
+        for body, param in (({"sampler": "euler"}, "sampler"), ({"guidance": 3.0}, "guidance"),
+                            ({"label": 12}, "label"), ({"prompt": "a cat"}, "prompt"), ({"steps": 5000}, "steps")):
+            r = httpx.post(url, json={"model": name, "steps": 2, **body}, timeout=60)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+    finally:
+        s.close()
