@@ -142,7 +142,7 @@ def write_model_card(folder, card: dict, name: str = "", command: str = "") -> P
 
     if card.get("family") == "classifier":
         return _write_classifier_card(folder, card, name, command)
-    if card.get("family") == "dcgan":
+    if card.get("family") in ("dcgan", "diffusion"):
         return _write_generator_card(folder, card, name, command)
     data = card.get("data") or {}
     source = data.get("source") or "unknown"
@@ -182,6 +182,15 @@ def _write_generator_card(folder, card: dict, name: str, command: str) -> Path:
              f"| source | {card.get('imported_from') or (card.get('data') or {}).get('source', '?')} |",
              f"| licence / terms | {card.get('licence') or 'see the source'} |",
              f"| parameters (generator) | {card.get('parameters', 0):,} |"]
+    if card.get("train_seconds") is not None:
+        from genloom.data.images import IMAGE_INFO
+
+        data = card.get("data") or {}
+        lines[-3] = f"| data | `{data.get('source')}`: {IMAGE_INFO.get(data.get('source'), 'user-supplied images')} |"
+        lines.append(f"| training | {card.get('step', '?')} steps, {card.get('images_seen', 0):,} images, "
+                     f"{card['train_seconds'] / 60:.1f} min on {card.get('threads', '?')} CPU threads |")
+        if card.get("val_loss") is not None:
+            lines.append(f"| validation loss | {card['val_loss']:.4f} (noise-prediction MSE, fixed validation batches) |")
     if command:
         lines += ["", "Reproduce:", "", "```", command, "```"]
     path = Path(folder) / "README.md"

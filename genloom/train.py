@@ -141,7 +141,7 @@ class Trainer:
         return {
             "family": self.cfg.family,
             "data": self.task.card(),
-            "parameters": sum(p.numel() for p in self.model.parameters()),
+            "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),  # not EMA copies
             "step": self.step,
             "tokens_seen" if self.task.unit == "tok" else "images_seen": self.step * t.batch_size * t.grad_accum * getattr(self.model_config, "block_size", 1),
             "val_loss": self.best_val if math.isfinite(self.best_val) else None,

@@ -44,3 +44,16 @@ def test_fid_ranks_real_below_degraded():
     assert floor < 0.2 * worse
     swapped = fid(f_test[:, torch.randperm(128).numpy()], f_train)["fid"]  # features are not interchangeable
     assert swapped > 5 * floor
+
+
+def test_diffusion_starter_draws_the_class_it_is_asked_for():
+    """The shipped class-conditional diffusion model, judged by the shipped classifier."""
+    diff = load_model(ROOT / "models" / "fmnist-diffusion")
+    clf = load_model(ROOT / "models" / "fmnist-features")
+    labels = torch.arange(10).repeat(3)
+    imgs = diff.model.sample(30, seed=0, sampler="dpmpp_2m", steps=15, labels=labels, guidance=2.0)
+    with torch.no_grad():
+        pred = clf.model(imgs.float() / 255)[0].argmax(-1)
+    assert float((pred == labels).float().mean()) >= 0.6  # chance is 0.1
+    card = (ROOT / "models" / "fmnist-diffusion" / "README.md").read_text()
+    assert "754,785" in card and "validation loss" in card

@@ -135,6 +135,7 @@ class DiffusionModel(nn.Module):
         self.config = config
         self.unet = UNet(config)
         self.ema = copy.deepcopy(self.unet).requires_grad_(False)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
 
     def forward(self, x, t, labels=None, cond=None):
         return self.unet(x, t, labels, cond), None
@@ -147,9 +148,12 @@ class DiffusionModel(nn.Module):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        d = self.config.ema_decay
+        """EMA with warmup, decay min(ema_decay, (1 + n) / (10 + n)): early averages are not the random init."""
+        n = int(self.ema_updates)
+        d = min(self.config.ema_decay, (1 + n) / (10 + n))
         for e, p in zip(self.ema.parameters(), self.unet.parameters()):
             e.lerp_(p, 1 - d)
+        self.ema_updates += 1
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, *, sampler: str = "ddim", steps: int = 50,
