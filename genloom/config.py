@@ -23,6 +23,9 @@ class DataConfig:
     vocab_size: int = 4096
     val_fraction: float = 0.05
     split_seed: int = 1337
+    # Images, text-conditional models: "templates" (class names through a few templates, "a photo of a
+    # {label}", ...), or a CSV of `filename,caption` rows for a folder (several rows per image allowed).
+    captions: str = ""
 
 
 @dataclass(kw_only=True)

@@ -287,14 +287,63 @@ def classifier_section(model_path: str, reference: str | None) -> Section:
     return s
 
 
-def model_section(model_path: str, reference: str | None) -> Section:
-    """A model given without data: a classifier is scored on its test set; a GPT needs --data or --evalset."""
+def generator_section(model_path: str, reference: str | None, features: str | None = None, *, n: int = 1000,
+                      seed: int = 0, sampling: dict | None = None) -> Section:
+    """An image generator: draw n samples (every class in turn for a conditional model) and score them as a
+    folder of samples against the reference (FID with its floor, KID, precision/recall); a VAE or VQ-VAE
+    also gets PSNR/SSIM of its reconstructions of the reference's test images."""
+    import tempfile
+
     from genloom.metrics.features import resolve_model_path
+    from genloom.sample import generate_images, image_options
+    from genloom.store import load_model
+
+    lm = load_model(resolve_model_path(model_path))
+    reference = reference or ((lm.meta.get("card") or {}).get("data") or {}).get("source")
+    if not reference:
+        raise GenloomError("which data does the model imitate? pass --reference (fashion-mnist, mnist5k, digits "
+                           "or an image folder)")
+    opts = image_options(lm, n, **(sampling or {}))
+    if "labels" not in opts and getattr(lm.config, "num_classes", 0):
+        opts["labels"] = torch.arange(n) % lm.config.num_classes  # class-balanced, as the test split is
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(0, n, 250):  # in chunks: bounded memory, image j still comes from seed + j
+            chunk = {k: (v[i: i + 250] if k in ("labels", "prompts") else v) for k, v in opts.items()}
+            generate_images(lm, min(250, n - i), seed + i, Path(tmp) / f"{i:05d}", model_name=str(model_path), **chunk)
+            (Path(tmp) / f"{i:05d}" / f"{seed + i}-grid.png").unlink()
+        s = images_section(tmp, reference, features, seed=seed)
+    s.name = f"{model_path} ({n} samples) vs {reference}"
+    s.raw = {"model": str(model_path), "samples": n, "sampling": {k: v for k, v in opts.items() if k != "labels"},
+             **{k: v for k, v in s.raw.items() if k != "samples"}}
+    if lm.family in ("vae", "vqvae"):
+        from genloom.data.images import convert, grid_png
+        from genloom.metrics.image import psnr, ssim
+
+        real = convert(reference_images(reference, "test"), lm.config.image_size, lm.config.channels).images[:n]
+        rec = lm.model.reconstruct(real)
+        x, y = rec.float() / 255, real.float() / 255
+        s.raw["reconstruction"] = {"images": len(real), "psnr": psnr(x, y), "ssim": ssim(x, y)}
+        s.add("reconstruction PSNR", s.raw["reconstruction"]["psnr"], keys=("psnr",), prefix="recon_")
+        s.add("reconstruction SSIM", s.raw["reconstruction"]["ssim"], keys=("ssim",), prefix="recon_")
+        s.figures.append(("test images (top) and reconstructions (bottom)",
+                          grid_png(torch.cat([real[:16], rec[:16]]), nrow=16, scale=2)))
+    _curve(s, model_path)
+    return s
+
+
+def model_section(model_path: str, reference: str | None, features: str | None = None, n: int = 1000,
+                  seed: int = 0) -> Section:
+    """A model given without data: a classifier is scored on its test set, an image generator on samples of it;
+    a GPT needs --data or --evalset."""
+    from genloom.metrics.features import resolve_model_path
+    from genloom.models import IMAGE_FAMILIES
     from genloom.store import load_model
 
     lm = load_model(resolve_model_path(model_path))
     if lm.family == "classifier":
         return classifier_section(model_path, reference)
+    if lm.family in IMAGE_FAMILIES:
+        return generator_section(model_path, reference, features, n=n, seed=seed)
     raise GenloomError(f"{model_path} is a '{lm.family}' model: pass --data DIR (perplexity) or --evalset "
                        f"{'|'.join(EVALSETS)} (generation metrics)")
 

@@ -72,7 +72,11 @@ class LMTask:
     def batch(self, split: str, gen: torch.Generator):
         data = self.splits[split]
         T = self.block_size
-        ix = torch.randint(len(data) - T - 1, (self.batch_size,), generator=gen).tolist()
+        R = self.data.meta.get("record_len")  # fixed-length records (image codes): windows start at a record
+        if R:
+            ix = (torch.randint((len(data) - T - 1) // R + 1, (self.batch_size,), generator=gen) * R).tolist()
+        else:
+            ix = torch.randint(len(data) - T - 1, (self.batch_size,), generator=gen).tolist()
         x = torch.from_numpy(np.stack([data[i : i + T] for i in ix]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1 : i + 1 + T] for i in ix]).astype(np.int64))
         return x, y
@@ -204,18 +208,24 @@ class ClassifyTask:
         return {"test_accuracy": res["accuracy"], **{f"test_accuracy_{i}": a for i, a in enumerate(res["per_class"])}}
 
 
-class DiffusionTask(ClassifyTask):
-    """DDPM training (Ho et al. 2020): noise a batch at random timesteps, regress the noise (or v).
-
-    Images are scaled to [-1, 1]; with a class-conditional model a `cond_dropout` share of labels is
-    replaced by the null class so one network learns both halves of classifier-free guidance.
-    """
+class ImageTask(ClassifyTask):
+    """The base of the generative image tasks: batches of training images in [-1, 1] (or [0, 1]), labels when
+    the model is class-conditional, and sample grids (uint8) for the run folder."""
 
     METRICS = ()
+    pixel_range = (-1.0, 1.0)
 
-    def __init__(self, train, test, batch_size: int):
+    def __init__(self, train, test, batch_size: int, captions: str = ""):
         self.splits = {"train": train, "val": test}
         self.batch_size = batch_size
+        self.captions_spec = captions
+        self.caption_embeddings = None
+
+    @classmethod
+    def from_config(cls, cfg):
+        task = super().from_config(cfg)
+        task.captions_spec = cfg.data.captions
+        return task
 
     def model_config(self, mdict: dict) -> dict:
         _, c, h, w = self.splits["train"].images.shape
@@ -223,6 +233,55 @@ class DiffusionTask(ClassifyTask):
         mdict.setdefault("channels", c)
         if mdict.get("num_classes") and self.splits["train"].labels is None:
             raise GenloomError("model.num_classes is set but the images have no labels")
+        if mdict.get("num_classes"):
+            mdict.setdefault("classes", list(self.splits["train"].classes))
+        return mdict
+
+    def bind(self, model_config) -> None:
+        self.config = model_config
+
+    def pixels(self, split: str, ix: torch.Tensor) -> torch.Tensor:
+        lo, hi = self.pixel_range
+        return self.splits[split].images[ix].float() * ((hi - lo) / 255.0) + lo  # (B, C, H, W)
+
+    def labels(self, split: str, ix: torch.Tensor) -> torch.Tensor | None:
+        ds = self.splits[split]
+        return ds.labels[ix] if ds.labels is not None and getattr(self.config, "num_classes", 0) else None
+
+    evaluate = None  # the loop's default: the same fixed validation batches every time
+
+    def card(self) -> dict:
+        return {**super().card(), "task": type(self).__name__.removesuffix("Task").lower()}
+
+    def sample_labels(self, n: int) -> torch.Tensor | None:
+        k = getattr(self.config, "num_classes", 0)
+        return torch.arange(n) % k if k else None
+
+    def sample(self, model, n: int = 16, **_) -> torch.Tensor:
+        """A fixed-seed grid (classes in turn for a conditional model) for samples/step-N.png."""
+        was_training = model.training
+        model.eval()
+        try:
+            labels = self.sample_labels(n)
+            return model.sample(n, seed=0, **({"labels": labels} if labels is not None else {}))
+        finally:
+            model.train(was_training)
+
+
+class DiffusionTask(ImageTask):
+    """DDPM training (Ho et al. 2020): noise a batch at random timesteps, regress the noise (or v).
+
+    Images are scaled to [-1, 1]. Conditioning is dropped for a `cond_dropout` share of the batch (the
+    null class, or a zero caption embedding) so one network learns both halves of classifier-free
+    guidance. A text-conditional model (model.cond_dim = 384) is trained on all-MiniLM-L6-v2 embeddings
+    of captions (data.captions), one caption drawn per image per step.
+    """
+
+    def model_config(self, mdict: dict) -> dict:
+        mdict = super().model_config(mdict)
+        if mdict.get("cond_dim") and not self.captions_spec:
+            raise GenloomError('model.cond_dim is set (text conditioning) but data.captions is not: '
+                               'use "templates" or a CSV of filename,caption rows')
         return mdict
 
     def bind(self, model_config) -> None:
@@ -230,35 +289,195 @@ class DiffusionTask(ClassifyTask):
 
         self.config = model_config
         self.schedule = diffusion.make_schedule(model_config.schedule, model_config.num_train_timesteps)
+        if model_config.cond_dim:
+            self._embed_captions()
+
+    def _embed_captions(self) -> None:
+        """Embed every distinct caption once: per split, a table (U, 384) and each image's row indices."""
+        from genloom.data.images import captions
+        from genloom.embeddings import embed
+
+        self.caption_index = {}
+        texts: dict[str, int] = {}
+        for split, ds in self.splits.items():
+            rows = captions(ds, self.captions_spec)
+            self.caption_index[split] = [[texts.setdefault(c, len(texts)) for c in caps] for caps in rows]
+        table = torch.from_numpy(embed(list(texts)))
+        if table.shape[1] != self.config.cond_dim:
+            raise GenloomError(f"model.cond_dim is {self.config.cond_dim} but the caption embeddings are "
+                               f"{table.shape[1]}-d")
+        self.caption_embeddings, self.caption_texts = table, list(texts)
 
     def batch(self, split: str, gen: torch.Generator):
-        ds = self.splits[split]
-        ix = torch.randint(len(ds), (self.batch_size,), generator=gen)
-        x0 = ds.images[ix].float() / 127.5 - 1.0  # (B, C, H, W) in [-1, 1]
-        labels = ds.labels[ix] if ds.labels is not None and self.config.num_classes else None
-        t = torch.randint(self.config.num_train_timesteps, (self.batch_size,), generator=gen)
+        c = self.config
+        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
+        x0 = self.pixels(split, ix)
+        labels = self.labels(split, ix)
+        t = torch.randint(c.num_train_timesteps, (self.batch_size,), generator=gen)
         noise = torch.randn(x0.shape, generator=gen)
-        if labels is not None and self.config.cond_dropout > 0:
-            drop = torch.rand(self.batch_size, generator=gen) < self.config.cond_dropout
-            labels = torch.where(drop, torch.full_like(labels, self.config.num_classes), labels)
-        return x0, t, noise, labels
+        cond = None
+        if c.cond_dim:
+            picks = torch.rand(self.batch_size, generator=gen).tolist()
+            rows = [self.caption_index[split][i][int(r * len(self.caption_index[split][i]))]
+                    for i, r in zip(ix.tolist(), picks)]
+            cond = self.caption_embeddings[rows]  # (B, cond_dim)
+        if c.cond_dropout > 0 and (labels is not None or cond is not None):
+            drop = torch.rand(self.batch_size, generator=gen) < c.cond_dropout
+            if labels is not None:
+                labels = torch.where(drop, torch.full_like(labels, c.num_classes), labels)
+            if cond is not None:
+                cond = torch.where(drop[:, None], torch.zeros_like(cond), cond)  # zeros: the null caption
+        return x0, t, noise, labels, cond
 
     def loss(self, model, batch) -> torch.Tensor:
         from genloom import diffusion
 
-        x0, t, noise, labels = batch
+        x0, t, noise, labels, cond = batch
         x_t = diffusion.add_noise(self.schedule, x0, noise, t)
         target = noise if self.config.prediction == "epsilon" else diffusion.velocity(self.schedule, x0, noise, t)
-        out, _ = model(x_t, t, labels)
+        out, _ = model(x_t, t, labels, cond)
         return torch.nn.functional.mse_loss(out, target)
 
     def after_step(self, model) -> None:
         model.update_ema()
 
-    evaluate = None  # the loop's default: the same fixed validation batches every time
+    def sample(self, model, n: int = 16, **_) -> torch.Tensor:
+        kw = {"steps": 20}
+        if self.config.cond_dim:
+            kw["prompts"] = [self.caption_texts[self.caption_index["val"][i][0]] for i in range(min(n, len(self.splits["val"])))]
+            n = len(kw["prompts"])
+        elif self.config.num_classes:
+            kw["labels"] = self.sample_labels(n)
+        was_training = model.training
+        model.eval()
+        try:
+            return model.sample(n, seed=0, **kw)
+        finally:
+            model.train(was_training)
 
-    def card(self) -> dict:
-        return {**super().card(), "task": "diffusion"}
+
+class GANTask(ImageTask):
+    """Adversarial training in phases of the one loop: the discriminator ("d") then the generator ("g").
+
+    objective "dcgan": the non-saturating loss of Goodfellow et al. 2014 with the DCGAN recipe (Radford et
+    al. 2016: Adam lr 2e-4, beta1 0.5). objective "wgan-gp": the Wasserstein critic with a gradient penalty
+    (Gulrajani et al. 2017: n_critic critic steps per generator step, lambda 10, Adam betas (0, 0.9), no
+    batch norm in the critic). With a bundled feature network for the data (Fashion-MNIST, MNIST) each
+    validation is an FID of `fid_samples` samples against the test split, and "best" is the lowest FID.
+    """
+
+    def __init__(self, train, test, batch_size: int, captions: str = ""):
+        super().__init__(train, test, batch_size, captions)
+        self._fid = None
+
+    def bind(self, model_config) -> None:
+        self.config = model_config
+        if model_config.objective not in ("dcgan", "wgan-gp"):
+            raise GenloomError(f"unknown GAN objective '{model_config.objective}'; choose one of dcgan, wgan-gp")
+        if not model_config.with_discriminator:
+            raise GenloomError("this DCGAN has no discriminator (an imported generator): it cannot be trained")
+        self.phases = ("d",) * (model_config.n_critic if model_config.objective == "wgan-gp" else 1) + ("g",)
+        from genloom.metrics.features import DEFAULT_FEATURES
+
+        source = self.splits["train"].source
+        self.select_by = "val_fid" if source in DEFAULT_FEATURES else "val_loss"
+
+    def batch(self, split: str, gen: torch.Generator, phase: str = "d"):
+        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
+        real = self.pixels(split, ix) if phase == "d" else None
+        labels = self.labels(split, ix)
+        z = torch.randn(self.batch_size, self.config.nz, generator=gen)
+        eps = torch.rand(self.batch_size, 1, 1, 1, generator=gen)  # the gradient penalty's interpolation point
+        return real, labels, z, eps
+
+    def tokens(self, batch) -> int:
+        return 0 if batch[0] is None else batch[0].shape[0]  # real images read (the critic's)
+
+    def loss(self, model, batch, phase: str = "d"):
+        import torch.nn.functional as F
+
+        real, labels, z, eps = batch
+        G, D = model.generator, model.discriminator
+        wgan = self.config.objective == "wgan-gp"
+        if phase == "d":
+            with torch.no_grad():
+                fake = G(z, labels)
+            d_real, d_fake = D(real, labels), D(fake, labels)
+            if wgan:
+                gp = gradient_penalty(D, real, fake, labels, eps)
+                return d_fake.mean() - d_real.mean() + self.config.gp_weight * gp, {"gp": gp.item()}
+            return (F.binary_cross_entropy_with_logits(d_real, torch.ones_like(d_real))
+                    + F.binary_cross_entropy_with_logits(d_fake, torch.zeros_like(d_fake))), {}
+        D.requires_grad_(False)  # the generator step: gradients flow through D into G only
+        try:
+            d_fake = D(G(z, labels), labels)
+        finally:
+            D.requires_grad_(True)
+        if wgan:
+            return -d_fake.mean(), {}
+        return F.binary_cross_entropy_with_logits(d_fake, torch.ones_like(d_fake)), {}
+
+    @torch.no_grad()
+    def evaluate(self, model, n: int | None = None) -> dict:
+        """FID of samples against the test split with the bundled feature network (or the critic's loss)."""
+        if self.select_by == "val_loss":  # the discriminator's loss on held-out images (WGAN-GP: with its penalty)
+            gen = torch.Generator().manual_seed(1)
+            with torch.enable_grad():
+                losses = [float(self.loss(model, self.batch("val", gen, "d"))[0].detach()) for _ in range(4)]
+            return {"val_loss": sum(losses) / len(losses)}
+        from genloom.metrics.features import DEFAULT_FEATURES, load_feature_extractor
+        from genloom.metrics.image import fid
+
+        n = n or self.config.fid_samples
+        if self._fid is None:
+            ext = load_feature_extractor(DEFAULT_FEATURES[self.splits["train"].source])
+            self._fid = (ext, ext.features(self.splits["val"].images))
+        ext, real = self._fid
+        labels = self.sample_labels(n)
+        fake = model.sample(n, seed=12345, **({"labels": labels} if labels is not None else {}))
+        return {"val_fid": fid(real, ext.features(fake))["fid"]}
 
 
-TASKS = {"gpt": LMTask, "classifier": ClassifyTask, "diffusion": DiffusionTask}
+def gradient_penalty(D, real, fake, labels, eps) -> torch.Tensor:
+    """WGAN-GP: (||grad_x D(x_hat)|| - 1)^2 at random points x_hat between real and fake images."""
+    x_hat = (eps * real + (1 - eps) * fake).requires_grad_(True)
+    (grad,) = torch.autograd.grad(D(x_hat, labels).sum(), x_hat, create_graph=True)
+    return ((grad.flatten(1).norm(dim=1) - 1) ** 2).mean()
+
+
+class VAETask(ImageTask):
+    """The VAE's ELBO (Kingma & Welling 2014) with a beta weight on the KL term (Higgins et al. 2017);
+    images in [0, 1]. The log shows the reconstruction and KL terms apart."""
+
+    pixel_range = (0.0, 1.0)
+
+    def batch(self, split: str, gen: torch.Generator):
+        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
+        x = self.pixels(split, ix)
+        return x, torch.randn(self.batch_size, self.config.latent_dim, generator=gen)
+
+    def loss(self, model, batch):
+        x, noise = batch
+        loss, parts = model.elbo_loss(x, noise=noise)
+        return loss, parts
+
+
+class VQVAETask(VAETask):
+    """VQ-VAE (van den Oord et al. 2017): reconstruction + codebook/commitment terms; the log shows the
+    codebook's usage perplexity. A GPT prior over the code indices is trained afterwards (`genloom codes`)."""
+
+    def batch(self, split: str, gen: torch.Generator):
+        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
+        return (self.pixels(split, ix),)
+
+    def loss(self, model, batch):
+        return model.loss(batch[0])
+
+    def sample(self, model, n: int = 16, **_) -> torch.Tensor:
+        """Reconstructions of the first validation images above the originals (no prior during training)."""
+        x = self.splits["val"].images[: n // 2]
+        return torch.cat([x, model.reconstruct(x)])
+
+
+TASKS = {"gpt": LMTask, "classifier": ClassifyTask, "diffusion": DiffusionTask, "dcgan": GANTask, "vae": VAETask,
+         "vqvae": VQVAETask}

@@ -318,6 +318,69 @@ def generate(model, tokenizer, prompts: list[str], sp: SamplingParams) -> list[C
     ]
 
 
+def resolve_label(config, label) -> int:
+    """A class index or a class name (case-insensitive) -> the index, checked against the model's classes."""
+    from genloom.models.gan import label_choices
+
+    k, names = getattr(config, "num_classes", 0), [c.lower() for c in getattr(config, "classes", None) or []]
+    if not k:
+        raise GenloomError("this model is not class-conditional: it takes no class label")
+    text = str(label).strip()
+    if text.lstrip("-").isdigit() and not (text.lower() in names):
+        index = int(text)
+    elif text.lower() in names:
+        index = names.index(text.lower())
+    else:
+        raise GenloomError(f"unknown class label '{label}'; the model knows {label_choices(config)}")
+    if not 0 <= index < k:
+        raise GenloomError(f"class label {index} out of range; the model knows {label_choices(config)}")
+    return index
+
+
+def image_options(lm, n: int, *, sampler=None, steps=None, guidance=None, eta=None, labels=(), prompts=()) -> dict:
+    """Check the CLI's image options against the model's family and conditioning -> keyword arguments of sample()."""
+    from genloom.diffusion import SAMPLERS
+
+    c, family = lm.config, lm.family
+    if family == "vqvae" and getattr(lm.model, "prior", None) is None:
+        raise GenloomError("this VQ-VAE has no prior over its codes yet: train one on `genloom codes` data and "
+                           "`genloom attach-prior` it (README: VQ-VAE prior)")
+    if family == "vqvae":  # the prior knows the classes
+        from types import SimpleNamespace
+
+        classes = lm.model.prior_tokenizer.classes
+        c = SimpleNamespace(num_classes=len(classes), classes=classes, cond_dim=0)
+    opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance, eta=eta).items() if v is not None}
+    if n < 1:
+        raise GenloomError(f"number of images must be >= 1, got {n}")
+    if family != "diffusion" and opts:
+        raise GenloomError(f"--sampler/--steps/--guidance/--eta are for diffusion models; a {family} model does not "
+                           f"take them")
+    if prompts and not getattr(c, "cond_dim", 0):
+        hint = "; name a class with --label" if getattr(c, "num_classes", 0) else ""
+        raise GenloomError(f"this {family} model is not text-conditional: it takes no prompt{hint}")
+    if labels:
+        ids = [resolve_label(c, lab) for lab in labels]
+        opts["labels"] = torch.tensor([ids[i % len(ids)] for i in range(n)])
+    elif getattr(c, "num_classes", 0) and family != "diffusion":
+        ids = list(range(c.num_classes))  # a conditional GAN / prior without --label: every class in turn
+        opts["labels"] = torch.tensor([ids[i % len(ids)] for i in range(n)])
+    if prompts:
+        opts["prompts"] = [prompts[i % len(prompts)] for i in range(n)]
+    if family == "diffusion":
+        opts.setdefault("sampler", "ddim")
+        opts.setdefault("steps", 50)
+        if opts["sampler"] not in SAMPLERS:
+            raise GenloomError(f"unknown sampler '{opts['sampler']}'; choose one of {', '.join(sorted(SAMPLERS))}")
+        if opts.get("guidance", 1.0) != 1.0 and not (c.num_classes or c.cond_dim):
+            raise GenloomError("--guidance needs a class- or text-conditional model; this one is unconditional")
+        if opts.get("guidance", 1.0) != 1.0 and "labels" not in opts and "prompts" not in opts:
+            raise GenloomError("--guidance needs a condition: give --label or --prompt")
+        if not 1 <= opts["steps"] <= c.num_train_timesteps:
+            raise GenloomError(f"--steps must be in 1..{c.num_train_timesteps}, got {opts['steps']}")
+    return opts
+
+
 def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "", **sampling) -> list:
     """Sample n images from an image model, write one PNG each (with its parameters) and a grid.png.
 
@@ -339,10 +402,17 @@ def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "",
     for i, img in enumerate(images):
         params = {"model": model_name or lm.path, "family": lm.family, "seed": seed, "index": i, "n": n,
                   "size": size, "sampler": "gan", "steps": 1}
+        if lm.family in ("vae", "vqvae"):
+            params.update(sampler=lm.family if lm.family == "vae" else "gpt-prior", steps=1)
         if sampling:
-            params.update({k: v for k, v in sampling.items() if k != "labels"})
+            params.update({k: v for k, v in sampling.items() if k not in ("labels", "prompts")})
             if sampling.get("labels") is not None:
                 params["label"] = int(sampling["labels"][i])
+                names = getattr(lm.config, "classes", None)
+                if names:
+                    params["class"] = names[params["label"]]
+            if sampling.get("prompts") is not None:
+                params["prompt"] = sampling["prompts"][i]
         paths.append(out / f"{seed}-{i:03d}.png")
         atomic_write_bytes(paths[-1], png_with_metadata(img, params))
     paths.append(out / f"{seed}-grid.png")

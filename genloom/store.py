@@ -142,7 +142,7 @@ def write_model_card(folder, card: dict, name: str = "", command: str = "") -> P
 
     if card.get("family") == "classifier":
         return _write_classifier_card(folder, card, name, command)
-    if card.get("family") in ("dcgan", "diffusion"):
+    if card.get("family") in ("dcgan", "diffusion", "vae", "vqvae"):
         return _write_generator_card(folder, card, name, command)
     data = card.get("data") or {}
     source = data.get("source") or "unknown"
@@ -189,8 +189,18 @@ def _write_generator_card(folder, card: dict, name: str, command: str) -> Path:
         lines[-3] = f"| data | `{data.get('source')}`: {IMAGE_INFO.get(data.get('source'), 'user-supplied images')} |"
         lines.append(f"| training | {card.get('step', '?')} steps, {card.get('images_seen', 0):,} images, "
                      f"{card['train_seconds'] / 60:.1f} min on {card.get('threads', '?')} CPU threads |")
+        what = {"diffusion": "noise-prediction MSE", "vae": "negative ELBO, nats per image",
+                "vqvae": "reconstruction MSE + commitment"}.get(card.get("family"), "")
         if card.get("val_loss") is not None:
-            lines.append(f"| validation loss | {card['val_loss']:.4f} (noise-prediction MSE, fixed validation batches) |")
+            lines.append(f"| validation loss | {card['val_loss']:.4f} ({what}, fixed validation batches) |")
+        if card.get("val_fid") is not None:
+            n = (card.get("run_config") or {}).get("model", {}).get("fid_samples", "?")
+            lines.append(f"| validation FID | {card['val_fid']:.2f} ({n} samples vs the test split, "
+                         f"models/fmnist-features; the exported generator is the lowest-FID one) |")
+    if card.get("classes"):
+        lines.append(f"| classes | {', '.join(card['classes'])} |")
+    if card.get("prior"):
+        lines.append(f"| prior | {card['prior']} |")
     if command:
         lines += ["", "Reproduce:", "", "```", command, "```"]
     path = Path(folder) / "README.md"
@@ -276,6 +286,10 @@ def load_export(folder: Path) -> Loaded:
         raise GenloomError(f"{folder / 'model.safetensors'} is not a valid safetensors file ({e})") from None
     model, cfg = _build(config["family"], config["model"], state, folder)
     tok = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
+    if config["family"] == "vqvae" and (folder / "prior" / "config.json").exists():  # the GPT over its codes
+        prior = load_export(folder / "prior")
+        object.__setattr__(model, "prior", prior.model)  # not a submodule: its weights stay in prior/
+        object.__setattr__(model, "prior_tokenizer", prior.tokenizer)
     return Loaded(model, tok, config["family"], cfg, config, str(folder))
 
 

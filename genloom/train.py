@@ -36,6 +36,24 @@ def cpu_has_native_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+class Optimizers:
+    """Named optimizers stepped in turn (a GAN's discriminator "d" and generator "g"), saved as one."""
+
+    def __init__(self, **parts: torch.optim.Optimizer):
+        self.parts = parts
+
+    @property
+    def param_groups(self) -> list[dict]:  # the loop's learning-rate schedule sets every group
+        return [g for opt in self.parts.values() for g in opt.param_groups]
+
+    def state_dict(self) -> dict:
+        return {name: opt.state_dict() for name, opt in self.parts.items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        for name, opt in self.parts.items():
+            opt.load_state_dict(state[name])
+
+
 def lr_at(step: int, cfg) -> float:
     """Linear warmup, then cosine decay from lr to min_lr at max_steps (or constant)."""
     if step < cfg.warmup_steps:
@@ -84,6 +102,8 @@ class Trainer:
             self.model = build_model(cfg.family, self.model_config)
         self.task.bind(self.model_config)
         self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
+        self.phases = tuple(getattr(self.task, "phases", None) or (None,))
+        self.select_by = getattr(self.task, "select_by", "val_loss")  # the validation figure "best" minimises
         self.data_gen = torch.Generator().manual_seed(t.seed)
         self.step, self.best_val, self.elapsed = 0, float("inf"), 0.0
         if cfg.train.metrics:
@@ -144,7 +164,7 @@ class Trainer:
             "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),  # not EMA copies
             "step": self.step,
             "tokens_seen" if self.task.unit == "tok" else "images_seen": self.step * t.batch_size * t.grad_accum * getattr(self.model_config, "block_size", 1),
-            "val_loss": self.best_val if math.isfinite(self.best_val) else None,
+            self.select_by: self.best_val if math.isfinite(self.best_val) else None,
             "train_seconds": round(self.elapsed, 1),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
@@ -204,7 +224,8 @@ class Trainer:
             losses = []
             for _ in range(t.eval_batches):
                 with self._autocast():
-                    losses.append(float(self.task.loss(self.model, self.task.batch(split, gen))))
+                    loss = self.task.loss(self.model, self.task.batch(split, gen))
+                losses.append(float(loss[0] if isinstance(loss, tuple) else loss))
             out[f"{split}_loss"] = sum(losses) / len(losses)
         self.model.train()
         return out
@@ -232,18 +253,29 @@ class Trainer:
                 lr = lr_at(self.step, t)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
-                units, loss_sum = 0, 0.0
-                for _ in range(t.grad_accum):
-                    batch = self.task.batch("train", self.data_gen)
-                    with self._autocast():
-                        loss = self.task.loss(self.model, batch) / t.grad_accum
-                    loss.backward()
-                    loss_sum += loss.item()
-                    units += self.task.tokens(batch)
-                if t.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-                self.optimizer.step()
-                self.optimizer.zero_grad(set_to_none=True)
+                units, losses = 0, {}
+                for phase in self.phases:  # (None,) for most tasks; a GAN's ("d", "g"), WGAN-GP's critic steps
+                    opt = self.optimizer if phase is None else self.optimizer.parts[phase]
+                    phase_loss = 0.0
+                    for _ in range(t.grad_accum):
+                        batch = self.task.batch("train", self.data_gen, *([] if phase is None else [phase]))
+                        with self._autocast():
+                            out = self.task.loss(self.model, batch, *([] if phase is None else [phase]))
+                        loss, parts = out if isinstance(out, tuple) else (out, {})
+                        (loss / t.grad_accum).backward()
+                        phase_loss += loss.item() / t.grad_accum
+                        units += self.task.tokens(batch)
+                        for k, v in parts.items():  # named terms (ELBO's recon and KL, ...) for the log
+                            losses[k] = losses.get(k, 0.0) + v / t.grad_accum
+                    if t.grad_clip > 0:
+                        params = [p for g in opt.param_groups for p in g["params"]]
+                        torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
+                    opt.step()
+                    self.model.zero_grad(set_to_none=True)  # a GAN's generator step leaves gradients in D too
+                    if phase is not None:
+                        losses[phase] = losses.get(phase, []) + [phase_loss]
+                    loss_sum = phase_loss
+                losses = {k: sum(v) / len(v) if isinstance(v, list) else v for k, v in losses.items()}
                 if hasattr(self.task, "after_step"):  # e.g. the EMA update of a diffusion model
                     self.task.after_step(self.model)
                 dt = time.perf_counter() - t0
@@ -253,7 +285,7 @@ class Trainer:
                 if not math.isfinite(last_loss):
                     raise GenloomError(f"loss became {last_loss} at step {self.step}; lower train.lr")
                 window_units, window_time = window_units + units, window_time + dt
-                info = {"step": self.step, "loss": last_loss, "lr": lr, "elapsed_s": self.elapsed}
+                info = {"step": self.step, "loss": last_loss, "lr": lr, "elapsed_s": self.elapsed, "losses": losses}
                 info["units_per_s"] = window_units / window_time
                 self.emit("step_end", **info)
                 if self.step % t.log_interval == 0:
@@ -289,9 +321,9 @@ class Trainer:
         result = self.evaluate()
         if not result:
             return
-        val = result["val_loss"]
+        val = result[self.select_by]
         improved = val < self.best_val
         if improved:
             self.best_val = val
-            self.export("best", card={k: v for k, v in result.items() if k != "val_loss"})
+            self.export("best", card={k: v for k, v in result.items() if k != self.select_by})
         self.emit("eval_end", step=self.step, best=improved, **result)

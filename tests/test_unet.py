@@ -63,7 +63,7 @@ def test_sampling_is_seeded_and_checks_its_arguments(trained):
     with pytest.raises(GenloomError, match="class label out of range"):
         lm.model.sample(1, labels=torch.tensor([10]), steps=2)
     uncond = DiffusionModel(UNetConfig(image_size=8, base=16, mults=[1, 2], attn_levels=[]))
-    with pytest.raises(GenloomError, match="guidance needs a class-conditional model"):
+    with pytest.raises(GenloomError, match="guidance needs a class- or text-conditional model"):
         uncond.sample(1, guidance=3.0, steps=2)
 
 

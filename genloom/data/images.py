@@ -44,6 +44,7 @@ class ImageSet:
     classes: list[str] = field(default_factory=list)
     source: str = ""
     split: str = "train"
+    files: list[str] | None = None  # a folder's images: paths relative to it (captions files name them)
 
     def __len__(self) -> int:
         return self.images.shape[0]
@@ -168,11 +169,12 @@ def image_folder(path: str | Path, size: int | None = None, channels: int = 3, l
     if bad:
         raise GenloomError(f"{len(bad)} unreadable image(s) in {root}; the first is {bad[0]}")
     images = torch.from_numpy(np.stack(arrays))
+    rel = [str(p.relative_to(root)) for p in files]
     if names is None:
-        return ImageSet(images, None, [], str(root), split)
+        return ImageSet(images, None, [], str(root), split, rel)
     classes = sorted(set(names))
     labels = torch.tensor([classes.index(n) for n in names], dtype=torch.int64)
-    return ImageSet(images, labels, classes, str(root), split)
+    return ImageSet(images, labels, classes, str(root), split, rel)
 
 
 def holdout(ds: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
@@ -181,7 +183,9 @@ def holdout(ds: ImageSet, fraction: float, seed: int) -> tuple[ImageSet, ImageSe
     k = max(1, int(len(ds) * fraction))
 
     def pick(idx, split):
-        return ImageSet(ds.images[idx], ds.labels[idx] if ds.labels is not None else None, ds.classes, ds.source, split)
+        files = [ds.files[i] for i in idx.tolist()] if ds.files is not None else None
+        return ImageSet(ds.images[idx], ds.labels[idx] if ds.labels is not None else None, ds.classes, ds.source, split,
+                        files)
 
     return pick(perm[k:].sort().values, "train"), pick(perm[:k].sort().values, "test")
 
@@ -205,6 +209,34 @@ def load_images(source: str, split: str = "train", *, size: int | None = None, c
     return convert(ds, size, channels)
 
 
+CAPTION_TEMPLATES = ["a photo of a {label}", "a picture of a {label}", "an image of a {label}", "a {label}",
+                     "a black and white photo of a {label}"]
+
+
+def captions(ds: ImageSet, spec: str = "templates") -> list[list[str]]:
+    """Each image's captions: class names through CAPTION_TEMPLATES, or rows of a `filename,caption` CSV."""
+    if spec == "templates":
+        if ds.labels is None:
+            raise GenloomError(f"{ds.source} has no class labels to fill the caption templates from; "
+                               f"give data.captions a CSV of filename,caption rows")
+        names = [c.lower() for c in ds.classes]
+        return [[t.format(label=names[int(y)]) for t in CAPTION_TEMPLATES] for y in ds.labels]
+    path = Path(spec)
+    if not path.is_file():
+        raise GenloomError(f"captions file not found: {spec} (use \"templates\" or a CSV of filename,caption rows)")
+    if ds.files is None:
+        raise GenloomError(f"a captions file names image files; {ds.source} is not a folder: use \"templates\"")
+    by_file: dict[str, list[str]] = {}
+    with open(path, newline="", encoding="utf-8") as f:
+        for row in csv.reader(f):
+            if len(row) >= 2 and row[0].strip() != "filename" and row[1].strip():
+                by_file.setdefault(row[0].strip(), []).append(row[1].strip())
+    missing = [name for name in ds.files if name not in by_file]
+    if missing:
+        raise GenloomError(f"{path} has no caption for {missing[0]} ({len(missing)} images without one)")
+    return [by_file[name] for name in ds.files]
+
+
 def convert(ds: ImageSet, size: int | None = None, channels: int | None = None) -> ImageSet:
     """Resize (bilinear, antialiased) and change channels (ITU-R 601 luma / repetition) of a whole set."""
     x = ds.images
@@ -219,7 +251,7 @@ def convert(ds: ImageSet, size: int | None = None, channels: int | None = None) 
     if size and x.shape[-1] != size:
         x = torch.nn.functional.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True,
                                             align_corners=False).round().clamp(0, 255).to(torch.uint8)
-    return ImageSet(x, ds.labels, ds.classes, ds.source, ds.split)
+    return ImageSet(x, ds.labels, ds.classes, ds.source, ds.split, ds.files)
 
 
 # ---- pictures -----------------------------------------------------------------------------------

@@ -181,6 +181,10 @@ def tokenizer_from_json(data: dict) -> Tokenizer:
         return ByteBPETokenizer(HFTokenizer.from_str(json.dumps(data["tokenizer"])))
     if kind == "gpt2":
         return GPT2Tokenizer()
+    if kind == "codes":
+        from genloom.data.codes import CodeTokenizer
+
+        return CodeTokenizer(data["codebook_size"], data.get("classes"))
     raise GenloomError(f"unknown tokenizer type {kind!r} in tokenizer.json; choose one of {choices(TOKENIZERS)}")
 
 

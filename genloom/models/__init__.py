@@ -9,14 +9,17 @@ from genloom.models.classifier import Classifier, ClassifierConfig
 from genloom.models.gan import DCGAN, DCGANConfig
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.unet import DiffusionModel, UNetConfig
+from genloom.models.vae import VAE, VQVAE, VAEConfig, VQVAEConfig
 
 MODELS: dict[str, tuple[type, type]] = {
     "gpt": (GPTConfig, GPT),
     "classifier": (ClassifierConfig, Classifier),
     "dcgan": (DCGANConfig, DCGAN),
     "diffusion": (UNetConfig, DiffusionModel),
+    "vae": (VAEConfig, VAE),
+    "vqvae": (VQVAEConfig, VQVAE),
 }
-IMAGE_FAMILIES = ("dcgan", "diffusion")
+IMAGE_FAMILIES = ("dcgan", "diffusion", "vae", "vqvae")
 
 
 def family(name: str) -> tuple[type, type]:

@@ -9,7 +9,7 @@ The adversarial training maths lives in objectives, not here.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -23,7 +23,15 @@ class DCGANConfig:
     ngf: int = 64  # generator width
     ndf: int = 64  # discriminator width
     num_classes: int = 0  # > 0: class-conditional
+    classes: list = field(default_factory=list)  # class names, so a label can be asked for by name
+    label_dim: int = 0  # the label embedding concatenated to z (0: nz); an imported one-hot generator: num_classes
     with_discriminator: bool = True  # False for an imported generator-only checkpoint
+    # training (objectives.GANTask)
+    objective: str = "dcgan"  # dcgan (non-saturating BCE) | wgan-gp
+    d_norm: str = "auto"  # batch | layer | none; auto: batch for dcgan, layer for wgan-gp (no batch norm in a critic)
+    n_critic: int = 5  # wgan-gp: critic steps per generator step
+    gp_weight: float = 10.0  # wgan-gp: lambda
+    fid_samples: int = 1000  # validation FID sample count (data with a bundled feature network)
 
 
 class Generator(nn.Module):
@@ -31,7 +39,8 @@ class Generator(nn.Module):
         super().__init__()
         n_up = int(math.log2(c.image_size)) - 3  # 4x4 -> image_size in stride-2 steps after the first block
         width = c.ngf * 2 ** n_up
-        zin = c.nz + (c.num_classes and c.nz)
+        label_dim = c.label_dim or c.nz
+        zin = c.nz + (label_dim if c.num_classes else 0)
         layers = [nn.ConvTranspose2d(zin, width, 4, 1, 0, bias=False), nn.BatchNorm2d(width), nn.ReLU(True)]
         for _ in range(n_up):
             layers += [nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width // 2),
@@ -39,7 +48,7 @@ class Generator(nn.Module):
             width //= 2
         layers += [nn.ConvTranspose2d(width, c.channels, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
-        self.label = nn.Embedding(c.num_classes, c.nz) if c.num_classes else None
+        self.label = nn.Embedding(c.num_classes, label_dim) if c.num_classes else None
 
     def forward(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z (B, nz) [, labels (B,)] -> images (B, C, H, W) in [-1, 1]."""
@@ -48,16 +57,26 @@ class Generator(nn.Module):
         return self.net(z[:, :, None, None])
 
 
+def discriminator_norm(c: DCGANConfig) -> str:
+    from genloom.errors import GenloomError, choices
+
+    norms = ("batch", "layer", "none")
+    if c.d_norm != "auto" and c.d_norm not in norms:
+        raise GenloomError(f"unknown d_norm '{c.d_norm}'; choose one of {choices(('auto',) + norms)}")
+    return c.d_norm if c.d_norm != "auto" else ("layer" if c.objective == "wgan-gp" else "batch")
+
+
 class Discriminator(nn.Module):
     def __init__(self, c: DCGANConfig):
         super().__init__()
         n_down = int(math.log2(c.image_size)) - 3
         width = c.ndf
         cin = c.channels + (1 if c.num_classes else 0)
+        norm = {"batch": nn.BatchNorm2d, "layer": lambda w: nn.GroupNorm(1, w), "none": lambda w: nn.Identity()}[
+            discriminator_norm(c)]
         layers = [nn.Conv2d(cin, width, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
         for _ in range(n_down):
-            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(width * 2),
-                       nn.LeakyReLU(0.2, True)]
+            layers += [nn.Conv2d(width, width * 2, 4, 2, 1, bias=False), norm(width * 2), nn.LeakyReLU(0.2, True)]
             width *= 2
         layers += [nn.Conv2d(width, 1, 4, 1, 0, bias=False)]
         self.net = nn.Sequential(*layers)
@@ -88,9 +107,32 @@ class DCGAN(nn.Module):
     def num_params(self) -> int:
         return sum(p.numel() for p in self.generator.parameters())
 
+    def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
+        """One Adam for the discriminator ("d") and one for the generator ("g"); the loop steps them in turn."""
+        from genloom.train import Optimizers
+
+        if self.discriminator is None:
+            from genloom.errors import GenloomError
+
+            raise GenloomError("this DCGAN has no discriminator (an imported generator): it cannot be trained")
+
+        def adam(module):
+            return torch.optim.AdamW(module.parameters(), lr=lr, betas=betas, weight_decay=weight_decay)
+
+        return Optimizers(d=adam(self.discriminator), g=adam(self.generator))
+
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """n images as uint8 (n, C, H, W); image i's latent comes from seed + i alone, so (seed, i) remakes it."""
+        from genloom.errors import GenloomError
+
+        c = self.config
+        if labels is None and c.num_classes:
+            raise GenloomError(f"this GAN is class-conditional: give a class label ({label_choices(c)})")
+        if labels is not None and not c.num_classes:
+            raise GenloomError("this model is unconditional: it takes no class label")
+        if labels is not None and (labels.min() < 0 or labels.max() >= c.num_classes):
+            raise GenloomError(f"class label out of range: the model knows {label_choices(c)}")
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
         z = torch.stack([torch.randn(self.config.nz, generator=torch.Generator().manual_seed(seed + i))
@@ -102,10 +144,21 @@ class DCGAN(nn.Module):
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
-def import_dcgan(path: str, out: str, *, name: str = "", source: str = "", licence: str = "") -> str:
+def label_choices(c) -> str:
+    """'0..7 (amber, blue, ...)': the labels a conditional model knows, for error messages."""
+    names = f" ({', '.join(c.classes)})" if getattr(c, "classes", None) else ""
+    return f"0..{c.num_classes - 1}{names}"
+
+
+def import_dcgan(path: str, out: str, *, name: str = "", source: str = "", licence: str = "", nz: int = 100,
+                 classes: list[str] | None = None) -> str:
     """A classic DCGAN generator checkpoint (nn.Sequential `main.N` keys) -> a genloom model folder.
 
-    Loaded with torch.load(weights_only=True): tensors only, never arbitrary pickled objects.
+    Unconditional (z of nz) or class-conditional with a one-hot label concatenated to z (the cDCGAN
+    layout: the first layer takes nz + len(classes) channels); the one-hot input becomes genloom's label
+    embedding set to the identity, which is the same function. Layers match by order, so checkpoints with
+    extra parameter-free layers (a Dropout) between them import too. Loaded with
+    torch.load(weights_only=True): tensors only, never arbitrary pickled objects.
     """
     from genloom.errors import GenloomError
     from genloom.store import export_model, safe_torch_load, write_model_card
@@ -113,20 +166,37 @@ def import_dcgan(path: str, out: str, *, name: str = "", source: str = "", licen
     state = safe_torch_load(path)
     if isinstance(state, dict) and "netG_state_dict" in state:
         state = state["netG_state_dict"]
-    keys = [k for k in state if k.startswith("main.")]
-    if not keys:
+    keys = [k for k in state if k.startswith("main.") and k.count(".") == 2]
+    if not keys or "main.0.weight" not in state:
         raise GenloomError(f"{path} holds no DCGAN generator (expected 'main.N' keys or 'netG_state_dict')")
-    first, last = state["main.0.weight"], state[max(keys, key=lambda k: int(k.split(".")[1]))]
-    n_convs = sum(1 for k in keys if k.endswith(".weight") and state[k].dim() == 4)
-    cfg = DCGANConfig(image_size=2 ** (n_convs + 1), channels=last.shape[1], nz=first.shape[0],
-                      ngf=first.shape[1] // 2 ** (n_convs - 2), with_discriminator=False)
+    convs = sorted({int(k.split(".")[1]) for k in keys if state[k].dim() == 4})
+    first, last = state["main.0.weight"], state[f"main.{convs[-1]}.weight"]
+    zin = first.shape[0]
+    num_classes = zin - nz if classes else 0
+    if classes and num_classes != len(classes):
+        raise GenloomError(f"{path}: the first layer takes {zin} inputs, not nz {nz} + {len(classes)} classes")
+    if not classes and zin != nz:
+        nz = zin
+    n_convs = len(convs)
+    cfg = DCGANConfig(image_size=2 ** (n_convs + 1), channels=last.shape[1], nz=nz, ngf=first.shape[1] // 2 ** (n_convs - 2),
+                      num_classes=num_classes, classes=list(classes or []), label_dim=num_classes,
+                      with_discriminator=False)
     model = DCGAN(cfg)
-    mapped = {f"generator.net.{k[len('main.'):]}": v for k, v in state.items()}
+    theirs = sorted({int(k.split(".")[1]) for k in keys})  # module indices holding tensors, in order
+    ours = sorted({int(k.split(".")[2]) for k in model.state_dict() if k.startswith("generator.net.")})
+    if len(theirs) != len(ours):
+        raise GenloomError(f"{path}: not a classic DCGAN generator ({len(theirs)} layers with weights, "
+                           f"expected {len(ours)})")
+    index = dict(zip(theirs, ours))
+    mapped = {f"generator.net.{index[int(k.split('.')[1])]}.{k.split('.')[2]}": v for k, v in state.items()
+              if k in keys}
+    if num_classes:
+        mapped["generator.label.weight"] = torch.eye(num_classes)  # one-hot label == identity embedding
     missing, unexpected = model.load_state_dict(mapped, strict=False)
     if missing or unexpected:
         raise GenloomError(f"{path}: not a classic DCGAN generator (missing {missing[:3]}, unexpected {unexpected[:3]})")
     card = {"family": "dcgan", "parameters": model.num_params(), "data": {"source": source or str(path)},
-            "imported_from": str(path), "licence": licence}
+            "imported_from": str(path), "licence": licence, "classes": cfg.classes}
     export_model(out, family="dcgan", model=model, model_config=cfg, tokenizer=None, card=card)
     write_model_card(out, card, name or f"DCGAN generator imported from {path}", f"genloom import-gan {path} --out {out}")
     return out

@@ -30,6 +30,7 @@ class UNetConfig:
     attn_levels: list = field(default_factory=lambda: [2])  # levels (0 = full resolution) with self-attention
     dropout: float = 0.1
     num_classes: int = 0  # > 0: class-conditional (index num_classes is the null class)
+    classes: list = field(default_factory=list)  # class names, so a label can be asked for by name
     cond_dim: int = 0  # > 0: conditioned on a sentence embedding of this size
     schedule: str = "linear"  # linear | cosine
     num_train_timesteps: int = 1000
@@ -157,18 +158,35 @@ class DiffusionModel(nn.Module):
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, *, sampler: str = "ddim", steps: int = 50,
-               labels: torch.Tensor | None = None, guidance: float = 1.0, eta: float = 0.0,
-               use_ema: bool = True) -> torch.Tensor:
-        """n images as uint8 (n, C, H, W) with a genloom.diffusion sampler; guidance > 1 needs labels."""
+               labels: torch.Tensor | None = None, prompts: list[str] | None = None, guidance: float = 1.0,
+               eta: float = 0.0, use_ema: bool = True) -> torch.Tensor:
+        """n images as uint8 (n, C, H, W) with a genloom.diffusion sampler.
+
+        A class-conditional model takes `labels` (n,), a text-conditional one `prompts` (n strings, embedded
+        with all-MiniLM-L6-v2); guidance > 1 mixes the conditional and unconditional predictions
+        (classifier-free guidance) and needs a condition.
+        """
         from genloom import diffusion
+        from genloom.models.gan import label_choices
 
         c = self.config
-        if guidance != 1.0 and not c.num_classes:
-            raise GenloomError("guidance needs a class-conditional model; this one is unconditional")
+        if guidance != 1.0 and not (c.num_classes or c.cond_dim):
+            raise GenloomError("guidance needs a class- or text-conditional model; this one is unconditional")
         if labels is not None and not c.num_classes:
-            raise GenloomError("this model is unconditional: it takes no class label")
+            raise GenloomError("this model takes no class label" + (": give a prompt" if c.cond_dim else ""))
         if labels is not None and (labels.min() < 0 or labels.max() >= c.num_classes):
-            raise GenloomError(f"class label out of range: the model knows 0..{c.num_classes - 1}")
+            raise GenloomError(f"class label out of range: the model knows {label_choices(c)}")
+        if prompts is not None and not c.cond_dim:
+            raise GenloomError("this model takes no prompt" + (": give a class label" if c.num_classes else ""))
+        if guidance != 1.0 and labels is None and prompts is None:
+            raise GenloomError("guidance needs a condition: give a class label or a prompt")
+        cond = None
+        if prompts is not None:
+            from genloom.embeddings import embed
+
+            if len(prompts) != n:
+                raise GenloomError(f"{len(prompts)} prompts for {n} images")
+            cond = torch.from_numpy(embed(list(prompts)))  # (n, cond_dim)
         net = (self.ema if use_ema else self.unet).eval()
         schedule = diffusion.make_schedule(c.schedule, c.num_train_timesteps)
         if seed is None:
@@ -177,12 +195,14 @@ class DiffusionModel(nn.Module):
         x = torch.randn(n, c.channels, c.image_size, c.image_size, generator=gen)
 
         def model_fn(x_t, t):
-            if labels is None or guidance == 1.0:
-                return net(x_t, t, labels)
-            null = torch.full_like(labels, c.num_classes)
-            out = net(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([labels, null]))
-            cond, uncond = out.chunk(2)
-            return uncond + guidance * (cond - uncond)  # classifier-free guidance
+            if guidance == 1.0 or (labels is None and cond is None):
+                return net(x_t, t, labels, cond)
+            null_labels = torch.full_like(labels, c.num_classes) if labels is not None else None
+            null_cond = torch.zeros_like(cond) if cond is not None else None
+            cat = (lambda a, b: None if a is None else torch.cat([a, b]))
+            out = net(torch.cat([x_t, x_t]), torch.cat([t, t]), cat(labels, null_labels), cat(cond, null_cond))
+            conditional, unconditional = out.chunk(2)
+            return unconditional + guidance * (conditional - unconditional)  # classifier-free guidance
 
         x0 = diffusion.sample(sampler, model_fn, x, schedule, steps=steps, generator=gen, prediction_type=c.prediction,
                               eta=eta)

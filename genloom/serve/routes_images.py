@@ -60,19 +60,10 @@ async def generate(body: ImageRequest, request: Request):
         raise ApiError(400, f"size {body.size} is not available for `{body.model}`; it makes {size} images.",
                        param="size")
     family = served.loaded.family
-    opts, params = {}, {"sampler": "gan", "steps": 1}
     if family == "diffusion":
         opts, params = _diffusion_options(body, served)
     else:
-        if body.prompt:
-            raise ApiError(400, f"`{body.model}` is an unconditional {family} model: it takes no prompt.",
-                           param="prompt")
-        if body.guidance is not None or body.label is not None:
-            raise ApiError(400, "guidance and label need a conditional model; this one is unconditional.",
-                           param="guidance" if body.guidance is not None else "label")
-        if body.sampler not in (None, "gan") or body.steps not in (None, 1):
-            raise ApiError(400, f"a {family} generator makes an image in one pass: no sampler or steps.",
-                           param="sampler" if body.sampler not in (None, "gan") else "steps")
+        opts, params = _one_pass_options(body, served)
     seed = body.seed if body.seed is not None else int(time.time_ns() % (2**31 - 1))
     t0 = time.perf_counter()
 
@@ -123,24 +114,83 @@ def _diffusion_options(body: ImageRequest, served) -> tuple[dict, dict]:
     steps = body.steps or 50
     if steps > cfg.num_train_timesteps:
         raise ApiError(400, f"steps must be at most {cfg.num_train_timesteps}.", param="steps")
-    classes = ((served.loaded.meta.get("card") or {}).get("data") or {}).get("classes") or []
+    classes = _classes(served)
+    if cfg.cond_dim:  # text-conditional: the prompt is the condition (none: unconditional)
+        if body.label is not None:
+            raise ApiError(400, f"`{body.model}` is text-conditional: describe the image in the prompt.", param="label")
+        label = None
+    else:
+        label = _label(body, served, classes)
+    guidance = 1.0 if body.guidance is None else body.guidance
+    if guidance != 1.0 and label is None and not (cfg.cond_dim and body.prompt):
+        raise ApiError(400, "guidance needs a condition: a class label or prompt (this model: "
+                       + ("a prompt" if cfg.cond_dim else "a class label or a class named in the prompt"
+                          if cfg.num_classes else "none, it is unconditional") + ").", param="guidance")
+    opts = {"sampler": sampler, "steps": steps, "guidance": guidance}
+    params = dict(opts)
+    if cfg.cond_dim and body.prompt:
+        opts["prompts"] = [body.prompt] * body.n
+        params["prompt"] = body.prompt
+    if label is not None:
+        opts["labels"] = torch.full((body.n,), label, dtype=torch.long)
+        params["label"] = label
+        if classes:
+            params["prompt"] = classes[label]
+    return opts, params
+
+
+def _classes(served) -> list[str]:
+    """The class names of a conditional model: its config, a VQ-VAE prior's tokenizer, or its card."""
+    loaded = served.loaded
+    if loaded.family == "vqvae":
+        tok = getattr(loaded.model, "prior_tokenizer", None)
+        return list(tok.classes) if tok is not None else []
+    return list(getattr(loaded.config, "classes", None) or
+                ((loaded.meta.get("card") or {}).get("data") or {}).get("classes") or [])
+
+
+def _num_classes(served) -> int:
+    if served.loaded.family == "vqvae":
+        return len(_classes(served))
+    return getattr(served.loaded.config, "num_classes", 0) or 0
+
+
+def _label(body: ImageRequest, served, classes: list[str]) -> int | None:
+    """The class index from `label`, or the first class named in the prompt; checked against the model."""
+    k = _num_classes(served)
     label = body.label
     if body.prompt and label is None:
-        if not cfg.num_classes:
+        if not k:
             raise ApiError(400, f"`{body.model}` is unconditional: it takes no prompt.", param="prompt")
         named = [i for i, c in enumerate(classes) if c.lower() in body.prompt.lower()]
         if not named:
             raise ApiError(400, f"`{body.model}` draws one of its classes; name one in the prompt: "
                            f"{', '.join(classes)}.", param="prompt")
         label = named[0]
-    if label is not None and not 0 <= label < (cfg.num_classes or 0):
-        raise ApiError(400, f"label must be a class index in 0..{max(0, cfg.num_classes - 1)}"
+    if label is not None and not 0 <= label < k:
+        if not k:
+            raise ApiError(400, f"`{body.model}` is unconditional: it takes no class label.", param="label")
+        raise ApiError(400, f"label must be a class index in 0..{k - 1}"
                        + (f" ({', '.join(classes)})" if classes else "") + ".", param="label")
-    guidance = 1.0 if body.guidance is None else body.guidance
-    if guidance != 1.0 and label is None:
-        raise ApiError(400, "guidance needs a class label (or a class named in the prompt).", param="guidance")
-    opts = {"sampler": sampler, "steps": steps, "guidance": guidance}
-    params = dict(opts)
+    return label
+
+
+def _one_pass_options(body: ImageRequest, served) -> tuple[dict, dict]:
+    """A GAN, VAE or VQ-VAE (+ prior): no sampler, steps or guidance; a class label for a conditional one."""
+    import torch
+
+    family = served.loaded.family
+    if body.sampler not in (None, "gan", family) or body.steps not in (None, 1):
+        raise ApiError(400, f"a {family} model has no diffusion sampler or steps.",
+                       param="sampler" if body.sampler not in (None, "gan", family) else "steps")
+    if body.guidance is not None:
+        raise ApiError(400, f"guidance is for diffusion models; `{body.model}` is a {family} model.", param="guidance")
+    classes = _classes(served)
+    label = _label(body, served, classes)
+    if label is None and _num_classes(served):
+        raise ApiError(400, f"`{body.model}` is class-conditional: set label or name a class in the prompt: "
+                       f"{', '.join(classes)}.", param="label")
+    opts, params = {}, {"sampler": {"dcgan": "gan", "vqvae": "gpt-prior"}.get(family, family), "steps": 1}
     if label is not None:
         opts["labels"] = torch.full((body.n,), label, dtype=torch.long)
         params["label"] = label
