@@ -15,7 +15,6 @@ Both are scored with one protocol: genloom.metrics.text.perplexity on the whole 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile

@@ -312,6 +312,45 @@ def reconstruct(model_path, images, out, latents):
     click.echo(json.dumps(res))
 
 
+@cli.command()
+@click.option("--model", "-m", "model_path", required=True, help="The VAE / VQ-VAE that wrote the latents.")
+@click.option("--latents", required=True, help="A .safetensors from `genloom reconstruct --latents` (or yours).")
+@click.option("--out", "-o", required=True, help="Folder for the decoded PNGs.")
+def decode(model_path, latents, out):
+    """Decode saved latents (VAE means or VQ-VAE code maps) back to images."""
+    from pathlib import Path
+
+    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from genloom.data.images import png_with_metadata
+    from genloom.store import atomic_write_bytes, load_model
+
+    lm = load_model(model_path)
+    if lm.family not in ("vae", "vqvae"):
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; decoding latents needs a vae or vqvae model")
+    try:
+        z = load_file(latents)["latents"]
+    except (SafetensorError, OSError, KeyError) as e:
+        raise GenloomError(f"{latents}: not a safetensors file with a 'latents' tensor ({e})") from None
+    c = lm.config
+    if lm.family == "vae":
+        if z.dim() != 2 or z.shape[1] != c.latent_dim:
+            raise GenloomError(f"{latents}: latents of shape {tuple(z.shape)}; this VAE takes (N, {c.latent_dim})")
+        with torch.no_grad():
+            images = (torch.sigmoid(lm.model.eval().decode(z.float())) * 255).round().to(torch.uint8)
+    else:
+        h, w = lm.model.code_shape
+        if z.dim() != 3 or tuple(z.shape[1:]) != (h, w):
+            raise GenloomError(f"{latents}: codes of shape {tuple(z.shape)}; this VQ-VAE takes (N, {h}, {w})")
+        images = lm.model.decode_to_uint8(z.long())
+    for i, img in enumerate(images):
+        atomic_write_bytes(Path(out) / f"{i:05d}.png", png_with_metadata(img, {"model": str(model_path),
+                                                                              "family": lm.family, "decoded_from": latents, "index": i}))
+    click.echo(f"decoded {len(images)} images into {out}")
+
+
 @cli.command("attach-prior")
 @click.option("--model", "-m", "model_path", required=True, help="The VQ-VAE model folder to sample through.")
 @click.option("--prior", required=True, help="A GPT trained on `genloom codes` of that VQ-VAE (model or run folder).")
@@ -339,6 +378,17 @@ def attach_prior(model_path, prior):
     shutil.copytree(src, tmp)
     shutil.rmtree(dst, ignore_errors=True)
     tmp.rename(dst)
+    card = pr.meta.get("card") or {}
+    row = (f"| prior | a GPT over the {h}x{w} code maps (prior/): {card.get('parameters', 0):,} parameters, "
+           f"{card.get('step', '?')} steps, {(card.get('train_seconds') or 0) / 60:.1f} min, validation "
+           f"{card.get('val_loss') or float('nan'):.3f} nats/code; classes: {', '.join(pr.tokenizer.classes) or 'none'} |")
+    readme = Path(vq.path) / "README.md"
+    if readme.exists():  # the model card gets a row for the prior (replacing an older one)
+        from genloom.store import atomic_write_text
+
+        lines = [ln for ln in readme.read_text(encoding="utf-8").splitlines() if not ln.startswith("| prior |")]
+        last = max(i for i, ln in enumerate(lines) if ln.startswith("|"))
+        atomic_write_text(readme, "\n".join(lines[: last + 1] + [row] + lines[last + 1:]) + "\n")
     click.echo(f"attached {src} as {dst}; sample with genloom generate -m {vq.path} -n 16")
 
 
@@ -361,7 +411,7 @@ def evalset(name, out, limit, all_pairs):
 
 @cli.command()
 @click.option("--model", "-m", "models", multiple=True, help="A model folder to serve; repeat. Default: the bundled "
-              "models (models/chat, kjv, tang, and dcgan-faces once setup imported it).")
+              "models (chat, kjv, tang, the fmnist-* image starters, and dcgan-faces / cdcgan-eyes once setup imported them).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 exposes it).")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--data-dir", default="genloom-data", show_default=True, help="History, files, jobs, keys, fine-tuned models.")
@@ -379,7 +429,9 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
 
     _threads(threads)
     root = Path(__file__).resolve().parent.parent
-    bundled = [root / "models" / n for n in ("chat", "kjv", "tang", "dcgan-faces")]
+    bundled = [root / "models" / n for n in ("chat", "kjv", "tang", "fmnist-diffusion", "fmnist-text2img",
+                                             "fmnist-dcgan", "fmnist-vae", "fmnist-vqvae", "dcgan-faces",
+                                             "cdcgan-eyes")]
     paths = list(models) or [str(p) for p in bundled if (p / "model.safetensors").exists()]
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)

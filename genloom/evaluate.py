@@ -289,11 +289,13 @@ def classifier_section(model_path: str, reference: str | None) -> Section:
 
 def generator_section(model_path: str, reference: str | None, features: str | None = None, *, n: int = 1000,
                       seed: int = 0, sampling: dict | None = None) -> Section:
-    """An image generator: draw n samples (every class in turn for a conditional model) and score them as a
+    """An image generator: draw n samples (every class in turn for a conditional model, "a photo of a {class}"
+    for a text-conditional one) and score them as a
     folder of samples against the reference (FID with its floor, KID, precision/recall); a VAE or VQ-VAE
     also gets PSNR/SSIM of its reconstructions of the reference's test images."""
     import tempfile
 
+    from genloom.data.images import CAPTION_TEMPLATES
     from genloom.metrics.features import resolve_model_path
     from genloom.sample import generate_images, image_options
     from genloom.store import load_model
@@ -306,6 +308,11 @@ def generator_section(model_path: str, reference: str | None, features: str | No
     opts = image_options(lm, n, **(sampling or {}))
     if "labels" not in opts and getattr(lm.config, "num_classes", 0):
         opts["labels"] = torch.arange(n) % lm.config.num_classes  # class-balanced, as the test split is
+    if "prompts" not in opts and getattr(lm.config, "cond_dim", 0):
+        classes = [c.lower() for c in reference_images(reference, "test").classes]
+        if not classes:
+            raise GenloomError(f"a text-conditional model needs prompts; {reference} has no class names to make them")
+        opts["prompts"] = [CAPTION_TEMPLATES[0].format(label=classes[i % len(classes)]) for i in range(n)]
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(0, n, 250):  # in chunks: bounded memory, image j still comes from seed + j
             chunk = {k: (v[i: i + 250] if k in ("labels", "prompts") else v) for k, v in opts.items()}
@@ -313,7 +320,10 @@ def generator_section(model_path: str, reference: str | None, features: str | No
             (Path(tmp) / f"{i:05d}" / f"{seed + i}-grid.png").unlink()
         s = images_section(tmp, reference, features, seed=seed)
     s.name = f"{model_path} ({n} samples) vs {reference}"
-    s.raw = {"model": str(model_path), "samples": n, "sampling": {k: v for k, v in opts.items() if k != "labels"},
+    s.raw = {"model": str(model_path), "samples": n,
+             "sampling": {k: v for k, v in opts.items() if k not in ("labels", "prompts")}
+             | ({"prompts": f"'{CAPTION_TEMPLATES[0]}' over the classes in turn"} if "prompts" in opts else {})
+             | ({"labels": "the classes in turn"} if "labels" in opts else {}),
              **{k: v for k, v in s.raw.items() if k != "samples"}}
     if lm.family in ("vae", "vqvae"):
         from genloom.data.images import convert, grid_png

@@ -429,9 +429,12 @@ class GANTask(ImageTask):
         from genloom.metrics.image import fid
 
         n = n or self.config.fid_samples
-        if self._fid is None:
-            ext = load_feature_extractor(DEFAULT_FEATURES[self.splits["train"].source])
-            self._fid = (ext, ext.features(self.splits["val"].images))
+        if self._fid is None:  # the test images at their own size (not resized like the training data)
+            from genloom.data.images import load_images
+
+            source = self.splits["train"].source
+            ext = load_feature_extractor(DEFAULT_FEATURES[source])
+            self._fid = (ext, ext.features(load_images(source, "test").images))
         ext, real = self._fid
         labels = self.sample_labels(n)
         fake = model.sample(n, seed=12345, **({"labels": labels} if labels is not None else {}))

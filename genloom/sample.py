@@ -416,5 +416,5 @@ def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "",
         paths.append(out / f"{seed}-{i:03d}.png")
         atomic_write_bytes(paths[-1], png_with_metadata(img, params))
     paths.append(out / f"{seed}-grid.png")
-    atomic_write_bytes(paths[-1], grid_png(images, nrow=min(8, n)))
+    atomic_write_bytes(paths[-1], grid_png(images, nrow=min(8, n), scale=max(1, 96 // images.shape[-1])))
     return paths

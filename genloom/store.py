@@ -113,7 +113,6 @@ def load_checkpoint(path) -> dict:
 
 def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, dtype="float32") -> Path:
     """Write the slim inference folder: safetensors weights, config.json, tokenizer.json."""
-    from safetensors.torch import save_file
 
     from genloom.models import config_to_dict
 
@@ -181,12 +180,17 @@ def _write_generator_card(folder, card: dict, name: str, command: str) -> Path:
              f"| family | {card.get('family')} |",
              f"| source | {card.get('imported_from') or (card.get('data') or {}).get('source', '?')} |",
              f"| licence / terms | {card.get('licence') or 'see the source'} |",
-             f"| parameters (generator) | {card.get('parameters', 0):,} |"]
+             f"| parameters (generator) | {card.get('generator_parameters', card.get('parameters', 0)):,} |"]
     if card.get("train_seconds") is not None:
         from genloom.data.images import IMAGE_INFO
 
         data = card.get("data") or {}
         lines[-3] = f"| data | `{data.get('source')}`: {IMAGE_INFO.get(data.get('source'), 'user-supplied images')} |"
+        if not card.get("licence"):
+            lines[-2] = "| licence / terms | trained by genloom on the data above; the data's licence applies |"
+        if card.get("generator_parameters"):
+            lines[-1] = (f"| parameters | {card['generator_parameters']:,} generator + "
+                         f"{card['parameters'] - card['generator_parameters']:,} discriminator (shipped for fine-tuning) |")
         lines.append(f"| training | {card.get('step', '?')} steps, {card.get('images_seen', 0):,} images, "
                      f"{card['train_seconds'] / 60:.1f} min on {card.get('threads', '?')} CPU threads |")
         what = {"diffusion": "noise-prediction MSE", "vae": "negative ELBO, nats per image",
@@ -197,6 +201,14 @@ def _write_generator_card(folder, card: dict, name: str, command: str) -> Path:
             n = (card.get("run_config") or {}).get("model", {}).get("fid_samples", "?")
             lines.append(f"| validation FID | {card['val_fid']:.2f} ({n} samples vs the test split, "
                          f"models/fmnist-features; the exported generator is the lowest-FID one) |")
+    rc = card.get("run_config") or {}
+    m, d = rc.get("model") or {}, rc.get("data") or {}
+    if m.get("cond_dim"):
+        lines.append(f"| conditioning | text: all-MiniLM-L6-v2 embeddings ({m['cond_dim']}-d) of the captions "
+                     f"({d.get('captions')}), {m.get('cond_dropout', 0):.0%} dropped for classifier-free guidance |")
+    elif m.get("num_classes") and card.get("family") == "diffusion":
+        lines.append(f"| conditioning | class label ({m['num_classes']} classes), {m.get('cond_dropout', 0):.0%} "
+                     f"dropped for classifier-free guidance |")
     if card.get("classes"):
         lines.append(f"| classes | {', '.join(card['classes'])} |")
     if card.get("prior"):

@@ -162,6 +162,8 @@ class Trainer:
             "family": self.cfg.family,
             "data": self.task.card(),
             "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),  # not EMA copies
+            **({"generator_parameters": sum(p.numel() for p in self.model.generator.parameters())}
+               if hasattr(self.model, "generator") else {}),
             "step": self.step,
             "tokens_seen" if self.task.unit == "tok" else "images_seen": self.step * t.batch_size * t.grad_accum * getattr(self.model_config, "block_size", 1),
             self.select_by: self.best_val if math.isfinite(self.best_val) else None,

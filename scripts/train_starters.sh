@@ -1,22 +1,45 @@
 #!/usr/bin/env bash
-# Reproduce the bundled models: `bash scripts/train_starters.sh kjv` (or tang, fmnist-features,
-# mnist-features; no argument: all). Each trains with configs/NAME.toml (data prepared on first use),
-# exports the best weights with a model card, and writes eval.json and loss.png beside them.
-# Text starters ship in float16; the image feature networks in float32 (FID features are sensitive).
+# Reproduce the bundled models: `bash scripts/train_starters.sh kjv` (or tang, chat, fmnist-features,
+# mnist-features, fmnist-diffusion, fmnist-text2img, fmnist-dcgan, fmnist-vae, fmnist-vqvae; no argument: all). Each trains
+# with configs/NAME.toml (data prepared on first use), exports the best weights with a model card, and
+# writes eval.json, loss.png (and samples.png for image generators) beside them. fmnist-vqvae also encodes
+# Fashion-MNIST into code records, trains its GPT prior (configs/fmnist-vqprior.toml) and attaches it.
+# Text starters and image generators ship in float16; the feature networks in float32 (FID is sensitive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for n in ${@:-kjv tang fmnist-features mnist-features}; do
+for n in ${@:-kjv tang chat fmnist-features mnist-features fmnist-diffusion fmnist-text2img fmnist-dcgan fmnist-vae fmnist-vqvae}; do
   rm -rf "runs/$n"
   genloom train --config "configs/$n.toml"
   family=$(python3 -c "import tomllib;print(tomllib.load(open('configs/$n.toml','rb')).get('family','gpt'))")
   dtype=float16; [ "$family" = classifier ] && dtype=float32
+  rm -rf "models/$n"
   genloom export "runs/$n" --out "models/$n" --dtype "$dtype" --name "genloom starter: $n" \
     --command "bash scripts/train_starters.sh $n"
-  if [ "$family" = gpt ]; then
-    data=$(python3 -c "import tomllib;print(tomllib.load(open('configs/$n.toml','rb'))['data']['dir'])")
-    genloom eval --model "models/$n" --data "$data" > "models/$n/eval.json"
-  else
-    genloom eval --model "models/$n" > "models/$n/eval.json"   # held-out accuracy, overall and per class
-  fi
   cp "runs/$n/loss.png" "models/$n/loss.png"
+  case "$family" in
+    gpt)
+      data=$(python3 -c "import tomllib;print(tomllib.load(open('configs/$n.toml','rb'))['data']['dir'])")
+      genloom eval --model "models/$n" --data "$data" > "models/$n/eval.json" ;;
+    classifier)
+      genloom eval --model "models/$n" > "models/$n/eval.json" ;;  # held-out accuracy, overall and per class
+    *)
+      if [ "$family" = vqvae ]; then
+        rm -rf data/fmnist-codes runs/fmnist-vqprior
+        genloom codes --model "models/$n" --data fashion-mnist --out data/fmnist-codes
+        genloom train --config configs/fmnist-vqprior.toml
+        genloom attach-prior --model "models/$n" --prior runs/fmnist-vqprior
+        cp runs/fmnist-vqprior/loss.png "models/$n/prior-loss.png"
+      fi
+      tmp=$(mktemp -d)
+      prompts=()  # a text-conditional model: a prompt per class; a class-conditional GAN/prior: classes in turn
+      if grep -q '^captions' "configs/$n.toml"; then
+        for c in "t-shirt/top" trouser pullover dress coat sandal shirt sneaker bag "ankle boot"; do
+          prompts+=(-p "a photo of a $c"); done
+        prompts+=(--guidance 3)
+      fi
+      genloom generate --model "models/$n" -n 16 --seed 0 --out "$tmp" "${prompts[@]}"
+      cp "$tmp/0-grid.png" "models/$n/samples.png"
+      rm -rf "$tmp"
+      genloom eval --model "models/$n" -n 1000 > "models/$n/eval.json" ;;  # FID (with its floor), KID, P/R
+  esac
 done

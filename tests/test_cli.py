@@ -9,7 +9,7 @@ import torch
 
 from genloom.store import load_model
 
-from conftest import ROOT, TINY_TOML, assert_one_line_error, overrides, run_cli
+from conftest import TINY_TOML, assert_one_line_error, overrides, run_cli
 
 
 class NotWeights:

@@ -176,6 +176,14 @@ def test_vae_reconstructs_a_folder_and_saves_latents(run_main, vae_run, tmp_path
     assert res["images"] == 5 and res["psnr"] > psnr(torch.full_like(x, float(x.mean())), x)["psnr"]  # beats a flat guess
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [f"d{i}.png" for i in range(5)]
     assert load_file(tmp_path / "z.safetensors")["latents"].shape == (5, 4)
+    code, out, err = run_main("decode", "-m", vae_run, "--latents", tmp_path / "z.safetensors", "--out", tmp_path / "dec")
+    assert code == 0, err
+    from genloom.data.images import image_folder
+
+    assert torch.equal(image_folder(tmp_path / "dec", channels=1).images, image_folder(tmp_path / "rec", channels=1).images)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a tensor file")
+    code, out, err = run_main("decode", "-m", vae_run, "--latents", tmp_path / "bad.safetensors", "--out", tmp_path / "d")
+    assert "not a safetensors file" in assert_one_line_error(code, out, err)
     code, out, err = run_main("reconstruct", "-m", vae_run, "--images", tmp_path / "nothing", "--out", tmp_path / "r")
     assert "image folder not found" in assert_one_line_error(code, out, err)
 
@@ -318,8 +326,7 @@ def test_images_api_for_conditional_gans_vaes_and_text_prompts(vae_run, text_dif
                           max_n=4))
     try:
         url = f"{s.url}/v1/images/generations"
-        names = {load_model(p).family: n for n, p in
-                 zip(s.app.state.models, [tmp_path / "cgan", vae_run, text_diffusion])}
+        names = {"dcgan": "cgan", "vae": vae_run.name, "diffusion": text_diffusion.name}  # served by folder name
         r = httpx.post(url, json={"model": names["dcgan"], "prompt": "an owl at night", "n": 2, "seed": 1}, timeout=60)
         assert r.status_code == 200, r.text
         p = read_png_parameters(base64.b64decode(r.json()["data"][0]["b64_json"]))

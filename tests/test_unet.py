@@ -79,7 +79,7 @@ def test_cli_generates_diffusion_images(run_main, trained, tmp_path):
     code, out, err = run_main("generate", "-m", run, "--sampler", "ddmi", "--steps", "3", "--out", tmp_path)
     assert "unknown sampler 'ddmi'; choose one of ddim, ddpm, dpmpp_2m" in assert_one_line_error(code, out, err)
     code, out, err = run_main("generate", "-m", run, "--label", "12", "--steps", "3", "--out", tmp_path)
-    assert "class label out of range" in assert_one_line_error(code, out, err)
+    assert "class label 12 out of range; the model knows 0..9" in assert_one_line_error(code, out, err)
 
 
 def test_images_api_for_a_diffusion_model(trained):

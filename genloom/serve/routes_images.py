@@ -103,8 +103,6 @@ async def generate(body: ImageRequest, request: Request):
 
 def _diffusion_options(body: ImageRequest, served) -> tuple[dict, dict]:
     """Sampler, steps, guidance and class label for a diffusion model, checked; the label may come from the prompt."""
-    import torch
-
     from genloom.diffusion import SAMPLERS
 
     cfg = served.loaded.config
@@ -131,12 +129,19 @@ def _diffusion_options(body: ImageRequest, served) -> tuple[dict, dict]:
     if cfg.cond_dim and body.prompt:
         opts["prompts"] = [body.prompt] * body.n
         params["prompt"] = body.prompt
+    _with_label(opts, params, label, classes, body.n)
+    return opts, params
+
+
+def _with_label(opts: dict, params: dict, label: int | None, classes: list[str], n: int) -> None:
+    """The class label as sample() takes it, and as the PNG parameters record it (index and name)."""
+    import torch
+
     if label is not None:
-        opts["labels"] = torch.full((body.n,), label, dtype=torch.long)
+        opts["labels"] = torch.full((n,), label, dtype=torch.long)
         params["label"] = label
         if classes:
             params["prompt"] = classes[label]
-    return opts, params
 
 
 def _classes(served) -> list[str]:
@@ -177,8 +182,6 @@ def _label(body: ImageRequest, served, classes: list[str]) -> int | None:
 
 def _one_pass_options(body: ImageRequest, served) -> tuple[dict, dict]:
     """A GAN, VAE or VQ-VAE (+ prior): no sampler, steps or guidance; a class label for a conditional one."""
-    import torch
-
     family = served.loaded.family
     if body.sampler not in (None, "gan", family) or body.steps not in (None, 1):
         raise ApiError(400, f"a {family} model has no diffusion sampler or steps.",
@@ -191,11 +194,7 @@ def _one_pass_options(body: ImageRequest, served) -> tuple[dict, dict]:
         raise ApiError(400, f"`{body.model}` is class-conditional: set label or name a class in the prompt: "
                        f"{', '.join(classes)}.", param="label")
     opts, params = {}, {"sampler": {"dcgan": "gan", "vqvae": "gpt-prior"}.get(family, family), "steps": 1}
-    if label is not None:
-        opts["labels"] = torch.full((body.n,), label, dtype=torch.long)
-        params["label"] = label
-        if classes:
-            params["prompt"] = classes[label]
+    _with_label(opts, params, label, classes, body.n)
     return opts, params
 
 
