@@ -134,23 +134,29 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "", ylabel:
     val = [(r["step"], r[val_key]) for r in rows if val_key in r]
     if not any(train.values()) and not val:
         return None
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    for name, points in train.items():
-        if points:
-            ax.plot(*zip(*points), label=name, lw=1.2)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title or Path(metrics_path).parent.name)
-    ax.grid(alpha=0.3)
-    if val and val_key != "val_loss":  # another scale (FID): its own axis
-        ax2 = ax.twinx()
-        ax2.plot(*zip(*val), "o-", color="black", label=val_key.replace("val_", "validation "), lw=1.5, ms=3)
-        ax2.set_ylabel(val_key.replace("val_", "validation "))
-        ax2.legend(loc="upper right")
-    elif val:
-        ax.plot(*zip(*val), "o-", label="validation loss", lw=1.5, ms=3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper left" if val_key != "val_loss" else "best")
+    val_name = val_key.replace("val_", "validation ").replace("fid", "FID")
+    if not named:  # one panel: train and validation loss on one scale
+        fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+        if train["train loss"]:
+            ax.plot(*zip(*train["train loss"]), label="train loss", lw=1.2)
+        if val:
+            ax.plot(*zip(*val), "o-", label=val_name, lw=1.5, ms=3)
+        ax.set_ylabel(ylabel)
+        ax.legend()
+        axes = [ax]
+    else:  # named terms live on different scales (d/g, recon/KL, codebook perplexity): a panel each
+        panels = [(k, v) for k, v in train.items() if v] + ([(val_name, val)] if val else [])
+        fig, axes = plt.subplots(len(panels), 1, figsize=(7, 1.6 * len(panels) + 0.9), dpi=100, sharex=True,
+                                 squeeze=False)
+        axes = list(axes[:, 0])
+        for ax, (name, points) in zip(axes, panels):
+            style = "o-" if name == val_name else "-"
+            ax.plot(*zip(*points), style, lw=1.2, ms=3, color="black" if name == val_name else None)
+            ax.set_ylabel(name)
+    axes[0].set_title(title or Path(metrics_path).parent.name)
+    axes[-1].set_xlabel("step")
+    for ax in axes:
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     import io
 

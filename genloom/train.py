@@ -258,26 +258,27 @@ class Trainer:
                 units, losses = 0, {}
                 for phase in self.phases:  # (None,) for most tasks; a GAN's ("d", "g"), WGAN-GP's critic steps
                     opt = self.optimizer if phase is None else self.optimizer.parts[phase]
+                    args = () if phase is None else (phase,)
                     phase_loss = 0.0
                     for _ in range(t.grad_accum):
-                        batch = self.task.batch("train", self.data_gen, *([] if phase is None else [phase]))
+                        batch = self.task.batch("train", self.data_gen, *args)
                         with self._autocast():
-                            out = self.task.loss(self.model, batch, *([] if phase is None else [phase]))
+                            out = self.task.loss(self.model, batch, *args)
                         loss, parts = out if isinstance(out, tuple) else (out, {})
                         (loss / t.grad_accum).backward()
                         phase_loss += loss.item() / t.grad_accum
                         units += self.task.tokens(batch)
                         for k, v in parts.items():  # named terms (ELBO's recon and KL, ...) for the log
-                            losses[k] = losses.get(k, 0.0) + v / t.grad_accum
+                            losses.setdefault(k, []).append(v)
                     if t.grad_clip > 0:
                         params = [p for g in opt.param_groups for p in g["params"]]
                         torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
                     opt.step()
                     self.model.zero_grad(set_to_none=True)  # a GAN's generator step leaves gradients in D too
                     if phase is not None:
-                        losses[phase] = losses.get(phase, []) + [phase_loss]
+                        losses.setdefault(phase, []).append(phase_loss)
                     loss_sum = phase_loss
-                losses = {k: sum(v) / len(v) if isinstance(v, list) else v for k, v in losses.items()}
+                losses = {k: sum(v) / len(v) for k, v in losses.items()}  # means over micro-batches and phases
                 if hasattr(self.task, "after_step"):  # e.g. the EMA update of a diffusion model
                     self.task.after_step(self.model)
                 dt = time.perf_counter() - t0
