@@ -130,7 +130,7 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "", ylabel:
     named = sorted({k for r in rows for k in r if k.startswith("loss_")})  # a GAN's loss_d/loss_g, ELBO terms
     train = {"train loss": [(r["step"], r["loss"]) for r in rows if "loss" in r]} if not named else {
         k[len("loss_"):]: [(r["step"], r[k]) for r in rows if k in r] for k in named}
-    val_key = next((k for k in ("val_loss", "val_fid") if any(k in r for r in rows)), "val_loss")
+    val_key = next((k for k in ("val_loss", "val_fid", "val_d_loss") if any(k in r for r in rows)), "val_loss")
     val = [(r["step"], r[val_key]) for r in rows if val_key in r]
     if not any(train.values()) and not val:
         return None

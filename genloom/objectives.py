@@ -363,7 +363,8 @@ class GANTask(ImageTask):
     al. 2016: Adam lr 2e-4, beta1 0.5). objective "wgan-gp": the Wasserstein critic with a gradient penalty
     (Gulrajani et al. 2017: n_critic critic steps per generator step, lambda 10, Adam betas (0, 0.9), no
     batch norm in the critic). With a bundled feature network for the data (Fashion-MNIST, MNIST) each
-    validation is an FID of `fid_samples` samples against the test split, and "best" is the lowest FID.
+    validation is an FID of `fid_samples` samples against the test split, and "best" is the lowest FID;
+    otherwise validation reports the discriminator's held-out loss and the last generator is exported.
     """
 
     def __init__(self, train, test, batch_size: int, captions: str = ""):
@@ -379,8 +380,8 @@ class GANTask(ImageTask):
         self.phases = ("d",) * (model_config.n_critic if model_config.objective == "wgan-gp" else 1) + ("g",)
         from genloom.metrics.features import DEFAULT_FEATURES
 
-        source = self.splits["train"].source
-        self.select_by = "val_fid" if source in DEFAULT_FEATURES else "val_loss"
+        self.select_by = "val_fid"  # without a feature net for the data there is no FID, and the last weights ship
+        self.has_features = self.splits["train"].source in DEFAULT_FEATURES
 
     def batch(self, split: str, gen: torch.Generator, phase: str = "d"):
         ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
@@ -420,11 +421,11 @@ class GANTask(ImageTask):
     @torch.no_grad()
     def evaluate(self, model, n: int | None = None) -> dict:
         """FID of samples against the test split with the bundled feature network (or the critic's loss)."""
-        if self.select_by == "val_loss":  # the discriminator's loss on held-out images (WGAN-GP: with its penalty)
-            gen = torch.Generator().manual_seed(1)
-            with torch.enable_grad():
+        if not self.has_features:  # the discriminator's held-out loss, shown but not used to pick a generator
+            gen = torch.Generator().manual_seed(1)  # (a GAN's D loss says how the duel stands, not sample quality)
+            with torch.enable_grad():  # WGAN-GP's penalty needs gradients
                 losses = [float(self.loss(model, self.batch("val", gen, "d"))[0].detach()) for _ in range(4)]
-            return {"val_loss": sum(losses) / len(losses)}
+            return {"val_d_loss": sum(losses) / len(losses)}
         from genloom.metrics.features import DEFAULT_FEATURES, load_feature_extractor
         from genloom.metrics.image import fid
 

@@ -304,8 +304,8 @@ class Trainer:
         if self.stop_reason == "time budget" and self._last_eval != self.step:
             self._eval_and_keep_best()
         self.save()
-        if not (self.out / "best" / "model.safetensors").exists():
-            self.export("best")  # no validation split: the last weights are the best we know
+        if not math.isfinite(self.best_val):
+            self.export("best")  # nothing to choose by (no validation split or figure): the last weights
         summary = {
             "step": self.step,
             "train_loss": last_loss,
@@ -323,6 +323,9 @@ class Trainer:
         self._last_eval = self.step
         result = self.evaluate()
         if not result:
+            return
+        if self.select_by not in result:  # figures to show, none to choose a checkpoint by
+            self.emit("eval_end", step=self.step, best=False, **result)
             return
         val = result[self.select_by]
         improved = val < self.best_val

@@ -77,12 +77,16 @@ def test_wgan_gp_trains_a_critic_without_batch_norm_and_resumes_exactly(tmp_path
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in lm.model.discriminator.modules())
     first = [r for r in rows(tmp_path / "full") if "loss_d" in r]
     assert {"loss_d", "loss_g", "loss_gp"} <= set(first[0])
+    assert [r["step"] for r in rows(tmp_path / "full") if "val_d_loss" in r] == [4]  # shown, not used to pick
+    assert json.loads((tmp_path / "full" / "best" / "config.json").read_text())["card"]["step"] == 4  # the last
     run(tmp_path / "part", "dcgan", *sets, "train.max_steps=2")
     resumed = run(tmp_path / "part", "dcgan", *sets, "train.max_steps=4", resume=True)
     assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-5)  # both optimizers restored
     a = load_model(tmp_path / "full" / "last.pt").model.state_dict()
     b = load_model(tmp_path / "part" / "last.pt").model.state_dict()
     assert all(torch.allclose(a[k].float(), b[k].float(), atol=1e-6) for k in a)
+    best = json.loads((tmp_path / "part" / "best" / "config.json").read_text())["card"]
+    assert best["step"] == 4  # re-exported after the resumed run, not left at step 2
 
 
 def test_dcgan_keeps_the_lowest_fid_generator_and_writes_sample_grids(tmp_path):
