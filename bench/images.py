@@ -37,6 +37,7 @@ from bench.common import report, timeit
 from genloom.data.images import load_images
 from genloom.metrics.features import load_feature_extractor
 from genloom.metrics.image import fid
+from genloom.sample import image_classes
 from genloom.store import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,7 +65,7 @@ class Features:
 
 def draw(lm, n: int, seed: int = 1000, chunk: int = 100, **kw) -> torch.Tensor:
     """n class-balanced samples in chunks (conditional models) or n samples (unconditional ones)."""
-    k = getattr(lm.config, "num_classes", 0) or (len(lm.model.prior_tokenizer.classes) if lm.family == "vqvae" else 0)
+    k = image_classes(lm)[0]
     out = []
     for i in range(0, n, chunk):
         m = min(chunk, n - i)

@@ -308,8 +308,9 @@ def generator_section(model_path: str, reference: str | None, features: str | No
     opts = image_options(lm, n, **(sampling or {}))
     if "labels" not in opts and getattr(lm.config, "num_classes", 0):
         opts["labels"] = torch.arange(n) % lm.config.num_classes  # class-balanced, as the test split is
+    test = reference_images(reference, "test")  # read once: prompts' class names and the reconstructions
     if "prompts" not in opts and getattr(lm.config, "cond_dim", 0):
-        classes = [c.lower() for c in reference_images(reference, "test").classes]
+        classes = [c.lower() for c in test.classes]
         if not classes:
             raise GenloomError(f"a text-conditional model needs prompts; {reference} has no class names to make them")
         opts["prompts"] = [CAPTION_TEMPLATES[0].format(label=classes[i % len(classes)]) for i in range(n)]
@@ -329,7 +330,7 @@ def generator_section(model_path: str, reference: str | None, features: str | No
         from genloom.data.images import convert, grid_png
         from genloom.metrics.image import psnr, ssim
 
-        real = convert(reference_images(reference, "test"), lm.config.image_size, lm.config.channels).images[:n]
+        real = convert(test, lm.config.image_size, lm.config.channels).images[:n]
         rec = lm.model.reconstruct(real)
         x, y = rec.float() / 255, real.float() / 255
         s.raw["reconstruction"] = {"images": len(real), "psnr": psnr(x, y), "ssim": ssim(x, y)}

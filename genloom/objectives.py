@@ -367,9 +367,7 @@ class GANTask(ImageTask):
     otherwise validation reports the discriminator's held-out loss and the last generator is exported.
     """
 
-    def __init__(self, train, test, batch_size: int, captions: str = ""):
-        super().__init__(train, test, batch_size, captions)
-        self._fid = None
+    _fid = None  # (feature extractor, test-set features), made at the first validation
 
     def bind(self, model_config) -> None:
         self.config = model_config

@@ -318,6 +318,19 @@ def generate(model, tokenizer, prompts: list[str], sp: SamplingParams) -> list[C
     ]
 
 
+def image_classes(lm) -> tuple[int, list[str]]:
+    """How many classes a loaded image model is conditioned on, and their names where known: the config's,
+    a VQ-VAE prior's tokenizer's, or (older exports) the card's. (0, []) for an unconditional model."""
+    if lm.family == "vqvae":
+        tok = getattr(lm.model, "prior_tokenizer", None)
+        names = list(tok.classes) if tok is not None else []
+        return len(names), names
+    k = getattr(lm.config, "num_classes", 0) or 0
+    names = list(getattr(lm.config, "classes", None) or ((lm.meta.get("card") or {}).get("data") or {}).get("classes")
+                 or [])
+    return k, names if k else []
+
+
 def resolve_label(config, label) -> int:
     """A class index or a class name (case-insensitive) -> the index, checked against the model's classes."""
     from genloom.models.gan import label_choices
@@ -348,8 +361,8 @@ def image_options(lm, n: int, *, sampler=None, steps=None, guidance=None, eta=No
     if family == "vqvae":  # the prior knows the classes
         from types import SimpleNamespace
 
-        classes = lm.model.prior_tokenizer.classes
-        c = SimpleNamespace(num_classes=len(classes), classes=classes, cond_dim=0)
+        k, classes = image_classes(lm)
+        c = SimpleNamespace(num_classes=k, classes=classes, cond_dim=0)
     opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance, eta=eta).items() if v is not None}
     if n < 1:
         raise GenloomError(f"number of images must be >= 1, got {n}")

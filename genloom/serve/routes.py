@@ -157,12 +157,12 @@ def _card(served: ServedModel) -> ModelCard:
     if served.engine is None:  # an image model
         n = sum(p.numel() for p in served.loaded.model.parameters())
         size = served.loaded.config.image_size
-        from genloom.serve.routes_images import _classes
+        from genloom.sample import image_classes
 
-        cfg = served.loaded.config
-        conditioning = "text" if getattr(cfg, "cond_dim", 0) else "class" if _classes(served) else "none"
+        k, classes = image_classes(served.loaded)
+        conditioning = "text" if getattr(served.loaded.config, "cond_dim", 0) else "class" if k else "none"
         extra = {"family": served.loaded.family, "parameters": n, "context": None, "kind": "image",
-                 "sizes": [f"{size}x{size}"], "conditioning": conditioning, "classes": _classes(served),
+                 "sizes": [f"{size}x{size}"], "conditioning": conditioning, "classes": classes,
                  "description": str(data.get("source", "")) + (f"; {card['licence']}" if card.get("licence") else "")}
         return ModelCard(id=served.name, created=served.created, genloom=extra)
     extra = {"family": served.loaded.family, "parameters": sum(p.numel() for p in served.loaded.model.parameters()),

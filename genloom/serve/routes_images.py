@@ -145,19 +145,15 @@ def _with_label(opts: dict, params: dict, label: int | None, classes: list[str],
 
 
 def _classes(served) -> list[str]:
-    """The class names of a conditional model: its config, a VQ-VAE prior's tokenizer, or its card."""
-    loaded = served.loaded
-    if loaded.family == "vqvae":
-        tok = getattr(loaded.model, "prior_tokenizer", None)
-        return list(tok.classes) if tok is not None else []
-    return list(getattr(loaded.config, "classes", None) or
-                ((loaded.meta.get("card") or {}).get("data") or {}).get("classes") or [])
+    from genloom.sample import image_classes
+
+    return image_classes(served.loaded)[1]
 
 
 def _num_classes(served) -> int:
-    if served.loaded.family == "vqvae":
-        return len(_classes(served))
-    return getattr(served.loaded.config, "num_classes", 0) or 0
+    from genloom.sample import image_classes
+
+    return image_classes(served.loaded)[0]
 
 
 def _label(body: ImageRequest, served, classes: list[str]) -> int | None:
