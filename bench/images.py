@@ -38,7 +38,7 @@ from genloom.data.images import load_images
 from genloom.metrics.features import load_feature_extractor
 from genloom.metrics.image import fid
 from genloom.sample import image_classes
-from genloom.store import load_model
+from genloom.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 STARTERS = {"diffusion": "models/fmnist-diffusion", "dcgan": "models/fmnist-dcgan", "vae": "models/fmnist-vae",

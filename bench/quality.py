@@ -32,7 +32,7 @@ from genloom.config import load_run_config  # noqa: E402
 from genloom.data.text import TokenData  # noqa: E402
 from genloom.hf import hf_config_from_gpt2, load_hf_gpt2  # noqa: E402
 from genloom.metrics.text import perplexity  # noqa: E402
-from genloom.store import load_model  # noqa: E402
+from genloom.checkpoints import load_model  # noqa: E402
 
 
 def reference_run(data: TokenData, model_cfg, seconds: float, seed: int = 1337):

@@ -124,7 +124,7 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "", ylabel:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from genloom.store import atomic_write_bytes
+    from genloom.files import atomic_write_bytes
 
     rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
     named = sorted({k for r in rows for k in r if k.startswith("loss_")})  # a GAN's loss_d/loss_g, ELBO terms
@@ -191,7 +191,7 @@ class SamplesFile(Callback):
 
         if isinstance(samples, torch.Tensor):
             from genloom.data.images import grid_png
-            from genloom.store import atomic_write_bytes
+            from genloom.files import atomic_write_bytes
 
             png = grid_png(samples, nrow=int(len(samples) ** 0.5 + 0.999), scale=2)
             atomic_write_bytes(trainer.out / "samples" / f"step-{trainer.step:06d}.png", png)

@@ -51,10 +51,10 @@ def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tok
 def train(config_path, overrides, resume):
     """Train a model from a config (one loop for every family)."""
     from genloom.config import load_run_config
-    from genloom.train import Trainer
+    from genloom.train import run
 
     cfg = load_run_config(config_path, overrides)
-    summary = Trainer(cfg, resume=resume).fit()
+    summary = run(cfg, resume=resume)
     summary.pop("samples", None)
     click.echo(json.dumps(summary))
     if summary["stopped"] == "interrupted":
@@ -88,7 +88,7 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
              labels, eta):
     """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out)."""
     from genloom.sample import SamplingParams, generate as gen, stream_text
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     _threads(threads)
     from genloom.models import IMAGE_FAMILIES
@@ -283,7 +283,8 @@ def reconstruct(model_path, images, out, latents):
 
     from genloom.data.images import image_folder, png_with_metadata
     from genloom.metrics.image import psnr, ssim
-    from genloom.store import atomic_write_bytes, load_model
+    from genloom.files import atomic_write_bytes
+    from genloom.checkpoints import load_model
 
     lm = load_model(model_path)
     if lm.family not in ("vae", "vqvae"):
@@ -325,7 +326,8 @@ def decode(model_path, latents, out):
     from safetensors.torch import load_file
 
     from genloom.data.images import png_with_metadata
-    from genloom.store import atomic_write_bytes, load_model
+    from genloom.files import atomic_write_bytes
+    from genloom.checkpoints import load_model
 
     lm = load_model(model_path)
     if lm.family not in ("vae", "vqvae"):
@@ -359,7 +361,7 @@ def attach_prior(model_path, prior):
     import shutil
     from pathlib import Path
 
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     vq, pr = load_model(model_path), load_model(prior)
     if vq.family != "vqvae" or not Path(vq.path).is_dir():
@@ -384,7 +386,7 @@ def attach_prior(model_path, prior):
            f"{card.get('val_loss') or float('nan'):.3f} nats/code; classes: {', '.join(pr.tokenizer.classes) or 'none'} |")
     readme = Path(vq.path) / "README.md"
     if readme.exists():  # the model card gets a row for the prior (replacing an older one)
-        from genloom.store import atomic_write_text
+        from genloom.files import atomic_write_text
 
         lines = [ln for ln in readme.read_text(encoding="utf-8").splitlines() if not ln.startswith("| prior |")]
         last = max(i for i, ln in enumerate(lines) if ln.startswith("|"))
@@ -445,9 +447,9 @@ def keys():
 
 
 def _store(data_dir, db):
-    from genloom.serve.storage import Store
+    from genloom.serve.database import Database
 
-    return Store(db, data_dir=data_dir)
+    return Database(db, data_dir=data_dir)
 
 
 _store_opts = [
@@ -506,7 +508,7 @@ def keys_revoke(key, data_dir, db):
 @click.option("--command", "repro", default="", help="The command that reproduces the model, for its card.")
 def export(run, out, dtype, name, repro):
     """Export a run (its best weights, else its last checkpoint) or a model to a slim safetensors folder."""
-    from genloom.store import export_model, load_model, write_model_card
+    from genloom.checkpoints import export_model, load_model, write_model_card
 
     lm = load_model(run)
     card = lm.meta.get("card", {})

@@ -42,7 +42,7 @@ def perplexity_section(model_path: str, data_dir: str, *, split: str = "val", co
     """Perplexity and bits per token/character of a GPT on a prepared split."""
     from genloom.data.text import TokenData
     from genloom.metrics.text import perplexity
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     lm = load_model(model_path)
     if lm.family != "gpt":
@@ -133,7 +133,7 @@ def evalset_section(model_path: str, evalset: str, *, limit: int = 100, max_new_
                     temperature: float = 0.0, seed: int = 0, similarity: bool = True) -> Section:
     """Generate a reply to every prompt of a held-out set and score it against the reference."""
     from genloom.sample import SamplingParams, generate
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     lm = load_model(model_path)
     if lm.family != "gpt":
@@ -268,7 +268,7 @@ def reconstruction_section(recon: str, originals: str) -> Section:
 def classifier_section(model_path: str, reference: str | None) -> Section:
     """Held-out accuracy of a classifier (genloom's feature networks carry this on their card)."""
     from genloom.metrics.features import classifier_accuracy, resolve_model_path
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     lm = load_model(resolve_model_path(model_path))
     card_source = (lm.meta.get("card") or {}).get("data", {}).get("source")
@@ -298,7 +298,7 @@ def generator_section(model_path: str, reference: str | None, features: str | No
     from genloom.data.images import CAPTION_TEMPLATES
     from genloom.metrics.features import resolve_model_path
     from genloom.sample import generate_images, image_options
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     lm = load_model(resolve_model_path(model_path))
     reference = reference or ((lm.meta.get("card") or {}).get("data") or {}).get("source")
@@ -348,7 +348,7 @@ def model_section(model_path: str, reference: str | None, features: str | None =
     a GPT needs --data or --evalset."""
     from genloom.metrics.features import resolve_model_path
     from genloom.models import IMAGE_FAMILIES
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     lm = load_model(resolve_model_path(model_path))
     if lm.family == "classifier":

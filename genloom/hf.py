@@ -14,7 +14,8 @@ import torch
 from genloom.data.tokenizers import ByteBPETokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
 from genloom.errors import GenloomError
 from genloom.models.gpt import GPT, GPTConfig
-from genloom.store import atomic_write_text, export_model, load_model, safe_torch_load
+from genloom.files import atomic_write_text, safe_torch_load
+from genloom.checkpoints import export_model, load_model
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 

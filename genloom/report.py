@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genloom.store import atomic_write_bytes, atomic_write_text
+from genloom.files import atomic_write_bytes, atomic_write_text
 
 
 @dataclass

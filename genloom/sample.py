@@ -402,7 +402,7 @@ def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "",
     from pathlib import Path
 
     from genloom.data.images import grid_png, png_with_metadata
-    from genloom.store import atomic_write_bytes
+    from genloom.files import atomic_write_bytes
 
     if n < 1:
         raise GenloomError(f"number of images must be >= 1, got {n}")

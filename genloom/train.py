@@ -24,7 +24,8 @@ import torch
 from genloom.callbacks import Callback, default_callbacks
 from genloom.config import RunConfig
 from genloom.errors import GenloomError
-from genloom.store import atomic_write_text, export_model, load_checkpoint, load_model, save_checkpoint
+from genloom.files import atomic_write_text
+from genloom.checkpoints import export_model, load_checkpoint, load_model, save_checkpoint
 
 
 def cpu_has_native_bf16() -> bool:
@@ -333,3 +334,9 @@ class Trainer:
             self.best_val = val
             self.export("best", card={k: v for k, v in result.items() if k != self.select_by})
         self.emit("eval_end", step=self.step, best=improved, **result)
+
+
+def run(cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None) -> dict:
+    """Train one run config to its end (or a clean stop) and return the summary: the one way in for
+    `genloom train`, the fine-tuning worker and the tests."""
+    return Trainer(cfg, resume=resume, callbacks=callbacks).fit()

@@ -139,7 +139,7 @@ def trained_run(session_dir, english_dir):
 @pytest.fixture(scope="session")
 def lm(trained_run):
     """The trained run's best export, loaded (model in eval mode + char tokenizer)."""
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     return load_model(trained_run[0] / "best")
 

@@ -9,7 +9,7 @@ from genloom.callbacks import default_callbacks
 from genloom.config import load_run_config
 from genloom.errors import GenloomError
 from genloom.models.classifier import Classifier, ClassifierConfig
-from genloom.store import load_model
+from genloom.checkpoints import load_model
 from genloom.train import Trainer
 
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 import torch
 
-from genloom.store import load_model
+from genloom.checkpoints import load_model
 
 from conftest import TINY_TOML, assert_one_line_error, overrides, run_cli
 

@@ -12,7 +12,7 @@ from PIL import Image
 from conftest import assert_one_line_error
 from genloom.data.images import load_images
 from genloom.models.classifier import Classifier, ClassifierConfig
-from genloom.store import export_model
+from genloom.checkpoints import export_model
 
 ROOT = Path(__file__).resolve().parent.parent
 

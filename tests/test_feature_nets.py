@@ -9,7 +9,7 @@ import torch
 from genloom.data.images import load_images
 from genloom.metrics.features import classifier_accuracy, load_feature_extractor
 from genloom.metrics.image import fid
-from genloom.store import load_model
+from genloom.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 NETS = {"fmnist-features": ("fashion-mnist", 0.90), "mnist-features": ("mnist5k", 0.95)}

@@ -9,7 +9,7 @@ import torch
 from conftest import assert_one_line_error
 from genloom.data.images import read_png_parameters
 from genloom.models.gan import DCGAN, DCGANConfig
-from genloom.store import load_model
+from genloom.checkpoints import load_model
 
 gan_face_generate = pytest.importorskip("gan_face_generate")
 WEIGHTS = Path(gan_face_generate.__file__).parent / "weights.tar"

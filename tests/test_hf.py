@@ -6,7 +6,7 @@ import torch
 from genloom.data.tokenizers import CharTokenizer, GPT2Tokenizer
 from genloom.errors import GenloomError
 from genloom.hf import export_gpt2, import_gpt2, load_hf_gpt2
-from genloom.store import export_model, load_model
+from genloom.checkpoints import export_model, load_model
 
 from conftest import random_gpt
 

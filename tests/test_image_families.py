@@ -14,7 +14,7 @@ from conftest import assert_one_line_error
 from genloom.callbacks import default_callbacks
 from genloom.config import load_run_config
 from genloom.errors import GenloomError
-from genloom.store import load_model
+from genloom.checkpoints import load_model
 from genloom.train import Trainer
 
 
@@ -320,7 +320,7 @@ def test_images_api_for_conditional_gans_vaes_and_text_prompts(vae_run, text_dif
     from genloom.data.images import read_png_parameters
     from genloom.models.gan import DCGAN, DCGANConfig
     from genloom.serve.app import create_app
-    from genloom.store import export_model
+    from genloom.checkpoints import export_model
     from test_serve_api import Server, httpx
 
     cfg = DCGANConfig(image_size=16, channels=1, nz=8, ngf=8, num_classes=3, classes=["cat", "dog", "owl"],

@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 from genloom.serve.jobs import worker_loop
-from genloom.serve.storage import Store
-from genloom.store import load_model
+from genloom.serve.database import Database
+from genloom.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"chat": str(ROOT / "models" / "chat")}
@@ -19,7 +19,7 @@ def _job(store, steps=6, model="chat"):
 
 
 def test_worker_fine_tunes_and_registers(tmp_path):
-    store = Store(data_dir=tmp_path / "data")
+    store = Database(data_dir=tmp_path / "data")
     job = _job(store)
     worker_loop(None, str(tmp_path / "data"), str(tmp_path / "models"), BASE, once=True)
     done = store.get_job(job.id)
@@ -35,7 +35,7 @@ def test_worker_fine_tunes_and_registers(tmp_path):
 
 
 def test_bad_jobs_fail_with_a_reason(tmp_path):
-    store = Store(data_dir=tmp_path / "data")
+    store = Database(data_dir=tmp_path / "data")
     unknown = _job(store, model="gpt-4")
     worker_loop(None, str(tmp_path / "data"), str(tmp_path / "models"), BASE, once=True)
     failed = store.get_job(unknown.id)
@@ -43,7 +43,7 @@ def test_bad_jobs_fail_with_a_reason(tmp_path):
 
 
 def test_restart_requeues_and_resumes(tmp_path):
-    store = Store(data_dir=tmp_path / "data")
+    store = Database(data_dir=tmp_path / "data")
     job = _job(store, steps=6)
     store.set_job(job.id, "running")  # as a server killed mid-job leaves it
     assert store.recover_jobs() == [job.id]
@@ -52,7 +52,7 @@ def test_restart_requeues_and_resumes(tmp_path):
 
 
 def test_cancelled_job_is_not_run(tmp_path):
-    store = Store(data_dir=tmp_path / "data")
+    store = Database(data_dir=tmp_path / "data")
     job = _job(store)
     store.set_job(job.id, "cancelled")
     worker_loop(None, str(tmp_path / "data"), str(tmp_path / "models"), BASE, once=True)

@@ -14,7 +14,7 @@ except ImportError:  # pragma: no cover
     import httpx
 
 from genloom.serve.app import create_app  # noqa: E402
-from genloom.serve.storage import Store  # noqa: E402
+from genloom.serve.database import Database  # noqa: E402
 from test_serve_api import CHAT, Server, wait_for  # noqa: E402
 
 TEXT = "\n".join(f"User: where is my order {i}?\nBot: It ships tomorrow, I promise." for i in range(80))
@@ -70,7 +70,7 @@ def test_files_upload_and_bad_types(served, client):
     r = httpx.post(f"{s.url}/v1/files", files={"file": ("../../etc/passwd.txt", b"hello")},
                    data={"purpose": "fine-tune"})
     assert r.status_code == 200
-    stored = Store(data_dir=data).get_file(r.json()["id"])
+    stored = Database(data_dir=data).get_file(r.json()["id"])
     assert ".." not in stored.path and (data / "files" / stored.path).is_file()
     r = httpx.get(f"{s.url}/v1/files/file-nope")
     assert r.status_code == 404 and r.json()["error"]["code"] == "file_not_found"
@@ -125,7 +125,7 @@ def test_cancel_a_queued_job(served, client):
 def test_stored_keys_guard_every_route_but_health(served, client):
     s, data = served
     assert httpx.get(f"{s.url}/v1/models").status_code == 200  # no key exists yet: open
-    store = Store(data_dir=data)
+    store = Database(data_dir=data)
     key, secret = store.create_key("tests", rate_limit=3)
     assert wait_for(lambda: httpx.get(f"{s.url}/v1/models").status_code == 401, timeout=5)
     assert httpx.get(f"{s.url}/health").status_code == 200
@@ -144,7 +144,7 @@ def test_stored_keys_guard_every_route_but_health(served, client):
     # leave the server open again for the other tests
     from sqlalchemy import delete
 
-    from genloom.serve.storage import ApiKey
+    from genloom.serve.database import ApiKey
 
     with store.session.begin() as sess:
         sess.execute(delete(ApiKey))

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from genloom.sample import SamplingParams, generate
-from genloom.store import load_model
+from genloom.checkpoints import load_model
 
 MODELS = Path(__file__).resolve().parent.parent / "models"
 STARTERS = {"kjv": "And God said", "tang": "《"}

@@ -11,7 +11,7 @@ import torch
 from genloom.callbacks import Callback, default_callbacks
 from genloom.config import TrainConfig
 from genloom.errors import GenloomError
-from genloom.store import load_checkpoint, load_model
+from genloom.checkpoints import load_checkpoint, load_model
 from genloom.train import Trainer, lr_at
 
 from conftest import ROOT, TINY_TOML, make_cfg, overrides, run_cli

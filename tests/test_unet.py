@@ -10,7 +10,7 @@ from genloom.callbacks import default_callbacks
 from genloom.config import load_run_config
 from genloom.errors import GenloomError
 from genloom.models.unet import DiffusionModel, UNet, UNetConfig
-from genloom.store import load_model
+from genloom.checkpoints import load_model
 from genloom.train import Trainer
 
 

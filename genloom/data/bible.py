@@ -128,7 +128,7 @@ def default_cache_dir() -> Path:
 
 def parallel_verses(english: str = "kjv", cache_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
     """[(verse id, English, Spanish)] in canonical order, for verses non-empty in both; cached as JSON."""
-    from genloom.store import atomic_write_text
+    from genloom.files import atomic_write_text
 
     path = Path(cache_dir or default_cache_dir()) / f"bible-en-es-{english}.json"
     if path.is_file():

@@ -73,7 +73,8 @@ def prepare_codes(model_path: str, source: str, out: str, *, conditional: bool =
                   val_fraction: float = 0.05) -> dict:
     """Encode an image set's train and test splits with a VQ-VAE into a token folder for `genloom train`."""
     from genloom.data.images import IMAGE_SOURCES, holdout, load_images
-    from genloom.store import atomic_write_bytes, atomic_write_text, load_model
+    from genloom.files import atomic_write_bytes, atomic_write_text
+    from genloom.checkpoints import load_model
 
     lm = load_model(model_path)
     if lm.family != "vqvae":

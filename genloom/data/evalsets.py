@@ -64,7 +64,7 @@ def translation_eval_set(english: str = "kjv", val_fraction: float = VAL_FRACTIO
 
 def write_jsonl(pairs: list[dict], path: str | Path) -> Path:
     """One JSON object per line, UTF-8, written atomically."""
-    from genloom.store import atomic_write_text
+    from genloom.files import atomic_write_text
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -233,7 +233,7 @@ def prepare(
     tokenizer_from: str | None = None,
 ) -> dict:
     """`genloom data`: read, split, train (or reuse) a tokenizer on the train side, write the token files."""
-    from genloom.store import atomic_write_bytes, atomic_write_text
+    from genloom.files import atomic_write_bytes, atomic_write_text
 
     docs = read_documents(source, text_field)
     train_docs, val_docs = split_documents(docs, val_fraction, seed)

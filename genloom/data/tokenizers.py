@@ -33,7 +33,7 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
-        from genloom.store import atomic_write_text
+        from genloom.files import atomic_write_text
 
         atomic_write_text(path, json.dumps(self.to_json(), ensure_ascii=False))
 

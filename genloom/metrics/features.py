@@ -35,7 +35,7 @@ def load_feature_extractor(spec: str, batch_size: int = 256):
         if rest.rsplit(":", 1)[-1].isdigit():
             rest, size = rest.rsplit(":", 1)[0], int(rest.rsplit(":", 1)[1])
         return FeatureExtractor.from_torchscript(rest, image_size=size, channels=3)
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     lm = load_model(resolve_model_path(spec))
     if lm.family != "classifier":

@@ -161,7 +161,8 @@ def import_dcgan(path: str, out: str, *, name: str = "", source: str = "", licen
     torch.load(weights_only=True): tensors only, never arbitrary pickled objects.
     """
     from genloom.errors import GenloomError
-    from genloom.store import export_model, safe_torch_load, write_model_card
+    from genloom.files import safe_torch_load
+    from genloom.checkpoints import export_model, write_model_card
 
     state = safe_torch_load(path)
     if isinstance(state, dict) and "netG_state_dict" in state:

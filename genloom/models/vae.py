@@ -363,7 +363,7 @@ class VQVAE(nn.Module):
         x = _from_uint8(x, self.config.channels, self.config.image_size, self.decoder[0].weight.device)
         return self.decode_to_uint8(self.encode(x))
 
-    prior = None  # a genloom GPT over the code indices; genloom.store attaches `<model folder>/prior`
+    prior = None  # a genloom GPT over the code indices; genloom.checkpoints attaches `<model folder>/prior`
     prior_tokenizer = None
 
     @torch.no_grad()

@@ -163,7 +163,7 @@ class ChatTemplate:
 @dataclass
 class ServedModel:
     name: str
-    loaded: object  # genloom.store.Loaded
+    loaded: object  # genloom.checkpoints.Loaded
     engine: object  # genloom.serve.engine.TextEngine
     template: ChatTemplate
     context: int
@@ -184,7 +184,7 @@ def model_name(path: str | Path) -> str:
 
 def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedModel:
     from genloom.serve.engine import TextEngine
-    from genloom.store import load_model
+    from genloom.checkpoints import load_model
 
     from genloom.models import IMAGE_FAMILIES
 
@@ -250,7 +250,7 @@ class Metrics:
         if store is not None:
             from sqlalchemy import func, select
 
-            from genloom.serve.storage import JOB_STATES, Job
+            from genloom.serve.database import JOB_STATES, Job
 
             with store.session() as s:
                 counts = dict(s.execute(select(Job.status, func.count()).group_by(Job.status)).all())
@@ -422,10 +422,10 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     app.state.max_upload_bytes = max_upload_bytes
     app.state.store = None
     if data_dir or db_url:
-        from genloom.serve.storage import Store
+        from genloom.serve.database import Database
 
         app.state.data_dir = Path(data_dir or "genloom-data")
-        app.state.store = Store(db_url, data_dir=app.state.data_dir)
+        app.state.store = Database(db_url, data_dir=app.state.data_dir)
         app.state.keys_exist = _cached(app.state.store.any_keys, seconds=2.0)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(ApiError, _on_api_error)

@@ -83,7 +83,7 @@ def run_job(store, job, models_dir: Path, base_models: dict[str, str]) -> str:
         return ""
     name = f"ft-{job.model or 'gpt'}-{job.id[-8:]}"
     trainer.export("best")
-    from genloom.store import load_model, export_model, write_model_card
+    from genloom.checkpoints import load_model, export_model, write_model_card
 
     lm = load_model(work / "run")
     card = {**lm.meta.get("card", {}), "fine_tuned_from": job.model or None, "job": job.id}
@@ -104,10 +104,10 @@ def worker_loop(db_url: str | None, data_dir: str, models_dir: str, base_models:
     """Take queued jobs one at a time, forever (or until none is left, with once=True)."""
     import torch
 
-    from genloom.serve.storage import Store
+    from genloom.serve.database import Database
 
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    store = Store(db_url, data_dir=data_dir)
+    store = Database(db_url, data_dir=data_dir)
     while True:
         job = store.next_queued_job()
         if job is None:

@@ -83,7 +83,7 @@ async def generate(body: ImageRequest, request: Request):
             iid = new_id("img")
             folder = store.data_dir / "images"
             folder.mkdir(parents=True, exist_ok=True)
-            from genloom.store import atomic_write_bytes
+            from genloom.files import atomic_write_bytes
 
             atomic_write_bytes(folder / f"{iid}.png", png)
             ids.append(iid)

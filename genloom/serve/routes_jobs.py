@@ -66,7 +66,7 @@ async def list_files(request: Request):
     store = _store(request)
     from sqlalchemy import select
 
-    from genloom.serve.storage import File
+    from genloom.serve.database import File
 
     with store.session() as s:
         rows = list(s.scalars(select(File).order_by(File.created_at.desc()).limit(100)))

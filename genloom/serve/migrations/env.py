@@ -1,9 +1,9 @@
-"""Alembic environment: genloom runs migrations programmatically (genloom.serve.storage.migrate)."""
+"""Alembic environment: genloom runs migrations programmatically (genloom.serve.database.migrate)."""
 
 from alembic import context
 from sqlalchemy import engine_from_config, pool
 
-from genloom.serve.storage import Base
+from genloom.serve.database import Base
 
 config = context.config
 target_metadata = Base.metadata

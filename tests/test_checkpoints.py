@@ -7,17 +7,9 @@ import torch
 from safetensors import safe_open
 
 from genloom.data.tokenizers import CharTokenizer
+from genloom.checkpoints import export_model, load_checkpoint, load_model, save_checkpoint
 from genloom.errors import GenloomError
-from genloom.store import (
-    _atomic_write,
-    atomic_torch_save,
-    atomic_write_text,
-    export_model,
-    load_checkpoint,
-    load_model,
-    safe_torch_load,
-    save_checkpoint,
-)
+from genloom.files import atomic_torch_save, atomic_write, atomic_write_text, safe_torch_load
 
 from conftest import random_gpt
 
@@ -165,17 +157,17 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError, match="disk full"):
-        _atomic_write(target, failing)
+        atomic_write(target, failing)
     assert list(tmp_path.iterdir()) == []  # neither the target nor a temporary file
 
     atomic_write_text(target, "old content")
     with pytest.raises(OSError):
-        _atomic_write(target, failing)
+        atomic_write(target, failing)
     assert target.read_text() == "old content"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
     with pytest.raises(KeyboardInterrupt):
-        _atomic_write(target, lambda f: (f.write(b"x"), (_ for _ in ()).throw(KeyboardInterrupt())))
+        atomic_write(target, lambda f: (f.write(b"x"), (_ for _ in ()).throw(KeyboardInterrupt())))
     assert target.read_text() == "old content" and len(list(tmp_path.iterdir())) == 1
     atomic_write_text(target, "new")
     assert target.read_text() == "new"

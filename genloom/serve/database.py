@@ -1,7 +1,7 @@
 """The server's storage: SQLAlchemy tables, Alembic migrations, API keys, history, jobs, files, usage.
 
 SQLite under the data directory by default (WAL mode, so readers never wait for the writer); any
-SQLAlchemy URL otherwise (PostgreSQL in CI). The schema is owned by Alembic: `Store(...)` upgrades the
+SQLAlchemy URL otherwise (PostgreSQL in CI). The schema is owned by Alembic: `Database(...)` upgrades the
 database to the newest revision on open. API keys are random 256-bit secrets; only their SHA-256 is
 stored (a salted slow hash buys nothing for secrets of that entropy) and checks use hmac.compare_digest.
 """
@@ -135,7 +135,7 @@ def migrate(url: str) -> None:
     command.upgrade(cfg, "head")
 
 
-class Store:
+class Database:
     """One handle on the database: open (and migrate) once at startup, share across requests."""
 
     def __init__(self, url: str | None = None, data_dir: str | Path = "genloom-data"):
@@ -243,7 +243,7 @@ class Store:
 
     def add_file(self, filename: str, data: bytes, purpose: str, meta: dict | None = None) -> File:
         """Store bytes under files/<id><suffix> (the user's name is kept only as metadata, never as a path)."""
-        from genloom.store import atomic_write_bytes
+        from genloom.files import atomic_write_bytes
 
         fid = new_id("file")
         suffix = "".join(c for c in Path(filename).suffix.lower() if c.isalnum() or c == ".")[:10]

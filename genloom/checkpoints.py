@@ -8,12 +8,7 @@ Export folder layout (what `load_model` reads, what the starter models ship as):
 
 from __future__ import annotations
 
-import io
 import json
-import os
-import pickle
-import tempfile
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,57 +17,10 @@ import torch
 from genloom import __version__
 from genloom.data.tokenizers import Tokenizer, load_tokenizer, tokenizer_from_json
 from genloom.errors import GenloomError
+from genloom.files import atomic_write, atomic_write_bytes, atomic_write_text, atomic_torch_save, safe_torch_load
 
 CKPT_FORMAT = "genloom-checkpoint"
 MODEL_FORMAT = "genloom-model"
-
-
-def _atomic_write(path: str | Path, write) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: never a half-written file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path, data: bytes) -> None:
-    _atomic_write(path, lambda f: f.write(data))
-
-
-def atomic_write_text(path, text: str) -> None:
-    atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def atomic_torch_save(path, obj) -> None:
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def safe_torch_load(path: str | Path) -> dict:
-    """torch.load with weights_only=True; anything that needs unpickling code is refused."""
-    path = Path(path)
-    if not path.is_file():
-        raise GenloomError(f"checkpoint not found: {path}")
-    try:
-        with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the error below says it all
-            warnings.simplefilter("ignore")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise GenloomError(
-            f"refusing to load {path}: it holds pickled objects beyond tensors (weights_only=True); "
-            "use a safetensors export"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - truncated zip, random bytes, ...
-        raise GenloomError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
 
 
 @dataclass
@@ -127,7 +75,7 @@ def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, 
         seen[key] = name
         tensors[name] = (t.detach().to(cast) if t.is_floating_point() else t.detach()).contiguous()
     meta = {"format": MODEL_FORMAT, "family": family, "genloom_version": __version__}
-    _atomic_write(out / "model.safetensors", lambda f: f.write(_safetensors_bytes(tensors, meta)))
+    atomic_write(out / "model.safetensors", lambda f: f.write(_safetensors_bytes(tensors, meta)))
     config = {**meta, "model": config_to_dict(model_config), "dtype": dtype, "card": card or {}}
     atomic_write_text(out / "config.json", json.dumps(config, indent=2, ensure_ascii=False))
     if tokenizer is not None:

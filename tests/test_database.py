@@ -9,7 +9,7 @@ from sqlalchemy import create_engine, inspect
 
 from conftest import assert_one_line_error
 from genloom.errors import GenloomError
-from genloom.serve.storage import Store
+from genloom.serve.database import Database
 
 PG = os.environ.get("GENLOOM_TEST_DATABASE_URL")
 BACKENDS = ["sqlite"] + (["postgresql"] if PG else [])
@@ -18,13 +18,13 @@ BACKENDS = ["sqlite"] + (["postgresql"] if PG else [])
 @pytest.fixture(params=BACKENDS)
 def store(request, tmp_path):
     if request.param == "sqlite":
-        st = Store(data_dir=tmp_path)
+        st = Database(data_dir=tmp_path)
     else:  # a fresh schema per test: drop everything first
         eng = create_engine(PG)
         with eng.begin() as c:
             c.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
         eng.dispose()
-        st = Store(PG, data_dir=tmp_path)
+        st = Database(PG, data_dir=tmp_path)
     yield st
     st.close()
 
@@ -37,7 +37,7 @@ def test_schema_is_migrated_by_alembic(store):
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path):
-    Store(data_dir=tmp_path).create_key("x")
+    Database(data_dir=tmp_path).create_key("x")
     assert sqlite3.connect(tmp_path / "genloom.db").execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
@@ -96,7 +96,7 @@ def test_file_names_never_become_paths(store):
 
 def test_unreachable_database_is_one_line(tmp_path):
     with pytest.raises(GenloomError, match=r"cannot open database postgresql\+psycopg://u:\*\*\*@127.0.0.1:1/x"):
-        Store("postgresql+psycopg://u:secret@127.0.0.1:1/x", data_dir=tmp_path)
+        Database("postgresql+psycopg://u:secret@127.0.0.1:1/x", data_dir=tmp_path)
 
 
 def test_keys_cli(run_main, tmp_path):
@@ -110,6 +110,6 @@ def test_keys_cli(run_main, tmp_path):
     rows = json.loads(out)
     assert rows[0]["name"] == "laptop" and rows[0]["revoked"] is False and secret not in out
     code, out, err = run_main("keys", "revoke", rows[0]["id"], "--data-dir", tmp_path)
-    assert code == 0 and Store(data_dir=tmp_path).verify_key(secret) is None
+    assert code == 0 and Database(data_dir=tmp_path).verify_key(secret) is None
     code, out, err = run_main("keys", "revoke", "key-" + uuid.uuid4().hex[:8], "--data-dir", tmp_path)
     assert "no API key" in assert_one_line_error(code, out, err)
