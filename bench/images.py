@@ -159,7 +159,7 @@ def sample_speed(name: str, lm) -> dict:
 
 def train_speed(name: str, steps: int = 30) -> dict:
     """genloom's Trainer vs a minimal loop over the same task, model and optimizer: images/s."""
-    from genloom.config import load_run_config
+    from genloom.families import load_run_config
     from genloom.train import Trainer
     import tempfile
 

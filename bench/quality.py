@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 ROOT = Path(__file__).resolve().parent.parent
 from common import report  # noqa: E402
 
-from genloom.config import load_run_config  # noqa: E402
+from genloom.families import load_run_config  # noqa: E402
 from genloom.data.text import TokenData  # noqa: E402
 from genloom.hf import hf_config_from_gpt2, load_hf_gpt2  # noqa: E402
 from genloom.metrics.text import perplexity  # noqa: E402

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import report  # noqa: E402
 from genloom.config import TrainConfig  # noqa: E402
 from genloom.hf import hf_config_from_gpt2, state_dict_to_hf  # noqa: E402
-from genloom.models import build_model  # noqa: E402
+from genloom import families  # noqa: E402
 from genloom.models.gpt import GPTConfig  # noqa: E402
 from genloom.objectives import supervised_loss  # noqa: E402
 from genloom.train import lr_at  # noqa: E402
@@ -109,7 +109,7 @@ def build(cfg: GPTConfig, seed: int):
 
     hf_logging.set_verbosity_error()
     torch.manual_seed(seed)
-    ours = build_model("gpt", cfg)
+    ours = families.get("gpt").build(cfg)
     hf_dict = hf_config_from_gpt2(cfg)
     hf_dict.update(bos_token_id=None, eos_token_id=None)  # GPT-2's 50256 is outside a 65-token vocab
     theirs = GPT2LMHeadModel(GPT2Config(**hf_dict))

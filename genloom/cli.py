@@ -50,7 +50,7 @@ def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tok
 @click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its last checkpoint.")
 def train(config_path, overrides, resume):
     """Train a model from a config (one loop for every family)."""
-    from genloom.config import load_run_config
+    from genloom.families import load_run_config
     from genloom.train import run
 
     cfg = load_run_config(config_path, overrides)
@@ -91,10 +91,10 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
     from genloom.checkpoints import load_model
 
     _threads(threads)
-    from genloom.models import IMAGE_FAMILIES
+    from genloom import families
 
     lm = load_model(model_path)
-    if lm.family in IMAGE_FAMILIES:
+    if families.get(lm.family).kind == "image":
         from genloom.sample import generate_images, image_options
 
         prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])

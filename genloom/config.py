@@ -165,13 +165,11 @@ def read_file(path: str | Path) -> dict:
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
-    """Read a run config file, apply overrides, check every key and the family's model keys."""
-    from genloom.models import model_config_from_dict
-
+    """Read a run config file, apply overrides, check every key (the family's model keys are checked by
+    genloom.families.load_run_config, which the CLI and the worker call)."""
     data = read_file(path) if path else {}
     data = apply_overrides(data, list(overrides))
     cfg = from_dict(RunConfig, data)
-    model_config_from_dict(cfg.family, cfg.model)  # validates early, before any data is read
     if cfg.train.dtype not in ("float32", "bfloat16"):
         raise GenloomError(f"unknown train.dtype '{cfg.train.dtype}'; choose one of bfloat16, float32")
     if cfg.train.lr_schedule not in ("cosine", "constant"):

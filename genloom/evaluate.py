@@ -347,13 +347,13 @@ def model_section(model_path: str, reference: str | None, features: str | None =
     """A model given without data: a classifier is scored on its test set, an image generator on samples of it;
     a GPT needs --data or --evalset."""
     from genloom.metrics.features import resolve_model_path
-    from genloom.models import IMAGE_FAMILIES
+    from genloom import families
     from genloom.checkpoints import load_model
 
     lm = load_model(resolve_model_path(model_path))
     if lm.family == "classifier":
         return classifier_section(model_path, reference)
-    if lm.family in IMAGE_FAMILIES:
+    if families.get(lm.family).kind == "image":
         return generator_section(model_path, reference, features, n=n, seed=seed)
     raise GenloomError(f"{model_path} is a '{lm.family}' model: pass --data DIR (perplexity) or --evalset "
                        f"{'|'.join(EVALSETS)} (generation metrics)")

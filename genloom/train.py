@@ -9,6 +9,7 @@ samples) is a callback.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import random
@@ -21,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from genloom import families
 from genloom.callbacks import Callback, default_callbacks
 from genloom.config import RunConfig
 from genloom.errors import GenloomError
+from genloom.optim import Optimizers  # noqa: F401  (re-exported: the Trainer steps them)
 from genloom.files import atomic_write_text
 from genloom.checkpoints import export_model, load_checkpoint, load_model, save_checkpoint
 
@@ -35,24 +38,6 @@ def cpu_has_native_bf16() -> bool:
     except OSError:
         return False
     return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-class Optimizers:
-    """Named optimizers stepped in turn (a GAN's discriminator "d" and generator "g"), saved as one."""
-
-    def __init__(self, **parts: torch.optim.Optimizer):
-        self.parts = parts
-
-    @property
-    def param_groups(self) -> list[dict]:  # the loop's learning-rate schedule sets every group
-        return [g for opt in self.parts.values() for g in opt.param_groups]
-
-    def state_dict(self) -> dict:
-        return {name: opt.state_dict() for name, opt in self.parts.items()}
-
-    def load_state_dict(self, state: dict) -> None:
-        for name, opt in self.parts.items():
-            opt.load_state_dict(state[name])
 
 
 def lr_at(step: int, cfg) -> float:
@@ -67,9 +52,6 @@ def lr_at(step: int, cfg) -> float:
 
 class Trainer:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None):
-        from genloom.models import build_model, model_config_from_dict
-        from genloom.objectives import TASKS
-
         self.cfg, t = cfg, cfg.train
         self.out = Path(t.out_dir)
         self.last_path = self.out / "last.pt"
@@ -79,7 +61,8 @@ class Trainer:
             raise GenloomError(f"nothing to resume: {self.last_path} does not exist")
         if t.threads:
             torch.set_num_threads(t.threads)
-        self.task = TASKS[cfg.family].from_config(cfg)
+        self.record = families.get(cfg.family)
+        self.task = self.record.task_cls.from_config(cfg)
         self.data = getattr(self.task, "data", None)
         self.tokenizer = self.task.tokenizer
 
@@ -96,11 +79,11 @@ class Trainer:
             self.model_config = base.config
             if "dropout" in cfg.model:
                 self.model_config.dropout = float(cfg.model["dropout"])
-            self.model = build_model(cfg.family, self.model_config)
+            self.model = self.record.build(self.model_config)
             self.model.load_state_dict(base.model.state_dict())
         else:
-            self.model_config = model_config_from_dict(cfg.family, self.task.model_config(dict(cfg.model)))
-            self.model = build_model(cfg.family, self.model_config)
+            self.model_config = self.record.model_config(self.task.model_config(dict(cfg.model)))
+            self.model = self.record.build(self.model_config)
         self.task.bind(self.model_config)
         self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
         self.phases = tuple(getattr(self.task, "phases", None) or (None,))
@@ -161,6 +144,8 @@ class Trainer:
         t = self.cfg.train
         return {
             "family": self.cfg.family,
+            "loss_name": self.record.loss_name,
+            "model_config": dataclasses.asdict(self.model_config),
             "data": self.task.card(),
             "parameters": sum(p.numel() for p in self.model.parameters() if p.requires_grad),  # not EMA copies
             **({"generator_parameters": sum(p.numel() for p in self.model.generator.parameters())}

@@ -64,7 +64,7 @@ def overrides(data_dir, out_dir, model: dict | None = None, **train) -> list[str
 
 
 def make_cfg(data_dir, out_dir, model: dict | None = None, **train):
-    from genloom.config import load_run_config
+    from genloom.families import load_run_config
 
     return load_run_config(TINY_TOML, overrides(data_dir, out_dir, model, **train))
 

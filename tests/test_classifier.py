@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genloom.callbacks import default_callbacks
-from genloom.config import load_run_config
+from genloom.families import load_run_config
 from genloom.errors import GenloomError
 from genloom.models.classifier import Classifier, ClassifierConfig
 from genloom.checkpoints import load_model

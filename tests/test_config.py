@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from genloom.config import RunConfig, TrainConfig, apply_overrides, load_run_config, parse_value
+from genloom.config import RunConfig, TrainConfig, apply_overrides, parse_value
+from genloom.families import load_run_config
 from genloom.errors import GenloomError
 
 from conftest import TINY_TOML

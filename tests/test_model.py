@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from genloom.errors import GenloomError
-from genloom.models import build_model, family, model_config_from_dict
+from genloom import families
 from genloom.models.gpt import GPTConfig, KVCache
 
 from conftest import random_gpt
@@ -128,7 +128,7 @@ def test_bad_model_configs(kw, match):
 
 def test_registry():
     with pytest.raises(GenloomError, match="unknown model family 'rnn'; choose one of classifier, dcgan, diffusion, gpt"):
-        family("rnn")
-    cfg = model_config_from_dict("gpt", {"vocab_size": 10, "n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 4})
-    model = build_model("gpt", cfg)
+        families.get("rnn")
+    cfg = families.get("gpt").model_config({"vocab_size": 10, "n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 4})
+    model = families.get("gpt").build(cfg)
     assert len(model.transformer.h) == 1 and model.lm_head.out_features == 10

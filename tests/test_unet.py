@@ -7,7 +7,7 @@ import torch
 
 from conftest import assert_one_line_error
 from genloom.callbacks import default_callbacks
-from genloom.config import load_run_config
+from genloom.families import load_run_config
 from genloom.errors import GenloomError
 from genloom.models.unet import DiffusionModel, UNet, UNetConfig
 from genloom.checkpoints import load_model

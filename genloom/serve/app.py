@@ -186,11 +186,11 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedMo
     from genloom.serve.engine import TextEngine
     from genloom.checkpoints import load_model
 
-    from genloom.models import IMAGE_FAMILIES
+    from genloom import families
 
     loaded = load_model(path)
     name = model_name(path)
-    if loaded.family in IMAGE_FAMILIES:  # sampled in a thread by the images route; no decode engine
+    if families.get(loaded.family).kind == "image":  # sampled in a thread by the images route; no decode engine
         loaded.lock = threading.Lock()
         return ServedModel(name, loaded, None, None, 0)
     if loaded.family != "gpt" or loaded.tokenizer is None:

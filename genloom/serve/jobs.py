@@ -53,7 +53,7 @@ class JobEvents(Callback):
 
 def run_job(store, job, models_dir: Path, base_models: dict[str, str]) -> str:
     """Train one job to completion; returns the registered model name."""
-    from genloom.config import load_run_config
+    from genloom.families import load_run_config
     from genloom.data.text import prepare
     from genloom.train import Trainer
 

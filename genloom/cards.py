@@ -1,0 +1,123 @@
+"""Model cards: the README.md beside a model's weights (data and its licence, size, budget, result).
+
+One writer per kind of output; each family's record in genloom.families names its writer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from genloom.data.images import IMAGE_INFO
+from genloom.data.text import CORPUS_INFO
+from genloom.files import atomic_write_text
+
+
+def text_card(folder, card: dict, name: str = "", command: str = "") -> Path:
+    """A README.md beside the weights: data and its licence, tokenizer, size, training budget, result."""
+    data = card.get("data") or {}
+    source = data.get("source") or "unknown"
+    tokens = data.get("tokens") or {}
+    secs = card.get("train_seconds")
+    lines = [
+        f"# {name or Path(folder).name}",
+        "",
+        "A genloom GPT model. Generated text is machine-made: label it as such where you publish it.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | `{source}`: {CORPUS_INFO.get(source, 'user-supplied text')} |",
+        f"| data split | {tokens.get('train', '?'):,} train / {tokens.get('val', '?'):,} validation tokens |"
+        if tokens else "| data split | unknown |",
+        f"| tokenizer | {data.get('tokenizer', '?')}, {data.get('vocab_size', '?')} ids (tokenizer.json) |",
+        f"| parameters | {card.get('parameters', 0):,} |",
+        f"| training | {card.get('step', '?')} steps, {card.get('tokens_seen', 0):,} tokens, "
+        f"{secs / 60:.1f} min on {card.get('threads', '?')} CPU threads (torch {card.get('torch', '?')}) |"
+        if secs is not None else "| training | unknown |",
+        f"| validation loss | {card['val_loss']:.4f} nats/token (best checkpoint, {card.get('run_config', {}).get('train', {}).get('eval_batches', '?')} fixed validation batches) |"
+        if card.get("val_loss") is not None else "| validation loss | not measured |",
+    ]
+    if command:
+        lines += ["", "Reproduce:", "", "```", command, "```"]
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def image_card(folder, card: dict, name: str, command: str) -> Path:
+    """The card of an image generator: where it came from, its licence terms, its size."""
+    lines = [f"# {name or Path(folder).name}", "",
+             "A genloom image generator. Images it makes are machine-made: genloom writes that, and the "
+             "generation parameters, into every PNG it saves.", "", "| | |", "|---|---|",
+             f"| family | {card.get('family')} |",
+             f"| source | {card.get('imported_from') or (card.get('data') or {}).get('source', '?')} |",
+             f"| licence / terms | {card.get('licence') or 'see the source'} |",
+             f"| parameters (generator) | {card.get('generator_parameters', card.get('parameters', 0)):,} |"]
+    if card.get("train_seconds") is not None:
+        data = card.get("data") or {}
+        lines[-3] = f"| data | `{data.get('source')}`: {IMAGE_INFO.get(data.get('source'), 'user-supplied images')} |"
+        if not card.get("licence"):
+            lines[-2] = "| licence / terms | trained by genloom on the data above; the data's licence applies |"
+        if card.get("generator_parameters"):
+            lines[-1] = (f"| parameters | {card['generator_parameters']:,} generator + "
+                         f"{card['parameters'] - card['generator_parameters']:,} discriminator (shipped for fine-tuning) |")
+        lines.append(f"| training | {card.get('step', '?')} steps, {card.get('images_seen', 0):,} images, "
+                     f"{card['train_seconds'] / 60:.1f} min on {card.get('threads', '?')} CPU threads |")
+        what = card.get("loss_name", "")  # the family record's words for its validation loss
+        if card.get("val_loss") is not None:
+            lines.append(f"| validation loss | {card['val_loss']:.4f} ({what}, fixed validation batches) |")
+        if card.get("val_fid") is not None:
+            n = (card.get("run_config") or {}).get("model", {}).get("fid_samples", "?")
+            lines.append(f"| validation FID | {card['val_fid']:.2f} ({n} samples vs the test split, "
+                         f"models/fmnist-features; the exported generator is the lowest-FID one) |")
+    rc = card.get("run_config") or {}
+    m = {**(rc.get("model") or {}), **(card.get("model_config") or {})}  # the whole config, where the card has it
+    d = rc.get("data") or {}
+    if m.get("cond_dim"):
+        lines.append(f"| conditioning | text: all-MiniLM-L6-v2 embeddings ({m['cond_dim']}-d) of the captions "
+                     f"({d.get('captions')}), {m.get('cond_dropout', 0):.0%} dropped for classifier-free guidance |")
+    elif m.get("num_classes") and "cond_dropout" in m:  # classifier-free guidance (diffusion)
+        lines.append(f"| conditioning | class label ({m['num_classes']} classes), {m.get('cond_dropout', 0):.0%} "
+                     f"dropped for classifier-free guidance |")
+    if card.get("classes"):
+        lines.append(f"| classes | {', '.join(card['classes'])} |")
+    if card.get("prior"):
+        lines.append(f"| prior | {card['prior']} |")
+    if command:
+        lines += ["", "Reproduce:", "", "```", command, "```"]
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
+def classifier_card(folder, card: dict, name: str, command: str) -> Path:
+    """The card of an image classifier / feature network: data, size, budget, held-out accuracy."""
+    data = card.get("data") or {}
+    source = data.get("source") or "unknown"
+    images = data.get("images") or {}
+    secs = card.get("train_seconds")
+    acc = card.get("val_accuracy")
+    lines = [
+        f"# {name or Path(folder).name}",
+        "",
+        "A genloom image classifier. Its penultimate layer is the feature space genloom's image metrics "
+        "(FID, KID, precision/recall) are computed in, and its logits give the IS-style score: figures "
+        "measured with it are comparable only with figures measured with the same network.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | `{source}`: {IMAGE_INFO.get(source, 'user-supplied images')} |",
+        f"| data split | {images.get('train', '?'):,} train / {images.get('val', '?'):,} test images, "
+        f"{'x'.join(str(v) for v in data.get('shape', []))} (C x H x W) |",
+        f"| classes | {', '.join(data.get('classes', []))} |",
+        f"| parameters | {card.get('parameters', 0):,} |",
+        f"| training | {card.get('step', '?')} steps, {card.get('images_seen', 0):,} images, "
+        f"{secs / 60:.1f} min on {card.get('threads', '?')} CPU threads (torch {card.get('torch', '?')}) |"
+        if secs is not None else "| training | unknown |",
+        f"| test accuracy | {acc:.4f} (the whole test split) |" if acc is not None else "| test accuracy | not measured |",
+        f"| test loss | {card['val_loss']:.4f} nats |" if card.get("val_loss") is not None else "",
+    ]
+    if command:
+        lines += ["", "Reproduce:", "", "```", command, "```"]
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, "\n".join(ln for ln in lines if ln is not None) + "\n")
+    return path
