@@ -7,6 +7,9 @@ import sys
 import time
 from pathlib import Path
 
+from genloom.data.images import grid_png
+from genloom.files import atomic_write_bytes
+
 
 class Callback:
     """Override any of: on_train_start, on_step_end, on_log, on_eval_end, on_metrics, on_checkpoint, on_sample,
@@ -43,7 +46,6 @@ def _fmt_params(n: int) -> str:
 
 class ProgressBar(Callback):
     """A tqdm bar with loss, throughput and ETA; one line per validation."""
-
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr
         self.bar = None
@@ -94,7 +96,6 @@ class ProgressBar(Callback):
 
 class MetricsLog(Callback):
     """Append every logged step and every validation to metrics.jsonl in the run folder."""
-
     def on_train_start(self, trainer, info):
         self.path = trainer.out / "metrics.jsonl"
         if self.path.exists():  # on resume, drop what was logged after the checkpoint we resume from
@@ -124,7 +125,6 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "", ylabel:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from genloom.files import atomic_write_bytes
 
     rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
     named = sorted({k for r in rows for k in r if k.startswith("loss_")})  # a GAN's loss_d/loss_g, ELBO terms
@@ -169,7 +169,6 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "", ylabel:
 
 class LossCurve(Callback):
     """Redraw loss.png beside the run after every validation and at the end."""
-
     def _draw(self, trainer):
         path = trainer.out / "metrics.jsonl"
         if path.exists():
@@ -185,13 +184,10 @@ class LossCurve(Callback):
 
 class SamplesFile(Callback):
     """Text samples to samples.txt; image samples (a uint8 batch) to samples/step-N.png and samples.png."""
-
     def _write(self, trainer, samples):
         import torch
 
         if isinstance(samples, torch.Tensor):
-            from genloom.data.images import grid_png
-            from genloom.files import atomic_write_bytes
 
             png = grid_png(samples, nrow=int(len(samples) ** 0.5 + 0.999), scale=2)
             atomic_write_bytes(trainer.out / "samples" / f"step-{trainer.step:06d}.png", png)

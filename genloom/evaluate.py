@@ -12,8 +12,28 @@ from pathlib import Path
 
 import torch
 
+from genloom import families
+from genloom.checkpoints import load_model
+from genloom.data import evalsets
+from genloom.data.images import (
+    CAPTION_TEMPLATES,
+    IMAGE_SOURCES,
+    IMAGE_SUFFIXES,
+    convert,
+    grid_png,
+    image_folder,
+    load_image_file,
+    load_images,
+)
+from genloom.data.text import TokenData
 from genloom.errors import GenloomError, choices
+from genloom.metrics import textgen as tg
+from genloom.metrics.audio import audio_report
+from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor, resolve_model_path
+from genloom.metrics.image import fid, image_metrics, psnr, ssim
+from genloom.metrics.text import perplexity
 from genloom.report import Section, loss_curve_png
+from genloom.sample import SamplingParams, generate, generate_images, image_options
 
 EVALSETS = ("chat", "translation")
 
@@ -40,12 +60,8 @@ def _curve(section: Section, model_path: str) -> None:
 def perplexity_section(model_path: str, data_dir: str, *, split: str = "val", context: int = 0, stride: int = 0,
                        max_tokens: int = 0) -> Section:
     """Perplexity and bits per token/character of a GPT on a prepared split."""
-    from genloom.data.text import TokenData
-    from genloom.metrics.text import perplexity
-    from genloom.checkpoints import load_model
-
     lm = load_model(model_path)
-    if lm.family != "gpt":
+    if families.get(lm.family).kind != "text":
         raise GenloomError(f"{model_path} is a '{lm.family}' model; perplexity needs a 'gpt' model")
     data = TokenData(data_dir)
     if json.dumps(data.tokenizer.to_json()) != json.dumps(lm.tokenizer.to_json()):
@@ -61,8 +77,6 @@ def perplexity_section(model_path: str, data_dir: str, *, split: str = "val", co
 def text_section(name: str, hyps: list[str], refs: list[str] | None, prompts: list[str] | None = None,
                  similarity: bool = True, show: int = 8) -> Section:
     """BLEU, chrF (sacrebleu), ROUGE (rouge-score), MiniLM similarity against references; diversity always."""
-    from genloom.metrics import textgen as tg
-
     s = Section(name, "text-generation")
     raw = {"name": name, "hypotheses": len(hyps)}
     if refs is not None:
@@ -116,8 +130,6 @@ def files_section(hyps_path: str, refs_path: str | None) -> Section:
 
 def load_evalset(name: str, limit: int, seed: int = 1337) -> tuple[list[dict], list[str]]:
     """A held-out set by name (chat, translation) or a JSONL file; returns the pairs and the stop strings."""
-    from genloom.data import evalsets
-
     if name == "chat":
         # unseen_only: chatterbot repeats some dialogues across files; drop held-out pairs also in training
         return evalsets.chat_eval_set(limit=limit, unseen_only=True), ["\nUser:", "\n"]
@@ -132,11 +144,8 @@ def load_evalset(name: str, limit: int, seed: int = 1337) -> tuple[list[dict], l
 def evalset_section(model_path: str, evalset: str, *, limit: int = 100, max_new_tokens: int = 64,
                     temperature: float = 0.0, seed: int = 0, similarity: bool = True) -> Section:
     """Generate a reply to every prompt of a held-out set and score it against the reference."""
-    from genloom.sample import SamplingParams, generate
-    from genloom.checkpoints import load_model
-
     lm = load_model(model_path)
-    if lm.family != "gpt":
+    if families.get(lm.family).kind != "text":
         raise GenloomError(f"{model_path} is a '{lm.family}' model; eval sets need a 'gpt' model")
     pairs, stops = load_evalset(evalset, limit)
     block = lm.config.block_size
@@ -162,8 +171,6 @@ def evalset_section(model_path: str, evalset: str, *, limit: int = 100, max_new_
 
 # ---- images -------------------------------------------------------------------------------------
 def reference_images(reference: str, split: str = "test"):
-    from genloom.data.images import IMAGE_SOURCES, load_images
-
     if reference in IMAGE_SOURCES or reference == "mnist" or Path(reference).is_dir():
         return load_images(reference, split)
     raise GenloomError(f"unknown reference '{reference}'; choose one of {choices(IMAGE_SOURCES)} or an image folder")
@@ -176,9 +183,6 @@ def images_section(samples: str, reference: str, features: str | None, *, limit:
     Every FID comes with its floor: the FID between as many images of the reference's train split and
     its test split, with the same feature network (what a perfect generator would score).
     """
-    from genloom.data.images import grid_png, image_folder
-    from genloom.metrics.features import DEFAULT_FEATURES, load_feature_extractor
-    from genloom.metrics.image import fid, image_metrics
 
     spec = features or DEFAULT_FEATURES.get(reference)
     if spec is None:
@@ -224,8 +228,6 @@ def reconstruction_section(recon: str, originals: str) -> Section:
     """PSNR and SSIM of reconstructions against their originals, paired by file name."""
     import numpy as np
 
-    from genloom.data.images import IMAGE_SUFFIXES, grid_png, load_image_file
-    from genloom.metrics.image import psnr, ssim
 
     rdir, odir = Path(recon), Path(originals)
     for d in (rdir, odir):
@@ -267,15 +269,11 @@ def reconstruction_section(recon: str, originals: str) -> Section:
 
 def classifier_section(model_path: str, reference: str | None) -> Section:
     """Held-out accuracy of a classifier (genloom's feature networks carry this on their card)."""
-    from genloom.metrics.features import classifier_accuracy, resolve_model_path
-    from genloom.checkpoints import load_model
-
     lm = load_model(resolve_model_path(model_path))
     card_source = (lm.meta.get("card") or {}).get("data", {}).get("source")
     reference = reference or card_source
     if not reference:
         raise GenloomError("which test set? pass --reference (fashion-mnist, mnist5k, digits or a folder)")
-    from genloom.data.images import convert
 
     ds = convert(reference_images(reference, "test"), lm.config.image_size, lm.config.channels)
     res = classifier_accuracy(lm.model, ds)
@@ -295,10 +293,6 @@ def generator_section(model_path: str, reference: str | None, features: str | No
     also gets PSNR/SSIM of its reconstructions of the reference's test images."""
     import tempfile
 
-    from genloom.data.images import CAPTION_TEMPLATES
-    from genloom.metrics.features import resolve_model_path
-    from genloom.sample import generate_images, image_options
-    from genloom.checkpoints import load_model
 
     lm = load_model(resolve_model_path(model_path))
     reference = reference or ((lm.meta.get("card") or {}).get("data") or {}).get("source")
@@ -326,9 +320,7 @@ def generator_section(model_path: str, reference: str | None, features: str | No
              | ({"prompts": f"'{CAPTION_TEMPLATES[0]}' over the classes in turn"} if "prompts" in opts else {})
              | ({"labels": "the classes in turn"} if "labels" in opts else {}),
              **{k: v for k, v in s.raw.items() if k != "samples"}}
-    if lm.family in ("vae", "vqvae"):
-        from genloom.data.images import convert, grid_png
-        from genloom.metrics.image import psnr, ssim
+    if hasattr(lm.model, "reconstruct"):  # an autoencoder: also score its reconstructions
 
         real = convert(test, lm.config.image_size, lm.config.channels).images[:n]
         rec = lm.model.reconstruct(real)
@@ -346,12 +338,9 @@ def model_section(model_path: str, reference: str | None, features: str | None =
                   seed: int = 0) -> Section:
     """A model given without data: a classifier is scored on its test set, an image generator on samples of it;
     a GPT needs --data or --evalset."""
-    from genloom.metrics.features import resolve_model_path
-    from genloom import families
-    from genloom.checkpoints import load_model
 
     lm = load_model(resolve_model_path(model_path))
-    if lm.family == "classifier":
+    if families.get(lm.family).kind == "label":
         return classifier_section(model_path, reference)
     if families.get(lm.family).kind == "image":
         return generator_section(model_path, reference, features, n=n, seed=seed)
@@ -365,8 +354,6 @@ AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
 
 def audio_section(audio: str, texts_path: str | None) -> Section:
     """Duration, loudness and (with a texts file, one line per file in name order) pocketsphinx WER."""
-    from genloom.metrics.audio import audio_report
-
     p = Path(audio)
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES) if p.is_dir() else [p]
     if not files:

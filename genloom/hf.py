@@ -11,11 +11,11 @@ from pathlib import Path
 
 import torch
 
+from genloom.checkpoints import export_model, load_model
 from genloom.data.tokenizers import ByteBPETokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
 from genloom.errors import GenloomError
-from genloom.models.gpt import GPT, GPTConfig
 from genloom.files import atomic_write_text, safe_torch_load
-from genloom.checkpoints import export_model, load_model
+from genloom.models.gpt import GPT, GPTConfig
 
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 
@@ -143,7 +143,7 @@ def export_gpt2(model_path: str | Path, out_dir: str | Path) -> Path:
     from safetensors.torch import save_file
 
     lm = load_model(model_path)
-    if lm.family != "gpt":
+    if not isinstance(lm.model, GPT):
         raise GenloomError(f"{model_path} is a '{lm.family}' model; only 'gpt' models export to Hugging Face")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,16 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from genloom import diffusion
+from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
+from genloom.data.text import TokenData, prepare
+from genloom.embeddings import embed
 from genloom.errors import GenloomError, choices
+from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor
+from genloom.metrics.image import fid
+from genloom.metrics.text import perplexity
+from genloom.metrics.textgen import distinct_n, repetition_rate
+from genloom.sample import SamplingParams, generate
 
 
 def supervised_loss(model, batch) -> torch.Tensor:
@@ -23,7 +32,6 @@ def supervised_loss(model, batch) -> torch.Tensor:
 
 class LMTask:
     """Causal language modelling on a prepared token folder: random windows of block_size + 1 tokens."""
-
     unit = "tok"
     METRICS = ("perplexity", "distinct", "repetition")
 
@@ -38,7 +46,6 @@ class LMTask:
     def from_config(cls, cfg) -> "LMTask":
         from pathlib import Path
 
-        from genloom.data.text import TokenData, prepare
 
         d = cfg.data
         if not d.dir:
@@ -91,9 +98,6 @@ class LMTask:
 
     def metrics(self, model, names: list[str], max_tokens: int = 20_000) -> dict:
         """Perplexity of the validation split (first max_tokens, stride block/2) and diversity of samples."""
-        from genloom.metrics.text import perplexity
-        from genloom.metrics.textgen import distinct_n, repetition_rate
-
         out = {}
         if "perplexity" in names and self.has_split("val"):
             res = perplexity(model, self.splits["val"], tokenizer=self.tokenizer, max_tokens=max_tokens)
@@ -109,8 +113,6 @@ class LMTask:
 
     def sample(self, model, n: int = 2, max_new_tokens: int = 120, with_prompt: bool = True) -> list[str]:
         """A few continuations of the start of the validation text, for the run's samples file."""
-        from genloom.sample import SamplingParams, generate
-
         tok = self.data.tokenizer
         src = self.splits["val"] if len(self.splits["val"]) else self.splits["train"]
         prompt = tok.decode(src[: min(16, len(src))].tolist())
@@ -125,7 +127,6 @@ class LMTask:
 
 class ClassifyTask:
     """Image classification (the feature network of the image metrics): random batches of the train split."""
-
     unit = "img"
     tokenizer = None
     METRICS = ("accuracy",)
@@ -138,8 +139,6 @@ class ClassifyTask:
 
     @classmethod
     def from_config(cls, cfg) -> "ClassifyTask":
-        from genloom.data.images import IMAGE_SOURCES, holdout, load_images
-
         d = cfg.data
         if not d.source:
             raise GenloomError(f"data.source is not set: name an image set ({choices(IMAGE_SOURCES)}) or a folder")
@@ -202,8 +201,6 @@ class ClassifyTask:
 
     def metrics(self, model, names: list[str]) -> dict:
         """Held-out accuracy, overall and per class (for the EvalMetrics callback)."""
-        from genloom.metrics.features import classifier_accuracy
-
         res = classifier_accuracy(model, self.splits["val"])
         return {"test_accuracy": res["accuracy"], **{f"test_accuracy_{i}": a for i, a in enumerate(res["per_class"])}}
 
@@ -285,8 +282,6 @@ class DiffusionTask(ImageTask):
         return mdict
 
     def bind(self, model_config) -> None:
-        from genloom import diffusion
-
         self.config = model_config
         self.schedule = diffusion.make_schedule(model_config.schedule, model_config.num_train_timesteps)
         if model_config.cond_dim:
@@ -294,9 +289,6 @@ class DiffusionTask(ImageTask):
 
     def _embed_captions(self) -> None:
         """Embed every distinct caption once: per split, a table (U, 384) and each image's row indices."""
-        from genloom.data.images import captions
-        from genloom.embeddings import embed
-
         self.caption_index = {}
         texts: dict[str, int] = {}
         for split, ds in self.splits.items():
@@ -330,8 +322,6 @@ class DiffusionTask(ImageTask):
         return x0, t, noise, labels, cond
 
     def loss(self, model, batch) -> torch.Tensor:
-        from genloom import diffusion
-
         x0, t, noise, labels, cond = batch
         x_t = diffusion.add_noise(self.schedule, x0, noise, t)
         target = noise if self.config.prediction == "epsilon" else diffusion.velocity(self.schedule, x0, noise, t)
@@ -376,7 +366,6 @@ class GANTask(ImageTask):
         if not model_config.with_discriminator:
             raise GenloomError("this DCGAN has no discriminator (an imported generator): it cannot be trained")
         self.phases = ("d",) * (model_config.n_critic if model_config.objective == "wgan-gp" else 1) + ("g",)
-        from genloom.metrics.features import DEFAULT_FEATURES
 
         self.select_by = "val_fid"  # without a feature net for the data there is no FID, and the last weights ship
         self.has_features = self.splits["train"].source in DEFAULT_FEATURES
@@ -424,12 +413,9 @@ class GANTask(ImageTask):
             with torch.enable_grad():  # WGAN-GP's penalty needs gradients
                 losses = [float(self.loss(model, self.batch("val", gen, "d"))[0].detach()) for _ in range(4)]
             return {"val_d_loss": sum(losses) / len(losses)}
-        from genloom.metrics.features import DEFAULT_FEATURES, load_feature_extractor
-        from genloom.metrics.image import fid
 
         n = n or self.config.fid_samples
         if self._fid is None:  # the test images at their own size (not resized like the training data)
-            from genloom.data.images import load_images
 
             source = self.splits["train"].source
             ext = load_feature_extractor(DEFAULT_FEATURES[source])

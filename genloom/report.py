@@ -16,6 +16,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from genloom import __version__
+from genloom.callbacks import plot_loss_curve
 from genloom.files import atomic_write_bytes, atomic_write_text
 
 
@@ -66,7 +68,6 @@ def loss_curve_png(metrics_path: str | Path) -> bytes | None:
     """The run's loss curve (train and validation) from its metrics.jsonl, as PNG bytes."""
     import tempfile
 
-    from genloom.callbacks import plot_loss_curve
 
     with tempfile.TemporaryDirectory() as tmp:
         png = plot_loss_curve(Path(metrics_path), Path(tmp) / "loss.png")
@@ -141,7 +142,6 @@ def write_report(out_dir: str | Path, sections: list[Section], title: str = "gen
     """Write report.json, report.html and the figures (fig-<section>-<n>.png) into out_dir."""
     import torch
 
-    from genloom import __version__
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -24,11 +24,11 @@ import torch
 
 from genloom import families
 from genloom.callbacks import Callback, default_callbacks
+from genloom.checkpoints import export_model, load_checkpoint, load_model, save_checkpoint
 from genloom.config import RunConfig
 from genloom.errors import GenloomError
-from genloom.optim import Optimizers  # noqa: F401  (re-exported: the Trainer steps them)
 from genloom.files import atomic_write_text
-from genloom.checkpoints import export_model, load_checkpoint, load_model, save_checkpoint
+from genloom.optim import Optimizers  # noqa: F401  (re-exported: the Trainer steps them)
 
 
 def cpu_has_native_bf16() -> bool:

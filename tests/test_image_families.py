@@ -195,7 +195,7 @@ def test_vae_reconstructs_a_folder_and_saves_latents(run_main, vae_run, tmp_path
 # ---- VQ-VAE + GPT prior --------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def vq_with_prior(tmp_path_factory):
-    from genloom.data.codes import prepare_codes
+    from genloom.pipelines.codes import prepare_codes
 
     root = tmp_path_factory.mktemp("vq")
     run(root / "vq", "vqvae", "data.source='digits'", "model.image_size=8", "model.base=16", "model.embed_dim=8",

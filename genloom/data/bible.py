@@ -16,8 +16,9 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from genloom.data.text import SEED, VAL_FRACTION, kjv, split_indices
+from genloom.data.split import SEED, VAL_FRACTION, split_indices
 from genloom.errors import GenloomError, choices
+from genloom.files import atomic_write_text
 
 SPANISH = "spaRV1909eb"
 ENGLISH = {"kjv": ("KJV",), "web": ("engWEB2015eb", "WEB")}  # SWORD modules to try, in order
@@ -38,6 +39,30 @@ BOOKS = (
     "Hebrews", "James", "1 Peter", "2 Peter", "1 John", "2 John", "3 John", "Jude", "Revelation",
 )
 BOOK_INDEX = {b: i for i, b in enumerate(BOOKS)}
+
+
+def kjv() -> list[str]:
+    """The King James Bible (Debian bible-kjv, public domain), one document per chapter, verses unwrapped."""
+    exe = shutil.which("bible")
+    if exe is None:
+        raise GenloomError("the 'bible' program is missing: install the Debian packages 'bible-kjv bible-kjv-text'")
+    out = subprocess.run([exe, "-p", "/usr/lib", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True)
+    docs, verses, title = [], [], None
+    for line in out.stdout.splitlines():
+        if not line.strip():
+            continue
+        m = re.match(r"^\s+(\d+) (.*)$", line)
+        if m:
+            verses.append(f"{m.group(1)} {m.group(2).strip()}")
+        elif line.startswith(" ") or not re.match(r"^[1-3]?\s?[A-Z].* \d+$", line):
+            verses[-1] += " " + line.strip()  # a wrapped verse line
+        else:
+            if title:
+                docs.append(title + "\n" + "\n".join(verses))
+            title, verses = line.strip(), []
+    if title:
+        docs.append(title + "\n" + "\n".join(verses))
+    return docs
 
 
 def _sword_name(book: str) -> str:
@@ -128,8 +153,6 @@ def default_cache_dir() -> Path:
 
 def parallel_verses(english: str = "kjv", cache_dir: str | Path | None = None) -> list[tuple[str, str, str]]:
     """[(verse id, English, Spanish)] in canonical order, for verses non-empty in both; cached as JSON."""
-    from genloom.files import atomic_write_text
-
     path = Path(cache_dir or default_cache_dir()) / f"bible-en-es-{english}.json"
     if path.is_file():
         cached = json.loads(path.read_text(encoding="utf-8"))

@@ -14,8 +14,10 @@ from pathlib import Path
 import numpy as np
 
 from genloom.data.bible import chapter_of, parallel_verses, split_chapters
-from genloom.data.text import SEED, VAL_FRACTION, read_documents, split_indices
+from genloom.data.split import SEED, VAL_FRACTION, split_indices
+from genloom.data.text import iter_jsonl, read_documents
 from genloom.errors import GenloomError
+from genloom.files import atomic_write_text
 
 TURN = re.compile(r"\n(?=(?:User|Bot): )")  # a new turn starts a line with its speaker, as chatterbot() writes
 
@@ -64,8 +66,6 @@ def translation_eval_set(english: str = "kjv", val_fraction: float = VAL_FRACTIO
 
 def write_jsonl(pairs: list[dict], path: str | Path) -> Path:
     """One JSON object per line, UTF-8, written atomically."""
-    from genloom.files import atomic_write_text
-
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, "".join(json.dumps(p, ensure_ascii=False) + "\n" for p in pairs))
@@ -77,7 +77,6 @@ def read_jsonl(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise GenloomError(f"eval set not found: {path}")
-    from genloom.data.text import iter_jsonl
 
     pairs = []
     for i, row in iter_jsonl(path):

@@ -38,7 +38,6 @@ IMAGE_INFO = {
 @dataclass
 class ImageSet:
     """Images as uint8 (N, C, H, W), labels as int64 (N,) or None, and the class names."""
-
     images: torch.Tensor
     labels: torch.Tensor | None
     classes: list[str] = field(default_factory=list)

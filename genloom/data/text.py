@@ -8,19 +8,19 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path
 
 import numpy as np
 
+from genloom.data.bible import kjv, parallel_chapters
+from genloom.data.split import SEED, VAL_FRACTION, split_indices  # noqa: F401  (the split's defaults)
 from genloom.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
 from genloom.errors import GenloomError, choices
+from genloom.files import atomic_write_bytes, atomic_write_text
 
 FORTUNES = Path("/usr/share/games/fortunes")
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
 TEXT_SUFFIXES = {".txt", ".md", ".text", ""}
-VAL_FRACTION, SEED = 0.05, 1337  # the default document split; eval sets hold out its validation side
 
 
 def _need(path: Path, package: str) -> Path:
@@ -60,30 +60,6 @@ def fortunes() -> list[str]:
     return docs
 
 
-def kjv() -> list[str]:
-    """The King James Bible (Debian bible-kjv, public domain), one document per chapter, verses unwrapped."""
-    exe = shutil.which("bible")
-    if exe is None:
-        raise GenloomError("the 'bible' program is missing: install the Debian packages 'bible-kjv bible-kjv-text'")
-    out = subprocess.run([exe, "-p", "/usr/lib", "Gen1:1-Rev22:21"], capture_output=True, text=True, check=True)
-    docs, verses, title = [], [], None
-    for line in out.stdout.splitlines():
-        if not line.strip():
-            continue
-        m = re.match(r"^\s+(\d+) (.*)$", line)
-        if m:
-            verses.append(f"{m.group(1)} {m.group(2).strip()}")
-        elif line.startswith(" ") or not re.match(r"^[1-3]?\s?[A-Z].* \d+$", line):
-            verses[-1] += " " + line.strip()  # a wrapped verse line
-        else:
-            if title:
-                docs.append(title + "\n" + "\n".join(verses))
-            title, verses = line.strip(), []
-    if title:
-        docs.append(title + "\n" + "\n".join(verses))
-    return docs
-
-
 def chatterbot() -> list[str]:
     """2,026 English dialogues in 21 categories (PyPI chatterbot-corpus), as 'User:'/'Bot:' turns."""
     try:
@@ -102,8 +78,6 @@ def chatterbot() -> list[str]:
 
 def bible_en_es() -> list[str]:
     """EN-ES Bible chapters as 'EN: ...'/'ES: ...' verse lines, the held-out chapters of the eval set left out."""
-    from genloom.data.bible import parallel_chapters
-
     return parallel_chapters("train")
 
 
@@ -190,17 +164,6 @@ def read_documents(source: str, text_field: str = "text") -> list[str]:
     return docs
 
 
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Deterministic split of range(n) by a seeded permutation (at least one in each side when possible)."""
-    if not 0.0 <= val_fraction < 1.0:
-        raise GenloomError(f"val fraction must be in [0, 1), got {val_fraction}")
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_fraction))
-    if val_fraction > 0 and n > 1:
-        n_val = min(max(n_val, 1), n - 1)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
-
-
 def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Deterministic document split: the documents at split_indices' train and validation positions."""
     train, val = split_indices(len(docs), val_fraction, seed)
@@ -233,8 +196,6 @@ def prepare(
     tokenizer_from: str | None = None,
 ) -> dict:
     """`genloom data`: read, split, train (or reuse) a tokenizer on the train side, write the token files."""
-    from genloom.files import atomic_write_bytes, atomic_write_text
-
     docs = read_documents(source, text_field)
     train_docs, val_docs = split_documents(docs, val_fraction, seed)
     if tokenizer_from:

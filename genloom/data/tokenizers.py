@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Iterable
 
 from genloom.errors import GenloomError, choices
+from genloom.files import atomic_write_text
 
 ASSETS = Path(__file__).parent / "assets"
 EOT = "<|endoftext|>"
@@ -33,8 +34,6 @@ class Tokenizer:
         raise NotImplementedError
 
     def save(self, path: str | Path) -> None:
-        from genloom.files import atomic_write_text
-
         atomic_write_text(path, json.dumps(self.to_json(), ensure_ascii=False))
 
 
@@ -85,7 +84,8 @@ class ByteBPETokenizer(Tokenizer):
 
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 4096, **_) -> "ByteBPETokenizer":
-        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers, trainers
 
         if vocab_size < 257:
             raise GenloomError(f"bpe vocab_size must be at least 257 (256 bytes + {EOT}), got {vocab_size}")
@@ -165,6 +165,41 @@ class GPT2Tokenizer(Tokenizer):
 TOKENIZERS: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": ByteBPETokenizer, "gpt2": GPT2Tokenizer}
 
 
+class CodeTokenizer(Tokenizer):
+    """Token ids: codes 0..K-1, then the classes, then the record start `<|image|>` (the end-of-text id)."""
+
+    kind = "codes"
+
+    def __init__(self, codebook_size: int, classes: list[str] | None = None):
+        self.codebook_size, self.classes = int(codebook_size), list(classes or [])
+        classes = [f"<class:{c.replace(' ', '_')}>" for c in self.classes]
+        self.names = [f"c{i}" for i in range(self.codebook_size)] + classes + ["<|image|>"]
+        self.ids = {name: i for i, name in enumerate(self.names)}
+        self.eot_id = len(self.names) - 1
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.names)
+
+    def class_id(self, label: int) -> int:
+        return self.codebook_size + int(label)
+
+    def encode(self, text: str) -> list[int]:
+        out = []
+        for name in text.split():
+            if name not in self.ids:
+                raise GenloomError(f"unknown code token '{name}'; tokens are c0..c{self.codebook_size - 1}, "
+                                   f"<class:NAME> and <|image|>")
+            out.append(self.ids[name])
+        return out
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.names[int(i)] for i in ids)
+
+    def to_json(self) -> dict:
+        return {"type": self.kind, "codebook_size": self.codebook_size, "classes": self.classes}
+
+
 def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4096) -> Tokenizer:
     if kind not in TOKENIZERS:
         raise GenloomError(f"unknown tokenizer '{kind}'; choose one of {choices(TOKENIZERS)}")
@@ -182,8 +217,6 @@ def tokenizer_from_json(data: dict) -> Tokenizer:
     if kind == "gpt2":
         return GPT2Tokenizer()
     if kind == "codes":
-        from genloom.data.codes import CodeTokenizer
-
         return CodeTokenizer(data["codebook_size"], data.get("classes"))
     raise GenloomError(f"unknown tokenizer type {kind!r} in tokenizer.json; choose one of {choices(TOKENIZERS)}")
 

@@ -11,7 +11,11 @@ from pathlib import Path
 
 import torch
 
+from genloom.config import from_dict
 from genloom.errors import GenloomError
+from genloom.files import read_stored_model
+from genloom.metrics.image import FeatureExtractor
+from genloom.models.classifier import Classifier, ClassifierConfig
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_FEATURES = {"fashion-mnist": "models/fmnist-features", "mnist5k": "models/mnist-features"}
@@ -27,22 +31,22 @@ def resolve_model_path(path: str) -> Path:
 
 def load_feature_extractor(spec: str, batch_size: int = 256):
     """`torchscript:PATH[:SIZE]` or a genloom classifier model -> a FeatureExtractor."""
-    from genloom.metrics.image import FeatureExtractor
-
     if spec.startswith("torchscript:"):
         rest = spec[len("torchscript:"):]
         size = 299
         if rest.rsplit(":", 1)[-1].isdigit():
             rest, size = rest.rsplit(":", 1)[0], int(rest.rsplit(":", 1)[1])
         return FeatureExtractor.from_torchscript(rest, image_size=size, channels=3)
-    from genloom.checkpoints import load_model
-
-    lm = load_model(resolve_model_path(spec))
-    if lm.family != "classifier":
-        raise GenloomError(f"{spec} is a '{lm.family}' model; features come from a 'classifier' model or torchscript:PATH")
-    cfg = lm.config
-    name = f"genloom classifier {Path(lm.path).name if lm.path else spec}"
-    return FeatureExtractor.from_genloom(lm.model.eval(), name=name, image_size=cfg.image_size, channels=cfg.channels)
+    stored = read_stored_model(resolve_model_path(spec))
+    try:  # built straight from its files: the metrics sit below the family registry and the checkpoint store
+        cfg = from_dict(ClassifierConfig, stored.model_config, "model.")
+        model = Classifier(cfg)
+        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.state.items()})
+    except (GenloomError, RuntimeError):
+        raise GenloomError(f"{spec} is a '{stored.family}' model; features come from an image classifier "
+                           "(genloom's 'classifier' family) or torchscript:PATH") from None
+    name = f"genloom classifier {stored.path.name if stored.path.name not in ('best', 'last.pt') else stored.path}"
+    return FeatureExtractor.from_genloom(model.eval(), name=name, image_size=cfg.image_size, channels=cfg.channels)
 
 
 @torch.no_grad()

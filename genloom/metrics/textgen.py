@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from genloom.embeddings import MODEL_NAME, embed, load_embedder
 from genloom.errors import GenloomError
 
 
@@ -172,8 +173,6 @@ def repetition_rate(texts, n: int = 4) -> dict:
 
 def semantic_similarity(hyps, refs, batch_size: int = 64) -> dict:
     """Cosine similarity of all-MiniLM-L6-v2 sentence embeddings, per pair and averaged."""
-    from genloom.embeddings import MODEL_NAME, embed, load_embedder
-
     hyps, refs = _check_pairs(hyps, refs)
     flat = [x for r in refs for x in r]
     h = embed(hyps, normalize=True, batch_size=batch_size)  # (N, D)

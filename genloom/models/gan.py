@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 
+from genloom.errors import GenloomError, choices
+from genloom.optim import Optimizers
+
 
 @dataclass(kw_only=True)
 class DCGANConfig:
@@ -58,7 +61,6 @@ class Generator(nn.Module):
 
 
 def discriminator_norm(c: DCGANConfig) -> str:
-    from genloom.errors import GenloomError, choices
 
     norms = ("batch", "layer", "none")
     if c.d_norm != "auto" and c.d_norm not in norms:
@@ -94,7 +96,6 @@ class DCGAN(nn.Module):
     def __init__(self, config: DCGANConfig):
         super().__init__()
         if config.image_size < 16 or config.image_size & (config.image_size - 1):
-            from genloom.errors import GenloomError
 
             raise GenloomError(f"DCGAN image_size must be a power of two >= 16, got {config.image_size}")
         self.config = config
@@ -109,10 +110,7 @@ class DCGAN(nn.Module):
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
         """One Adam for the discriminator ("d") and one for the generator ("g"); the loop steps them in turn."""
-        from genloom.train import Optimizers
-
         if self.discriminator is None:
-            from genloom.errors import GenloomError
 
             raise GenloomError("this DCGAN has no discriminator (an imported generator): it cannot be trained")
 
@@ -124,7 +122,6 @@ class DCGAN(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         """n images as uint8 (n, C, H, W); image i's latent comes from seed + i alone, so (seed, i) remakes it."""
-        from genloom.errors import GenloomError
 
         c = self.config
         if labels is None and c.num_classes:
@@ -148,56 +145,3 @@ def label_choices(c) -> str:
     """'0..7 (amber, blue, ...)': the labels a conditional model knows, for error messages."""
     names = f" ({', '.join(c.classes)})" if getattr(c, "classes", None) else ""
     return f"0..{c.num_classes - 1}{names}"
-
-
-def import_dcgan(path: str, out: str, *, name: str = "", source: str = "", licence: str = "", nz: int = 100,
-                 classes: list[str] | None = None) -> str:
-    """A classic DCGAN generator checkpoint (nn.Sequential `main.N` keys) -> a genloom model folder.
-
-    Unconditional (z of nz) or class-conditional with a one-hot label concatenated to z (the cDCGAN
-    layout: the first layer takes nz + len(classes) channels); the one-hot input becomes genloom's label
-    embedding set to the identity, which is the same function. Layers match by order, so checkpoints with
-    extra parameter-free layers (a Dropout) between them import too. Loaded with
-    torch.load(weights_only=True): tensors only, never arbitrary pickled objects.
-    """
-    from genloom.errors import GenloomError
-    from genloom.files import safe_torch_load
-    from genloom.checkpoints import export_model, write_model_card
-
-    state = safe_torch_load(path)
-    if isinstance(state, dict) and "netG_state_dict" in state:
-        state = state["netG_state_dict"]
-    keys = [k for k in state if k.startswith("main.") and k.count(".") == 2]
-    if not keys or "main.0.weight" not in state:
-        raise GenloomError(f"{path} holds no DCGAN generator (expected 'main.N' keys or 'netG_state_dict')")
-    convs = sorted({int(k.split(".")[1]) for k in keys if state[k].dim() == 4})
-    first, last = state["main.0.weight"], state[f"main.{convs[-1]}.weight"]
-    zin = first.shape[0]
-    num_classes = zin - nz if classes else 0
-    if classes and num_classes != len(classes):
-        raise GenloomError(f"{path}: the first layer takes {zin} inputs, not nz {nz} + {len(classes)} classes")
-    if not classes and zin != nz:
-        nz = zin
-    n_convs = len(convs)
-    cfg = DCGANConfig(image_size=2 ** (n_convs + 1), channels=last.shape[1], nz=nz, ngf=first.shape[1] // 2 ** (n_convs - 2),
-                      num_classes=num_classes, classes=list(classes or []), label_dim=num_classes,
-                      with_discriminator=False)
-    model = DCGAN(cfg)
-    theirs = sorted({int(k.split(".")[1]) for k in keys})  # module indices holding tensors, in order
-    ours = sorted({int(k.split(".")[2]) for k in model.state_dict() if k.startswith("generator.net.")})
-    if len(theirs) != len(ours):
-        raise GenloomError(f"{path}: not a classic DCGAN generator ({len(theirs)} layers with weights, "
-                           f"expected {len(ours)})")
-    index = dict(zip(theirs, ours))
-    mapped = {f"generator.net.{index[int(k.split('.')[1])]}.{k.split('.')[2]}": v for k, v in state.items()
-              if k in keys}
-    if num_classes:
-        mapped["generator.label.weight"] = torch.eye(num_classes)  # one-hot label == identity embedding
-    missing, unexpected = model.load_state_dict(mapped, strict=False)
-    if missing or unexpected:
-        raise GenloomError(f"{path}: not a classic DCGAN generator (missing {missing[:3]}, unexpected {unexpected[:3]})")
-    card = {"family": "dcgan", "parameters": model.num_params(), "data": {"source": source or str(path)},
-            "imported_from": str(path), "licence": licence, "classes": cfg.classes}
-    export_model(out, family="dcgan", model=model, model_config=cfg, tokenizer=None, card=card)
-    write_model_card(out, card, name or f"DCGAN generator imported from {path}", f"genloom import-gan {path} --out {out}")
-    return out

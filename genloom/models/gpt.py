@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genloom.errors import GenloomError
+
 
 @dataclass(kw_only=True)
 class GPTConfig:
@@ -33,8 +35,6 @@ class GPTConfig:
     mlp_hidden: int = 0  # 0: 4*n_embd for gpt2, the usual 2/3*4*n_embd rounded to 32 for llama
 
     def __post_init__(self):
-        from genloom.errors import GenloomError
-
         if self.arch not in ("gpt2", "llama"):
             raise GenloomError(f"unknown gpt arch '{self.arch}'; choose one of gpt2, llama")
         if self.n_kv_head == 0:
@@ -52,7 +52,6 @@ class GPTConfig:
 
 class RMSNorm(nn.Module):
     """Root-mean-square layer norm (Zhang & Sennrich 2019)."""
-
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.eps = eps

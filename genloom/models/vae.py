@@ -131,6 +131,17 @@ class VAE(nn.Module):
         return _adamw(list(self.parameters()), weight_decay=weight_decay, lr=lr, betas=betas)
 
     @torch.no_grad()
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """What `genloom reconstruct --latents` saves: the posterior means (B, latent_dim)."""
+        return self.encode(x)[0]
+
+    @torch.no_grad()
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Saved latents (N, latent_dim) -> uint8 images (N, C, H, W)."""
+        if z.dim() != 2 or z.shape[1] != self.config.latent_dim:
+            raise GenloomError(f"latents of shape {tuple(z.shape)}; this VAE takes (N, {self.config.latent_dim})")
+        return (torch.sigmoid(self.eval().decode(z.float())) * 255).round().to(torch.uint8)
+
     def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
         """uint8 images (B, C, H, W) -> their reconstructions through the posterior mean, uint8 (B, C, H, W)."""
         x = _from_uint8(x, self.config.channels, self.config.image_size, self.decoder[0].weight.device)
@@ -349,6 +360,17 @@ class VQVAE(nn.Module):
                       betas=betas)
 
     @torch.no_grad()
+    def latents(self, x: torch.Tensor) -> torch.Tensor:
+        """What `genloom reconstruct --latents` saves: the code map (B, h, w)."""
+        return self.encode(x)
+
+    def decode_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """Saved code maps (N, h, w) -> uint8 images (N, C, H, W)."""
+        h, w = self.code_shape
+        if z.dim() != 3 or tuple(z.shape[1:]) != (h, w):
+            raise GenloomError(f"codes of shape {tuple(z.shape)}; this VQ-VAE takes (N, {h}, {w})")
+        return self.decode_to_uint8(z.long())
+
     def decode_to_uint8(self, indices: torch.Tensor) -> torch.Tensor:
         """code indices (B, h, w) -> uint8 images (B, C, H, W)."""
         was = self.training

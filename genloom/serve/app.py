@@ -183,10 +183,9 @@ def model_name(path: str | Path) -> str:
 
 
 def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedModel:
-    from genloom.serve.engine import TextEngine
-    from genloom.checkpoints import load_model
-
     from genloom import families
+    from genloom.checkpoints import load_model
+    from genloom.serve.engine import TextEngine
 
     loaded = load_model(path)
     name = model_name(path)

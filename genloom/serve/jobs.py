@@ -53,8 +53,8 @@ class JobEvents(Callback):
 
 def run_job(store, job, models_dir: Path, base_models: dict[str, str]) -> str:
     """Train one job to completion; returns the registered model name."""
-    from genloom.families import load_run_config
     from genloom.data.text import prepare
+    from genloom.families import load_run_config
     from genloom.train import Trainer
 
     work = store.data_dir / "jobs" / job.id
@@ -83,7 +83,7 @@ def run_job(store, job, models_dir: Path, base_models: dict[str, str]) -> str:
         return ""
     name = f"ft-{job.model or 'gpt'}-{job.id[-8:]}"
     trainer.export("best")
-    from genloom.checkpoints import load_model, export_model, write_model_card
+    from genloom.checkpoints import export_model, load_model, write_model_card
 
     lm = load_model(work / "run")
     card = {**lm.meta.get("card", {}), "fine_tuned_from": job.model or None, "job": job.id}

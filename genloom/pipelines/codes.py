@@ -10,48 +10,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
 import torch
 
-from genloom.data.tokenizers import Tokenizer
+from genloom import families
+from genloom.checkpoints import load_model
+from genloom.data.images import IMAGE_SOURCES, holdout, load_images
+from genloom.data.tokenizers import CodeTokenizer
 from genloom.errors import GenloomError
-
-
-class CodeTokenizer(Tokenizer):
-    """Token ids: codes 0..K-1, then the classes, then the record start `<|image|>` (the end-of-text id)."""
-
-    kind = "codes"
-
-    def __init__(self, codebook_size: int, classes: list[str] | None = None):
-        self.codebook_size, self.classes = int(codebook_size), list(classes or [])
-        classes = [f"<class:{c.replace(' ', '_')}>" for c in self.classes]
-        self.names = [f"c{i}" for i in range(self.codebook_size)] + classes + ["<|image|>"]
-        self.ids = {name: i for i, name in enumerate(self.names)}
-        self.eot_id = len(self.names) - 1
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.names)
-
-    def class_id(self, label: int) -> int:
-        return self.codebook_size + int(label)
-
-    def encode(self, text: str) -> list[int]:
-        out = []
-        for name in text.split():
-            if name not in self.ids:
-                raise GenloomError(f"unknown code token '{name}'; tokens are c0..c{self.codebook_size - 1}, "
-                                   f"<class:NAME> and <|image|>")
-            out.append(self.ids[name])
-        return out
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return " ".join(self.names[int(i)] for i in ids)
-
-    def to_json(self) -> dict:
-        return {"type": self.kind, "codebook_size": self.codebook_size, "classes": self.classes}
+from genloom.files import atomic_write_bytes, atomic_write_text
 
 
 def records(vqvae, images: torch.Tensor, labels: torch.Tensor | None, tok: CodeTokenizer,
@@ -72,13 +40,10 @@ def records(vqvae, images: torch.Tensor, labels: torch.Tensor | None, tok: CodeT
 def prepare_codes(model_path: str, source: str, out: str, *, conditional: bool = True, seed: int = 1337,
                   val_fraction: float = 0.05) -> dict:
     """Encode an image set's train and test splits with a VQ-VAE into a token folder for `genloom train`."""
-    from genloom.data.images import IMAGE_SOURCES, holdout, load_images
-    from genloom.files import atomic_write_bytes, atomic_write_text
-    from genloom.checkpoints import load_model
-
     lm = load_model(model_path)
-    if lm.family != "vqvae":
-        raise GenloomError(f"{model_path} is a '{lm.family}' model; `genloom codes` needs a 'vqvae' model")
+    if not hasattr(lm.model, "code_shape"):  # a discrete autoencoder: encode() gives code indices
+        able = [n for n, f in families.FAMILIES.items() if hasattr(f.model_cls, "code_shape")]
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; `genloom codes` needs one of {', '.join(able)}")
     c = lm.config
     kw = dict(size=c.image_size, channels=c.channels, seed=seed)
     train = load_images(source, "train", **kw)
