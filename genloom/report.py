@@ -39,9 +39,10 @@ class Section:
                 continue
             if isinstance(v, (int, float)) and not isinstance(v, bool):
                 self.metrics[prefix + k] = v
-        for k in ("protocol", "signature"):
-            if result.get(k):
-                self.protocols[group] = (self.protocols.get(group, "") + " " + str(result[k])).strip()
+        for k in ("protocol", "signature"):  # a signature the protocol already quotes is not repeated
+            text, have = str(result.get(k) or ""), self.protocols.get(group, "")
+            if text and text not in have:
+                self.protocols[group] = (have + " " + text).strip()
         if result.get("warning"):
             self.notes.append(str(result["warning"]))
 

@@ -67,7 +67,7 @@ class Trainer:
         self.tokenizer = self.task.tokenizer
 
         torch.manual_seed(t.seed)
-        if t.init_from:  # fine-tuning: the architecture comes from the model, only dropout from the config
+        if t.init_from:  # fine-tuning: the architecture comes from the model, only dropout may change
             base = load_model(t.init_from)
             if base.family != cfg.family:
                 raise GenloomError(f"{t.init_from} is a '{base.family}' model, not '{cfg.family}'")
@@ -76,9 +76,18 @@ class Trainer:
                     f"the data in {cfg.data.dir} uses another tokenizer than {t.init_from}; "
                     f"prepare it with `genloom data ... --tokenizer-from {t.init_from}`"
                 )
+            # the base's config with the user's model keys on top: unknown keys and wrong types are errors
+            asked = self.record.model_config({**dataclasses.asdict(base.config), **cfg.model})
+            for key in cfg.model:
+                if key != "dropout" and getattr(asked, key) != getattr(base.config, key):
+                    raise GenloomError(
+                        f"model.{key} = {getattr(asked, key)!r} differs from {t.init_from}'s {key} = "
+                        f"{getattr(base.config, key)!r}: train.init_from fixes the architecture (only model.dropout "
+                        f"may change); drop model.{key}, or train from scratch without train.init_from"
+                    )
             self.model_config = base.config
             if "dropout" in cfg.model:
-                self.model_config.dropout = float(cfg.model["dropout"])
+                self.model_config.dropout = asked.dropout
             self.model = self.record.build(self.model_config)
             self.model.load_state_dict(base.model.state_dict())
         else:

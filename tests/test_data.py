@@ -40,6 +40,68 @@ def test_prepare_plain_text_file(tmp_path):
     assert meta["chars"]["train"] + meta["chars"]["val"] == sum(map(len, paras)) + 2 * (len(paras) - n_docs)
 
 
+def test_one_short_file_is_split_by_paragraphs(tmp_path):
+    # under 2,000 characters: one document, which used to leave 0 validation tokens without a word
+    paras = paragraphs(8, width=120)
+    src = tmp_path / "notes.txt"
+    src.write_text("\n\n".join(paras) + "\n", encoding="utf-8")
+    meta = prepare(str(src), tmp_path / "a", "char", val_fraction=0.25, seed=5)
+    assert meta["tokens"]["val"] > 0 and meta["tokens"]["train"] > 0
+    assert meta["split"]["by"] == "paragraph" and meta["split"]["units"] == {"train": 6, "val": 2}
+    assert meta["split"]["why"] == "1 document cannot give a 0.25 validation fraction: held out paragraphs instead"
+    assert json.loads((tmp_path / "a" / "meta.json").read_text())["split"] == meta["split"]
+    train, val = decoded(tmp_path / "a", "train"), decoded(tmp_path / "a", "val")
+    for p in paras:  # every paragraph lands in exactly one split, whole
+        assert (p in train) != (p in val)
+    prepare(str(src), tmp_path / "b", "char", val_fraction=0.25, seed=5)
+    for name in FILES:  # same seed, same bytes
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+    prepare(str(src), tmp_path / "c", "char", val_fraction=0.25, seed=6)
+    assert (tmp_path / "a" / "val.bin").read_bytes() != (tmp_path / "c" / "val.bin").read_bytes()
+
+
+def test_one_paragraph_file_is_split_by_lines_keeping_neighbours_together(tmp_path):
+    lines = [f"line {i}: the quick brown fox" for i in range(20)]
+    src = tmp_path / "lines.txt"
+    src.write_text("\n".join(lines), encoding="utf-8")
+    meta = prepare(str(src), tmp_path / "out", "char", val_fraction=0.1, seed=0)
+    assert meta["split"]["by"] == "line" and meta["split"]["units"] == {"train": 18, "val": 2}
+    assert meta["tokens"]["val"] > 0
+    train, val = decoded(tmp_path / "out", "train"), decoded(tmp_path / "out", "val")
+    for ln in lines:
+        assert (ln in train) != (ln in val)
+    # neighbouring lines of one side stay one block joined by a newline, as in the file
+    pairs = [(a, b) for a, b in zip(lines, lines[1:]) if a in train and b in train]
+    assert len(pairs) >= 15 and all(f"{a}\n{b}" in train for a, b in pairs)
+
+
+def test_few_documents_are_split_by_paragraphs_not_half_by_half(tmp_path):
+    # ~2,700 characters: two documents, so a document split held out one of them (~25%, or more) for a 5% ask
+    paras = paragraphs(9)
+    src = tmp_path / "notes.txt"
+    src.write_text("\n\n".join(paras), encoding="utf-8")
+    meta = prepare(str(src), tmp_path / "out", "char", val_fraction=0.05, seed=0)
+    assert meta["split"]["by"] == "paragraph" and meta["split"]["units"] == {"train": 8, "val": 1}
+    assert 0 < meta["tokens"]["val"] < meta["tokens"]["train"] / 4
+
+
+def test_one_line_file_is_a_clear_error(tmp_path):
+    src = tmp_path / "one.txt"
+    src.write_text("just one line of text\n", encoding="utf-8")
+    with pytest.raises(GenloomError, match=r"single line.*--val-fraction 0"):
+        prepare(str(src), tmp_path / "out")
+    meta = prepare(str(src), tmp_path / "out", val_fraction=0.0)  # asked for no validation: none, no error
+    assert meta["tokens"]["val"] == 0 and meta["split"]["by"] == "document"
+
+
+def test_several_documents_are_split_by_documents(tmp_path):
+    src = tmp_path / "rows.jsonl"
+    src.write_text("\n".join(json.dumps({"text": f"row {i}\n\nsecond paragraph"}) for i in range(10)))
+    meta = prepare(str(src), tmp_path / "out", "char", val_fraction=0.2, seed=0)
+    assert meta["split"] == {"by": "document", "units": {"train": 8, "val": 2}}
+    assert meta["documents"] == {"train": 8, "val": 2}
+
+
 def test_prepare_folder(tmp_path):
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
@@ -174,7 +236,7 @@ def test_tokenizer_from_reuses_vocabulary(tmp_path, english_dir):
     assert (tmp_path / "out" / "tokenizer.json").read_bytes() == (english_dir / "tokenizer.json").read_bytes()
     src.write_text("QUITE DIFFERENT", encoding="utf-8")
     with pytest.raises(GenloomError, match="outside this char vocabulary"):
-        prepare(str(src), tmp_path / "out2", tokenizer_from=str(english_dir))
+        prepare(str(src), tmp_path / "out2", tokenizer_from=str(english_dir), val_fraction=0.0)
 
 
 def test_not_a_prepared_folder(tmp_path):

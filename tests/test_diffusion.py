@@ -2,11 +2,11 @@
 
 import pytest
 import torch
+from diffusers import schedulers  # the reference: a missing diffusers fails here (pip install -e ".[test]")
 
 from genloom import diffusion
 from genloom.errors import GenloomError
 
-schedulers = pytest.importorskip("diffusers.schedulers")
 # diffusers' DPMSolverMultistepScheduler.set_timesteps calls np.array on a tensor: numpy 2 warns about `copy`
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")
 

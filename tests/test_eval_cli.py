@@ -1,7 +1,10 @@
 """`genloom eval` end to end: text files, image folders, classifiers, reports, and its bad-input errors."""
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +62,33 @@ def test_text_files_match_sacrebleu(run_main, tmp_path):
     assert res["chrf"]["chrf"] == pytest.approx(sacrebleu.corpus_chrf(hyps, [refs]).score)
     assert "nrefs:1" in res["bleu"]["signature"]
     assert 0.5 < res["similarity"]["similarity"] <= 1.0
+
+
+def test_report_states_each_signature_once(run_main, tmp_path):
+    (tmp_path / "h.txt").write_text("the cat sat on the mat\na dog barks\n")
+    (tmp_path / "r.txt").write_text("the cat sat on a mat\nthe dog barks\n")
+    code, out, err = run_main("eval", "--hyps", tmp_path / "h.txt", "--refs", tmp_path / "r.txt",
+                              "--report", tmp_path / "rep")
+    assert code == 0, err
+    res = json.loads(out)
+    protocols = json.loads((tmp_path / "rep" / "report.json").read_text())["sections"][0]["protocols"]
+    page = (tmp_path / "rep" / "report.html").read_text()
+    for group, key in (("BLEU", "bleu"), ("chrF", "chrf")):
+        sig = res[key]["signature"]
+        assert protocols[group].count(sig) == 1 and page.count(sig) == 1, protocols[group]
+
+
+def test_fid_warning_is_one_clean_line(tmp_path):
+    # warnings.warn printed "path:line: GenloomWarning: ..." and the caller's source line under it
+    script = tmp_path / "few.py"
+    script.write_text("import numpy as np\nfrom genloom.metrics.image import fid\n"
+                      "out = fid(np.random.randn(10, 16), np.random.randn(12, 16))\nprint(out['fid'] > 0)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0 and proc.stdout == "True\n", proc.stderr
+    assert proc.stderr.splitlines() == [
+        "FID on 10 real and 12 fake samples of 16-d features: fewer samples than dimensions leaves the covariances "
+        "singular and the figure unreliable; use at least 16 per set (10,000+ is the usual protocol)"]
 
 
 @pytest.mark.parametrize("case, expect", [

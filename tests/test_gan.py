@@ -17,7 +17,7 @@ WEIGHTS = Path(gan_face_generate.__file__).parent / "weights.tar"
 
 @pytest.fixture(scope="module")
 def faces(tmp_path_factory):
-    from genloom.models.gan import import_dcgan
+    from genloom.importers import import_dcgan
 
     return Path(import_dcgan(str(WEIGHTS), str(tmp_path_factory.mktemp("f") / "faces")))
 

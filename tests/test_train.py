@@ -12,7 +12,7 @@ from genloom.callbacks import Callback, default_callbacks
 from genloom.config import TrainConfig
 from genloom.errors import GenloomError
 from genloom.checkpoints import load_checkpoint, load_model
-from genloom.train import Trainer, lr_at
+from genloom.train import Trainer, lr_at, run as train_run
 
 from conftest import ROOT, TINY_TOML, make_cfg, overrides, run_cli
 
@@ -135,6 +135,24 @@ def test_training_input_errors(tmp_path, english_dir):
     with pytest.raises(GenloomError, match="lower train.lr"):
         Trainer(make_cfg(english_dir, tmp_path / "r", lr=1e30, warmup_steps=0, grad_clip=0.0, max_steps=6),
                 callbacks=quiet()).fit()
+
+
+def test_init_from_rejects_a_changed_architecture(tmp_path, english_dir, trained_run):
+    base = trained_run[0] / "best"  # block_size 32, n_embd 32, dropout 0.1
+    with pytest.raises(GenloomError) as e:  # used to be dropped in silence, the base's 32 kept
+        train_run(make_cfg(english_dir, tmp_path / "a", {"block_size": 16}, init_from=str(base)), callbacks=quiet())
+    msg = str(e.value)
+    assert "model.block_size = 16" in msg and f"{base}'s block_size = 32" in msg and "train.init_from fixes" in msg
+    with pytest.raises(GenloomError, match=r"model.n_embd = 64 .*n_embd = 32"):
+        train_run(make_cfg(english_dir, tmp_path / "b", {"n_embd": 64}, init_from=str(base)), callbacks=quiet())
+    with pytest.raises(GenloomError, match=r"unknown config key 'model.depth'; valid keys"):
+        train_run(make_cfg(english_dir, tmp_path / "c", {"depth": 3}, init_from=str(base)), callbacks=quiet())
+    # the same values and a new dropout are fine; the weights start from the base
+    summary = train_run(make_cfg(english_dir, tmp_path / "d", {"dropout": 0.0}, init_from=str(base), max_steps=2),
+                        callbacks=quiet())
+    assert summary["step"] == 2
+    tuned = load_model(tmp_path / "d")
+    assert tuned.config.dropout == 0.0 and tuned.config.block_size == 32
 
 
 def test_lr_schedule():

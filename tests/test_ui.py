@@ -20,7 +20,7 @@ TEXT = "\n".join(f"User: is the shop open on day {i}?\nBot: Yes, from nine to fi
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from genloom.models.gan import import_dcgan
+    from genloom.importers import import_dcgan
 
     gan_face_generate = pytest.importorskip("gan_face_generate")
     faces = tmp_path_factory.mktemp("faces") / "dcgan-faces"

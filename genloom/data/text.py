@@ -1,7 +1,9 @@
 """Text corpora -> documents -> deterministic train/validation split -> token files.
 
 A prepared folder holds train.bin and val.bin (flat token ids, uint16 or uint32, read with np.memmap),
-tokenizer.json and meta.json. Documents are split, not tokens, so no document straddles the split.
+tokenizer.json and meta.json. Documents are split, not tokens, so no document straddles the split; a source
+with too few documents for the validation fraction (one short file) is split by paragraphs or, failing that,
+lines (meta.json says which).
 """
 
 from __future__ import annotations
@@ -170,6 +172,57 @@ def split_documents(docs: list[str], val_fraction: float, seed: int) -> tuple[li
     return [docs[i] for i in train], [docs[i] for i in val]
 
 
+SPLIT_UNITS = {"document": None, "paragraph": re.compile(r"\n\s*\n"), "line": re.compile(r"\n")}
+JOINERS = {"document": "", "paragraph": "\n\n", "line": "\n"}
+
+
+def _units(docs: list[str], pattern: re.Pattern | None) -> list[tuple[int, str]]:
+    """(document number, text) of each non-blank paragraph or line; whole documents for no pattern."""
+    if pattern is None:
+        return list(enumerate(docs))
+    return [(i, u) for i, d in enumerate(docs) for u in pattern.split(d) if u.strip()]
+
+
+def _blocks(units: list[tuple[int, str]], idx: list[int], joiner: str) -> list[str]:
+    """The units at sorted positions idx; neighbours from one document joined back into one block."""
+    blocks: list[list[str]] = []
+    for k, i in enumerate(idx):
+        if k and idx[k - 1] == i - 1 and units[i - 1][0] == units[i][0]:
+            blocks[-1].append(units[i][1])
+        else:
+            blocks.append([units[i][1]])
+    return [joiner.join(b) for b in blocks]
+
+
+def split_corpus(docs: list[str], val_fraction: float, seed: int) -> tuple[list[str], list[str], dict]:
+    """Split by documents; when there are too few for the validation fraction, by paragraphs, then by lines.
+
+    The first unit with round(n * val_fraction) >= 1 is drawn by split_indices' seeded permutation (if none
+    is, the coarsest unit with the most of them, one held out); neighbours on one side from one document
+    are joined back into blocks, so the text keeps its shape. Returns the train and validation documents and
+    how the split was made (for meta.json)."""
+    chosen = possible = None
+    for unit, pattern in SPLIT_UNITS.items():
+        units = _units(docs, pattern)
+        if len(units) >= 2 and (possible is None or len(units) > len(possible[1])):
+            possible = unit, units
+        if val_fraction == 0 or int(round(len(units) * val_fraction)) >= 1:
+            chosen = unit, units
+            break
+    unit, units = chosen or possible or (None, None)
+    if units is None:
+        raise GenloomError(
+            "the source is a single line of text, too little to hold out a validation split: give more text "
+            "(several lines or paragraphs), or train without validation with --val-fraction 0 (data.val_fraction = 0)"
+        )
+    train, val = split_indices(len(units), val_fraction, seed)
+    how = {"by": unit, "units": {"train": len(train), "val": len(val)}}
+    if unit != "document":
+        how["why"] = (f"{len(docs)} document{'s' if len(docs) > 1 else ''} cannot give a {val_fraction:g} "
+                      f"validation fraction: held out {unit}s instead")
+    return _blocks(units, train, JOINERS[unit]), _blocks(units, val, JOINERS[unit]), how
+
+
 def encode_documents(tok: Tokenizer, docs: list[str]) -> np.ndarray:
     """Encode documents and join them with end-of-text (or a blank line for char vocabularies)."""
     sep = [tok.eot_id] if tok.eot_id is not None else tok.encode("\n\n")
@@ -197,7 +250,7 @@ def prepare(
 ) -> dict:
     """`genloom data`: read, split, train (or reuse) a tokenizer on the train side, write the token files."""
     docs = read_documents(source, text_field)
-    train_docs, val_docs = split_documents(docs, val_fraction, seed)
+    train_docs, val_docs, how = split_corpus(docs, val_fraction, seed)
     if tokenizer_from:
         tok = load_tokenizer(tokenizer_from)
     elif tokenizer == "char":
@@ -219,6 +272,7 @@ def prepare(
         "dtype": str(train_ids.dtype),
         "seed": seed,
         "val_fraction": val_fraction,
+        "split": how,
         "documents": {"train": len(train_docs), "val": len(val_docs)},
         "tokens": {"train": int(train_ids.size), "val": int(val_ids.size)},
         "chars": {"train": sum(map(len, train_docs)), "val": sum(map(len, val_docs))},

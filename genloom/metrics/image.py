@@ -9,6 +9,7 @@ The metrics are pure functions of (N, D) feature arrays, computed in float64.
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from pathlib import Path
@@ -26,6 +27,13 @@ LUMA_601 = (0.299, 0.587, 0.114)  # ITU-R BT.601 R'G'B' -> Y'
 
 class GenloomWarning(UserWarning):
     """A figure that was computed but should be read with care (e.g. FID on fewer samples than dimensions)."""
+
+
+# A GenloomWarning is for programs (catch it, or make it an error with -W); people read the one log line that
+# goes with it, not Python's "file:line: GenloomWarning: ..." and the source line under it. Appended, so any
+# -W option or pytest filter still comes first.
+warnings.filterwarnings("ignore", category=GenloomWarning, append=True)
+log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------------------------- images
@@ -278,6 +286,7 @@ def fid(real_feats, fake_feats, *, eps: float = 1e-6, feature_net: str = "unname
         warning = (f"FID on {n_r} real and {n_f} fake samples of {d}-d features: fewer samples than dimensions "
                    f"leaves the covariances singular and the figure unreliable; use at least {d} per set "
                    f"(10,000+ is the usual protocol)")
+        log.warning(warning)
         warnings.warn(warning, GenloomWarning, stacklevel=2)
     protocol = (f"FID (Heusel et al. 2017) on {feature_net}: {n_r} real / {n_f} fake samples, {d}-d features; "
                 f"float64 means and covariances (N - 1), Tr sqrt(C_r C_f) by scipy.linalg.sqrtm"
