@@ -411,58 +411,92 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
 
 @cli.group()
 def keys():
-    """API keys of `genloom serve`: once any key exists, every route but /health requires one."""
+    """API keys of `genloom serve`.
 
-def _store(data_dir, db):
+    \b
+    keys mode: while at least one key is active (not revoked), every route but /health needs one.
+    open mode: with no active key, the server serves any request without a key.
+    The server logs its mode at start-up and when it changes (within 2 s of a change here).
+    `genloom keys open` revokes every key to return to open mode; revoking the last active key
+    with `revoke` needs --open, so a server never opens by accident.
+    """
+
+
+def _db(data_dir, db):
     return Database(db, data_dir=data_dir)
 
 
-_store_opts = [
+_db_opts = [
     click.option("--data-dir", default="genloom-data", show_default=True, help="The server's data directory."),
     click.option("--db", default=None, help="A SQLAlchemy URL (default: SQLite in the data directory)."),
 ]
 
 
-def _with_store(f):
-    for opt in reversed(_store_opts):
+def _with_db(f):
+    for opt in reversed(_db_opts):
         f = opt(f)
     return f
+
+
+def _mode(n_active: int) -> str:
+    return f"keys mode: {n_active} active key(s) required" if n_active else "open mode: no active key, any request is served"
 
 
 @keys.command("create")
 @click.option("--name", required=True, help="Who or what the key is for.")
 @click.option("--rate-limit", type=int, default=0, show_default=True, help="Requests per minute (0: unlimited).")
-@_with_store
+@_with_db
 def keys_create(name, rate_limit, data_dir, db):
     """Create a key; its secret is printed once (only a hash is stored)."""
-    key, secret = _store(data_dir, db).create_key(name, rate_limit)
+    database = _db(data_dir, db)
+    key, secret = database.create_key(name, rate_limit)
     click.echo(f"created {key.id} ({key.prefix}...) for '{name}'; the secret, shown only now:", err=True)
     click.echo(secret)
+    click.echo(f"server: {_mode(database.count_active_keys())}", err=True)
 
 
 @keys.command("list")
 @click.option("--json", "as_json", is_flag=True)
-@_with_store
+@_with_db
 def keys_list(as_json, data_dir, db):
     """List keys (id, prefix, name, created, revoked); secrets are never shown."""
+    database = _db(data_dir, db)
     rows = [{"id": k.id, "prefix": k.prefix, "name": k.name, "rate_limit": k.rate_limit,
              "created_at": k.created_at.isoformat(timespec="seconds"), "revoked": k.revoked_at is not None}
-            for k in _store(data_dir, db).list_keys()]
+            for k in database.list_keys()]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
         click.echo(f"{r['id']}  {r['prefix']}...  {r['name']}  created {r['created_at']}"
                    f"{'  REVOKED' if r['revoked'] else ''}")
+    click.echo(f"server: {_mode(database.count_active_keys())}", err=True)
 
 
 @keys.command("revoke")
 @click.argument("key")
-@_with_store
-def keys_revoke(key, data_dir, db):
+@click.option("--open", "open_", is_flag=True, help="Allow revoking the last active key (the server opens).")
+@_with_db
+def keys_revoke(key, open_, data_dir, db):
     """Revoke a key by id or prefix; requests with it get 401 from then on."""
-    k = _store(data_dir, db).revoke_key(key)
-    click.echo(f"revoked {k.id} ({k.prefix}...)")
+    database = _db(data_dir, db)
+    k = database.get_key(key)
+    if k.revoked_at is None and database.count_active_keys() == 1 and not open_:
+        raise GenloomError(f"{k.id} is the last active key: revoking it puts the server in open mode (any request "
+                           "is served); pass --open to do so, or create another key first")
+    k = database.revoke_key(k.id)
+    click.echo(f"revoked {k.id} ({k.prefix}...); server: {_mode(database.count_active_keys())}")
+
+
+@keys.command("open")
+@_with_db
+def keys_open(data_dir, db):
+    """Return the server to open mode: revoke every active key, so any request is served without one."""
+    database = _db(data_dir, db)
+    n = database.count_active_keys()
+    click.echo(f"revoking {n} active key(s): the server will serve any request without a key (open mode)", err=True)
+    revoked = database.revoke_all_keys()
+    click.echo(f"revoked {len(revoked)} key(s); server: {_mode(database.count_active_keys())}")
 
 
 @cli.command()

@@ -170,7 +170,11 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
     genloom.families.load_run_config, which the CLI and the worker call)."""
     data = read_file(path) if path else {}
     data = apply_overrides(data, list(overrides))
-    cfg = from_dict(RunConfig, data)
+    return check(from_dict(RunConfig, data))
+
+
+def check(cfg: RunConfig) -> RunConfig:
+    """The checks a key's type cannot express (the family's model keys: genloom.families.check_run_config)."""
     if cfg.train.dtype not in ("float32", "bfloat16"):
         raise GenloomError(f"unknown train.dtype '{cfg.train.dtype}'; choose one of bfloat16, float32")
     if cfg.train.lr_schedule not in ("cosine", "constant"):

@@ -106,7 +106,7 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
 
 def run_config_from_dict(data: dict) -> RunConfig:
     """The same checks for a config built in code (the fine-tuning worker)."""
-    return check_run_config(from_dict(RunConfig, data))
+    return check_run_config(config.check(from_dict(RunConfig, data)))
 
 
 def check_run_config(cfg: RunConfig) -> RunConfig:

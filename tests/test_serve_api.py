@@ -19,7 +19,8 @@ except ImportError:  # pragma: no cover
     import httpx
 
 from genloom.sample import SamplingParams, generate  # noqa: E402
-from genloom.serve.app import DEFAULT_CHAT_TEMPLATE, ChatTemplate, create_app  # noqa: E402
+from genloom.serve.app import create_app  # noqa: E402
+from genloom.serve.models import DEFAULT_CHAT_TEMPLATE, ChatTemplate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT, KJV = str(ROOT / "models" / "chat"), str(ROOT / "models" / "kjv")
@@ -241,6 +242,43 @@ def test_min_tokens_extra_body(client, raw, server):
     assert e.value.status_code == 400 and e.value.body["param"] == "min_tokens"
 
 
+def test_vllm_sampling_extensions_extra_body(client, server):
+    """top_k, min_p and repetition_penalty (vLLM's names, sent by the openai client in extra_body) reach the sampler."""
+    prompt = "And God said"
+    greedy = client.completions.create(model="kjv", prompt=prompt, max_tokens=16, temperature=0).choices[0].text
+    for extra in ({"top_k": 1}, {"min_p": 0.999}):  # both leave only the likeliest token: greedy at any seed
+        for seed in (1, 2):
+            out = client.completions.create(model="kjv", prompt=prompt, max_tokens=16, temperature=1.0, seed=seed,
+                                            extra_body=extra)
+            assert out.choices[0].text == greedy, extra
+    for off in ({"top_k": 0}, {"top_k": -1}, {"min_p": 0.0}, {"repetition_penalty": 1.0}):  # vLLM's "off" values
+        out = client.completions.create(model="kjv", prompt=prompt, max_tokens=16, temperature=0, extra_body=off)
+        assert out.choices[0].text == greedy, off
+    m = server.model("kjv")
+    ref = generate(m.model, m.tokenizer, [prompt], SamplingParams(max_new_tokens=24, temperature=0.0,
+                                                                  repetition_penalty=1.8))[0].text
+    assert ref != library_greedy(server, "kjv", prompt, 24).text  # the penalty changes this reply
+    chat = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
+                                          temperature=0, extra_body={"repetition_penalty": 1.8, "top_k": 5})
+    assert chat.choices[0].message.content is not None
+    out = client.completions.create(model="kjv", prompt=prompt, max_tokens=24, temperature=0,
+                                    extra_body={"repetition_penalty": 1.8})
+    assert out.choices[0].text == ref
+
+
+def test_to_sampling_params_maps_every_field():
+    from genloom.serve.protocol import ChatCompletionRequest
+
+    body = ChatCompletionRequest(model="chat", messages=[{"role": "user", "content": "hi"}], temperature=0.7,
+                                 top_p=0.9, top_k=-1, min_p=0.05, repetition_penalty=1.2, presence_penalty=0.5,
+                                 frequency_penalty=0.25, stop="\n", seed=10, min_tokens=3)
+    sp = body.to_sampling_params(max_new_tokens=20, extra_stop=["\nUser:"], choice=2)
+    assert sp == SamplingParams(max_new_tokens=20, min_new_tokens=3, temperature=0.7, top_k=0, top_p=0.9, min_p=0.05,
+                                repetition_penalty=1.2, presence_penalty=0.5, frequency_penalty=0.25,
+                                stop=["\nUser:", "\n"], seed=12)
+    assert body.to_sampling_params(max_new_tokens=2).min_new_tokens == 2  # min_tokens capped by the room left
+
+
 def test_chat_template_file(tmp_path):
     assert ChatTemplate.load(tmp_path).render([("user", "Hi")]) == "User: Hi\nBot:"
     assert ChatTemplate.load(tmp_path).stop == DEFAULT_CHAT_TEMPLATE["stop"]
@@ -323,6 +361,12 @@ OK_CHAT = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "ma
     ("/v1/completions", {**OK_COMPLETION, "prompt": [5, 99999]}, "prompt"),
     ("/v1/completions", {**OK_COMPLETION, "logprobs": 2}, "logprobs"),
     ("/v1/chat/completions", {**OK_CHAT, "tools": [{"type": "function"}]}, "tools"),
+    ("/v1/completions", {**OK_COMPLETION, "top_k": -2}, "top_k"),
+    ("/v1/chat/completions", {**OK_CHAT, "top_k": "5"}, "top_k"),
+    ("/v1/completions", {**OK_COMPLETION, "min_p": 1.5}, "min_p"),
+    ("/v1/chat/completions", {**OK_CHAT, "min_p": -0.1}, "min_p"),
+    ("/v1/completions", {**OK_COMPLETION, "repetition_penalty": 0}, "repetition_penalty"),
+    ("/v1/chat/completions", {**OK_CHAT, "repetition_penalty": -1.2}, "repetition_penalty"),
 ])
 def test_bad_request_fields(raw, path, body, param):
     err = _error(raw.post(path, json=body), 400, param=param)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 import numpy as np
@@ -13,9 +15,10 @@ try:
 except ImportError:  # pragma: no cover
     import httpx
 
+from test_serve_api import CHAT, Server, wait_for  # noqa: E402
+
 from genloom.serve.app import create_app  # noqa: E402
 from genloom.serve.database import Database  # noqa: E402
-from test_serve_api import CHAT, Server, wait_for  # noqa: E402
 
 TEXT = "\n".join(f"User: where is my order {i}?\nBot: It ships tomorrow, I promise." for i in range(80))
 
@@ -83,14 +86,18 @@ def test_fine_tuning_job_trains_registers_and_serves(served, client):
         "genloom_config": {"train": {"max_steps": 8, "batch_size": 4, "eval_interval": 4, "log_interval": 2,
                                      "warmup_steps": 1}}})
     assert job.status == "queued"
-    assert wait_for(lambda: client.fine_tuning.jobs.retrieve(job.id).status in ("succeeded", "failed"), timeout=120)
+    deadline = time.monotonic() + 120
+    while (status := client.fine_tuning.jobs.retrieve(job.id)).status not in ("succeeded", "failed"):
+        assert time.monotonic() < deadline, status
+        time.sleep(0.05)
+    if status.status == "succeeded":  # the moment a job reads succeeded, its model is served
+        assert status.fine_tuned_model in [m.id for m in client.models.list().data]
     done = client.fine_tuning.jobs.retrieve(job.id)
     events = client.fine_tuning.jobs.list_events(job.id, limit=100).data
     assert done.status == "succeeded", [e.message for e in events]
     steps = [e for e in events if e.data and "loss" in e.data]
     assert {e.data["step"] for e in steps} >= {2, 4, 6, 8} and all("eta_s" in e.data for e in steps)
     name = done.fine_tuned_model
-    assert wait_for(lambda: name in [m.id for m in client.models.list().data], timeout=30)
     out = client.completions.create(model=name, prompt="User: where is my order 3?\nBot:", max_tokens=6)
     assert out.model == name
     assert job.id in [j.id for j in client.fine_tuning.jobs.list().data]
@@ -122,11 +129,12 @@ def test_cancel_a_queued_job(served, client):
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
 
 
-def test_stored_keys_guard_every_route_but_health(served, client):
+def test_stored_keys_guard_every_route_but_health(served, client, caplog):
     s, data = served
+    caplog.set_level(logging.INFO, logger="genloom.serve")
     assert httpx.get(f"{s.url}/v1/models").status_code == 200  # no key exists yet: open
-    store = Database(data_dir=data)
-    key, secret = store.create_key("tests", rate_limit=3)
+    db = Database(data_dir=data)
+    key, secret = db.create_key("tests", rate_limit=3)
     assert wait_for(lambda: httpx.get(f"{s.url}/v1/models").status_code == 401, timeout=5)
     assert httpx.get(f"{s.url}/health").status_code == 200
     assert httpx.get(f"{s.url}/metrics").status_code == 401
@@ -138,17 +146,30 @@ def test_stored_keys_guard_every_route_but_health(served, client):
     ok.models.list()
     with pytest.raises(openai.RateLimitError):  # 3 per minute
         ok.models.list()
-    store.revoke_key(key.id)
+    other, other_secret = db.create_key("other")
+    db.revoke_key(key.id)
     r = httpx.get(f"{s.url}/v1/models", headers={"Authorization": f"Bearer {secret}"})
-    assert r.status_code == 401
-    # leave the server open again for the other tests
-    from sqlalchemy import delete
-
-    from genloom.serve.database import ApiKey
-
-    with store.session.begin() as sess:
-        sess.execute(delete(ApiKey))
+    assert r.status_code == 401  # revoked while another key is active: keys mode goes on
+    assert httpx.get(f"{s.url}/v1/models", headers={"Authorization": f"Bearer {other_secret}"}).status_code == 200
+    db.revoke_key(other.id)  # no active key left: open mode again, keyless requests are served
     assert wait_for(lambda: httpx.get(f"{s.url}/v1/models").status_code == 200, timeout=5)
+    changes = [json.loads(r.getMessage()) for r in caplog.records if "auth_mode_changed" in r.getMessage()]
+    assert [c["mode"] for c in changes] == ["keys", "open"] and "any request is served" in changes[-1]["detail"]
+
+
+@pytest.mark.parametrize("keys, mode", [(0, "open mode: no API keys"), (2, "keys mode: 2 active stored key(s)")])
+def test_startup_logs_the_auth_mode(tmp_path, caplog, keys, mode):
+    caplog.set_level(logging.INFO, logger="genloom.serve")
+    db = Database(data_dir=tmp_path)
+    for i in range(keys):
+        db.create_key(f"k{i}")
+    s = Server(create_app([CHAT], max_batch=1, max_queue=1, data_dir=str(tmp_path), jobs=False))
+    try:
+        logged = [json.loads(r.getMessage()) for r in caplog.records if '"auth_mode"' in r.getMessage()]
+        assert len(logged) == 1 and logged[0]["detail"].startswith(mode), logged
+        assert httpx.get(f"{s.url}/v1/models").status_code == (401 if keys else 200)
+    finally:
+        s.close()
 
 
 def test_ui_is_served(served):

@@ -5,13 +5,14 @@ Screenshots of each page land in test-artifacts/ui/ (CI keeps them with the run)
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 
 import pytest
+from test_serve_api import CHAT, KJV, Server
 
 from genloom.serve.app import create_app
-from test_serve_api import CHAT, KJV, Server
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
@@ -56,6 +57,26 @@ def shot(page, name: str) -> Path:
     return path
 
 
+def assert_cells_do_not_overlap(page):
+    """Each history cell's text stays inside its own cell, cells sit side by side, and the output has room."""
+    rows = page.evaluate("""() => [...document.querySelectorAll('#history-table tbody tr')].map(tr =>
+        [...tr.children].map(td => {
+            const r = document.createRange();
+            r.selectNodeContents(td);
+            const box = td.getBoundingClientRect(), text = r.getBoundingClientRect();
+            return {cls: td.className, left: box.left, right: box.right, width: box.width,
+                    textLeft: text.width ? text.left : box.left, textRight: text.width ? text.right : box.right};
+        }))""")
+    assert rows
+    for cells in rows:
+        for a, b in itertools.pairwise(cells):
+            assert a["right"] <= b["left"] + 1, (a, b)
+        for c in cells:
+            assert c["left"] - 1 <= c["textLeft"] and c["textRight"] <= c["right"] + 1, c
+        output = next(c for c in cells if c["cls"] == "reply")
+        assert output["width"] >= 200, output  # not squeezed to a word per line
+
+
 def test_models_load_into_the_pickers(page):
     page.wait_for_function("document.querySelectorAll('#chat-model option').length >= 2")
     assert page.input_value("#chat-model") == "chat"
@@ -92,6 +113,11 @@ def test_completion_and_regenerate_from_history(page):
     page.wait_for_selector("#history-table tbody tr")
     rows = page.inner_text("#history-table tbody")
     assert "/v1/completions" in rows and "/v1/chat/completions" in rows and "kjv" in rows
+    completion = page.locator("#history-table tbody tr", has_text="/v1/completions").first
+    chat = page.locator("#history-table tbody tr", has_text="/v1/chat/completions").first
+    assert completion.locator("td.input").inner_text() == "And God said"  # what was asked is shown
+    assert chat.locator("td.input").inner_text() == "user: Hello, who are you?"
+    assert_cells_do_not_overlap(page)
     shot(page, "history")
     row = page.locator("#history-table tbody tr", has_text="/v1/completions").first
     row.locator("button.regenerate").click()

@@ -16,7 +16,7 @@ import secrets
 import uuid
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from genloom.errors import GenloomError
@@ -177,17 +177,36 @@ class Database:
         with self.session() as s:
             return list(s.scalars(select(ApiKey).order_by(ApiKey.created_at)))
 
+    def get_key(self, ident: str) -> ApiKey:
+        """A key by id or prefix."""
+        with self.session() as s:
+            return self._find_key(s, ident)
+
     def revoke_key(self, ident: str) -> ApiKey:
         with self.session.begin() as s:
-            key = s.get(ApiKey, ident) or s.scalars(select(ApiKey).where(ApiKey.prefix == ident)).first()
-            if key is None:
-                raise GenloomError(f"no API key '{ident}'; `genloom keys list` shows the ids and prefixes")
+            key = self._find_key(s, ident)
             key.revoked_at = key.revoked_at or now()
             return key
 
-    def any_keys(self) -> bool:
+    @staticmethod
+    def _find_key(s, ident: str) -> ApiKey:
+        key = s.get(ApiKey, ident) or s.scalars(select(ApiKey).where(ApiKey.prefix == ident)).first()
+        if key is None:
+            raise GenloomError(f"no API key '{ident}'; `genloom keys list` shows the ids and prefixes")
+        return key
+
+    def revoke_all_keys(self) -> list[ApiKey]:
+        """Revoke every active key (the server returns to open mode); returns the keys revoked now."""
+        with self.session.begin() as s:
+            keys = list(s.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))))
+            for key in keys:
+                key.revoked_at = now()
+            return keys
+
+    def count_active_keys(self) -> int:
+        """Keys not revoked: while there is none the server is in open mode and serves anyone."""
         with self.session() as s:
-            return s.scalars(select(ApiKey.id).limit(1)).first() is not None
+            return s.scalar(select(func.count()).select_from(ApiKey).where(ApiKey.revoked_at.is_(None)))
 
     def verify_key(self, secret: str) -> ApiKey | None:
         """The active key matching `secret`, compared in constant time, or None."""

@@ -2,27 +2,38 @@
 
 A job names a base model (or none, to train from a config), an uploaded training file and genloom run
 config overrides. The worker takes queued jobs one at a time from the database, prepares the data with
-the base model's tokenizer, runs the one Trainer with a callback that writes progress events (step,
-loss, ETA) and watches for a cancel, exports the result into the server's models folder and records its
-name. A job left running by a dead server is re-queued at startup and resumes from its checkpoint.
+the base model's tokenizer, builds the RunConfig and trains it with `genloom.train.run` and a callback
+that writes progress events (step, loss, ETA) and watches for a cancel; the run's best export, its card
+naming the job, is copied whole into the server's models folder before the job is marked succeeded. A job left running by a dead server is re-queued at startup and resumes from its checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
+import shutil
 import time
 import traceback
 from pathlib import Path
 
+import torch
+
 from genloom.callbacks import Callback, LossCurve, MetricsLog
+from genloom.checkpoints import write_model_card
+from genloom.config import RunConfig
+from genloom.families import run_config_from_dict
+from genloom.data.text import prepare
 from genloom.errors import GenloomError
+from genloom.files import atomic_write_text
+from genloom.serve.database import Database
+from genloom.train import run
 
 
 class JobEvents(Callback):
     """Progress into the job's event list; a cancel in the database stops training at the next step."""
 
-    def __init__(self, store, job_id: str):
-        self.store, self.job_id = store, job_id
+    def __init__(self, db, job_id: str):
+        self.db, self.job_id = db, job_id
         self.t0 = time.time()
 
     def on_train_start(self, trainer, info):
@@ -30,7 +41,7 @@ class JobEvents(Callback):
         self.every = max(1, min(t.log_interval, t.max_steps // 50))
         self.total = trainer.cfg.train.max_steps
         self.start_step = trainer.step
-        self.store.add_event(self.job_id, f"training started at step {trainer.step} of {self.total}",
+        self.db.add_event(self.job_id, f"training started at step {trainer.step} of {self.total}",
                              {"step": trainer.step, "total_steps": self.total})
 
     def on_step_end(self, trainer, info):
@@ -39,99 +50,98 @@ class JobEvents(Callback):
             return
         done = max(1, step - self.start_step)
         eta = (time.time() - self.t0) / done * (self.total - step)
-        self.store.add_event(self.job_id, f"step {step}/{self.total}: loss {info['loss']:.4f}",
+        self.db.add_event(self.job_id, f"step {step}/{self.total}: loss {info['loss']:.4f}",
                              {"step": step, "total_steps": self.total, "loss": info["loss"], "eta_s": round(eta, 1),
                               "units_per_s": round(info["units_per_s"], 1)})
-        job = self.store.get_job(self.job_id)
+        job = self.db.get_job(self.job_id)
         if job is not None and job.status == "cancelled":
             trainer.request_stop("cancelled")
 
     def on_eval_end(self, trainer, info):
-        self.store.add_event(self.job_id, f"step {info['step']}: validation loss {info['val_loss']:.4f}",
+        self.db.add_event(self.job_id, f"step {info['step']}: validation loss {info['val_loss']:.4f}",
                              {"step": info["step"], "val_loss": info["val_loss"]})
 
 
-def run_job(store, job, models_dir: Path, base_models: dict[str, str]) -> str:
-    """Train one job to completion; returns the registered model name."""
-    from genloom.data.text import prepare
-    from genloom.families import load_run_config
-    from genloom.train import Trainer
+def job_run_config(config: dict, *, data_dir: str, out_dir: str, init_from: str) -> RunConfig:
+    """The RunConfig of a job: its `train`/`model` sections over the server's data, output and base model.
 
-    work = store.data_dir / "jobs" / job.id
+    The same typed checks as a config file: unknown keys and wrong types are GenloomErrors naming the
+    valid keys, and the model section is checked against the family's config class.
+    """
+    train = {**config.get("train", {}), "out_dir": out_dir, "init_from": init_from}  # the server's paths win
+    return run_config_from_dict({"model": config.get("model", {}), "data": {"dir": data_dir}, "train": train})
+
+
+def run_job(db, job, models_dir: Path, base_models: dict[str, str]) -> str:
+    """Train one job; its run's best/ export, with the job on its card, becomes models_dir/<name>.
+
+    Returns the model's name, or "" when the job was cancelled (its checkpoint stays for a resume).
+    """
+    work = db.data_dir / "jobs" / job.id
     base = base_models.get(job.model) if job.model else None
     if job.model and base is None:
         raise GenloomError(f"unknown base model '{job.model}'; choose one of {', '.join(sorted(base_models))}")
     if not job.training_file:
         raise GenloomError("the job has no training_file")
-    rec = store.get_file(job.training_file)
+    rec = db.get_file(job.training_file)
     if rec is None:
         raise GenloomError(f"no file '{job.training_file}'")
     data_dir = work / "data"
     if not (data_dir / "meta.json").exists():
-        tokenizer = job.config.get("data", {}).get("tokenizer", "char")
-        prepare(str(store.file_path(rec)), str(data_dir), tokenizer, 4096, 0.05, 1337, "text", base)
-    overrides = {"data": {"dir": str(data_dir)}, "train": {"out_dir": str(work / "run"), "init_from": base or ""}}
-    for section, values in job.config.items():
-        if isinstance(values, dict) and section != "data":
-            overrides.setdefault(section, {}).update(values)
-    sets = [f"{s}.{k}={_toml(v)}" for s, d in overrides.items() for k, v in d.items()]
-    cfg = load_run_config(None, sets)
+        prepare(str(db.file_path(rec)), str(data_dir), "char", 4096, 0.05, 1337, "text", base)
+    cfg = job_run_config(job.config, data_dir=str(data_dir), out_dir=str(work / "run"), init_from=base or "")
     resume = (work / "run" / "last.pt").exists()
-    trainer = Trainer(cfg, resume=resume, callbacks=[JobEvents(store, job.id), MetricsLog(), LossCurve()])
-    summary = trainer.fit()
+    summary = run(cfg, resume=resume, callbacks=[JobEvents(db, job.id), MetricsLog(), LossCurve()])
     if summary["stopped"] == "cancelled":
         return ""
     name = f"ft-{job.model or 'gpt'}-{job.id[-8:]}"
-    trainer.export("best")
-    from genloom.checkpoints import export_model, load_model, write_model_card
-
-    lm = load_model(work / "run")
-    card = {**lm.meta.get("card", {}), "fine_tuned_from": job.model or None, "job": job.id}
-    export_model(models_dir / name, family=lm.family, model=lm.model, model_config=lm.config,
-                 tokenizer=lm.tokenizer, card=card)
-    write_model_card(models_dir / name, card, name, f"POST /v1/fine_tuning/jobs (job {job.id})")
+    publish(work / "run" / "best", models_dir / name, name,
+            {"fine_tuned_from": job.model or None, "job": job.id}, f"POST /v1/fine_tuning/jobs (job {job.id})")
     return name
 
 
-def _toml(v) -> str:
-    import json
-
-    return json.dumps(v) if not isinstance(v, bool) else ("true" if v else "false")
+def publish(export: Path, target: Path, name: str, card: dict, command: str) -> None:
+    """Copy an export folder to `target` with `card` added to its model card; it appears whole or not at all."""
+    tmp = target.with_name(f".{target.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(export, tmp)
+    config = json.loads((tmp / "config.json").read_text(encoding="utf-8"))
+    config["card"] = {**config.get("card", {}), **card}
+    atomic_write_text(tmp / "config.json", json.dumps(config, indent=2, ensure_ascii=False))
+    write_model_card(tmp, config["card"], name, command)
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
 
 
 def worker_loop(db_url: str | None, data_dir: str, models_dir: str, base_models: dict[str, str],
                 poll: float = 0.5, once: bool = False) -> None:
     """Take queued jobs one at a time, forever (or until none is left, with once=True)."""
-    import torch
-
-    from genloom.serve.database import Database
-
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    store = Database(db_url, data_dir=data_dir)
+    db = Database(db_url, data_dir=data_dir)
     while True:
-        job = store.next_queued_job()
+        job = db.next_queued_job()
         if job is None:
             if once:
                 return
             time.sleep(poll)
             continue
-        store.set_job(job.id, "running")
+        db.set_job(job.id, "running")
         try:
-            name = run_job(store, store.get_job(job.id), Path(models_dir), base_models)
+            name = run_job(db, db.get_job(job.id), Path(models_dir), base_models)
         except GenloomError as e:
-            store.set_job(job.id, "failed", error=str(e))
-            store.add_event(job.id, f"failed: {e}", level="error")
+            db.set_job(job.id, "failed", error=str(e))
+            db.add_event(job.id, f"failed: {e}", level="error")
             continue
         except Exception as e:  # noqa: BLE001 - a bug must fail the job, not kill the worker
-            store.set_job(job.id, "failed", error=f"{type(e).__name__}: {e}")
-            store.add_event(job.id, "failed with an internal error", {"traceback": traceback.format_exc()[-2000:]},
-                            level="error")
+            db.set_job(job.id, "failed", error=f"{type(e).__name__}: {e}")
+            db.add_event(job.id, "failed with an internal error", {"traceback": traceback.format_exc()[-2000:]},
+                         level="error")
             continue
-        if name:
-            store.set_job(job.id, "succeeded", fine_tuned_model=name)
-            store.add_event(job.id, f"job succeeded: model '{name}' registered", {"model": name})
+        if name:  # the model folder is complete now; the server serves it before it shows the job succeeded
+            db.add_event(job.id, f"job succeeded: model '{name}' registered", {"model": name})
+            db.set_job(job.id, "succeeded", fine_tuned_model=name)
         else:
-            store.add_event(job.id, "job cancelled: training stopped, checkpoint kept", level="warning")
+            db.add_event(job.id, "job cancelled: training stopped, checkpoint kept", level="warning")
 
 
 def start_worker(db_url: str | None, data_dir: str, models_dir: str, base_models: dict[str, str]) -> mp.Process:

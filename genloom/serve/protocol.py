@@ -1,6 +1,6 @@
-"""Request and response schemas of the OpenAI-compatible API, in OpenAI's shapes (vLLM's `protocol.py` idea).
+"""Every request and response schema of the OpenAI-compatible API, in OpenAI's shapes (vLLM's `protocol.py`).
 
-Requests are strict: wrong types are not coerced ("5" is not an int) and fields OpenAI would reject are
+Text requests are strict: wrong types are not coerced ("5" is not an int) and fields OpenAI would reject are
 errors, so a client learns about a typo instead of getting silently ignored options. Fields OpenAI knows
 but genloom cannot honour (logprobs, logit_bias, tools, ...) are accepted at their neutral value only.
 """
@@ -13,7 +13,10 @@ from typing import Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from genloom.sample import SamplingParams
+
 _STRICT = ConfigDict(extra="forbid", strict=True)
+_CLOSED = ConfigDict(extra="forbid")  # unknown fields are errors; "5" may still stand for 5
 
 
 class StreamOptions(BaseModel):
@@ -39,10 +42,24 @@ class _SamplingRequest(BaseModel):
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
     logit_bias: Optional[dict[str, float]] = None  # accepted only empty: genloom has no logit bias
-    min_tokens: Optional[int] = Field(None, ge=0)  # vLLM's extension (extra_body): no stop before this many tokens
+    # vLLM's sampling extensions (the openai client sends them in extra_body)
+    min_tokens: Optional[int] = Field(None, ge=0)  # no end-of-text or stop string before this many tokens
+    top_k: int = Field(0, ge=-1)  # keep the k likeliest tokens; 0 or -1: off
+    min_p: float = Field(0.0, ge=0, lt=1)  # drop tokens below min_p times the top probability (Nguyen et al. 2024)
+    repetition_penalty: float = Field(1.0, gt=0)  # CTRL's (Keskar et al. 2019); 1: off
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    def to_sampling_params(self, *, max_new_tokens: int, extra_stop: list[str] = (), choice: int = 0) -> SamplingParams:
+        """The library's SamplingParams for choice `choice` of a prompt (seeded seed + choice)."""
+        return SamplingParams(
+            max_new_tokens=max_new_tokens, min_new_tokens=min(self.min_tokens or 0, max_new_tokens),
+            temperature=self.temperature, top_k=max(self.top_k, 0), top_p=self.top_p, min_p=self.min_p,
+            repetition_penalty=self.repetition_penalty, presence_penalty=self.presence_penalty,
+            frequency_penalty=self.frequency_penalty, stop=[*extra_stop, *self.stop_list()],
+            seed=None if self.seed is None else self.seed + choice,
+        )
 
 
 class CompletionRequest(_SamplingRequest):
@@ -88,6 +105,55 @@ class ChatCompletionRequest(_SamplingRequest):
     tools: Optional[list[dict]] = None  # accepted only empty: genloom models have no tool calling
     tool_choice: Optional[Union[str, dict]] = None
     response_format: Optional[dict] = None  # accepted only as {"type": "text"}
+
+    def max_new_tokens(self) -> tuple[Optional[int], str]:
+        """The reply's token limit and the field that set it (max_completion_tokens wins, as OpenAI)."""
+        if self.max_completion_tokens is not None:
+            return self.max_completion_tokens, "max_completion_tokens"
+        return self.max_tokens, "max_tokens"
+
+
+class ImageRequest(BaseModel):
+    model_config = _CLOSED
+    model: str
+    prompt: Optional[str] = None  # required by OpenAI; an unconditional model accepts none or an empty one
+    n: int = Field(1, ge=1)
+    size: Optional[str] = None
+    response_format: Literal["b64_json", "url"] = "b64_json"
+    user: Optional[str] = None
+    quality: Optional[str] = None
+    style: Optional[str] = None
+    seed: Optional[int] = None  # genloom: the same seed gives the same pixels
+    sampler: Optional[str] = None  # genloom: diffusion samplers (ddpm, ddim, ...); a GAN has none
+    steps: Optional[int] = Field(None, ge=1)
+    guidance: Optional[float] = None
+    label: Optional[int] = None  # genloom: a class index for a class-conditional model (or name it in the prompt)
+
+
+class FineTuningJobRequest(BaseModel):
+    model_config = _CLOSED
+    model: str
+    training_file: str
+    validation_file: Optional[str] = None
+    hyperparameters: Optional[dict] = None  # n_epochs is not used: genloom trains by steps (genloom_config)
+    suffix: Optional[str] = None
+    seed: Optional[int] = None
+    genloom_config: dict = Field(default_factory=dict)  # run-config overrides: {"train": {"max_steps": 50}, ...}
+
+
+class EmbeddingRequest(BaseModel):
+    model_config = _CLOSED
+    model: str = "all-MiniLM-L6-v2"
+    input: Union[str, list[str]]
+    encoding_format: str = "float"
+    user: Optional[str] = None
+    dimensions: Optional[int] = None
+
+
+class ModerationRequest(BaseModel):
+    model_config = _CLOSED
+    input: Union[str, list[str]]
+    model: str = "genloom-moderation-1"
 
 
 # ---- responses ----
@@ -180,6 +246,106 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ImageData(BaseModel):
+    b64_json: Optional[str] = None
+    url: Optional[str] = None
+    revised_prompt: Optional[str] = None
+
+
+class ImagesResponse(BaseModel):
+    created: int = Field(default_factory=now)
+    data: list[ImageData]
+
+
+class FileObject(BaseModel):
+    id: str
+    object: Literal["file"] = "file"
+    bytes: int
+    created_at: Optional[int] = None
+    filename: str
+    purpose: str
+
+
+class FileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FileObject]
+
+
+class FineTuningJob(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job"] = "fine_tuning.job"
+    model: str
+    status: str
+    created_at: Optional[int] = None
+    finished_at: Optional[int] = None
+    fine_tuned_model: Optional[str] = None
+    training_file: Optional[str] = None
+    hyperparameters: dict = Field(default_factory=dict)
+    error: Optional[dict] = None
+    genloom_progress: Optional[str] = None  # "step 40/50, loss 1.2345"
+
+
+class FineTuningJobList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJob]
+    has_more: bool = False
+
+
+class FineTuningJobEvent(BaseModel):
+    id: str
+    object: Literal["fine_tuning.job.event"] = "fine_tuning.job.event"
+    created_at: Optional[int] = None
+    level: str
+    message: str
+    data: dict = Field(default_factory=dict)
+    type: Literal["message", "metrics"] = "message"
+
+
+class FineTuningJobEventList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[FineTuningJobEvent]
+    has_more: bool = False
+
+
+class Embedding(BaseModel):
+    object: Literal["embedding"] = "embedding"
+    index: int
+    embedding: Union[list[float], str]  # base64: little-endian float32 bytes
+
+
+class EmbeddingUsage(BaseModel):
+    prompt_tokens: int
+    total_tokens: int
+
+
+class EmbeddingList(BaseModel):
+    object: Literal["list"] = "list"
+    model: str
+    data: list[Embedding]
+    usage: EmbeddingUsage
+
+
+class ModerationResponse(BaseModel):
+    id: str
+    model: str
+    results: list[dict]  # flagged, categories, category_scores (genloom.safety.moderation)
+
+
+class HistoryItem(BaseModel):
+    id: str
+    route: str
+    model: str
+    params: dict
+    output: dict
+    usage: dict
+    latency_ms: int
+    created_at: str
+
+
+class HistoryList(BaseModel):
+    data: list[HistoryItem]
 
 
 class ErrorInfo(BaseModel):

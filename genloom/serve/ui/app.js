@@ -211,16 +211,13 @@ async function loadHistory() {
     for (const r of rows) {
       const tr = document.createElement("tr");
       const params = { ...r.params };
-      delete params.messages; delete params.prompt;
+      delete params.messages; delete params.prompt; delete params.model;
       const out = r.output || {};
-      const cells = [new Date(r.created_at + "Z").toLocaleString(), r.route, r.model, JSON.stringify(params),
-                     out.images ? `${out.images.length} image(s)` : (out.text || "")];
-      cells.forEach((v, i) => {
-        const td = document.createElement("td");
-        td.textContent = v;
-        if (i >= 3) td.className = "text";
-        tr.appendChild(td);
-      });
+      const text = Array.isArray(out.text) ? out.text.join("\n---\n") : (out.text || "");
+      tr.append(cell(new Date(r.created_at + "Z").toLocaleString()), cell(r.route), cell(r.model),
+                historyInput(r.params),
+                cell(Object.entries(params).map(([k, v]) => `${k}: ${JSON.stringify(v)}`).join("\n"), "parameters"),
+                cell(out.images ? `${out.images.length} image(s)` : text, "reply"));
       const td = document.createElement("td");
       const b = document.createElement("button");
       b.className = "secondary regenerate";
@@ -231,6 +228,38 @@ async function loadHistory() {
       body.appendChild(tr);
     }
   } catch (e) { showError(e.message); }
+}
+
+function cell(text, className = "") {
+  const td = document.createElement("td");
+  if (className) td.className = className;
+  const inner = document.createElement("div");
+  inner.textContent = text;
+  td.appendChild(inner);
+  return td;
+}
+
+// What was asked: a chat's messages (one line per message, its role first) or a completion's prompt.
+function historyInput(p) {
+  const td = document.createElement("td");
+  td.className = "input";
+  if (Array.isArray(p.messages)) {
+    for (const m of p.messages) {
+      const line = document.createElement("div");
+      line.className = "message";
+      const role = document.createElement("b");
+      role.textContent = m.role + ": ";
+      const content = Array.isArray(m.content) ? m.content.map((part) => part.text || "").join("") : m.content;
+      line.append(role, document.createTextNode(content));
+      td.appendChild(line);
+    }
+  } else {
+    const div = document.createElement("div");
+    div.className = "prompt";
+    div.textContent = Array.isArray(p.prompt) ? JSON.stringify(p.prompt) : (p.prompt ?? "");
+    td.appendChild(div);
+  }
+  return td;
 }
 
 function regenerate(r) {

@@ -1,110 +1,80 @@
-"""POST /v1/images/generations (OpenAI's shape, plus genloom's seed/sampler/steps/guidance) and image files."""
+"""POST /v1/images/generations (OpenAI's shape, plus genloom's seed/sampler/steps/guidance/label) and image files."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import time
-from typing import Literal
 
-from fastapi import APIRouter, Depends, Request
+import torch
+from fastapi import APIRouter, Request
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field
 
-from genloom.serve.app import ApiError, check_api_key
-from genloom.serve.protocol import new_id
+from genloom.data.images import png_with_metadata
+from genloom.diffusion import SAMPLERS
+from genloom.files import atomic_write_bytes
+from genloom.sample import image_classes
+from genloom.serve.errors import ApiError
+from genloom.serve.models import image_model
+from genloom.serve.protocol import ImageData, ImageRequest, ImagesResponse, new_id
+from genloom.serve.routes.deps import v1
 
 router = APIRouter()
-v1 = [Depends(check_api_key)]
-
-
-class ImageRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    prompt: str | None = None  # required by OpenAI; an unconditional model accepts none or an empty one
-    n: int = Field(1, ge=1)
-    size: str | None = None
-    response_format: Literal["b64_json", "url"] = "b64_json"
-    user: str | None = None
-    quality: str | None = None
-    style: str | None = None
-    seed: int | None = None  # genloom: the same seed gives the same pixels
-    sampler: str | None = None  # genloom: diffusion samplers (ddpm, ddim, ...); a GAN has none
-    steps: int | None = Field(None, ge=1)
-    guidance: float | None = None
-    label: int | None = None  # genloom: a class index for a class-conditional model (or name it in the prompt)
-
-
-def _image_model(request: Request, name: str):
-    models = request.app.state.models
-    served = models.get(name)
-    if served is None:
-        raise ApiError(404, f"The model `{name}` does not exist. Available: {', '.join(sorted(models))}.",
-                       param="model", code="model_not_found")
-    if served.engine is not None:
-        raise ApiError(400, f"`{name}` is a text model; use /v1/completions or /v1/chat/completions.", param="model")
-    return served
 
 
 @router.post("/v1/images/generations", dependencies=v1)
-async def generate(body: ImageRequest, request: Request):
-    from genloom.data.images import png_with_metadata
-
-    served = _image_model(request, body.model)
-    cfg = served.loaded.config
-    size = f"{cfg.image_size}x{cfg.image_size}"
+async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
+    served = image_model(request.app.state, body.model)
+    db = request.app.state.db
+    size = f"{served.loaded.config.image_size}x{served.loaded.config.image_size}"
     limits = request.app.state.limits
     if body.n > limits.max_n:
         raise ApiError(400, f"n must be at most {limits.max_n} (got {body.n}).", param="n")
     if body.size not in (None, size):
         raise ApiError(400, f"size {body.size} is not available for `{body.model}`; it makes {size} images.",
                        param="size")
-    family = served.loaded.family
-    if family == "diffusion":
-        opts, params = _diffusion_options(body, served)
-    else:
-        opts, params = _one_pass_options(body, served)
-    seed = body.seed if body.seed is not None else int(time.time_ns() % (2**31 - 1))
-    t0 = time.perf_counter()
-
-    def sample():
-        with served.loaded.lock:
-            return served.loaded.model.sample(body.n, seed=seed, **opts)
-
-    images = await asyncio.to_thread(sample)
-    params = {"model": served.name, "family": family, "seed": seed, "n": body.n, "size": size, **params}
-    pngs = [png_with_metadata(img, {**params, "index": i}) for i, img in enumerate(images)]
-    data, ids = [], []
-    store = request.app.state.store
-    for i, png in enumerate(pngs):
-        if body.response_format == "b64_json":
-            data.append({"b64_json": base64.b64encode(png).decode(), "revised_prompt": None})
-        if store is not None:
-            iid = new_id("img")
-            folder = store.data_dir / "images"
-            folder.mkdir(parents=True, exist_ok=True)
-            from genloom.files import atomic_write_bytes
-
-            atomic_write_bytes(folder / f"{iid}.png", png)
-            ids.append(iid)
-            if body.response_format == "url":
-                data.append({"url": str(request.url_for("image_file", image_id=iid))})
-    if body.response_format == "url" and store is None:
+    if body.response_format == "url" and db is None:
         raise ApiError(400, "response_format url needs a server with a data directory; use b64_json.",
                        param="response_format")
-    if store is not None:
-        await asyncio.to_thread(store.log_request, route="/v1/images/generations", model=served.name,
+    seed = body.seed if body.seed is not None else int(time.time_ns() % (2**31 - 1))
+    t0 = time.perf_counter()
+    images, params = await asyncio.to_thread(sample_images, served, body, seed)
+    params = {"model": served.name, "family": served.loaded.family, "seed": seed, "n": body.n, "size": size, **params}
+    pngs = [png_with_metadata(img, {**params, "index": i}) for i, img in enumerate(images)]
+    data, ids = [], []
+    for png in pngs:
+        if body.response_format == "b64_json":
+            data.append(ImageData(b64_json=base64.b64encode(png).decode()))
+        if db is not None:
+            iid = new_id("img")
+            atomic_write_bytes(db.data_dir / "images" / f"{iid}.png", png)
+            ids.append(iid)
+            if body.response_format == "url":
+                data.append(ImageData(url=str(request.url_for("image_file", image_id=iid))))
+    if db is not None:
+        await asyncio.to_thread(db.log_request, route="/v1/images/generations", model=served.name,
                                 params=body.model_dump(exclude_none=True) | {"seed": seed},
                                 output={"images": ids}, key_id=getattr(request.state, "key_id", None),
                                 images=len(pngs), latency_ms=round(1000 * (time.perf_counter() - t0)))
     request.app.state.metrics.images.labels(served.name).inc(len(pngs))
-    return {"created": int(time.time()), "data": data}
+    return ImagesResponse(data=data)
+
+
+def sample_images(served, body: ImageRequest, seed: int) -> tuple[torch.Tensor, dict]:
+    """The request's options checked against the model, then its images (N, C, H, W) uint8 and their parameters.
+
+    Runs in a worker thread; the model's lock keeps one sampling call at a time per model.
+    """
+    if served.loaded.family == "diffusion":
+        opts, params = _diffusion_options(body, served)
+    else:
+        opts, params = _one_pass_options(body, served)
+    with served.loaded.lock:
+        return served.loaded.model.sample(body.n, seed=seed, **opts), params
 
 
 def _diffusion_options(body: ImageRequest, served) -> tuple[dict, dict]:
     """Sampler, steps, guidance and class label for a diffusion model, checked; the label may come from the prompt."""
-    from genloom.diffusion import SAMPLERS
-
     cfg = served.loaded.config
     sampler = body.sampler or "ddim"
     if sampler not in SAMPLERS:
@@ -135,8 +105,6 @@ def _diffusion_options(body: ImageRequest, served) -> tuple[dict, dict]:
 
 def _with_label(opts: dict, params: dict, label: int | None, classes: list[str], n: int) -> None:
     """The class label as sample() takes it, and as the PNG parameters record it (index and name)."""
-    import torch
-
     if label is not None:
         opts["labels"] = torch.full((n,), label, dtype=torch.long)
         params["label"] = label
@@ -145,14 +113,10 @@ def _with_label(opts: dict, params: dict, label: int | None, classes: list[str],
 
 
 def _classes(served) -> list[str]:
-    from genloom.sample import image_classes
-
     return image_classes(served.loaded)[1]
 
 
 def _num_classes(served) -> int:
-    from genloom.sample import image_classes
-
     return image_classes(served.loaded)[0]
 
 
@@ -196,10 +160,10 @@ def _one_pass_options(body: ImageRequest, served) -> tuple[dict, dict]:
 
 @router.get("/v1/images/{image_id}.png", name="image_file", dependencies=v1)
 async def image_file(image_id: str, request: Request):
-    store = request.app.state.store
-    if store is None or not image_id.replace("-", "").isalnum():
+    db = request.app.state.db
+    if db is None or not image_id.replace("-", "").isalnum():
         raise ApiError(404, f"No such image: '{image_id}'.", code="not_found")
-    path = (store.data_dir / "images" / f"{image_id}.png").resolve()
-    if path.parent != (store.data_dir / "images").resolve() or not path.is_file():
+    path = (db.data_dir / "images" / f"{image_id}.png").resolve()
+    if path.parent != (db.data_dir / "images").resolve() or not path.is_file():
         raise ApiError(404, f"No such image: '{image_id}'.", code="not_found")
     return Response(path.read_bytes(), media_type="image/png")

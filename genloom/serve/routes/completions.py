@@ -1,4 +1,4 @@
-"""The HTTP routes: parse an OpenAI request, submit it to the model's engine, shape the answer. No model logic."""
+"""POST /v1/completions and /v1/chat/completions: parse, submit to the model's engine, stream or collect the reply."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import json
 import time
 from dataclasses import dataclass
 
-from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
 
 from genloom.errors import GenloomError
-from genloom.sample import SamplingParams
-from genloom.serve.app import ApiError, ServedModel, check_api_key, log_event
+from genloom.serve.engine import QueueFull
+from genloom.serve.errors import ApiError
+from genloom.serve.logs import log_event
+from genloom.serve.models import ServedModel, text_model
 from genloom.serve.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -24,53 +26,18 @@ from genloom.serve.protocol import (
     CompletionRequest,
     CompletionResponse,
     Delta,
-    ModelCard,
-    ModelList,
     Usage,
     new_id,
 )
+from genloom.serve.routes.deps import v1
 
 router = APIRouter()
-v1 = [Depends(check_api_key)]
 DISCONNECT_POLL_S = 0.25
-
-
-# ---- endpoints ----
-
-
-@router.get("/health")
-async def health(request: Request):
-    """200 once every model given at startup is loaded; 503 while some load (the loaded ones already serve)."""
-    state = request.app.state
-    body = {"status": "ok", "models": sorted(state.models)}
-    if state.loading:
-        return JSONResponse({**body, "status": "loading", "loading": sorted(state.loading)}, status_code=503)
-    if state.load_errors:
-        return JSONResponse({**body, "status": "degraded", "errors": state.load_errors}, status_code=503)
-    return body
-
-
-@router.get("/metrics", dependencies=v1)
-async def metrics(request: Request) -> Response:
-    from prometheus_client import CONTENT_TYPE_LATEST
-
-    return Response(request.app.state.metrics.render(request.app.state.models,
-                                                                 getattr(request.app.state, "store", None)), media_type=CONTENT_TYPE_LATEST)
-
-
-@router.get("/v1/models", dependencies=v1)
-async def list_models(request: Request) -> ModelList:
-    return ModelList(data=[_card(s) for s in request.app.state.models.values()])
-
-
-@router.get("/v1/models/{model_id}", dependencies=v1)
-async def get_model(model_id: str, request: Request) -> ModelCard:
-    return _card(_served(request, model_id))
 
 
 @router.post("/v1/completions", dependencies=v1)
 async def completions(body: CompletionRequest, request: Request):
-    served = _served(request, body.model)
+    served = text_model(request.app.state, body.model)
     _unsupported(body.logprobs, "logprobs", ok=lambda v: not v)
     _unsupported(body.suffix, "suffix")
     _unsupported(body.best_of, "best_of", ok=lambda v: v == body.n)
@@ -82,7 +49,7 @@ async def completions(body: CompletionRequest, request: Request):
         raise ApiError(400, f"At most {limits.max_prompts} prompts per request (got {len(prompts)}).", param="prompt")
     ids = [_encode(served, p) for p in prompts]
     job = _submit(request, served, body, ids, extra_stop=[], max_tokens=body.max_tokens, param="max_tokens")
-    job.route, job.params = "/v1/completions", body.model_dump(exclude_none=True)
+    job.route, job.params = "/v1/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
     echo = [served.tokenizer.decode(i) if body.echo else "" for i in ids for _ in range(body.n)]
     if body.stream:
         return _sse(_completion_chunks(request, job, body, echo))
@@ -94,7 +61,7 @@ async def completions(body: CompletionRequest, request: Request):
 
 @router.post("/v1/chat/completions", dependencies=v1)
 async def chat_completions(body: ChatCompletionRequest, request: Request):
-    served = _served(request, body.model)
+    served = text_model(request.app.state, body.model)
     _unsupported(body.logprobs, "logprobs", ok=lambda v: not v)
     _unsupported(body.top_logprobs, "top_logprobs", ok=lambda v: not v)
     _unsupported(body.tools, "tools", ok=lambda v: not v)
@@ -102,11 +69,9 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     _unsupported(body.response_format, "response_format", ok=lambda v: v == {"type": "text"})
     prompt = served.template.render([(m.role, m.text()) for m in body.messages])
     ids = [_encode(served, prompt, param="messages")]
-    max_tokens, param = body.max_tokens, "max_tokens"
-    if body.max_completion_tokens is not None:
-        max_tokens, param = body.max_completion_tokens, "max_completion_tokens"
+    max_tokens, param = body.max_new_tokens()
     job = _submit(request, served, body, ids, extra_stop=served.template.stop, max_tokens=max_tokens, param=param)
-    job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_none=True)
+    job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
     if body.stream:
         return _sse(_chat_chunks(request, job, body))
     texts, reasons = await _collect(request, job)
@@ -137,41 +102,6 @@ class _Job:
         return Usage(prompt_tokens=prompt, completion_tokens=done, total_tokens=prompt + done)
 
 
-def _served(request: Request, name: str) -> ServedModel:
-    models = request.app.state.models
-    if name in request.app.state.loading:
-        raise ApiError(503, f"The model `{name}` is still loading; retry shortly.", type="server_error",
-                       code="model_loading", headers={"Retry-After": "1"})
-    if name not in models:
-        raise ApiError(404, f"The model `{name}` does not exist. Available: {', '.join(sorted(models))}.",
-                       param="model", code="model_not_found")
-    if models[name].engine is None:
-        raise ApiError(400, f"`{name}` is an image model ({models[name].loaded.family}); use /v1/images/generations.",
-                       param="model")
-    return models[name]
-
-
-def _card(served: ServedModel) -> ModelCard:
-    card = served.loaded.meta.get("card", {}) or {}
-    data = card.get("data") or {}
-    if served.engine is None:  # an image model
-        n = sum(p.numel() for p in served.loaded.model.parameters())
-        size = served.loaded.config.image_size
-        from genloom.sample import image_classes
-
-        k, classes = image_classes(served.loaded)
-        conditioning = "text" if getattr(served.loaded.config, "cond_dim", 0) else "class" if k else "none"
-        extra = {"family": served.loaded.family, "parameters": n, "context": None, "kind": "image",
-                 "sizes": [f"{size}x{size}"], "conditioning": conditioning, "classes": classes,
-                 "description": str(data.get("source", "")) + (f"; {card['licence']}" if card.get("licence") else "")}
-        return ModelCard(id=served.name, created=served.created, genloom=extra)
-    extra = {"family": served.loaded.family, "parameters": sum(p.numel() for p in served.loaded.model.parameters()),
-             "context": served.context,
-             "description": f"{data.get('source', 'unknown data')}, {data.get('tokenizer', '?')} tokenizer"
-                            + (f", fine-tuned from {card['fine_tuned_from']}" if card.get("fine_tuned_from") else "")}
-    return ModelCard(id=served.name, created=served.created, max_model_len=served.context, genloom=extra)
-
-
 def _unsupported(value, param: str, ok=lambda v: v is None) -> None:
     if value is not None and not ok(value):
         raise ApiError(400, f"'{param}' is not supported by genloom models.", param=param, code="unsupported_parameter")
@@ -198,8 +128,6 @@ def _encode(served: ServedModel, prompt: str | list[int], param: str = "prompt")
 def _submit(request: Request, served: ServedModel, body, ids: list[list[int]], *, extra_stop: list[str],
             max_tokens: int | None, param: str) -> _Job:
     """Check the request against the limits, then submit n engine requests per prompt (seeds seed, seed+1, ...)."""
-    from genloom.serve.engine import QueueFull
-
     limits = request.app.state.limits
     if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
         raise ApiError(400, f"'{param}' must be between 1 and {limits.max_tokens} (got {max_tokens}).", param=param)
@@ -221,12 +149,7 @@ def _submit(request: Request, served: ServedModel, body, ids: list[list[int]], *
         for prompt in ids:
             for j in range(body.n):
                 most = max(1, min(wanted, served.context - len(prompt) + 1))  # the rest of the context
-                sp = SamplingParams(
-                    max_new_tokens=most, min_new_tokens=min(min_tokens, most),
-                    temperature=body.temperature, top_p=body.top_p,
-                    presence_penalty=body.presence_penalty, frequency_penalty=body.frequency_penalty,
-                    stop=[*extra_stop, *stop], seed=None if body.seed is None else body.seed + j,
-                )
+                sp = body.to_sampling_params(max_new_tokens=most, extra_stop=extra_stop, choice=j)
                 handles.append(served.engine.submit(prompt, sp))
     except QueueFull:
         for h in handles:
@@ -304,14 +227,14 @@ async def _events(request: Request, job: _Job, poll: bool):
 
 async def _record(request: Request, job: _Job) -> None:
     """Store the request and its output in the history (and the key's usage), off the event loop."""
-    store = getattr(request.app.state, "store", None)
-    if store is None or not job.route:
+    db = request.app.state.db
+    if db is None or not job.route:
         return
     usage = job.usage()
     texts = [t.lstrip() if job.route.endswith("chat/completions") else t for t in (job.texts or [])]
     try:
         await asyncio.to_thread(
-            store.log_request, route=job.route, model=job.served.name, params=job.params or {},
+            db.log_request, route=job.route, model=job.served.name, params=job.params or {},
             output={"text": texts[0] if len(texts) == 1 else texts}, key_id=getattr(request.state, "key_id", None),
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             latency_ms=round(1000 * (time.perf_counter() - job.t0)))

@@ -1,0 +1,164 @@
+"""The models a server holds: loading one (text engine or image model), its chat template, finding it by name."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from genloom.checkpoints import load_model
+from genloom import families
+from genloom.errors import GenloomError, choices
+from genloom.serve.engine import TextEngine
+from genloom.serve.errors import ApiError
+from genloom.serve.logs import log_event
+
+DEFAULT_CHAT_TEMPLATE = {  # how genloom's chatterbot corpus lays out a dialogue ("User: ...\nBot: ...")
+    "system": "{content}\n",
+    "user": "User: {content}\n",
+    "assistant": "Bot: {content}\n",
+    "generation_prompt": "Bot:",
+    "stop": ["\nUser:"],
+}
+
+
+@dataclass
+class ChatTemplate:
+    """Role prefixes around each message, the cue that asks the model for a reply, and its stop strings."""
+
+    system: str
+    user: str
+    assistant: str
+    generation_prompt: str
+    stop: list[str]
+
+    @classmethod
+    def load(cls, folder: Path) -> "ChatTemplate":
+        """The folder's chat_template.json over the default; unknown keys and wrong types are errors."""
+        spec = dict(DEFAULT_CHAT_TEMPLATE)
+        path = folder / "chat_template.json"
+        if path.is_file():
+            try:
+                given = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, json.JSONDecodeError) as e:
+                raise GenloomError(f"{path} is not valid JSON ({e})") from None
+            if not isinstance(given, dict):
+                raise GenloomError(f"{path} must hold a JSON object")
+            unknown = set(given) - set(spec)
+            if unknown:
+                raise GenloomError(f"{path}: unknown keys {sorted(unknown)}; choose from {choices(spec)}")
+            spec.update(given)
+        for key in ("system", "user", "assistant", "generation_prompt"):
+            if not isinstance(spec[key], str):
+                raise GenloomError(f"{path}: '{key}' must be a string")
+        if not isinstance(spec["stop"], list) or not all(isinstance(s, str) for s in spec["stop"]):
+            raise GenloomError(f"{path}: 'stop' must be a list of strings")
+        return cls(**spec)
+
+    def render(self, messages: list[tuple[str, str]]) -> str:
+        """(role, content) pairs to the prompt text, ending with the generation prompt."""
+        roles = {"system": self.system, "developer": self.system, "user": self.user, "assistant": self.assistant}
+        return "".join(roles[r].replace("{content}", c) for r, c in messages) + self.generation_prompt
+
+
+@dataclass
+class ServedModel:
+    name: str
+    loaded: object  # genloom.checkpoints.Loaded
+    engine: TextEngine | None  # None for an image model (sampled in a thread by the images route)
+    template: ChatTemplate | None
+    context: int
+    created: int = field(default_factory=lambda: int(time.time()))
+
+    @property
+    def tokenizer(self):
+        return self.loaded.tokenizer
+
+
+def model_name(path: str | Path) -> str:
+    """The name a client asks for: the model folder's name ('chat', 'kjv'); a run's name for run/best."""
+    p = Path(path).resolve()
+    if p.is_file():
+        return p.parent.name if p.suffix == ".safetensors" else p.stem
+    return p.parent.name if p.name == "best" else p.name
+
+
+def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedModel:
+    """Load a model; a text model gets its decode engine started and its chat template read."""
+    loaded = load_model(path)
+    name = model_name(path)
+    kind = families.get(loaded.family).kind
+    if kind == "image":
+        loaded.lock = threading.Lock()
+        return ServedModel(name, loaded, None, None, 0)
+    if kind != "text" or loaded.tokenizer is None:
+        raise GenloomError(f"{path} is a '{loaded.family}' model; the server serves text models with a tokenizer "
+                           f"({', '.join(families.of_kind('text'))}) and image models ({', '.join(families.of_kind('image'))})")
+    p = Path(path)
+    template = ChatTemplate.load(p if p.is_dir() else p.parent)
+    engine = TextEngine(loaded.model, loaded.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name)
+    engine.start()
+    return ServedModel(name, loaded, engine, template, int(loaded.config.block_size))
+
+
+def served_model(state, name: str) -> ServedModel:
+    """The served model `name` (404 unknown, 503 still loading)."""
+    models = state.models
+    if name in state.loading:
+        raise ApiError(503, f"The model `{name}` is still loading; retry shortly.", type="server_error",
+                       code="model_loading", headers={"Retry-After": "1"})
+    if name not in models:
+        raise ApiError(404, f"The model `{name}` does not exist. Available: {', '.join(sorted(models))}.",
+                       param="model", code="model_not_found")
+    return models[name]
+
+
+def text_model(state, name: str) -> ServedModel:
+    """The served text model `name` (404 unknown, 503 still loading, 400 an image model)."""
+    served = served_model(state, name)
+    if served.engine is None:
+        raise ApiError(400, f"`{name}` is an image model ({served.loaded.family}); use /v1/images/generations.",
+                       param="model")
+    return served
+
+
+def image_model(state, name: str) -> ServedModel:
+    """The served image model `name` (404 unknown, 503 still loading, 400 a text model)."""
+    served = served_model(state, name)
+    if served.engine is not None:
+        raise ApiError(400, f"`{name}` is a text model; use /v1/completions or /v1/chat/completions.", param="model")
+    return served
+
+
+class FineTuned:
+    """Serves each succeeded job's model; a job is only shown as succeeded once its model is served.
+
+    The worker (another process) marks a job succeeded once its export sits complete in `models_dir`;
+    the routes that show jobs, and a background watcher, call `register` first.
+    """
+
+    def __init__(self, models_dir: Path, *, max_batch: int, max_queue: int):
+        self.models_dir, self.max_batch, self.max_queue = Path(models_dir), max_batch, max_queue
+        self.failed: dict[str, str] = {}
+        self.lock = asyncio.Lock()
+
+    async def register(self, state, jobs) -> None:
+        for job in jobs:
+            name = job.fine_tuned_model
+            if job.status != "succeeded" or not name or name in state.models or name in self.failed:
+                continue
+            async with self.lock:  # one load per model, even when several readers ask at once
+                if name in state.models:
+                    continue
+                try:
+                    served = await asyncio.to_thread(load_served, self.models_dir / name, max_batch=self.max_batch,
+                                                     max_queue=self.max_queue)
+                except Exception as e:  # noqa: BLE001 - logged; the job's own events say what it made
+                    self.failed[name] = str(e)
+                    log_event("model_register_failed", model=name, job=job.id, error=str(e))
+                    continue
+                state.models = {**state.models, name: served}
+                log_event("model_registered", model=name, job=job.id)

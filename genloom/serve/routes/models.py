@@ -1,0 +1,40 @@
+"""GET /v1/models and /v1/models/{id}: what is served, with genloom's facts from each model card."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from genloom.sample import image_classes
+from genloom.serve.models import ServedModel, served_model
+from genloom.serve.protocol import ModelCard, ModelList
+from genloom.serve.routes.deps import v1
+
+router = APIRouter()
+
+
+@router.get("/v1/models", dependencies=v1)
+async def list_models(request: Request) -> ModelList:
+    return ModelList(data=[model_card(s) for s in request.app.state.models.values()])
+
+
+@router.get("/v1/models/{model_id}", dependencies=v1)
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    return model_card(served_model(request.app.state, model_id))
+
+
+def model_card(served: ServedModel) -> ModelCard:
+    card = served.loaded.meta.get("card", {}) or {}
+    data = card.get("data") or {}
+    parameters = sum(p.numel() for p in served.loaded.model.parameters())
+    if served.engine is None:  # an image model
+        size = served.loaded.config.image_size
+        k, classes = image_classes(served.loaded)
+        conditioning = "text" if getattr(served.loaded.config, "cond_dim", 0) else "class" if k else "none"
+        extra = {"family": served.loaded.family, "parameters": parameters, "context": None, "kind": "image",
+                 "sizes": [f"{size}x{size}"], "conditioning": conditioning, "classes": classes,
+                 "description": str(data.get("source", "")) + (f"; {card['licence']}" if card.get("licence") else "")}
+        return ModelCard(id=served.name, created=served.created, genloom=extra)
+    extra = {"family": served.loaded.family, "parameters": parameters, "context": served.context,
+             "description": f"{data.get('source', 'unknown data')}, {data.get('tokenizer', '?')} tokenizer"
+                            + (f", fine-tuned from {card['fine_tuned_from']}" if card.get("fine_tuned_from") else "")}
+    return ModelCard(id=served.name, created=served.created, max_model_len=served.context, genloom=extra)
