@@ -57,7 +57,7 @@ class ProgressBar(Callback):
         arch = getattr(cfg, "arch", "")
         tok = trainer.tokenizer
         what = f"(non-embedding), {tok.kind} tokenizer, vocab {tok.vocab_size}" if tok is not None else ""
-        self.write(f"model: {trainer.cfg.family} {arch}, {_fmt_params(trainer.model.num_params())} parameters {what}".rstrip())
+        self.write(f"model: {trainer.cfg.family} {arch}, {_fmt_params(sum(p.numel() for p in trainer.model.parameters()))} parameters {what}".rstrip())
         if trainer.step:
             self.write(f"resuming {trainer.out} at step {trainer.step}")
         self.bar = tqdm(
