@@ -37,7 +37,7 @@ from bench.common import report, timeit
 from genloom.data.images import load_images
 from genloom.metrics.features import load_feature_extractor
 from genloom.metrics.image import fid
-from genloom.sample import image_classes
+from genloom.pipelines import images as pipeline
 from genloom.checkpoints import load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,13 +65,9 @@ class Features:
 
 def draw(lm, n: int, seed: int = 1000, chunk: int = 100, **kw) -> torch.Tensor:
     """n class-balanced samples in chunks (conditional models) or n samples (unconditional ones)."""
-    k = image_classes(lm)[0]
-    out = []
-    for i in range(0, n, chunk):
-        m = min(chunk, n - i)
-        labels = {"labels": (torch.arange(i, i + m) % k)} if k else {}
-        out.append(lm.model.sample(m, seed=seed + i, **labels, **kw))
-    return torch.cat(out)
+    k = pipeline.image_classes(lm)[0]
+    plan = pipeline.resolve(lm, pipeline.ImageOptions(n=n, seed=seed, labels=list(range(k)), **kw))
+    return torch.cat([pipeline.sample_images(lm, plan.part(i, min(n, i + chunk))) for i in range(0, n, chunk)])
 
 
 def diffusers_ddim(model, n: int, steps: int, labels, guidance: float, seed: int) -> torch.Tensor:
@@ -80,7 +76,8 @@ def diffusers_ddim(model, n: int, steps: int, labels, guidance: float, seed: int
     c = model.config
     sched = DDIMScheduler(num_train_timesteps=c.num_train_timesteps, beta_schedule="linear", clip_sample=False)
     sched.set_timesteps(steps)
-    x = torch.randn(n, c.channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(seed))
+    x = torch.stack([torch.randn(c.channels, c.image_size, c.image_size, generator=torch.Generator().manual_seed(seed + i))
+                     for i in range(n)])  # image i's latent from seed + i, as genloom draws them
     null = torch.full_like(labels, c.num_classes)
     with torch.no_grad():
         for t in sched.timesteps:
@@ -117,7 +114,9 @@ def prior_without_cache(vq, n: int, labels, seed: int) -> torch.Tensor:
     with torch.no_grad():
         for _ in range(h * w):
             logits, _ = prior(ids)
-            probs = logits[:, -1, : vq.config.codebook_size].float().softmax(-1)
+            logits = logits[:, -1].float()
+            logits[:, vq.config.codebook_size:] = float("-inf")  # codes only, as the pipeline's allow_only
+            probs = logits.softmax(-1)
             nxt = torch.cat([torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(gens)])
             ids = torch.cat([ids, nxt[:, None]], dim=1)
     return vq.decode_to_uint8(ids[:, 2:].view(n, h, w))
@@ -148,7 +147,8 @@ def sample_speed(name: str, lm) -> dict:
                 return (torch.sigmoid(lm.model.decode(z)) * 255).round().to(torch.uint8)
         extra = {"peer_name": "the same decoder called bare (no seeding per image, no checks)"}
     else:
-        ours = lambda: lm.model.sample(64, seed=7, labels=labels)  # noqa: E731
+        plan = pipeline.resolve(lm, pipeline.ImageOptions(n=64, seed=7, labels=labels.tolist()))
+        ours = lambda: pipeline.sample_images(lm, plan)  # noqa: E731
         peer = lambda: prior_without_cache(lm.model, 64, labels, seed=7)  # noqa: E731
         extra = {"peer_name": "the same GPT prior sampled without a KV cache (whole prefix every step)",
                  "same_pixels": bool(torch.equal(ours(), peer()))}

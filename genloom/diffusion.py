@@ -8,7 +8,8 @@ with t a long tensor of shape (B,):
                   eta=0.0, callback=None) -> x_0
 
 and calls model_fn exactly `steps` times, then callback(i, t, x) if given. `generator` is the only source of
-randomness (DDPM, and DDIM with eta > 0). The maths follows diffusers' DDPMScheduler, DDIMScheduler
+randomness (DDPM, and DDIM with eta > 0): one torch.Generator for the whole batch, or a list of one per row
+(as diffusers' randn_tensor takes them), so that row i's noise never depends on the batch around it. The maths follows diffusers' DDPMScheduler, DDIMScheduler
 and DPMSolverMultistepScheduler with their default settings except clip_sample=False (no clamping of
 the predicted x_0), and the tests check it against them.
 """
@@ -121,8 +122,19 @@ def timesteps(schedule: Schedule, steps: int, spacing: str = "leading") -> list[
 
 
 def _noise_like(x: torch.Tensor, generator) -> torch.Tensor:
-    # as diffusers' randn_tensor on one device: one draw of the whole shape
+    """Standard normal noise shaped like x, as diffusers' randn_tensor: one draw of the whole shape from one
+    generator, or one draw per row from a list of generators (on their own device, then moved to x's)."""
+    if isinstance(generator, (list, tuple)):
+        if len(generator) != x.shape[0]:
+            raise GenloomError(f"{len(generator)} generators for a batch of {x.shape[0]}: give one per row")
+        return torch.stack([torch.randn(x.shape[1:], generator=g, device=g.device, dtype=x.dtype)
+                            for g in generator]).to(x.device)
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+def noise(shape, generators, *, device=None, dtype=torch.float32) -> torch.Tensor:
+    """x_T for a batch: row i drawn from generators[i] alone, so it is the same at any batch size."""
+    return _noise_like(torch.empty(len(generators), *shape, device=device, dtype=dtype), list(generators))
 
 
 def ddpm_step(schedule: Schedule, model_out: torch.Tensor, t: int, x_t: torch.Tensor, generator=None, *,
@@ -231,14 +243,22 @@ def sample(name: str, model_fn, x_T, schedule, *, steps, generator=None, predict
                           prediction_type=prediction_type, eta=eta, callback=callback)
 
 
+def _cat(a, b):
+    """Two conditions stacked along the batch: tensors, or tuples of tensors (None entries stay None)."""
+    if isinstance(a, tuple):
+        return tuple(_cat(x, y) for x, y in zip(a, b))
+    return None if a is None else torch.cat([a, b])
+
+
 def guided(model_fn, cond, uncond, scale: float):
     """Classifier-free guidance (Ho & Salimans 2022): uncond + scale (cond - uncond), both in one batch.
 
-    model_fn(x_t, t, c) is the conditional network; the result is a plain model_fn(x_t, t) for any sampler.
+    model_fn(x_t, t, c) is the conditional network; c is a tensor, or a tuple of tensors (or None) when a
+    network takes several conditions. The result is a plain model_fn(x_t, t) for any sampler.
     """
 
     def fn(x_t, t):  # (2B, ...) through the network, then split back into two (B, ...)
-        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), torch.cat([cond, uncond]))
+        out = model_fn(torch.cat([x_t, x_t]), torch.cat([t, t]), _cat(cond, uncond))
         out_cond, out_uncond = out.chunk(2)
         return out_uncond + scale * (out_cond - out_uncond)
 

@@ -32,8 +32,9 @@ from genloom.metrics.audio import audio_report
 from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor, resolve_model_path
 from genloom.metrics.image import fid, image_metrics, psnr, ssim
 from genloom.metrics.text import perplexity
+from genloom.pipelines import images as pipeline
 from genloom.report import Section, loss_curve_png
-from genloom.sample import SamplingParams, generate, generate_images, image_options
+from genloom.sample import SamplingParams, generate
 
 EVALSETS = ("chat", "translation")
 
@@ -190,7 +191,7 @@ def images_section(samples: str, reference: str, features: str | None, *, limit:
                            f"(models/fmnist-features or torchscript:PATH)")
     real = reference_images(reference, "test")
     ext = load_feature_extractor(spec)
-    fake = image_folder(samples)  # native size; the extractor resizes and converts channels
+    fake = image_folder(samples, skip=pipeline.is_grid)  # native size; the extractor resizes and converts channels
     gen = torch.Generator().manual_seed(seed)
     if limit and len(fake) > limit:
         fake.images = fake.images[torch.randperm(len(fake), generator=gen)[:limit]]
@@ -287,10 +288,10 @@ def classifier_section(model_path: str, reference: str | None) -> Section:
 
 def generator_section(model_path: str, reference: str | None, features: str | None = None, *, n: int = 1000,
                       seed: int = 0, sampling: dict | None = None) -> Section:
-    """An image generator: draw n samples (every class in turn for a conditional model, "a photo of a {class}"
-    for a text-conditional one) and score them as a
-    folder of samples against the reference (FID with its floor, KID, precision/recall); a VAE or VQ-VAE
-    also gets PSNR/SSIM of its reconstructions of the reference's test images."""
+    """An image generator: draw n samples through the image pipeline (every class in turn for a conditional
+    model, "a photo of a {class}" for a text-conditional one) and score them as a folder of samples against
+    the reference (FID with its floor, KID, precision/recall); a model that reconstructs (VAE, VQ-VAE) also
+    gets PSNR/SSIM of its reconstructions of the reference's test images. `sampling`: ImageOptions fields."""
     import tempfile
 
 
@@ -299,29 +300,28 @@ def generator_section(model_path: str, reference: str | None, features: str | No
     if not reference:
         raise GenloomError("which data does the model imitate? pass --reference (fashion-mnist, mnist5k, digits "
                            "or an image folder)")
-    opts = image_options(lm, n, **(sampling or {}))
-    if "labels" not in opts and getattr(lm.config, "num_classes", 0):
-        opts["labels"] = torch.arange(n) % lm.config.num_classes  # class-balanced, as the test split is
     test = reference_images(reference, "test")  # read once: prompts' class names and the reconstructions
-    if "prompts" not in opts and getattr(lm.config, "cond_dim", 0):
-        classes = [c.lower() for c in test.classes]
-        if not classes:
+    opts = pipeline.ImageOptions(model=str(model_path), n=n, seed=seed, **(sampling or {}))
+    k = pipeline.image_classes(lm)[0]
+    if not opts.labels and k:
+        opts.labels = list(range(k))  # class-balanced, as the test split is
+    if not opts.prompts and lm.model.text_conditional:
+        if not test.classes:
             raise GenloomError(f"a text-conditional model needs prompts; {reference} has no class names to make them")
-        opts["prompts"] = [CAPTION_TEMPLATES[0].format(label=classes[i % len(classes)]) for i in range(n)]
+        opts.prompts = [CAPTION_TEMPLATES[0].format(label=c.lower()) for c in test.classes]
+    plan = pipeline.resolve(lm, opts)
     with tempfile.TemporaryDirectory() as tmp:
-        for i in range(0, n, 250):  # in chunks: bounded memory, image j still comes from seed + j
-            chunk = {k: (v[i: i + 250] if k in ("labels", "prompts") else v) for k, v in opts.items()}
-            generate_images(lm, min(250, n - i), seed + i, Path(tmp) / f"{i:05d}", model_name=str(model_path), **chunk)
-            (Path(tmp) / f"{i:05d}" / f"{seed + i}-grid.png").unlink()
+        for i in range(0, n, 250):  # in chunks: bounded memory; image j is the same in any chunk (seed + j)
+            part = plan.part(i, min(n, i + 250))
+            result = pipeline.ImageResult(part, pipeline.sample_images(lm, part))
+            pipeline.write_images(result, Path(tmp) / f"{i:05d}", grid=False)
         s = images_section(tmp, reference, features, seed=seed)
     s.name = f"{model_path} ({n} samples) vs {reference}"
-    s.raw = {"model": str(model_path), "samples": n,
-             "sampling": {k: v for k, v in opts.items() if k not in ("labels", "prompts")}
-             | ({"prompts": f"'{CAPTION_TEMPLATES[0]}' over the classes in turn"} if "prompts" in opts else {})
-             | ({"labels": "the classes in turn"} if "labels" in opts else {}),
+    s.raw = {"model": str(model_path), "samples": n, "sampling": dict(plan.sampling)
+             | ({"prompts": f"'{CAPTION_TEMPLATES[0]}' over the classes in turn"} if plan.prompts[0] else {})
+             | ({"labels": "the classes in turn"} if plan.labels[0] is not None else {}),
              **{k: v for k, v in s.raw.items() if k != "samples"}}
-    if hasattr(lm.model, "reconstruct"):  # an autoencoder: also score its reconstructions
-
+    if callable(getattr(lm.model, "reconstruct", None)):  # an autoencoder: also score its reconstructions
         real = convert(test, lm.config.image_size, lm.config.channels).images[:n]
         rec = lm.model.reconstruct(real)
         x, y = rec.float() / 255, real.float() / 255
@@ -338,7 +338,6 @@ def model_section(model_path: str, reference: str | None, features: str | None =
                   seed: int = 0) -> Section:
     """A model given without data: a classifier is scored on its test set, an image generator on samples of it;
     a GPT needs --data or --evalset."""
-
     lm = load_model(resolve_model_path(model_path))
     if families.get(lm.family).kind == "label":
         return classifier_section(model_path, reference)

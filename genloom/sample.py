@@ -13,6 +13,7 @@ from typing import Callable, Iterator
 import torch
 
 from genloom.errors import GenloomError
+from genloom.models.gpt import KVCache
 
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -86,7 +87,6 @@ def top_k(k: int) -> Processor:
 
 def top_p(p: float) -> Processor:
     """Nucleus sampling (Holtzman et al. 2020): keep the smallest set whose probability reaches p."""
-
     def f(counts, logits):
         sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
         cum = sorted_logits.softmax(-1).cumsum(-1)
@@ -99,10 +99,21 @@ def top_p(p: float) -> Processor:
 
 def min_p(p: float) -> Processor:
     """min-p sampling (Nguyen et al. 2024): drop tokens below p times the top token's probability."""
-
     def f(counts, logits):
         probs = logits.softmax(-1)
         return logits.masked_fill(probs < p * probs.max(-1, keepdim=True).values, float("-inf"))
+
+    return f
+
+
+def allow_only(ids) -> Processor:
+    """Every token outside `ids` gets -inf: sampling restricted to a sub-vocabulary (a VQ-VAE prior's codes)."""
+    keep = torch.as_tensor(list(ids), dtype=torch.long)
+
+    def f(counts, logits):
+        mask = torch.full(logits.shape[-1:], float("-inf"), dtype=logits.dtype, device=logits.device)
+        mask[keep.to(logits.device)] = 0.0
+        return logits + mask  # + 0 leaves the allowed logits exactly as they were
 
     return f
 
@@ -154,13 +165,13 @@ def left_pad(prompts: list[list[int]], device=None):
 
 @torch.inference_mode()
 def stream_ids(
-    model, prompts: list[list[int]], sp: SamplingParams, eot_id: int | None = None
+    model, prompts: list[list[int]], sp: SamplingParams, eot_id: int | None = None, processors: list[Processor] = ()
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield (rows, tokens) each step: the original row indices still running and their new tokens.
 
-    Rows whose end-of-text appears leave the batch (their cache rows are dropped) at that step.
+    Rows whose end-of-text appears leave the batch (their cache rows are dropped) at that step. Row i samples
+    with its own generator seeded sp.seed + i. `processors` run first, before those of `sp` (e.g. allow_only).
     """
-    from genloom.models.gpt import KVCache
 
     sp.check()
     cfg = model.config
@@ -174,7 +185,7 @@ def stream_ids(
     dtype = next(model.parameters()).dtype
     cache = KVCache(cfg, B, longest + steps, dtype=dtype)
     ids, pos, valid, mask = left_pad(prompts)
-    procs = build_processors(sp)
+    procs = list(processors) + build_processors(sp)
     counts = None
     if (sp.repetition_penalty != 1.0 or sp.presence_penalty or sp.frequency_penalty):
         counts = torch.zeros(B, cfg.vocab_size, dtype=torch.int32)
@@ -316,118 +327,3 @@ def generate(model, tokenizer, prompts: list[str], sp: SamplingParams) -> list[C
     return [
         Completion(s.text, s.ids, len(tokenizer.encode(p)), reasons[i]) for i, (p, s) in enumerate(zip(prompts, streams))
     ]
-
-
-def image_classes(lm) -> tuple[int, list[str]]:
-    """How many classes a loaded image model is conditioned on, and their names where known: the config's,
-    a VQ-VAE prior's tokenizer's, or (older exports) the card's. (0, []) for an unconditional model."""
-    if lm.family == "vqvae":
-        tok = getattr(lm.model, "prior_tokenizer", None)
-        names = list(tok.classes) if tok is not None else []
-        return len(names), names
-    k = getattr(lm.config, "num_classes", 0) or 0
-    names = list(getattr(lm.config, "classes", None) or ((lm.meta.get("card") or {}).get("data") or {}).get("classes")
-                 or [])
-    return k, names if k else []
-
-
-def resolve_label(config, label) -> int:
-    """A class index or a class name (case-insensitive) -> the index, checked against the model's classes."""
-    from genloom.models.gan import label_choices
-
-    k, names = getattr(config, "num_classes", 0), [c.lower() for c in getattr(config, "classes", None) or []]
-    if not k:
-        raise GenloomError("this model is not class-conditional: it takes no class label")
-    text = str(label).strip()
-    if text.lstrip("-").isdigit() and not (text.lower() in names):
-        index = int(text)
-    elif text.lower() in names:
-        index = names.index(text.lower())
-    else:
-        raise GenloomError(f"unknown class label '{label}'; the model knows {label_choices(config)}")
-    if not 0 <= index < k:
-        raise GenloomError(f"class label {index} out of range; the model knows {label_choices(config)}")
-    return index
-
-
-def image_options(lm, n: int, *, sampler=None, steps=None, guidance=None, eta=None, labels=(), prompts=()) -> dict:
-    """Check the CLI's image options against the model's family and conditioning -> keyword arguments of sample()."""
-    from genloom.diffusion import SAMPLERS
-
-    c, family = lm.config, lm.family
-    if family == "vqvae" and getattr(lm.model, "prior", None) is None:
-        raise GenloomError("this VQ-VAE has no prior over its codes yet: train one on `genloom codes` data and "
-                           "`genloom attach-prior` it (README: VQ-VAE prior)")
-    if family == "vqvae":  # the prior knows the classes
-        from types import SimpleNamespace
-
-        k, classes = image_classes(lm)
-        c = SimpleNamespace(num_classes=k, classes=classes, cond_dim=0)
-    opts = {k: v for k, v in dict(sampler=sampler, steps=steps, guidance=guidance, eta=eta).items() if v is not None}
-    if n < 1:
-        raise GenloomError(f"number of images must be >= 1, got {n}")
-    if family != "diffusion" and opts:
-        raise GenloomError(f"--sampler/--steps/--guidance/--eta are for diffusion models; a {family} model does not "
-                           f"take them")
-    if prompts and not getattr(c, "cond_dim", 0):
-        hint = "; name a class with --label" if getattr(c, "num_classes", 0) else ""
-        raise GenloomError(f"this {family} model is not text-conditional: it takes no prompt{hint}")
-    if labels:
-        ids = [resolve_label(c, lab) for lab in labels]
-        opts["labels"] = torch.tensor([ids[i % len(ids)] for i in range(n)])
-    elif getattr(c, "num_classes", 0) and family != "diffusion":
-        ids = list(range(c.num_classes))  # a conditional GAN / prior without --label: every class in turn
-        opts["labels"] = torch.tensor([ids[i % len(ids)] for i in range(n)])
-    if prompts:
-        opts["prompts"] = [prompts[i % len(prompts)] for i in range(n)]
-    if family == "diffusion":
-        opts.setdefault("sampler", "ddim")
-        opts.setdefault("steps", 50)
-        if opts["sampler"] not in SAMPLERS:
-            raise GenloomError(f"unknown sampler '{opts['sampler']}'; choose one of {', '.join(sorted(SAMPLERS))}")
-        if opts.get("guidance", 1.0) != 1.0 and not (c.num_classes or c.cond_dim):
-            raise GenloomError("--guidance needs a class- or text-conditional model; this one is unconditional")
-        if opts.get("guidance", 1.0) != 1.0 and "labels" not in opts and "prompts" not in opts:
-            raise GenloomError("--guidance needs a condition: give --label or --prompt")
-        if not 1 <= opts["steps"] <= c.num_train_timesteps:
-            raise GenloomError(f"--steps must be in 1..{c.num_train_timesteps}, got {opts['steps']}")
-    return opts
-
-
-def generate_images(lm, n: int, seed: int | None, out_dir, model_name: str = "", **sampling) -> list:
-    """Sample n images from an image model, write one PNG each (with its parameters) and a grid.png.
-
-    `sampling` goes to the model's sample(): sampler, steps, guidance, eta and labels for diffusion models.
-    """
-    from pathlib import Path
-
-    from genloom.data.images import grid_png, png_with_metadata
-    from genloom.files import atomic_write_bytes
-
-    if n < 1:
-        raise GenloomError(f"number of images must be >= 1, got {n}")
-    seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
-    images = lm.model.sample(n, seed=seed, **sampling)  # (n, C, H, W) uint8
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = []
-    size = f"{images.shape[-1]}x{images.shape[-2]}"
-    for i, img in enumerate(images):
-        params = {"model": model_name or lm.path, "family": lm.family, "seed": seed, "index": i, "n": n,
-                  "size": size, "sampler": "gan", "steps": 1}
-        if lm.family in ("vae", "vqvae"):
-            params.update(sampler=lm.family if lm.family == "vae" else "gpt-prior", steps=1)
-        if sampling:
-            params.update({k: v for k, v in sampling.items() if k not in ("labels", "prompts")})
-            if sampling.get("labels") is not None:
-                params["label"] = int(sampling["labels"][i])
-                names = getattr(lm.config, "classes", None)
-                if names:
-                    params["class"] = names[params["label"]]
-            if sampling.get("prompts") is not None:
-                params["prompt"] = sampling["prompts"][i]
-        paths.append(out / f"{seed}-{i:03d}.png")
-        atomic_write_bytes(paths[-1], png_with_metadata(img, params))
-    paths.append(out / f"{seed}-grid.png")
-    atomic_write_bytes(paths[-1], grid_png(images, nrow=min(8, n), scale=max(1, 96 // images.shape[-1])))
-    return paths

@@ -242,6 +242,30 @@ def test_unknown_sampler_lists_the_valid_ones():
         diffusion.sample("ddmi", toy_model, seeded(0), diffusion.make_schedule("linear"), steps=2)
 
 
+@pytest.mark.parametrize("name", diffusion.SAMPLERS)
+def test_a_generator_per_row_makes_each_row_independent_of_the_batch(name):
+    s = diffusion.make_schedule("linear")
+    gens = lambda seeds: [torch.Generator().manual_seed(k) for k in seeds]  # noqa: E731
+    x_T = diffusion.noise((1, 4, 4), gens([5, 6, 7]))
+    assert torch.equal(x_T[1:2], diffusion.noise((1, 4, 4), gens([6])))
+    batch = diffusion.sample(name, toy_model, x_T, s, steps=5, generator=gens([5, 6, 7]), eta=1.0)
+    alone = diffusion.sample(name, toy_model, x_T[1:2], s, steps=5, generator=gens([6]), eta=1.0)
+    torch.testing.assert_close(batch[1:2], alone, rtol=0, atol=0)
+    with pytest.raises(GenloomError, match="2 generators for a batch of 3"):
+        diffusion.sample("ddpm", toy_model, x_T, s, steps=2, generator=gens([1, 2]))
+
+
+def test_guided_takes_several_conditions_as_a_tuple():
+    def net(x, t, c):
+        labels, emb = c
+        return 0.1 * x + labels.float().reshape(-1, 1, 1, 1) + (0 if emb is None else emb.sum(1).reshape(-1, 1, 1, 1))
+
+    x, t = seeded(0), torch.tensor([5, 5])
+    cond, uncond = (torch.tensor([3, 4]), None), (torch.tensor([10, 10]), None)
+    out_c, out_u = net(x, t, cond), net(x, t, uncond)
+    torch.testing.assert_close(diffusion.guided(net, cond, uncond, 2.0)(x, t), out_u + 2.0 * (out_c - out_u))
+
+
 # ---- classifier-free guidance ----
 
 def test_guided_is_one_batched_call_mixing_cond_and_uncond():

@@ -140,7 +140,7 @@ def test_eye_generator_imports_with_its_classes_and_matches_the_reference(run_ma
     code, out, err = run_main("generate", "-m", tmp_path / "eyes", "--label", "purple", "--out", tmp_path / "o")
     assert "unknown class label 'purple'; the model knows 0..7 (amber, blue" in assert_one_line_error(code, out, err)
     code, out, err = run_main("generate", "-m", tmp_path / "eyes", "--guidance", "2", "--out", tmp_path / "o")
-    assert "are for diffusion models" in assert_one_line_error(code, out, err)
+    assert "a dcgan model takes no guidance; its sampling options: none" in assert_one_line_error(code, out, err)
 
 
 # ---- VAE ----------------------------------------------------------------------------------------------
@@ -237,9 +237,11 @@ def test_vq_prior_samples_through_generate(run_main, vq_with_prior, tmp_path):
     assert "no prior over its codes yet" in assert_one_line_error(code, out, err)
     code, out, err = run_main("attach-prior", "-m", model, "--prior", vq_with_prior / "prior")
     assert code == 0, err
+    from genloom.pipelines.images import ImageOptions, generate
+
     lm = load_model(model)
-    a = lm.model.sample(3, seed=7, labels=torch.tensor([1, 2, 3]))
-    b = lm.model.sample(1, seed=9, labels=torch.tensor([3]))
+    a = generate(lm, ImageOptions(n=3, seed=7, labels=[1, 2, 3])).images
+    b = generate(lm, ImageOptions(n=1, seed=9, labels=[3])).images
     assert a.shape == (3, 1, 8, 8) and a.dtype == torch.uint8 and torch.equal(a[2], b[0])  # image i: seed + i
     assert set(lm.model.state_dict()) == set(load_model(vq_with_prior / "vq" / "best").model.state_dict())
     code, out, err = run_main("generate", "-m", model, "-n", "2", "--label", "3", "--seed", "1", "--out", tmp_path)
@@ -287,8 +289,10 @@ def test_text_conditional_diffusion_follows_the_prompt(text_diffusion, run_main,
     a = lm.model.sample(2, prompts=["a photo of a 1", "a photo of a 1"], **kw)
     assert torch.equal(a, lm.model.sample(2, prompts=["a photo of a 1"] * 2, **kw))
     assert not torch.equal(a, lm.model.sample(2, prompts=["a photo of a 8"] * 2, **kw))  # the prompt steers
-    with pytest.raises(GenloomError, match="takes no class label: give a prompt"):
-        lm.model.sample(1, labels=torch.tensor([1]), steps=2)
+    from genloom.pipelines.images import ImageOptions, resolve
+
+    with pytest.raises(GenloomError, match="takes no class label; describe the image in a prompt"):
+        resolve(lm, ImageOptions(labels=[1], steps=2))
     code, out, err = run_main("generate", "-m", text_diffusion, "-p", "a picture of a 7", "-n", "2", "--steps", "3",
                               "--guidance", "2", "--seed", "1", "--out", tmp_path)
     assert code == 0, err
@@ -334,7 +338,7 @@ def test_images_api_for_conditional_gans_vaes_and_text_prompts(vae_run, text_dif
         r = httpx.post(url, json={"model": names["dcgan"], "prompt": "an owl at night", "n": 2, "seed": 1}, timeout=60)
         assert r.status_code == 200, r.text
         p = read_png_parameters(base64.b64decode(r.json()["data"][0]["b64_json"]))
-        assert (p["label"], p["prompt"], p["sampler"]) == (2, "owl", "gan")
+        assert (p["label"], p["class"], p["prompt"], p["sampler"]) == (2, "owl", None, "gan")  # as the CLI writes it
         r = httpx.post(url, json={"model": names["dcgan"], "n": 1}, timeout=60)
         assert r.status_code == 400 and r.json()["error"]["param"] == "label"
         r = httpx.post(url, json={"model": names["vae"], "n": 1, "seed": 2}, timeout=60)

@@ -8,10 +8,12 @@ from genloom.data.tokenizers import CharTokenizer, GPT2Tokenizer
 from genloom.errors import GenloomError
 from genloom.sample import (
     SamplingParams,
+    allow_only,
     generate,
     min_p,
     presence_frequency_penalty,
     repetition_penalty,
+    stream_ids,
     stream_text,
     top_k,
     top_p,
@@ -324,3 +326,14 @@ def test_min_new_tokens_outlasts_end_of_text_and_stop_strings(llama):
         generate(model, tok, ["abc"], SamplingParams(max_new_tokens=5, min_new_tokens=6))
     with pytest.raises(GenloomError, match="min_new_tokens"):
         generate(model, tok, ["abc"], SamplingParams(min_new_tokens=-1))
+
+
+def test_allow_only_keeps_every_draw_inside_the_allowed_ids(llama):
+    model, _ = llama
+    allowed = allow_only(range(5, 12))
+    logits = torch.randn(2, 50)
+    masked = allowed(None, logits)
+    assert torch.equal(masked[:, 5:12], logits[:, 5:12]) and torch.isinf(masked[:, :5]).all()
+    for sp in (SamplingParams(max_new_tokens=20, temperature=1.5, seed=1), SamplingParams(max_new_tokens=20, **GREEDY)):
+        toks = torch.stack([t for _, t in stream_ids(model, [[1, 2], [3]], sp, processors=[allowed])])  # (steps, B)
+        assert toks.shape == (20, 2) and ((toks >= 5) & (toks < 12)).all()

@@ -10,7 +10,8 @@ from genloom.callbacks import default_callbacks
 from genloom.families import load_run_config
 from genloom.errors import GenloomError
 from genloom.models.unet import DiffusionModel, UNet, UNetConfig
-from genloom.checkpoints import load_model
+from genloom.checkpoints import Loaded, load_model
+from genloom.pipelines.images import ImageOptions, resolve
 from genloom.train import Trainer
 
 
@@ -60,11 +61,11 @@ def test_sampling_is_seeded_and_checks_its_arguments(trained):
     assert not torch.equal(a, lm.model.sample(2, seed=2, sampler="ddim", steps=5, labels=labels, guidance=2.0))
     for sampler in ("ddpm", "dpmpp_2m"):
         assert lm.model.sample(1, seed=0, sampler=sampler, steps=4).shape == (1, 1, 8, 8)
-    with pytest.raises(GenloomError, match="class label out of range"):
-        lm.model.sample(1, labels=torch.tensor([10]), steps=2)
+    with pytest.raises(GenloomError, match="class label 10 out of range"):  # checked once, by the pipeline
+        resolve(lm, ImageOptions(labels=[10], steps=2))
     uncond = DiffusionModel(UNetConfig(image_size=8, base=16, mults=[1, 2], attn_levels=[]))
     with pytest.raises(GenloomError, match="guidance needs a class- or text-conditional model"):
-        uncond.sample(1, guidance=3.0, steps=2)
+        resolve(Loaded(uncond, None, "diffusion", uncond.config), ImageOptions(guidance=3.0, steps=2))
 
 
 def test_cli_generates_diffusion_images(run_main, trained, tmp_path):
@@ -98,7 +99,8 @@ def test_images_api_for_a_diffusion_model(trained):
                                   "sampler": "dpmpp_2m", "guidance": 2.0}, timeout=60)
         assert r.status_code == 200, r.text
         params = read_png_parameters(base64.b64decode(r.json()["data"][1]["b64_json"]))
-        assert (params["label"], params["prompt"], params["sampler"], params["steps"]) == (7, "7", "dpmpp_2m", 4)
+        assert (params["label"], params["class"], params["sampler"], params["steps"]) == (7, "7", "dpmpp_2m", 4)
+        assert params["prompt"] is None and r.json()["data"][1]["revised_prompt"] == "7"  # the class it drew
         for body, param in (({"sampler": "euler"}, "sampler"), ({"guidance": 3.0}, "guidance"),
                             ({"label": 12}, "label"), ({"prompt": "a cat"}, "prompt"), ({"steps": 5000}, "steps")):
             r = httpx.post(url, json={"model": name, "steps": 2, **body}, timeout=60)

@@ -4,8 +4,14 @@ EMA codebook and dead-code restarts, seeded sampling, clear errors."""
 import pytest
 import torch
 
+from genloom.checkpoints import Loaded
 from genloom.errors import GenloomError
 from genloom.models.vae import VAE, VQVAE, VAEConfig, VectorQuantizer, VQVAEConfig, gaussian_kl
+from genloom.pipelines.images import ImageOptions, resolve
+
+
+def loaded(model, family):
+    return Loaded(model=model, tokenizer=None, family=family, config=model.config)
 
 
 def blobs(n: int, channels: int = 1, size: int = 28, seed: int = 0) -> torch.Tensor:
@@ -110,8 +116,8 @@ def test_vae_errors():
     with pytest.raises(GenloomError, match="unknown VAE recon"):
         VAE(VAEConfig(recon="l1"))
     m = VAE(VAEConfig(base=4, latent_dim=2))
-    with pytest.raises(GenloomError, match="this model is unconditional: it takes no class label"):
-        m.sample(2, seed=0, labels=torch.tensor([0, 1]))
+    with pytest.raises(GenloomError, match="this vae model is not class-conditional: it takes no class label"):
+        resolve(loaded(m, "vae"), ImageOptions(n=2, labels=[0, 1]))
     with pytest.raises(GenloomError, match="shape"):
         m(torch.rand(2, 3, 28, 28))
     with pytest.raises(GenloomError, match="uint8"):
@@ -274,7 +280,7 @@ def test_vqvae_reconstruct_and_sample():
     out = m.reconstruct(x)
     assert out.shape == x.shape and out.dtype == torch.uint8 and m.training
     with pytest.raises(GenloomError, match="no prior over its codes"):
-        m.sample(2, seed=0)
+        resolve(loaded(m, "vqvae"), ImageOptions(n=2))
 
 
 def test_vqvae_errors():

@@ -133,12 +133,15 @@ def load_image_file(path: Path, size: int | None, channels: int) -> np.ndarray:
 
 
 def image_folder(path: str | Path, size: int | None = None, channels: int = 3, labels_file: str | Path | None = None,
-                 split: str = "all") -> ImageSet:
-    """A folder of images: flat (optionally labelled by a CSV `filename,label`) or one subfolder per class."""
+                 split: str = "all", skip=None) -> ImageSet:
+    """A folder of images: flat (optionally labelled by a CSV `filename,label`) or one subfolder per class.
+
+    `skip(path) -> bool` leaves files out (e.g. the contact-sheet grids next to generated samples)."""
     root = Path(path)
     if not root.is_dir():
         raise GenloomError(f"image folder not found: {root}")
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                   and not (skip is not None and skip(p)))
     if not files:
         raise GenloomError(f"{root} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
     labels_file = Path(labels_file) if labels_file else (root / "labels.csv" if (root / "labels.csv").exists() else None)
@@ -268,43 +271,63 @@ def make_grid(images: torch.Tensor, nrow: int = 8, pad: int = 2) -> np.ndarray:
     return grid
 
 
-def grid_png(images: torch.Tensor, nrow: int = 8, scale: int = 1) -> bytes:
-    """A PNG of `make_grid`, optionally upscaled (nearest) so small images stay visible."""
+def grid_png(images: torch.Tensor, nrow: int = 8, scale: int = 1, params: dict | None = None) -> bytes:
+    """A PNG of `make_grid`, optionally upscaled (nearest) so small images stay visible; with `params`, it
+    carries them as png_with_metadata writes them (and `grid` true, so readers can tell it from a sample)."""
     from PIL import Image
 
     grid = make_grid(images, nrow)
     img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    return _png(img, None if params is None else {**params, "grid": True})
 
 
 # ---- PNGs that carry how they were made ---------------------------------------------------------
+A1111_KEYS = {"steps": "Steps", "sampler": "Sampler", "guidance": "CFG scale", "eta": "Eta", "temperature": "Temperature",
+              "top_k": "Top-k", "top_p": "Top-p", "min_p": "Min-p", "seed": "Seed", "class": "Class", "model": "Model",
+              "size": "Size"}
+
+
+def a1111_parameters(params: dict) -> str:
+    """The AUTOMATIC1111 `parameters` text: the prompt (or class) line, then "Steps: .., Sampler: .., Seed: ..".
+
+    Seed is the image's own seed, seed + index (image i of a call is remade alone from it)."""
+    own = dict(params)
+    if isinstance(own.get("seed"), int) and isinstance(own.get("index"), int):
+        own["seed"] = own["seed"] + own["index"]
+    line = ", ".join(f"{label}: {own[k]}" for k, label in A1111_KEYS.items()
+                     if own.get(k) is not None and not isinstance(own[k], list))
+    prompt = own.get("prompt") or own.get("class") or ""
+    return f"{prompt if isinstance(prompt, str) else ''}\n{line}".strip()
+
+
+def _png(img, params: dict | None) -> bytes:
+    import json
+
+    from PIL.PngImagePlugin import PngInfo
+
+    info = None
+    if params is not None:
+        info = PngInfo()
+        info.add_text("parameters", a1111_parameters(params))
+        info.add_text("genloom", json.dumps(params, ensure_ascii=False, sort_keys=True))
+        info.add_text("AIGC", json.dumps({"label": "AI-generated", "generator": "genloom", "model": params.get("model")}))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG", pnginfo=info)
+    return buf.getvalue()
+
+
 def png_with_metadata(image: torch.Tensor, params: dict) -> bytes:
     """uint8 (C, H, W) -> PNG bytes whose text chunks hold the generation parameters and an AIGC label.
 
     `parameters` follows the AUTOMATIC1111 convention (prompt line, then "Steps: .., Sampler: .., Seed: ..")
     so common tools read it; `genloom` holds the exact JSON to regenerate the image; `AIGC` labels it.
     """
-    import json
-
     from PIL import Image
-    from PIL.PngImagePlugin import PngInfo
 
     a = image.permute(1, 2, 0).numpy()
-    img = Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a)
-    info = PngInfo()
-    keys = {"steps": "Steps", "sampler": "Sampler", "guidance": "CFG scale", "seed": "Seed", "model": "Model",
-            "size": "Size"}
-    line = ", ".join(f"{label}: {params[k]}" for k, label in keys.items() if params.get(k) is not None)
-    info.add_text("parameters", f"{params.get('prompt') or ''}\n{line}".strip())
-    info.add_text("genloom", json.dumps(params, ensure_ascii=False, sort_keys=True))
-    info.add_text("AIGC", json.dumps({"label": "AI-generated", "generator": "genloom", "model": params.get("model")}))
-    buf = io.BytesIO()
-    img.save(buf, format="PNG", pnginfo=info)
-    return buf.getvalue()
+    return _png(Image.fromarray(a[..., 0] if a.shape[-1] == 1 else a), params)
 
 
 def read_png_parameters(path_or_bytes) -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 import torch.nn as nn
@@ -61,7 +62,6 @@ class Generator(nn.Module):
 
 
 def discriminator_norm(c: DCGANConfig) -> str:
-
     norms = ("batch", "layer", "none")
     if c.d_norm != "auto" and c.d_norm not in norms:
         raise GenloomError(f"unknown d_norm '{c.d_norm}'; choose one of {choices(('auto',) + norms)}")
@@ -119,24 +119,37 @@ class DCGAN(nn.Module):
 
         return Optimizers(d=adam(self.discriminator), g=adam(self.generator))
 
+    # what the image pipeline (genloom.pipelines.images) asks of an image model
+    sampling_options = frozenset()
+    sampling_defaults = MappingProxyType({})
+    sampler_name = "gan"
+    condition_optional = False  # a conditional generator has no null class
+    text_conditional = False
+    prior_sampled = False
+    not_ready = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.classes)
+
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """n images as uint8 (n, C, H, W); image i's latent comes from seed + i alone, so (seed, i) remakes it."""
+        """n images as uint8 (n, C, H, W); image i's latent comes from seed + i alone, so (seed, i) remakes it.
 
-        c = self.config
-        if labels is None and c.num_classes:
-            raise GenloomError(f"this GAN is class-conditional: give a class label ({label_choices(c)})")
-        if labels is not None and not c.num_classes:
-            raise GenloomError("this model is unconditional: it takes no class label")
-        if labels is not None and (labels.min() < 0 or labels.max() >= c.num_classes):
-            raise GenloomError(f"class label out of range: the model knows {label_choices(c)}")
+        A class-conditional generator takes `labels` (n,); genloom.pipelines.images checks them.
+        """
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
         z = torch.stack([torch.randn(self.config.nz, generator=torch.Generator().manual_seed(seed + i))
                          for i in range(n)])  # (n, nz)
         was = self.generator.training
         self.generator.eval()
-        x = self.generator(z, labels)
+        device = next(self.generator.parameters()).device
+        x = self.generator(z.to(device), labels.to(device) if labels is not None else None)
         self.generator.train(was)
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 

@@ -13,11 +13,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from genloom import diffusion
+from genloom.embeddings import embed
 from genloom.errors import GenloomError
 
 
@@ -128,7 +131,6 @@ class UNet(nn.Module):
 
 class DiffusionModel(nn.Module):
     """The U-Net being trained and its exponential moving average, which is what sampling uses."""
-
     def __init__(self, config: UNetConfig):
         super().__init__()
         if config.prediction not in ("epsilon", "v_prediction"):
@@ -156,54 +158,69 @@ class DiffusionModel(nn.Module):
             e.lerp_(p, 1 - d)
         self.ema_updates += 1
 
+    # what the image pipeline (genloom.pipelines.images) asks of an image model
+    sampling_options = frozenset({"sampler", "steps", "guidance", "eta"})
+    sampling_defaults = MappingProxyType({"sampler": "ddim", "steps": 50, "guidance": 1.0, "eta": 0.0})
+    sampler_name = None  # named by the diffusion sampler chosen
+    condition_optional = True  # the null class / empty prompt of classifier-free guidance training
+    prior_sampled = False
+    not_ready = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.config.num_classes
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.config.classes)
+
+    @property
+    def text_conditional(self) -> bool:
+        return bool(self.config.cond_dim)
+
+    @property
+    def max_sampling_steps(self) -> int:
+        return self.config.num_train_timesteps
+
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, *, sampler: str = "ddim", steps: int = 50,
                labels: torch.Tensor | None = None, prompts: list[str] | None = None, guidance: float = 1.0,
                eta: float = 0.0, use_ema: bool = True) -> torch.Tensor:
         """n images as uint8 (n, C, H, W) with a genloom.diffusion sampler.
 
-        A class-conditional model takes `labels` (n,), a text-conditional one `prompts` (n strings, embedded
-        with all-MiniLM-L6-v2); guidance > 1 mixes the conditional and unconditional predictions
-        (classifier-free guidance) and needs a condition.
+        Image i's noise (x_T and every step's) comes from its own generator seeded seed + i, so an image is
+        the same at any batch size and `sample(1, seed + i)` remakes it. A class-conditional model takes
+        `labels` (n,), a text-conditional one `prompts` (n strings, each embedded alone with all-MiniLM-L6-v2);
+        guidance != 1 is classifier-free guidance (genloom.diffusion.guided). The options are checked once, by
+        genloom.pipelines.images, not here.
         """
-        from genloom import diffusion
-        from genloom.models.gan import label_choices
-
         c = self.config
-        if guidance != 1.0 and not (c.num_classes or c.cond_dim):
-            raise GenloomError("guidance needs a class- or text-conditional model; this one is unconditional")
-        if labels is not None and not c.num_classes:
-            raise GenloomError("this model takes no class label" + (": give a prompt" if c.cond_dim else ""))
-        if labels is not None and (labels.min() < 0 or labels.max() >= c.num_classes):
-            raise GenloomError(f"class label out of range: the model knows {label_choices(c)}")
-        if prompts is not None and not c.cond_dim:
-            raise GenloomError("this model takes no prompt" + (": give a class label" if c.num_classes else ""))
-        if guidance != 1.0 and labels is None and prompts is None:
-            raise GenloomError("guidance needs a condition: give a class label or a prompt")
-        cond = None
-        if prompts is not None:
-            from genloom.embeddings import embed
-
-            if len(prompts) != n:
-                raise GenloomError(f"{len(prompts)} prompts for {n} images")
-            cond = torch.from_numpy(embed(list(prompts)))  # (n, cond_dim)
         net = (self.ema if use_ema else self.unet).eval()
+        device = next(net.parameters()).device
+        seed = int(torch.randint(0, 2**31 - 1, (1,))) if seed is None else seed
+        gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
+        x = diffusion.noise((c.channels, c.image_size, c.image_size), gens, device=device)  # (n, C, H, W)
+        labels = labels.to(device) if labels is not None else None
+        cond = embed_each(prompts).to(device) if prompts is not None else None  # (n, cond_dim)
+
+        def conditional(x_t, t, condition):
+            return net(x_t, t, *condition)
+
+        if guidance == 1.0 or (labels is None and cond is None):
+            model_fn = lambda x_t, t: net(x_t, t, labels, cond)  # noqa: E731
+        else:
+            null = (None if labels is None else torch.full_like(labels, c.num_classes),
+                    None if cond is None else torch.zeros_like(cond))
+            model_fn = diffusion.guided(conditional, (labels, cond), null, guidance)
         schedule = diffusion.make_schedule(c.schedule, c.num_train_timesteps)
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        gen = torch.Generator().manual_seed(seed)
-        x = torch.randn(n, c.channels, c.image_size, c.image_size, generator=gen)
-
-        def model_fn(x_t, t):
-            if guidance == 1.0 or (labels is None and cond is None):
-                return net(x_t, t, labels, cond)
-            null_labels = torch.full_like(labels, c.num_classes) if labels is not None else None
-            null_cond = torch.zeros_like(cond) if cond is not None else None
-            cat = (lambda a, b: None if a is None else torch.cat([a, b]))
-            out = net(torch.cat([x_t, x_t]), torch.cat([t, t]), cat(labels, null_labels), cat(cond, null_cond))
-            conditional, unconditional = out.chunk(2)
-            return unconditional + guidance * (conditional - unconditional)  # classifier-free guidance
-
-        x0 = diffusion.sample(sampler, model_fn, x, schedule, steps=steps, generator=gen, prediction_type=c.prediction,
+        x0 = diffusion.sample(sampler, model_fn, x, schedule, steps=steps, generator=gens, prediction_type=c.prediction,
                               eta=eta)
         return ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+def embed_each(prompts: list[str]) -> torch.Tensor:
+    """(n, 384) sentence embeddings, each distinct prompt embedded alone: a prompt's vector (and so its image)
+    never depends on the other prompts of the batch (padding in a batch moves the floats)."""
+    distinct = list(dict.fromkeys(prompts))
+    vectors = {p: torch.from_numpy(embed([p]))[0] for p in distinct}
+    return torch.stack([vectors[p] for p in prompts])

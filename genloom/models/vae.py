@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import torch
 import torch.nn as nn
@@ -152,11 +153,21 @@ class VAE(nn.Module):
         self.train(was)
         return out
 
+    # what the image pipeline (genloom.pipelines.images) asks of an image model
+    sampling_options = frozenset()
+    sampling_defaults = MappingProxyType({})
+    sampler_name = "vae"
+    num_classes = 0
+    class_names = ()
+    condition_optional = False
+    text_conditional = False
+    prior_sampled = False
+    not_ready = None
+
     @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """n images as uint8 (n, C, H, W); image i's latent comes from seed + i alone, so (seed, i) remakes it."""
-        if labels is not None:
-            raise GenloomError("this model is unconditional: it takes no class label")
+    def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
+        """n images as uint8 (n, C, H, W) decoded from z ~ N(0, I); image i's latent comes from seed + i alone,
+        so (seed, i) remakes it."""
         if seed is None:
             seed = int(torch.randint(0, 2**31 - 1, (1,)))
         z = torch.stack([torch.randn(self.config.latent_dim, generator=torch.Generator().manual_seed(seed + i))
@@ -278,7 +289,6 @@ class VectorQuantizer(nn.Module):
 
 class ResidualBlock(nn.Module):
     """The VQ-VAE paper's block: x + conv1x1(relu(conv3x3(relu(x))))."""
-
     def __init__(self, ch: int):
         super().__init__()
         self.net = nn.Sequential(nn.ReLU(), nn.Conv2d(ch, ch, 3, padding=1), nn.ReLU(), nn.Conv2d(ch, ch, 1))
@@ -388,47 +398,27 @@ class VQVAE(nn.Module):
     prior = None  # a genloom GPT over the code indices; genloom.checkpoints attaches `<model folder>/prior`
     prior_tokenizer = None
 
-    @torch.no_grad()
-    def sample(self, n: int, seed: int | None = None, labels: torch.Tensor | None = None, *,
-               temperature: float = 1.0, top_k: int = 0, **kw) -> torch.Tensor:
-        """n images as uint8: code maps drawn from the GPT prior (raster order, KV cache), then decoded.
+    # what the image pipeline (genloom.pipelines.images) asks of an image model: images come from the GPT
+    # prior over code grids, sampled by the pipeline through the one decoding loop (genloom.sample)
+    sampling_options = frozenset({"temperature", "top_k", "top_p", "min_p"})
+    sampling_defaults = MappingProxyType({"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0})
+    sampler_name = "gpt-prior"
+    condition_optional = False  # a conditional prior's records always start with a class token
+    text_conditional = False
+    prior_sampled = True
 
-        Image i's codes are drawn with a generator seeded seed + i, so (seed, i) remakes it; only code
-        tokens are sampled (class and record tokens are masked out).
-        """
-        from genloom.models.gpt import KVCache
-
+    @property
+    def not_ready(self) -> str | None:
+        """Why this model cannot make images yet (None: it can)."""
         if self.prior is None:
-            raise GenloomError("this VQ-VAE has no prior over its codes yet: train one (see README: VQ-VAE prior)")
-        tok = self.prior_tokenizer
-        if labels is not None and not tok.classes:
-            raise GenloomError("this VQ-VAE's prior is unconditional: it takes no class label")
-        if labels is None and tok.classes:
-            raise GenloomError(f"this VQ-VAE's prior is class-conditional: give a class label "
-                               f"(0..{len(tok.classes) - 1}: {', '.join(tok.classes)})")
-        if labels is not None and (labels.min() < 0 or labels.max() >= len(tok.classes)):
-            raise GenloomError(f"class label out of range: the prior knows 0..{len(tok.classes) - 1} "
-                               f"({', '.join(tok.classes)})")
-        if temperature <= 0:
-            raise GenloomError(f"temperature must be > 0, got {temperature}")
-        if seed is None:
-            seed = int(torch.randint(0, 2**31 - 1, (1,)))
-        h, w = self.code_shape
-        head = [[tok.eot_id] + ([tok.class_id(int(labels[i]))] if labels is not None else []) for i in range(n)]
-        ids = torch.tensor(head)  # (n, P)
-        prior = self.prior.eval()
-        cache = KVCache(prior.config, n, ids.shape[1] + h * w)
-        gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-        logits, _ = prior(ids, cache=cache, last_only=True)
-        codes = []
-        for step in range(h * w):
-            lg = logits[:, -1, : self.config.codebook_size].float() / temperature  # (n, K): codes only
-            if top_k:
-                kth = lg.topk(min(top_k, lg.shape[-1]), dim=-1).values[:, -1:]
-                lg = lg.masked_fill(lg < kth, float("-inf"))
-            probs = lg.softmax(-1)
-            nxt = torch.cat([torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(gens)])  # (n,)
-            codes.append(nxt)
-            if step < h * w - 1:
-                logits, _ = prior(nxt[:, None], cache=cache, last_only=True)
-        return self.decode_to_uint8(torch.stack(codes, 1).view(n, h, w))
+            return ("this VQ-VAE has no prior over its codes yet: train one on `genloom codes` data and "
+                    "`genloom attach-prior` it (README: VQ-VAE prior)")
+        return None
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.prior_tokenizer.classes) if self.prior_tokenizer is not None else []
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
