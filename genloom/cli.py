@@ -168,8 +168,9 @@ def _png_parameters(path) -> dict:
 
 
 def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, **sampling):
-    if lm.family != "gpt":
-        raise GenloomError(f"{model_path} is a '{lm.family}' model; text generation needs a 'gpt' model")
+    if families.get(lm.family).kind != "text":
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; text generation needs one of "
+                           f"{', '.join(families.of_kind('text'))}")
     _refuse(image_only, "image options do not apply to a text model; drop")
     if not prompts:
         raise GenloomError("give a prompt with --prompt or --prompt-file")

@@ -305,7 +305,7 @@ def generator_section(model_path: str, reference: str | None, features: str | No
     k = pipeline.image_classes(lm)[0]
     if not opts.labels and k:
         opts.labels = list(range(k))  # class-balanced, as the test split is
-    if not opts.prompts and lm.model.text_conditional:
+    if not opts.prompts and pipeline.trait(lm.model, "text_conditional"):
         if not test.classes:
             raise GenloomError(f"a text-conditional model needs prompts; {reference} has no class names to make them")
         opts.prompts = [CAPTION_TEMPLATES[0].format(label=c.lower()) for c in test.classes]

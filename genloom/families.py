@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
@@ -42,9 +42,14 @@ class Family:
     model_cls: type
     task_cls: type
     write_card: Callable[..., Path]  # (folder, card, name, command) -> README.md
-    sampling_options: frozenset = field(default_factory=frozenset)  # the generation options it takes
+    options: frozenset | None = None  # the generation options it takes (None: what its model class declares)
     loss_name: str = ""  # what its validation loss measures, for cards and reports
     description: str = ""
+
+    @property
+    def sampling_options(self) -> frozenset:
+        """The generation options the family takes: the record's, else the model class's declaration."""
+        return self.options if self.options is not None else getattr(self.model_cls, "sampling_options", frozenset())
 
     def model_config(self, data: dict):
         """The family's typed model config from a dict; unknown keys are errors naming the valid ones."""
@@ -114,8 +119,6 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
-IMAGE_OPTIONS = frozenset({"n", "seed"})
-
 register(Family("gpt", "text", GPTConfig, GPT, LMTask, cards.text_card, TEXT_OPTIONS,
                 loss_name="next-token cross-entropy, nats/token",
                 description="GPT-2 or LLaMA-style decoder-only transformer (nanoGPT)"))
@@ -123,14 +126,12 @@ register(Family("classifier", "label", ClassifierConfig, Classifier, ClassifyTas
                 loss_name="cross-entropy, nats",
                 description="image classifier; its features are the image metrics' feature space"))
 register(Family("dcgan", "image", DCGANConfig, DCGAN, GANTask, cards.image_card,
-                IMAGE_OPTIONS | {"labels"}, loss_name="discriminator / generator losses",
+                loss_name="discriminator / generator losses",
                 description="DCGAN and WGAN-GP (Radford et al. 2016, Gulrajani et al. 2017)"))
 register(Family("diffusion", "image", UNetConfig, DiffusionModel, DiffusionTask, cards.image_card,
-                IMAGE_OPTIONS | {"labels", "prompts", "sampler", "steps", "guidance", "eta"},
                 loss_name="noise-prediction MSE", description="DDPM U-Net (Ho et al. 2020)"))
-register(Family("vae", "image", VAEConfig, VAE, VAETask, cards.image_card, IMAGE_OPTIONS,
+register(Family("vae", "image", VAEConfig, VAE, VAETask, cards.image_card,
                 loss_name="negative ELBO, nats per image", description="VAE (Kingma & Welling 2014)"))
 register(Family("vqvae", "image", VQVAEConfig, VQVAE, VQVAETask, cards.image_card,
-                IMAGE_OPTIONS | {"labels", "temperature", "top_k", "top_p", "min_p"},
                 loss_name="reconstruction MSE + commitment",
                 description="VQ-VAE (van den Oord et al. 2017) with a GPT prior over its codes"))

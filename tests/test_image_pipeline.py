@@ -14,7 +14,7 @@ from conftest import assert_one_line_error
 from PIL import Image
 
 from genloom.checkpoints import export_model, load_model
-from genloom.data.codes import CodeTokenizer
+from genloom.data.tokenizers import CodeTokenizer
 from genloom.data.images import read_png_parameters
 from genloom.models.gan import DCGAN, DCGANConfig
 from genloom.models.gpt import GPT, GPTConfig

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from genloom import families
 from genloom.data.images import grid_png, png_with_metadata, read_png_parameters
 from genloom.diffusion import SAMPLERS
 from genloom.errors import GenloomError, choices
@@ -33,6 +34,18 @@ from genloom.sample import SamplingParams, allow_only, stream_ids
 OPTIONS = ("sampler", "steps", "guidance", "eta", "temperature", "top_k", "top_p", "min_p")  # per-family options
 PARAM_KEYS = ("model", "family", "seed", "index", "n", "sampler", "steps", *OPTIONS[2:], "label", "class", "prompt",
               "size", "grid")  # every PNG carries exactly these keys (None where one does not apply)
+
+
+TRAITS = {  # what an image model class may declare, and what a family that declares nothing gets
+    "sampling_options": frozenset(), "sampling_defaults": {}, "sampler_name": "", "num_classes": 0,
+    "class_names": (), "text_conditional": False, "condition_optional": True, "prior_sampled": False,
+    "not_ready": "", "max_sampling_steps": 1,
+}
+
+
+def trait(model, name: str):
+    """A model's declared sampling trait (class attribute or property), or the plain default."""
+    return getattr(model, name, TRAITS[name])
 
 
 class ImageOptionError(GenloomError):
@@ -129,17 +142,17 @@ class ImageResult:
 
 # ---- the model's classes ------------------------------------------------------------------------
 def is_image_model(lm) -> bool:
-    """Whether a loaded model makes images (its class declares sampling_options)."""
-    return isinstance(getattr(type(lm.model), "sampling_options", None), frozenset)
+    """Whether a loaded model makes images (its family's record says so)."""
+    return families.get(lm.family).kind == "image"
 
 
 def image_classes(lm) -> tuple[int, list[str]]:
     """How many classes a loaded image model is conditioned on, and their names where known: the model's
     (config, or a VQ-VAE prior's tokenizer), else (older exports) the card's. (0, []) when unconditional."""
-    k = lm.model.num_classes
+    k = trait(lm.model, "num_classes")
     if not k:
         return 0, []
-    names = list(lm.model.class_names) or list(((lm.meta.get("card") or {}).get("data") or {}).get("classes") or [])
+    names = list(trait(lm.model, "class_names")) or list(((lm.meta.get("card") or {}).get("data") or {}).get("classes") or [])
     return k, names if len(names) == k else []
 
 
@@ -153,7 +166,7 @@ def resolve_label(lm, label) -> int:
     k, names = image_classes(lm)
     if not k:
         raise ImageOptionError(f"this {lm.family} model is not class-conditional: it takes no class label"
-                               + ("; describe the image in a prompt" if lm.model.text_conditional else ""), "label")
+                               + ("; describe the image in a prompt" if trait(lm.model, "text_conditional") else ""), "label")
     lower = [c.lower() for c in names]
     text = str(label).strip()
     if text.lower() in lower:
@@ -175,8 +188,8 @@ def class_in_prompt(prompt: str, names: list[str]) -> int | None:
 def _check_sampling(model, s: dict) -> None:
     if "sampler" in s and s["sampler"] not in SAMPLERS:
         raise ImageOptionError(f"unknown sampler '{s['sampler']}'; choose one of {choices(SAMPLERS)}", "sampler")
-    if "steps" in s and not 1 <= s["steps"] <= model.max_sampling_steps:
-        raise ImageOptionError(f"steps must be in 1..{model.max_sampling_steps}, got {s['steps']}", "steps")
+    if "steps" in s and not 1 <= s["steps"] <= trait(model, "max_sampling_steps"):
+        raise ImageOptionError(f"steps must be in 1..{trait(model, 'max_sampling_steps')}, got {s['steps']}", "steps")
     if s.get("eta", 0.0) < 0:
         raise ImageOptionError(f"eta must be >= 0, got {s['eta']}", "eta")
     lm_options = {k: v for k, v in s.items() if k in ("temperature", "top_k", "top_p", "min_p")}
@@ -195,7 +208,7 @@ def _conditions(lm, opts: ImageOptions, strict: bool):
     given = [p for p in opts.prompts if p is not None and p.strip()]
     if opts.labels:
         labels = cycle([resolve_label(lm, lab) for lab in opts.labels])
-    if given and model.text_conditional:
+    if given and trait(model, "text_conditional"):
         prompts = cycle(given)
     elif given and k and not opts.labels:
         if not names:
@@ -213,7 +226,7 @@ def _conditions(lm, opts: ImageOptions, strict: bool):
         if strict:
             raise ImageOptionError(f"this {lm.family} model is not text-conditional: it takes no prompt"
                                    + ("; name a class with a label" if k else ""), "prompt")
-    if k and labels[0] is None and not model.condition_optional:
+    if k and labels[0] is None and not trait(model, "condition_optional"):
         raise ImageOptionError(f"this {lm.family} model is class-conditional: give a class label "
                                f"({label_choices(k, names)})", "label")
     return labels, prompts, unused
@@ -228,24 +241,24 @@ def resolve(lm, opts: ImageOptions, *, strict: bool = False) -> ImagePlan:
     model = lm.model
     if not is_image_model(lm):
         raise ImageOptionError(f"{lm.path or 'this model'} is a '{lm.family}' model: it makes no images", "model")
-    if model.not_ready:
-        raise ImageOptionError(model.not_ready, "model")
+    if trait(model, "not_ready"):
+        raise ImageOptionError(trait(model, "not_ready"), "model")
     if opts.n < 1:
         raise ImageOptionError(f"number of images must be >= 1, got {opts.n}", "n")
     given = {k: getattr(opts, k) for k in OPTIONS if getattr(opts, k) is not None}
-    extra = sorted(set(given) - model.sampling_options)
+    extra = sorted(set(given) - trait(model, "sampling_options"))
     if extra:
-        takes = choices(model.sampling_options) or "none"
+        takes = choices(trait(model, "sampling_options")) or "none"
         raise ImageOptionError(f"a {lm.family} model takes no {', '.join(extra)}; its sampling options: {takes}",
                                extra[0])
-    sampling = {**model.sampling_defaults, **given}
+    sampling = {**trait(model, "sampling_defaults"), **given}
     _check_sampling(model, sampling)
     size = f"{lm.config.image_size}x{lm.config.image_size}"
     if opts.size not in (None, size):
         raise ImageOptionError(f"size {opts.size} is not available: this model makes {size} images", "size")
     labels, prompts, unused = _conditions(lm, opts, strict)
     if sampling.get("guidance", 1.0) != 1.0:
-        if not (model.num_classes or model.text_conditional):
+        if not (trait(model, "num_classes") or trait(model, "text_conditional")):
             raise ImageOptionError("guidance needs a class- or text-conditional model; this one is unconditional",
                                    "guidance")
         if labels[0] is None and prompts[0] is None:
@@ -253,7 +266,7 @@ def resolve(lm, opts: ImageOptions, *, strict: bool = False) -> ImagePlan:
     seed = secrets.randbelow(2**31 - 1) if opts.seed is None else int(opts.seed)
     return ImagePlan(model=opts.model or lm.path, family=lm.family, n=opts.n, seed=seed, sampling=sampling,
                      labels=labels, prompts=prompts, classes=tuple(image_classes(lm)[1]), size=size,
-                     sampler=sampling.get("sampler", model.sampler_name), unused_prompt=unused)
+                     sampler=sampling.get("sampler", trait(model, "sampler_name")), unused_prompt=unused)
 
 
 # ---- plan -> images -----------------------------------------------------------------------------
@@ -278,7 +291,7 @@ def sample_images(lm, plan: ImagePlan, lock=None) -> torch.Tensor:
     """The plan's n images, uint8 (n, C, H, W); `lock` (a server's per-model lock) is held while sampling."""
     model = lm.model
     with lock if lock is not None else nullcontext():
-        if model.prior_sampled:
+        if trait(model, "prior_sampled"):
             return sample_prior(model, plan.labels, plan.seed, SamplingParams(**plan.sampling))
         kw = dict(plan.sampling)
         if plan.labels[0] is not None:
@@ -329,4 +342,4 @@ def options_from_png(lm, params: dict, model: str = "") -> ImageOptions:
     return ImageOptions(model=model or params.get("model") or "", n=1, seed=params["seed"] + (params.get("index") or 0),
                         labels=[params["label"]] if params.get("label") is not None else [],
                         prompts=[params["prompt"]] if params.get("prompt") is not None else [],
-                        **{k: params[k] for k in lm.model.sampling_options if params.get(k) is not None})
+                        **{k: params[k] for k in trait(lm.model, "sampling_options") if params.get(k) is not None})

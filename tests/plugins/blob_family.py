@@ -56,4 +56,4 @@ class BlobTask(ImageTask):
 
 
 FAMILY = families.register(families.Family("blob", "image", BlobConfig, Blob, BlobTask, cards.image_card,
-                                           frozenset({"n", "seed"}), loss_name="MSE to the mean image"))
+                                           loss_name="MSE to the mean image"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from genloom.sample import image_classes
+from genloom.pipelines.images import image_classes, trait
 from genloom.serve.models import ServedModel, served_model
 from genloom.serve.protocol import ModelCard, ModelList
 from genloom.serve.routes.deps import v1
@@ -29,7 +29,7 @@ def model_card(served: ServedModel) -> ModelCard:
     if served.engine is None:  # an image model
         size = served.loaded.config.image_size
         k, classes = image_classes(served.loaded)
-        conditioning = "text" if getattr(served.loaded.config, "cond_dim", 0) else "class" if k else "none"
+        conditioning = "text" if trait(served.loaded.model, "text_conditional") else "class" if k else "none"
         extra = {"family": served.loaded.family, "parameters": parameters, "context": None, "kind": "image",
                  "sizes": [f"{size}x{size}"], "conditioning": conditioning, "classes": classes,
                  "description": str(data.get("source", "")) + (f"; {card['licence']}" if card.get("licence") else "")}
