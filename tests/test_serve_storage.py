@@ -240,7 +240,6 @@ def test_images_generations_with_metadata(image_server):
 
 
 @pytest.mark.parametrize("body, status, param", [
-    ({"model": "dcgan-faces", "prompt": "a cat"}, 400, "prompt"),
     ({"model": "dcgan-faces", "guidance": 7.5}, 400, "guidance"),
     ({"model": "dcgan-faces", "size": "1024x1024"}, 400, "size"),
     ({"model": "dcgan-faces", "sampler": "ddim", "steps": 20}, 400, "sampler"),
@@ -251,6 +250,17 @@ def test_images_generations_with_metadata(image_server):
 def test_images_bad_input(image_server, body, status, param):
     r = httpx.post(f"{image_server.url}/v1/images/generations", json=body)
     assert r.status_code == status and r.json()["error"]["param"] == param, r.text
+
+
+def test_unconditional_model_takes_any_prompt_and_says_it_was_not_used(image_server):
+    """The openai client always sends a prompt; an unconditional model answers and says it did not use it."""
+    r = httpx.post(f"{image_server.url}/v1/images/generations", json={"model": "dcgan-faces", "prompt": "a cat",
+                                                                       "seed": 3})
+    assert r.status_code == 200, r.text
+    assert "not used" in r.json()["data"][0]["revised_prompt"]
+    plain = httpx.post(f"{image_server.url}/v1/images/generations", json={"model": "dcgan-faces", "seed": 3})
+    assert plain.json()["data"][0]["revised_prompt"] is None
+    assert plain.json()["data"][0]["b64_json"] == r.json()["data"][0]["b64_json"]  # the prompt changed nothing
 
 
 def test_text_routes_refuse_image_models(image_server):

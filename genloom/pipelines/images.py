@@ -106,12 +106,13 @@ class ImagePlan:
         return {**rows[0], **merged, "index": None, "grid": True}
 
     def revised_prompt(self, i: int) -> str | None:
-        """What the model was actually asked for (OpenAI's revised_prompt): the prompt, the class, or None."""
+        """What the model was actually asked for (OpenAI's revised_prompt): the prompt, the class, or why a given
+        prompt was not used; None when nothing was asked."""
         if self.prompts[i] is not None:
             return self.prompts[i]
         if self.labels[i] is not None:
             return self.classes[self.labels[i]] if self.classes else str(self.labels[i])
-        return None
+        return self.unused_prompt
 
     def part(self, start: int, stop: int) -> ImagePlan:
         """Images start..stop-1 as a plan of their own (seed + start): the same pixels, drawn in chunks."""

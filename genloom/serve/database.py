@@ -20,6 +20,7 @@ from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from genloom.errors import GenloomError
+from genloom.files import atomic_write_bytes
 
 KEY_PREFIX = "gl-"
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
@@ -262,8 +263,6 @@ class Database:
 
     def add_file(self, filename: str, data: bytes, purpose: str, meta: dict | None = None) -> File:
         """Store bytes under files/<id><suffix> (the user's name is kept only as metadata, never as a path)."""
-        from genloom.files import atomic_write_bytes
-
         fid = new_id("file")
         suffix = "".join(c for c in Path(filename).suffix.lower() if c.isalnum() or c == ".")[:10]
         rel = fid + suffix

@@ -26,6 +26,7 @@ from typing import AsyncIterator, Iterator
 import torch
 
 from genloom.errors import GenloomError
+from genloom.models.gpt import KVCache
 from genloom.sample import SamplingParams, TextStream, build_processors, left_pad, min_new_tokens_mask
 
 log = logging.getLogger(__name__)
@@ -198,8 +199,6 @@ class TextEngine:
         # the shared cache: per layer (max_batch, 2, n_kv_head, cap, hs); rows [0, B) are running
         hs = self.cfg.n_embd // self.cfg.n_head
         self._cap = self.cfg.block_size  # GPT._step checks cache.length against the context
-        from genloom.models.gpt import KVCache
-
         self._bufs = [torch.zeros(max_batch, 2, self.cfg.n_kv_head, self._cap, hs, dtype=self.dtype, device=self.device)
                       for _ in range(self.cfg.n_layer)]
         self._cache = KVCache(self.cfg, 0, 0, dtype=self.dtype, device=self.device)
@@ -374,8 +373,6 @@ class TextEngine:
 
     def _prefill(self, joiners: list[RequestHandle]) -> None:
         """One forward pass over the joiners' left-padded prompts; row j's last P_j columns are its K/V."""
-        from genloom.models.gpt import KVCache
-
         rows = []
         for h in joiners:
             r = _Row(h, self.cfg, self.cfg.vocab_size, self.device)
