@@ -1,0 +1,148 @@
+"""`genloom generate`: text through the decoding loop, images through the image pipeline."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from genloom import families
+from genloom.checkpoints import load_model
+from genloom.data.images import read_png_parameters
+from genloom.errors import GenloomError
+from genloom.sample import SamplingParams, stream_text
+from genloom.sample import generate as generate_text
+from genloom.pipelines import images
+from genloom.cli.base import _threads, cli
+
+
+@cli.command()
+@click.option("--model", "-m", "model_path", default=None, help="A model folder, a run folder or a .pt checkpoint.")
+@click.option("--prompt", "-p", "prompts", multiple=True, help="Prompt text; repeat for a batch.")
+@click.option("--prompt-file", type=click.File("r", encoding="utf-8"), help="One prompt per line.")
+@click.option("--max-new-tokens", "-N", type=int, default=None, help="Text: tokens to add (default 200).")
+@click.option("--temperature", "-T", type=float, default=None,
+              help="0 for greedy decoding (default: 0.8 for text, 1.0 for a VQ-VAE prior).")
+@click.option("--top-k", type=int, default=None, help="Text and VQ-VAE priors (default 0: off).")
+@click.option("--top-p", type=float, default=None, help="Text and VQ-VAE priors (default 1.0: off).")
+@click.option("--min-p", type=float, default=None, help="Text and VQ-VAE priors (default 0.0: off).")
+@click.option("--repetition-penalty", type=float, default=None, help="Text (default 1.0: off).")
+@click.option("--stop", multiple=True, help="Text: stop string; repeat for several.")
+@click.option("--num-samples", "-n", type=int, default=1, show_default=True, help="Samples per prompt (text), images.")
+@click.option("--seed", type=int, default=None, help="Same seed, same output; image i is remade alone by seed + i.")
+@click.option("--stream/--no-stream", default=None, help="Text: print tokens as they come (default: on for one sample).")
+@click.option("--json", "as_json", is_flag=True, help="Print the completions, or the image files with their parameters, as JSON.")
+@click.option("--threads", type=int, default=0, help="Torch threads (0: default).")
+@click.option("--out", "out_dir", default=None, help="Images: the folder for the PNGs (default outputs).")
+@click.option("--sampler", default=None, help="Diffusion: ddpm, ddim, dpmpp_2m (default ddim).")
+@click.option("--steps", type=int, default=None, help="Diffusion: sampling steps (default 50).")
+@click.option("--guidance", type=float, default=None, help="Diffusion: classifier-free guidance scale (needs a condition).")
+@click.option("--label", "labels", multiple=True, help="Images: class label(s), an index or a class name, cycled over the images.")
+@click.option("--eta", type=float, default=None, help="Diffusion: DDIM eta (0 deterministic).")
+@click.option("--from-png", "from_png", default=None, help="Images: remake the image a genloom PNG holds the parameters of.")
+def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
+             repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir, sampler, steps, guidance,
+             labels, eta, from_png):
+    """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out).
+
+    \b
+    Images: every PNG carries its parameters; --from-png FILE remakes that image (bitwise). A prompt is
+    the condition of a text-conditional model, names a class of a class-conditional one (or give --label),
+    and is an error for an unconditional one (the API accepts it and reports it unused).
+    """
+
+    _threads(threads)
+    prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
+    text_only = {"-N/--max-new-tokens": max_new_tokens, "--repetition-penalty": repetition_penalty,
+                 "--stop": stop or None}
+    image_only = {"--out": out_dir, "--sampler": sampler, "--steps": steps, "--guidance": guidance,
+                  "--label": labels or None, "--eta": eta, "--from-png": from_png}
+    if from_png:
+        given = {"--seed": seed, "-n": num_samples if num_samples != 1 else None, "--prompt": prompts or None,
+                 **{k: v for k, v in image_only.items() if k not in ("--out", "--from-png")},
+                 "--temperature": temperature, "--top-k": top_k, "--top-p": top_p, "--min-p": min_p}
+        _refuse(given, "--from-png takes every option from the PNG's parameters; drop")
+        params = _png_parameters(from_png)
+        model_path = model_path or params.get("model")
+    if not model_path:
+        raise GenloomError("give a model with --model (or a genloom PNG with --from-png)")
+    lm = load_model(model_path)
+    if images.is_image_model(lm):
+        _refuse(text_only, "text options do not apply to images; drop")
+        if stream:
+            raise GenloomError("--stream prints text as it comes; images are written whole: drop --stream")
+        if from_png:
+            opts = images.options_from_png(lm, params, str(model_path))
+        else:
+            opts = images.ImageOptions(model=str(model_path), n=num_samples, seed=seed, sampler=sampler, steps=steps,
+                                       guidance=guidance, eta=eta, temperature=temperature, top_k=top_k, top_p=top_p,
+                                       min_p=min_p, labels=list(labels), prompts=prompts)
+        result = images.generate(lm, opts, strict=True)
+        written = images.write_images(result, out_dir or "outputs", grid=result.plan.n > 1)
+        if as_json:
+            click.echo(json.dumps([{"file": str(p), "parameters": meta} for p, meta in written], ensure_ascii=False,
+                                  indent=2))
+        elif len(written) == 1:
+            click.echo(f"wrote {written[0][0]} (its parameters in the PNG)")
+        else:
+            click.echo(f"wrote {len(written) - 1} images and {written[-1][0]} (parameters in each PNG)")
+        return
+    _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json,
+                   max_new_tokens=200 if max_new_tokens is None else max_new_tokens,
+                   temperature=0.8 if temperature is None else temperature, top_k=top_k or 0,
+                   top_p=1.0 if top_p is None else top_p, min_p=min_p or 0.0,
+                   repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty, stop=list(stop),
+                   seed=seed)
+
+
+def _refuse(options: dict, why: str) -> None:
+    given = [name for name, value in options.items() if value is not None]
+    if given:
+        raise GenloomError(f"{why} {', '.join(given)}")
+
+
+def _png_parameters(path) -> dict:
+    try:
+        return read_png_parameters(path)
+    except (OSError, ValueError) as e:
+        raise GenloomError(f"{path}: not a readable PNG ({e})") from None
+
+
+def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, **sampling):
+    if families.get(lm.family).kind != "text":
+        raise GenloomError(f"{model_path} is a '{lm.family}' model; text generation needs one of "
+                           f"{', '.join(families.of_kind('text'))}")
+    _refuse(image_only, "image options do not apply to a text model; drop")
+    if not prompts:
+        raise GenloomError("give a prompt with --prompt or --prompt-file")
+    if num_samples < 1:
+        raise GenloomError(f"--num-samples must be >= 1, got {num_samples}")
+    batch = [p for p in prompts for _ in range(num_samples)]
+    if stream and (len(batch) > 1 or as_json):
+        why = "--json prints whole completions" if as_json else f"this asks for {len(batch)} (prompts x -n)"
+        raise GenloomError(f"--stream prints one sample as it comes and {why}: drop --stream")
+    sp = SamplingParams(**sampling)
+    sp.check()
+    longest = max(len(lm.tokenizer.encode(p)) for p in batch)
+    if longest > lm.config.block_size:  # before anything is printed: a bad input gives only the error line
+        raise GenloomError(f"prompt of {longest} tokens exceeds the model's context of {lm.config.block_size} tokens")
+    room = lm.config.block_size - longest + 1
+    if room < sp.max_new_tokens:
+        click.echo(f"note: context of {lm.config.block_size} tokens leaves room for {room} new tokens", err=True)
+    if stream is None:
+        stream = len(batch) == 1 and not as_json
+    if stream:
+        click.echo(batch[0], nl=False)
+        for _, delta in stream_text(lm.model, lm.tokenizer, batch, sp):
+            click.echo(delta, nl=False)
+        click.echo()
+        return
+    outs = generate_text(lm.model, lm.tokenizer, batch, sp)
+    if as_json:
+        rows = [{"prompt": p, "text": o.text, "prompt_tokens": o.prompt_tokens, "completion_tokens": len(o.token_ids),
+                 "finish_reason": o.finish_reason} for p, o in zip(batch, outs)]
+        click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
+        return
+    for i, (p, o) in enumerate(zip(batch, outs)):
+        click.echo(f"--- sample {i + 1} ({o.finish_reason}) ---")
+        click.echo(p + o.text)

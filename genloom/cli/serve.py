@@ -1,0 +1,131 @@
+"""`genloom serve` and `genloom keys`: the OpenAI-compatible server and its API keys."""
+
+from __future__ import annotations
+
+import json
+
+import click
+
+from genloom.errors import GenloomError
+from genloom.serve import app as server
+from genloom.serve.database import Database
+from genloom.cli.base import _threads, cli
+
+
+@cli.command()
+@click.option("--model", "-m", "models", multiple=True, help="A model folder to serve; repeat. Default: the bundled "
+              "models (chat, kjv, tang, the fmnist-* image starters, and dcgan-faces / cdcgan-eyes once setup imported them).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 exposes it).")
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--data-dir", default="genloom-data", show_default=True, help="History, files, jobs, keys, fine-tuned models.")
+@click.option("--db", default=None, help="A SQLAlchemy URL instead of SQLite in the data directory.")
+@click.option("--max-batch", default=16, show_default=True, type=int, help="Requests decoded together (continuous batching).")
+@click.option("--max-queue", default=64, show_default=True, type=int, help="Waiting requests before 429s.")
+@click.option("--max-tokens", default=1024, show_default=True, type=int, help="Upper limit of max_tokens per request.")
+@click.option("--no-jobs", is_flag=True, help="Do not start the fine-tuning worker process.")
+@click.option("--threads", type=int, default=0)
+def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, threads):
+    """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
+    from pathlib import Path
+
+
+    _threads(threads)
+    root = Path(__file__).resolve().parent.parent
+    bundled = [root / "models" / n for n in ("chat", "kjv", "tang", "fmnist-diffusion", "fmnist-text2img",
+                                             "fmnist-dcgan", "fmnist-vae", "fmnist-vqvae", "dcgan-faces",
+                                             "cdcgan-eyes")]
+    paths = list(models) or [str(p) for p in bundled if (p / "model.safetensors").exists()]
+    click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
+               f"(web UI: http://{host}:{port}/ui/)", err=True)
+    server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
+        max_tokens=max_tokens, jobs=not no_jobs)
+
+
+@cli.group()
+def keys():
+    """API keys of `genloom serve`.
+
+    \b
+    keys mode: while at least one key is active (not revoked), every route but /health needs one.
+    open mode: with no active key, the server serves any request without a key.
+    The server logs its mode at start-up and when it changes (within 2 s of a change here).
+    `genloom keys open` revokes every key to return to open mode; revoking the last active key
+    with `revoke` needs --open, so a server never opens by accident.
+    """
+
+
+def _db(data_dir, db):
+    return Database(db, data_dir=data_dir)
+
+
+_db_opts = [
+    click.option("--data-dir", default="genloom-data", show_default=True, help="The server's data directory."),
+    click.option("--db", default=None, help="A SQLAlchemy URL (default: SQLite in the data directory)."),
+]
+
+
+def _with_db(f):
+    for opt in reversed(_db_opts):
+        f = opt(f)
+    return f
+
+
+def _mode(n_active: int) -> str:
+    return f"keys mode: {n_active} active key(s) required" if n_active else "open mode: no active key, any request is served"
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--rate-limit", type=int, default=0, show_default=True, help="Requests per minute (0: unlimited).")
+@_with_db
+def keys_create(name, rate_limit, data_dir, db):
+    """Create a key; its secret is printed once (only a hash is stored)."""
+    database = _db(data_dir, db)
+    key, secret = database.create_key(name, rate_limit)
+    click.echo(f"created {key.id} ({key.prefix}...) for '{name}'; the secret, shown only now:", err=True)
+    click.echo(secret)
+    click.echo(f"server: {_mode(database.count_active_keys())}", err=True)
+
+
+@keys.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@_with_db
+def keys_list(as_json, data_dir, db):
+    """List keys (id, prefix, name, created, revoked); secrets are never shown."""
+    database = _db(data_dir, db)
+    rows = [{"id": k.id, "prefix": k.prefix, "name": k.name, "rate_limit": k.rate_limit,
+             "created_at": k.created_at.isoformat(timespec="seconds"), "revoked": k.revoked_at is not None}
+            for k in database.list_keys()]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['id']}  {r['prefix']}...  {r['name']}  created {r['created_at']}"
+                   f"{'  REVOKED' if r['revoked'] else ''}")
+    click.echo(f"server: {_mode(database.count_active_keys())}", err=True)
+
+
+@keys.command("revoke")
+@click.argument("key")
+@click.option("--open", "open_", is_flag=True, help="Allow revoking the last active key (the server opens).")
+@_with_db
+def keys_revoke(key, open_, data_dir, db):
+    """Revoke a key by id or prefix; requests with it get 401 from then on."""
+    database = _db(data_dir, db)
+    k = database.get_key(key)
+    if k.revoked_at is None and database.count_active_keys() == 1 and not open_:
+        raise GenloomError(f"{k.id} is the last active key: revoking it puts the server in open mode (any request "
+                           "is served); pass --open to do so, or create another key first")
+    k = database.revoke_key(k.id)
+    click.echo(f"revoked {k.id} ({k.prefix}...); server: {_mode(database.count_active_keys())}")
+
+
+@keys.command("open")
+@_with_db
+def keys_open(data_dir, db):
+    """Return the server to open mode: revoke every active key, so any request is served without one."""
+    database = _db(data_dir, db)
+    n = database.count_active_keys()
+    click.echo(f"revoking {n} active key(s): the server will serve any request without a key (open mode)", err=True)
+    revoked = database.revoke_all_keys()
+    click.echo(f"revoked {len(revoked)} key(s); server: {_mode(database.count_active_keys())}")
