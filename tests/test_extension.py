@@ -64,7 +64,7 @@ def test_generate_from_the_api(exported):
     sys.path.insert(0, str(PLUGINS))
     try:
         import blob_family  # noqa: F401  (registers "blob" in this process)
-        from test_serve_api import Server, httpx
+        from test_api_text import Server, httpx
 
         from genloom.serve.app import create_app
 

@@ -325,7 +325,7 @@ def test_images_api_for_conditional_gans_vaes_and_text_prompts(vae_run, text_dif
     from genloom.models.gan import DCGAN, DCGANConfig
     from genloom.serve.app import create_app
     from genloom.checkpoints import export_model
-    from test_serve_api import Server, httpx
+    from test_api_text import Server, httpx
 
     cfg = DCGANConfig(image_size=16, channels=1, nz=8, ngf=8, num_classes=3, classes=["cat", "dog", "owl"],
                       with_discriminator=False)

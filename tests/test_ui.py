@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from test_serve_api import CHAT, KJV, Server
+from test_api_text import CHAT, KJV, Server
 
 from genloom.serve.app import create_app
 

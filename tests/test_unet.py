@@ -88,7 +88,7 @@ def test_images_api_for_a_diffusion_model(trained):
 
     from genloom.data.images import read_png_parameters
     from genloom.serve.app import create_app
-    from test_serve_api import Server, httpx
+    from test_api_text import Server, httpx
 
     run, _ = trained
     s = Server(create_app([str(run)], max_batch=1, max_queue=2, max_n=4))
