@@ -491,6 +491,22 @@ def test_serve_binds_loopback_by_default():
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
 
 
+def test_serve_defaults_to_the_bundled_models(monkeypatch):
+    """`genloom serve` with no --model serves the bundled models found beside the package."""
+    from genloom.cli import serve as serve_cli
+    from genloom.serve.models import bundled_model_paths
+
+    names = [p.name for p in bundled_model_paths()]
+    assert {"chat", "kjv", "tang", "fmnist-diffusion"} <= set(names)
+    seen = {}
+    monkeypatch.setattr(serve_cli.server, "serve", lambda paths, **kw: seen.update(paths=paths, **kw))
+    from genloom.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["serve", "--port", "1"])
+    assert e.value.code == 0 and [Path(p).name for p in seen["paths"]] == names and seen["host"] == "127.0.0.1"
+
+
 def test_queue_full_429_and_disconnect_cancels(busy, monkeypatch):
     engine = busy.engine("chat")
     submitted, cancelled = spy_on(engine, monkeypatch)

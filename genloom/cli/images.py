@@ -6,7 +6,11 @@ import importlib.util
 import json
 import shutil
 
+from pathlib import Path
+
 import click
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 import torch
 
 from genloom import families
@@ -29,9 +33,6 @@ from genloom.cli.base import cli
 @click.option("--classes", default="", help="A class-conditional (one-hot) checkpoint: its class names, comma-separated.")
 def import_gan(checkpoint, out, package, nz, classes):
     """Import a classic DCGAN / cDCGAN generator checkpoint (loaded with weights_only) as a genloom 'dcgan' model."""
-    from pathlib import Path
-
-
     opts = dict(source=checkpoint, licence="", name="", nz=nz, classes=[c.strip() for c in classes.split(",") if c.strip()])
     if package:
         info = GAN_PACKAGES[package]
@@ -65,11 +66,6 @@ def codes(model_path, source, out, unconditional):
 @click.option("--latents", default=None, help="Also save the encodings: a .safetensors of latent means or code maps.")
 def reconstruct(model_path, images, out, latents):
     """Encode a folder of images with a VAE / VQ-VAE and decode them back; prints PSNR and SSIM."""
-    from pathlib import Path
-
-    from safetensors.torch import save_file
-
-
     lm = load_model(model_path)
     _need_autoencoder(lm, model_path, "reconstruction")
     c = lm.config
@@ -108,12 +104,6 @@ def _need_autoencoder(lm, model_path, what: str) -> None:
 @click.option("--out", "-o", required=True, help="Folder for the decoded PNGs.")
 def decode(model_path, latents, out):
     """Decode saved latents (VAE means or VQ-VAE code maps) back to images."""
-    from pathlib import Path
-
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-
     lm = load_model(model_path)
     _need_autoencoder(lm, model_path, "decoding latents")
     try:
@@ -132,9 +122,6 @@ def decode(model_path, latents, out):
 @click.option("--prior", required=True, help="A GPT trained on `genloom codes` of that VQ-VAE (model or run folder).")
 def attach_prior(model_path, prior):
     """Copy a trained GPT prior into a VQ-VAE's folder (as prior/), so `genloom generate` samples from it."""
-    from pathlib import Path
-
-
     vq, pr = load_model(model_path), load_model(prior)
     if not hasattr(vq.model, "code_shape") or not Path(vq.path).is_dir():
         raise GenloomError(f"{model_path} is not a VQ-VAE model folder (family '{vq.family}')")

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 
+from pathlib import Path
+
 import click
 
 from genloom.errors import GenloomError
 from genloom.serve import app as server
 from genloom.serve.database import Database
+from genloom.serve.models import bundled_model_paths
 from genloom.cli.base import _threads, cli
 
 
@@ -26,15 +29,11 @@ from genloom.cli.base import _threads, cli
 @click.option("--threads", type=int, default=0)
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, threads):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
-    from pathlib import Path
-
-
     _threads(threads)
-    root = Path(__file__).resolve().parent.parent
-    bundled = [root / "models" / n for n in ("chat", "kjv", "tang", "fmnist-diffusion", "fmnist-text2img",
-                                             "fmnist-dcgan", "fmnist-vae", "fmnist-vqvae", "dcgan-faces",
-                                             "cdcgan-eyes")]
-    paths = list(models) or [str(p) for p in bundled if (p / "model.safetensors").exists()]
+    paths = list(models) or [str(p) for p in bundled_model_paths()]
+    if not paths:
+        raise GenloomError("no models to serve: pass --model FOLDER (the bundled models are in models/ of a "
+                           "genloom checkout; scripts/setup.sh imports the pretrained GANs)")
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,

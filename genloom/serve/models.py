@@ -162,3 +162,14 @@ class FineTuned:
                     continue
                 state.models = {**state.models, name: served}
                 log_event("model_registered", model=name, job=job.id)
+
+
+ROOT = Path(__file__).resolve().parents[2]  # the checkout that holds models/
+BUNDLED_MODELS = ("chat", "kjv", "tang", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan", "fmnist-vae",
+                  "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
+
+
+def bundled_model_paths() -> list[Path]:
+    """What `genloom serve` serves by default: the bundled models that are present (the two pretrained GANs
+    appear once scripts/setup.sh has imported them)."""
+    return [ROOT / "models" / n for n in BUNDLED_MODELS if (ROOT / "models" / n / "model.safetensors").exists()]
