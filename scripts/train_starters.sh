@@ -2,7 +2,8 @@
 # Reproduce the bundled models: `bash scripts/train_starters.sh kjv` (or tang, chat, fmnist-features,
 # mnist-features, fmnist-diffusion, fmnist-text2img, fmnist-dcgan, fmnist-vae, fmnist-vqvae; no argument: all). Each trains
 # with configs/NAME.toml (data prepared on first use), exports the best weights with a model card, and
-# writes eval.json, loss.png (and samples.png for image generators) beside them. fmnist-vqvae also encodes
+# writes eval.json, loss.png (and samples.png for image generators) beside them; a text-to-image starter also
+# class_following.json (scripts/class_following.py) and its section of the card. fmnist-vqvae also encodes
 # Fashion-MNIST into code records, trains its GPT prior (configs/fmnist-vqprior.toml) and attaches it.
 # Text starters and image generators ship in float16; the feature networks in float32 (FID is sensitive).
 set -euo pipefail
@@ -40,6 +41,8 @@ for n in ${@:-kjv tang chat fmnist-features mnist-features fmnist-diffusion fmni
       genloom generate --model "models/$n" -n 16 --seed 0 --out "$tmp" "${prompts[@]}"
       cp "$tmp/0-grid.png" "models/$n/samples.png"
       rm -rf "$tmp"
-      genloom eval --model "models/$n" -n 1000 > "models/$n/eval.json" ;;  # FID (with its floor), KID, P/R
+      genloom eval --model "models/$n" -n 1000 > "models/$n/eval.json"  # FID (with its floor), KID, P/R
+      if grep -q '^captions' "configs/$n.toml"; then  # text-to-image: class-following on held-out phrasings
+        python3 scripts/class_following.py --model "models/$n"; fi ;;
   esac
 done

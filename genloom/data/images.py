@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -211,18 +212,95 @@ def load_images(source: str, split: str = "train", *, size: int | None = None, c
     return convert(ds, size, channels)
 
 
+# ---- captions -----------------------------------------------------------------------------------
+# Template captions for labelled sets, varied so that a text-conditional model follows how people write, not
+# one template: many templates (short and long, with and without articles), singular ({label}) and plural
+# ({labels}), and synonyms. Each Fashion-MNIST class has its own nouns as (singular, plural); the class name
+# itself (e.g. "t-shirt/top", which `genloom eval` prompts as CAPTION_TEMPLATES[0]) is a training singular
+# too, and is all a class without an entry (digits, a folder's classes) gets. A HELD-OUT share never enters
+# training - whole templates and whole nouns - so a measurement can ask for phrasings the model never saw
+# (scripts/class_following.py). The lists are fixed: the captions are the same on every run.
 CAPTION_TEMPLATES = ["a photo of a {label}", "a picture of a {label}", "an image of a {label}", "a {label}",
-                     "a black and white photo of a {label}"]
+                     "{label}", "a black and white photo of a {label}", "a product photo of a {label}",
+                     "a close-up of a {label}", "a {label} on a plain background",
+                     "a small greyscale picture of a {label}",
+                     "this is a {label}", "the {label}", "a photo of the {label}", "a 28x28 image of a {label}",
+                     "{labels}", "a photo of {labels}", "a picture of {labels}", "two {labels}", "{labels} for sale",
+                     "a photo of two {labels}"]
+HELDOUT_TEMPLATES = ["some {labels}", "a low-resolution photo of a {label}", "a drawing of a {label}",
+                     "my new {label}", "a catalogue picture of the {label}", "three {labels} on display"]
+CAPTION_NOUNS = {  # class name -> (training nouns, held-out nouns), each a list of (singular, plural)
+    "T-shirt/top": ([("t-shirt", "t-shirts"), ("top", "tops"), ("tee", "tees")],
+                    [("tee shirt", "tee shirts"), ("tank top", "tank tops")]),
+    "Trouser": ([("pair of pants", "pants"), ("pair of jeans", "jeans")],
+                [("pair of trousers", "trousers"), ("pair of slacks", "slacks")]),
+    "Pullover": ([("pullover", "pullovers"), ("sweater", "sweaters"), ("jumper", "jumpers")],
+                 [("knitted sweater", "knitted sweaters"), ("sweatshirt", "sweatshirts")]),
+    "Dress": ([("dress", "dresses"), ("summer dress", "summer dresses")],
+              [("gown", "gowns"), ("frock", "frocks")]),
+    "Coat": ([("coat", "coats"), ("jacket", "jackets")],
+             [("overcoat", "overcoats"), ("winter jacket", "winter jackets")]),
+    "Sandal": ([("sandal", "sandals"), ("summer sandal", "summer sandals")],
+               [("strappy sandal", "strappy sandals"), ("open-toe shoe", "open-toe shoes")]),
+    "Shirt": ([("shirt", "shirts"), ("button-up shirt", "button-up shirts"), ("button-up", "button-ups")],
+              [("button-down shirt", "button-down shirts"), ("blouse", "blouses")]),
+    "Sneaker": ([("sneaker", "sneakers"), ("trainer", "trainers"), ("sports shoe", "sports shoes")],
+                [("running shoe", "running shoes"), ("athletic shoe", "athletic shoes")]),
+    "Bag": ([("bag", "bags"), ("handbag", "handbags"), ("purse", "purses")],
+            [("tote bag", "tote bags"), ("shoulder bag", "shoulder bags")]),
+    "Ankle boot": ([("ankle boot", "ankle boots"), ("boot", "boots")],
+                   [("short boot", "short boots"), ("leather boot", "leather boots")]),
+}
+
+
+def fill_caption(template: str, singular: str, plural: str | None = None) -> str:
+    """One caption: a template with a noun, "a" turned into "an" before a vowel ("an ankle boot")."""
+    return re.sub(r"\b([Aa]) (?=[aeiouAEIOU])", r"\1n ", template.format(label=singular, labels=plural))
+
+
+def _nouns(name: str, held_out: bool) -> list[tuple[str, str | None]]:
+    train, held = CAPTION_NOUNS.get(name, ([], []))
+    if held_out:
+        return list(held)
+    own = [] if name.lower() in {s for s, _ in train} else [(name.lower(), None)]  # no plural: singular templates
+    return own + list(train)
+
+
+def _phrasings(templates: list[str], nouns: list[tuple[str, str | None]]) -> set[str]:
+    return {fill_caption(t, s, p) for t in templates for s, p in nouns if p is not None or "{labels}" not in t}
+
+
+def class_captions(name: str, held_out: bool = False) -> list[str]:
+    """A class's captions, sorted: the training ones, or (held_out) every phrasing that uses a held-out
+    template or a held-out noun - none of which is a training caption."""
+    train = _phrasings(CAPTION_TEMPLATES, _nouns(name, False))
+    if not held_out:
+        return sorted(train)
+    unseen = _phrasings(HELDOUT_TEMPLATES, _nouns(name, False) + _nouns(name, True))
+    unseen |= _phrasings(CAPTION_TEMPLATES + HELDOUT_TEMPLATES, _nouns(name, True))
+    return sorted(unseen - train)
+
+
+def heldout_prompts(name: str) -> list[str]:
+    """Four held-out phrasings of a Fashion-MNIST class for the class-following measurement, one of each kind:
+    a held-out plural alone ("trousers"), a held-out singular with its article ("a pair of trousers"), a
+    held-out template with a training plural ("some pants"), a held-out template with a held-out noun."""
+    if name not in CAPTION_NOUNS:
+        raise GenloomError(f"no held-out nouns for class '{name}'; choose one of {choices(list(CAPTION_NOUNS))}")
+    (s1, p1), (s2, _) = _nouns(name, True)
+    _, p_train = next(n for n in _nouns(name, False) if n[1])
+    return [p1, fill_caption("a {label}", s1), fill_caption(HELDOUT_TEMPLATES[0], "", p_train),
+            fill_caption(HELDOUT_TEMPLATES[2], s2)]
 
 
 def captions(ds: ImageSet, spec: str = "templates") -> list[list[str]]:
-    """Each image's captions: class names through CAPTION_TEMPLATES, or rows of a `filename,caption` CSV."""
+    """Each image's captions: its class's training captions (class_captions), or rows of a `filename,caption` CSV."""
     if spec == "templates":
         if ds.labels is None:
             raise GenloomError(f"{ds.source} has no class labels to fill the caption templates from; "
                                f"give data.captions a CSV of filename,caption rows")
-        names = [c.lower() for c in ds.classes]
-        return [[t.format(label=names[int(y)]) for t in CAPTION_TEMPLATES] for y in ds.labels]
+        per_class = [class_captions(c) for c in ds.classes]  # one shared list per class
+        return [per_class[int(y)] for y in ds.labels]
     path = Path(spec)
     if not path.is_file():
         raise GenloomError(f"captions file not found: {spec} (use \"templates\" or a CSV of filename,caption rows)")
