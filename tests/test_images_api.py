@@ -86,6 +86,12 @@ def test_unconditional_model_takes_any_prompt_and_says_it_was_not_used(image_ser
     assert plain.json()["data"][0]["b64_json"] == r.json()["data"][0]["b64_json"]  # the prompt changed nothing
 
 
+def test_models_say_their_kind_and_options(image_server):
+    cards = {m["id"]: m["genloom"] for m in httpx.get(f"{image_server.url}/v1/models").json()["data"]}
+    assert cards["chat"]["kind"] == "text" and {"temperature", "top_k", "min_p"} <= set(cards["chat"]["options"])
+    assert cards["dcgan-faces"]["kind"] == "image" and "sampler" not in cards["dcgan-faces"]["options"]
+
+
 def test_text_routes_refuse_image_models(image_server):
     r = httpx.post(f"{image_server.url}/v1/completions", json={"model": "dcgan-faces", "prompt": "hi"})
     assert r.status_code == 400 and "image model" in r.json()["error"]["message"]

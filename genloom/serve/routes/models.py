@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
+from genloom import families
 from genloom.pipelines.images import image_classes, trait
 from genloom.serve.models import ServedModel, served_model
 from genloom.serve.protocol import ModelCard, ModelList
@@ -26,15 +27,17 @@ def model_card(served: ServedModel) -> ModelCard:
     card = served.loaded.meta.get("card", {}) or {}
     data = card.get("data") or {}
     parameters = sum(p.numel() for p in served.loaded.model.parameters())
-    if served.engine is None:  # an image model
+    record = families.get(served.loaded.family)
+    facts = {"family": record.name, "kind": record.kind, "parameters": parameters,
+             "options": sorted(record.sampling_options)}  # the generation options the family takes
+    if record.kind == "image":
         size = served.loaded.config.image_size
         k, classes = image_classes(served.loaded)
         conditioning = "text" if trait(served.loaded.model, "text_conditional") else "class" if k else "none"
-        extra = {"family": served.loaded.family, "parameters": parameters, "context": None, "kind": "image",
-                 "sizes": [f"{size}x{size}"], "conditioning": conditioning, "classes": classes,
+        extra = {**facts, "context": None, "sizes": [f"{size}x{size}"], "conditioning": conditioning, "classes": classes,
                  "description": str(data.get("source", "")) + (f"; {card['licence']}" if card.get("licence") else "")}
         return ModelCard(id=served.name, created=served.created, genloom=extra)
-    extra = {"family": served.loaded.family, "parameters": parameters, "context": served.context,
+    extra = {**facts, "context": served.context,
              "description": f"{data.get('source', 'unknown data')}, {data.get('tokenizer', '?')} tokenizer"
                             + (f", fine-tuned from {card['fine_tuned_from']}" if card.get("fine_tuned_from") else "")}
     return ModelCard(id=served.name, created=served.created, max_model_len=served.context, genloom=extra)
