@@ -12,6 +12,15 @@ from genloom.data.text import CORPUS_INFO
 from genloom.files import atomic_write_text
 
 
+def _write(folder, lines: list[str], command: str) -> Path:
+    """The card's lines, the command that reproduces the model, written atomically as README.md."""
+    if command:
+        lines = [*lines, "", "Reproduce:", "", "```", command, "```"]
+    path = Path(folder) / "README.md"
+    atomic_write_text(path, "\n".join(lines) + "\n")
+    return path
+
+
 def text_card(folder, card: dict, name: str = "", command: str = "") -> Path:
     """A README.md beside the weights: data and its licence, tokenizer, size, training budget, result."""
     data = card.get("data") or {}
@@ -36,11 +45,7 @@ def text_card(folder, card: dict, name: str = "", command: str = "") -> Path:
         f"| validation loss | {card['val_loss']:.4f} nats/token (best checkpoint, {card.get('run_config', {}).get('train', {}).get('eval_batches', '?')} fixed validation batches) |"
         if card.get("val_loss") is not None else "| validation loss | not measured |",
     ]
-    if command:
-        lines += ["", "Reproduce:", "", "```", command, "```"]
-    path = Path(folder) / "README.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    return _write(folder, lines, command)
 
 
 def image_card(folder, card: dict, name: str, command: str) -> Path:
@@ -82,11 +87,7 @@ def image_card(folder, card: dict, name: str, command: str) -> Path:
         lines.append(f"| classes | {', '.join(card['classes'])} |")
     if card.get("prior"):
         lines.append(f"| prior | {card['prior']} |")
-    if command:
-        lines += ["", "Reproduce:", "", "```", command, "```"]
-    path = Path(folder) / "README.md"
-    atomic_write_text(path, "\n".join(lines) + "\n")
-    return path
+    return _write(folder, lines, command)
 
 
 def classifier_card(folder, card: dict, name: str, command: str) -> Path:
@@ -116,8 +117,4 @@ def classifier_card(folder, card: dict, name: str, command: str) -> Path:
         f"| test accuracy | {acc:.4f} (the whole test split) |" if acc is not None else "| test accuracy | not measured |",
         f"| test loss | {card['val_loss']:.4f} nats |" if card.get("val_loss") is not None else "",
     ]
-    if command:
-        lines += ["", "Reproduce:", "", "```", command, "```"]
-    path = Path(folder) / "README.md"
-    atomic_write_text(path, "\n".join(ln for ln in lines if ln is not None) + "\n")
-    return path
+    return _write(folder, lines, command)

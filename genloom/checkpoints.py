@@ -92,7 +92,6 @@ def _build(family, model_cfg_dict, state_dict, path) -> tuple[torch.nn.Module, o
     record = families.get(family)
     cfg = record.model_config(model_cfg_dict)
     model = record.build(cfg)
-    state_dict = {k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()}
     missing, unexpected = model.load_state_dict(state_dict, strict=False)
     tied = {"lm_head.weight"} if getattr(cfg, "tie_weights", False) else set()
     missing = [k for k in missing if k not in tied]
@@ -112,7 +111,7 @@ def load_model(path: str | Path) -> Loaded:
     model attached as `.prior` (not a submodule: its weights stay in prior/) with its tokenizer.
     """
     stored = read_stored_model(path)
-    model, cfg = _build(stored.family, stored.model_config, stored.state, stored.path)
+    model, cfg = _build(stored.family, stored.model_config, stored.float_state(), stored.path)
     tok = tokenizer_from_json(stored.tokenizer) if stored.tokenizer is not None else None
     if stored.path.is_dir() and (stored.path / "prior" / "config.json").exists():
         prior = load_model(stored.path / "prior")

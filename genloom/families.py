@@ -44,7 +44,6 @@ class Family:
     write_card: Callable[..., Path]  # (folder, card, name, command) -> README.md
     options: frozenset | None = None  # the generation options it takes (None: what its model class declares)
     loss_name: str = ""  # what its validation loss measures, for cards and reports
-    description: str = ""
 
     @property
     def sampling_options(self) -> frozenset:
@@ -120,18 +119,14 @@ def check_run_config(cfg: RunConfig) -> RunConfig:
 
 
 register(Family("gpt", "text", GPTConfig, GPT, LMTask, cards.text_card, TEXT_OPTIONS,
-                loss_name="next-token cross-entropy, nats/token",
-                description="GPT-2 or LLaMA-style decoder-only transformer (nanoGPT)"))
+                loss_name="next-token cross-entropy, nats/token"))
 register(Family("classifier", "label", ClassifierConfig, Classifier, ClassifyTask, cards.classifier_card,
-                loss_name="cross-entropy, nats",
-                description="image classifier; its features are the image metrics' feature space"))
+                loss_name="cross-entropy, nats"))
 register(Family("dcgan", "image", DCGANConfig, DCGAN, GANTask, cards.image_card,
-                loss_name="discriminator / generator losses",
-                description="DCGAN and WGAN-GP (Radford et al. 2016, Gulrajani et al. 2017)"))
+                loss_name="discriminator / generator losses"))
 register(Family("diffusion", "image", UNetConfig, DiffusionModel, DiffusionTask, cards.image_card,
-                loss_name="noise-prediction MSE", description="DDPM U-Net (Ho et al. 2020)"))
+                loss_name="noise-prediction MSE"))
 register(Family("vae", "image", VAEConfig, VAE, VAETask, cards.image_card,
-                loss_name="negative ELBO, nats per image", description="VAE (Kingma & Welling 2014)"))
+                loss_name="negative ELBO, nats per image"))
 register(Family("vqvae", "image", VQVAEConfig, VQVAE, VQVAETask, cards.image_card,
-                loss_name="reconstruction MSE + commitment",
-                description="VQ-VAE (van den Oord et al. 2017) with a GPT prior over its codes"))
+                loss_name="reconstruction MSE + commitment"))

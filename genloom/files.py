@@ -74,6 +74,7 @@ def safe_torch_load(path: str | Path) -> dict:
         raise GenloomError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
 
 
+ROOT = Path(__file__).resolve().parent.parent  # the checkout that holds models/ (the bundled models)
 CKPT_FORMAT = "genloom-checkpoint"
 MODEL_FORMAT = "genloom-model"
 
@@ -88,6 +89,10 @@ class StoredModel:
     path: Path
     meta: dict = field(default_factory=dict)  # config.json of an export; {"step": N} of a checkpoint
     tokenizer: dict | None = None  # the tokenizer's JSON, if one was saved
+
+    def float_state(self) -> dict:
+        """The tensors with floating ones in float32 (exports may be float16/bfloat16), ready to load."""
+        return {k: v.float() if v.is_floating_point() else v for k, v in self.state.items()}
 
 
 def load_checkpoint(path) -> dict:

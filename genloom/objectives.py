@@ -465,7 +465,3 @@ class VQVAETask(VAETask):
         """Reconstructions of the first validation images above the originals (no prior during training)."""
         x = self.splits["val"].images[: n // 2]
         return torch.cat([x, model.reconstruct(x)])
-
-
-TASKS = {"gpt": LMTask, "classifier": ClassifyTask, "diffusion": DiffusionTask, "dcgan": GANTask, "vae": VAETask,
-         "vqvae": VQVAETask}

@@ -164,3 +164,16 @@ def test_data_train_generate_eval_export(tmp_path, english_file, run_main):
     assert back.tokenizer.encode("the cat") == best.tokenizer.encode("the cat")
     with torch.no_grad():
         assert (back.model(idx)[0] - best.model(idx)[0]).abs().max().item() < 1e-5
+
+
+def test_every_command_is_in_the_lazy_map():
+    """genloom.cli.base.COMMANDS names the module of every command (they are imported only when used)."""
+    import importlib
+
+    from genloom.cli.base import COMMANDS, cli
+
+    for module in set(COMMANDS.values()):
+        importlib.import_module(f"genloom.cli.{module}")
+    assert set(cli.commands) == set(COMMANDS)
+    for name, module in COMMANDS.items():
+        assert cli.commands[name].callback.__module__ == f"genloom.cli.{module}"

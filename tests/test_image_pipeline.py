@@ -141,7 +141,7 @@ def test_a_prompt_is_a_condition_a_class_name_or_reported_unused(folders):
 @pytest.mark.parametrize("name", ["diffusion", "dcgan", "vae", "vqvae"])
 def test_every_png_carries_the_same_keys_and_its_own_seed(folders, name, tmp_path):
     lm = load_model(folders[name])
-    kw = {"labels": ["owl", "cat"]} if lm.model.num_classes else {}
+    kw = {"labels": ["owl", "cat"]} if P.trait(lm.model, "num_classes") else {}
     written = P.write_images(P.generate(lm, ImageOptions(model="m", n=3, seed=40, **kw)), tmp_path)
     assert [p.name for p, _ in written] == ["40-000.png", "40-001.png", "40-002.png", "40-grid.png"]
     for path, params in written:

@@ -1,4 +1,4 @@
-"""The `genloom` command: thin doors into the library, one module per group of commands.
+"""The `genloom` command: thin doors into the library, one module per group of commands (loaded when used).
 
 Bad input: one line on stderr (`genloom: error: ...`), exit code 2.
 """
@@ -9,7 +9,6 @@ import sys
 
 import click
 
-from genloom.cli import evaluate, generate, images, serve, train  # noqa: F401  (each adds its commands to cli)
 from genloom.cli.base import cli
 from genloom.errors import GenloomError
 

@@ -1,11 +1,30 @@
-"""The `genloom` command group every command module adds itself to."""
+"""The `genloom` command group every command module adds itself to, loaded one module at a time."""
 
 from __future__ import annotations
 
+import importlib
 
 import click
 import torch
 
+COMMANDS = {  # command -> the module of genloom.cli that defines it (imported when the command is used)
+    "data": "train", "train": "train", "export": "train", "import-hf": "train", "export-hf": "train",
+    "generate": "generate", "eval": "evaluate", "evalset": "evaluate", "import-gan": "images", "codes": "images",
+    "reconstruct": "images", "decode": "images", "attach-prior": "images", "serve": "serve", "keys": "serve",
+}
+
+
+class LazyGroup(click.Group):
+    """click's lazily loaded subcommands: `genloom data` does not import the server, nor `genloom serve` the
+    evaluation stack; each module still imports everything it needs at its top."""
+
+    def list_commands(self, ctx) -> list[str]:
+        return sorted({*super().list_commands(ctx), *COMMANDS})
+
+    def get_command(self, ctx, name):
+        if name not in self.commands and name in COMMANDS:
+            importlib.import_module(f"genloom.cli.{COMMANDS[name]}")  # its decorators add its commands here
+        return super().get_command(ctx, name)
 
 
 def _threads(n: int) -> None:
@@ -13,7 +32,7 @@ def _threads(n: int) -> None:
         torch.set_num_threads(n)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="genloom")
 def cli():
     """genloom: train, sample, evaluate and serve generative models on your own machine."""

@@ -7,10 +7,10 @@ import json
 import click
 
 from genloom import evaluate as ev
+from genloom.cli.base import _threads, cli
 from genloom.data import evalsets
 from genloom.errors import GenloomError
 from genloom.report import jsonable, write_report
-from genloom.cli.base import _threads, cli
 
 
 @cli.command("eval")

@@ -8,12 +8,12 @@ import click
 
 from genloom import families
 from genloom.checkpoints import load_model
+from genloom.cli.base import _threads, cli
 from genloom.data.images import read_png_parameters
 from genloom.errors import GenloomError
+from genloom.pipelines import images
 from genloom.sample import SamplingParams, stream_text
 from genloom.sample import generate as generate_text
-from genloom.pipelines import images
-from genloom.cli.base import _threads, cli
 
 
 @cli.command()

@@ -5,23 +5,22 @@ from __future__ import annotations
 import importlib.util
 import json
 import shutil
-
 from pathlib import Path
 
 import click
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-import torch
 
 from genloom import families
 from genloom.checkpoints import load_model
+from genloom.cli.base import cli
 from genloom.data.images import image_folder, png_with_metadata
 from genloom.errors import GenloomError
 from genloom.files import atomic_write_bytes, atomic_write_text
 from genloom.importers import GAN_PACKAGES, import_dcgan
 from genloom.metrics.image import psnr, ssim
 from genloom.pipelines.codes import prepare_codes
-from genloom.cli.base import cli
 
 
 @cli.command("import-gan")

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-
 from pathlib import Path
 
 import click
 
+from genloom.cli.base import _threads, cli
 from genloom.errors import GenloomError
 from genloom.serve import app as server
 from genloom.serve.database import Database
 from genloom.serve.models import bundled_model_paths
-from genloom.cli.base import _threads, cli
 
 
 @cli.command()

@@ -9,10 +9,10 @@ import click
 
 from genloom import train as training
 from genloom.checkpoints import export_model, load_model, write_model_card
+from genloom.cli.base import cli
 from genloom.data.text import prepare
 from genloom.families import load_run_config
 from genloom.hf import export_gpt2, import_gpt2
-from genloom.cli.base import cli
 
 
 @cli.command()

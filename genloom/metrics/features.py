@@ -13,11 +13,10 @@ import torch
 
 from genloom.config import from_dict
 from genloom.errors import GenloomError
-from genloom.files import read_stored_model
+from genloom.files import ROOT, read_stored_model
 from genloom.metrics.image import FeatureExtractor
 from genloom.models.classifier import Classifier, ClassifierConfig
 
-ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_FEATURES = {"fashion-mnist": "models/fmnist-features", "mnist5k": "models/mnist-features"}
 
 
@@ -41,7 +40,7 @@ def load_feature_extractor(spec: str, batch_size: int = 256):
     try:  # built straight from its files: the metrics sit below the family registry and the checkpoint store
         cfg = from_dict(ClassifierConfig, stored.model_config, "model.")
         model = Classifier(cfg)
-        model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in stored.state.items()})
+        model.load_state_dict(stored.float_state())
     except (GenloomError, RuntimeError):
         raise GenloomError(f"{spec} is a '{stored.family}' model; features come from an image classifier "
                            "(genloom's 'classifier' family) or torchscript:PATH") from None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 import torch
 import torch.nn as nn
@@ -120,21 +119,8 @@ class DCGAN(nn.Module):
         return Optimizers(d=adam(self.discriminator), g=adam(self.generator))
 
     # what the image pipeline (genloom.pipelines.images) asks of an image model
-    sampling_options = frozenset()
-    sampling_defaults = MappingProxyType({})
     sampler_name = "gan"
     condition_optional = False  # a conditional generator has no null class
-    text_conditional = False
-    prior_sampled = False
-    not_ready = None
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.config.classes)
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:

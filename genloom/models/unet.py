@@ -163,16 +163,6 @@ class DiffusionModel(nn.Module):
     sampling_defaults = MappingProxyType({"sampler": "ddim", "steps": 50, "guidance": 1.0, "eta": 0.0})
     sampler_name = None  # named by the diffusion sampler chosen
     condition_optional = True  # the null class / empty prompt of classifier-free guidance training
-    prior_sampled = False
-    not_ready = None
-
-    @property
-    def num_classes(self) -> int:
-        return self.config.num_classes
-
-    @property
-    def class_names(self) -> list[str]:
-        return list(self.config.classes)
 
     @property
     def text_conditional(self) -> bool:

@@ -154,15 +154,8 @@ class VAE(nn.Module):
         return out
 
     # what the image pipeline (genloom.pipelines.images) asks of an image model
-    sampling_options = frozenset()
-    sampling_defaults = MappingProxyType({})
     sampler_name = "vae"
-    num_classes = 0
-    class_names = ()
     condition_optional = False
-    text_conditional = False
-    prior_sampled = False
-    not_ready = None
 
     @torch.no_grad()
     def sample(self, n: int, seed: int | None = None) -> torch.Tensor:
@@ -404,7 +397,6 @@ class VQVAE(nn.Module):
     sampling_defaults = MappingProxyType({"temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0})
     sampler_name = "gpt-prior"
     condition_optional = False  # a conditional prior's records always start with a class token
-    text_conditional = False
     prior_sampled = True
 
     @property

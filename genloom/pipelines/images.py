@@ -37,15 +37,21 @@ PARAM_KEYS = ("model", "family", "seed", "index", "n", "sampler", "steps", *OPTI
 
 
 TRAITS = {  # what an image model class may declare, and what a family that declares nothing gets
-    "sampling_options": frozenset(), "sampling_defaults": {}, "sampler_name": "", "num_classes": 0,
-    "class_names": (), "text_conditional": False, "condition_optional": True, "prior_sampled": False,
-    "not_ready": "", "max_sampling_steps": 1,
+    "sampling_options": frozenset(), "sampling_defaults": {}, "sampler_name": "", "text_conditional": False,
+    "condition_optional": True, "prior_sampled": False, "not_ready": "", "max_sampling_steps": 1,
 }
 
 
 def trait(model, name: str):
-    """A model's declared sampling trait (class attribute or property), or the plain default."""
-    return getattr(model, name, TRAITS[name])
+    """A model's declared sampling trait (class attribute or property), or the plain default; its classes
+    come from its config (`num_classes`, `classes`) unless the model declares them itself."""
+    if hasattr(model, name):
+        return getattr(model, name)
+    if name == "num_classes":
+        return getattr(model.config, "num_classes", 0) or 0
+    if name == "class_names":
+        return list(getattr(model.config, "classes", None) or [])
+    return TRAITS[name]
 
 
 class ImageOptionError(GenloomError):
@@ -200,10 +206,9 @@ def _check_sampling(model, s: dict) -> None:
         raise ImageOptionError(str(e), str(e).split()[0]) from None
 
 
-def _conditions(lm, opts: ImageOptions, strict: bool):
-    """(labels, prompts, unused_prompt) per image from the options' labels and prompts."""
+def _conditions(lm, opts: ImageOptions, strict: bool, k: int, names: list[str]):
+    """(labels, prompts, unused_prompt) per image from the options' labels and prompts; k, names: the classes."""
     model, n = lm.model, opts.n
-    k, names = image_classes(lm)
     cycle = lambda xs: tuple(xs[i % len(xs)] for i in range(n))
     labels, prompts, unused = (None,) * n, (None,) * n, None
     given = [p for p in opts.prompts if p is not None and p.strip()]
@@ -257,16 +262,17 @@ def resolve(lm, opts: ImageOptions, *, strict: bool = False) -> ImagePlan:
     size = f"{lm.config.image_size}x{lm.config.image_size}"
     if opts.size not in (None, size):
         raise ImageOptionError(f"size {opts.size} is not available: this model makes {size} images", "size")
-    labels, prompts, unused = _conditions(lm, opts, strict)
+    k, names = image_classes(lm)
+    labels, prompts, unused = _conditions(lm, opts, strict, k, names)
     if sampling.get("guidance", 1.0) != 1.0:
-        if not (trait(model, "num_classes") or trait(model, "text_conditional")):
+        if not (k or trait(model, "text_conditional")):
             raise ImageOptionError("guidance needs a class- or text-conditional model; this one is unconditional",
                                    "guidance")
         if labels[0] is None and prompts[0] is None:
             raise ImageOptionError("guidance needs a condition: give a class label or a prompt", "guidance")
     seed = secrets.randbelow(2**31 - 1) if opts.seed is None else int(opts.seed)
     return ImagePlan(model=opts.model or lm.path, family=lm.family, n=opts.n, seed=seed, sampling=sampling,
-                     labels=labels, prompts=prompts, classes=tuple(image_classes(lm)[1]), size=size,
+                     labels=labels, prompts=prompts, classes=tuple(names), size=size,
                      sampler=sampling.get("sampler", trait(model, "sampler_name")), unused_prompt=unused)
 
 

@@ -21,9 +21,9 @@ import torch
 from genloom.callbacks import Callback, LossCurve, MetricsLog
 from genloom.checkpoints import write_model_card
 from genloom.config import RunConfig
-from genloom.families import run_config_from_dict
 from genloom.data.text import prepare
 from genloom.errors import GenloomError
+from genloom.families import run_config_from_dict
 from genloom.files import atomic_write_text
 from genloom.serve.database import Database
 from genloom.train import run

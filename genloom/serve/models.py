@@ -9,9 +9,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from genloom.checkpoints import load_model
 from genloom import families
+from genloom.checkpoints import load_model
 from genloom.errors import GenloomError, choices
+from genloom.files import ROOT
 from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -164,7 +165,6 @@ class FineTuned:
                 log_event("model_registered", model=name, job=job.id)
 
 
-ROOT = Path(__file__).resolve().parents[2]  # the checkout that holds models/
 BUNDLED_MODELS = ("chat", "kjv", "tang", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan", "fmnist-vae",
                   "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
 
