@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 from pathlib import Path
 
 from genloom.data.images import grid_png
-from genloom.files import atomic_write_bytes
+from genloom.files import append_text, atomic_write_bytes, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 
 class Callback:
     """Override any of: on_train_start, on_step_end, on_log, on_eval_end, on_metrics, on_checkpoint, on_sample,
-    on_train_end."""
+    on_train_end, on_train_error (an exception leaves the loop: a full disk, a diverged loss)."""
 
     def on_train_start(self, trainer, info):
         pass
@@ -37,6 +40,9 @@ class Callback:
         pass
 
     def on_metrics(self, trainer, info):
+        pass
+
+    def on_train_error(self, trainer, info):
         pass
 
 
@@ -87,6 +93,11 @@ class ProgressBar(Callback):
         figures = ", ".join(f"{k} {v:.4g}" for k, v in info.items() if k != "step" and isinstance(v, (int, float)))
         self.write(f"step {info['step']}: {figures}")
 
+    def on_train_error(self, trainer, info):
+        if self.bar is not None:  # closed now, so the error's one line is the last one on the terminal
+            self.bar.close()
+            self.bar = None
+
     def on_train_end(self, trainer, info):
         if self.bar is not None:
             self.bar.close()
@@ -94,17 +105,38 @@ class ProgressBar(Callback):
             self.write(f"interrupted at step {info['step']}: checkpoint saved; continue with --resume")
 
 
+def read_jsonl(path: Path) -> tuple[list[dict], int]:
+    """The rows of a JSONL log and how many lines were torn (cut off by a kill in mid-write, or not JSON rows)."""
+    rows, torn = [], 0
+    for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines():
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            torn += 1
+            continue
+        if isinstance(row, dict) and isinstance(row.get("step"), int):
+            rows.append(row)
+        else:
+            torn += 1
+    return rows, torn
+
+
 class MetricsLog(Callback):
     """Append every logged step and every validation to metrics.jsonl in the run folder."""
     def on_train_start(self, trainer, info):
         self.path = trainer.out / "metrics.jsonl"
         if self.path.exists():  # on resume, drop what was logged after the checkpoint we resume from
-            keep = [ln for ln in self.path.read_text().splitlines() if ln and json.loads(ln)["step"] <= trainer.step]
-            self.path.write_text("".join(ln + "\n" for ln in keep))
+            rows, torn = read_jsonl(self.path)
+            keep = [r for r in rows if r["step"] <= trainer.step]
+            if torn:
+                log.warning("%s: dropped %d torn line(s) (a write cut short by a crash)", self.path, torn)
+            if torn or len(keep) < len(rows):
+                atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
 
     def _append(self, row):
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
+        append_text(self.path, json.dumps({**row, "time": round(time.time(), 3)}) + "\n")
 
     def on_log(self, trainer, info):
         named = {f"loss_{k}": v for k, v in (info.get("losses") or {}).items()}
@@ -126,7 +158,7 @@ def plot_loss_curve(metrics_path: Path, png_path: Path, title: str = "", ylabel:
     import matplotlib.pyplot as plt
 
 
-    rows = [json.loads(ln) for ln in Path(metrics_path).read_text().splitlines() if ln.strip()]
+    rows, _ = read_jsonl(metrics_path)
     named = sorted({k for r in rows for k in r if k.startswith("loss_")})  # a GAN's loss_d/loss_g, ELBO terms
     train = {"train loss": [(r["step"], r["loss"]) for r in rows if "loss" in r]} if not named else {
         k[len("loss_"):]: [(r["step"], r[k]) for r in rows if k in r] for k in named}
@@ -193,9 +225,7 @@ class SamplesFile(Callback):
             atomic_write_bytes(trainer.out / "samples" / f"step-{trainer.step:06d}.png", png)
             atomic_write_bytes(trainer.out / "samples.png", png)
             return
-        with open(trainer.out / "samples.txt", "a", encoding="utf-8") as f:
-            for s in samples:
-                f.write(f"--- step {trainer.step} ---\n{s}\n")
+        append_text(trainer.out / "samples.txt", "".join(f"--- step {trainer.step} ---\n{s}\n" for s in samples))
 
     def on_sample(self, trainer, info):
         self._write(trainer, info["samples"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,15 +20,18 @@ from safetensors.torch import save
 from genloom import __version__, families
 from genloom.data.tokenizers import Tokenizer, tokenizer_from_json
 from genloom.errors import GenloomError
-from genloom.files import (  # noqa: F401  (load_checkpoint is part of this module's API)
+from genloom.files import (
     CKPT_FORMAT,
     MODEL_FORMAT,
     atomic_torch_save,
     atomic_write,
     atomic_write_text,
     load_checkpoint,
+    previous_checkpoint,
     read_stored_model,
 )
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -43,6 +47,7 @@ class Loaded:
 
 
 def save_checkpoint(path, *, family, model, model_config, tokenizer, optimizer, step, extra) -> None:
+    """The resumable checkpoint; the one it replaces stays as last.prev.pt until this one is whole on disk."""
     state = {
         "format": CKPT_FORMAT,
         "version": __version__,
@@ -54,7 +59,27 @@ def save_checkpoint(path, *, family, model, model_config, tokenizer, optimizer, 
         "tokenizer": json.dumps(tokenizer.to_json(), ensure_ascii=False) if tokenizer is not None else "",
         **extra,
     }
-    atomic_torch_save(path, state)
+    atomic_torch_save(path, state, keep_previous=True)
+
+
+def load_resumable(path) -> tuple[dict, Path]:
+    """The checkpoint to resume from and its path: `path`, or the one before it (last.prev.pt) when `path` is
+    missing or damaged (a crash, a full disk), with a warning naming both files."""
+    path, prev = Path(path), previous_checkpoint(path)
+    if not path.exists() and not prev.exists():
+        raise GenloomError(f"nothing to resume: {path} does not exist")
+    try:
+        return load_checkpoint(path), path
+    except GenloomError as e:
+        if not prev.exists():
+            raise
+        problem = e
+    try:
+        state = load_checkpoint(prev)
+    except GenloomError:
+        raise problem from None
+    log.warning("%s; resuming from the checkpoint before it, %s (step %s)", problem, prev, state.get("step"))
+    return state, prev
 
 
 def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, dtype="float32") -> Path:

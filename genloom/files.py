@@ -5,17 +5,22 @@ Export folder layout (what genloom.checkpoints writes, what the starter models s
     model.safetensors   the weights (float32, or float16/bfloat16 to keep starters small)
     config.json         {"format": "genloom-model", "family": ..., "model": {...}, "card": {...}}
     tokenizer.json      the tokenizer, as JSON
-A checkpoint `last.pt` is a dict with "format": "genloom-checkpoint", read with weights_only=True.
+A checkpoint `last.pt` is a dict with "format": "genloom-checkpoint", read with weights_only=True; the one before
+it stays as `last.prev.pt` until a new one is whole on disk, for a resume to fall back on.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
 import pickle
+import pickletools
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,9 +30,19 @@ from safetensors.torch import load_file
 
 from genloom.errors import GenloomError
 
+DISK_FULL = frozenset(c for c in (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", None)) if c is not None)
 
-def atomic_write(path: str | Path, write) -> None:
-    """Write to a temporary file beside `path`, fsync, then rename over it: never a half-written file."""
+
+def previous_checkpoint(path: str | Path) -> Path:
+    """Where the checkpoint before `path` is kept while a new one is written: last.pt -> last.prev.pt."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.prev{path.suffix}")
+
+
+def atomic_write(path: str | Path, write, *, keep_previous: bool = False) -> None:
+    """Write to a temporary file beside `path`, fsync it, rename it over `path`, fsync the folder: never a
+    half-written file, even after a power cut. With keep_previous the old file stays as previous_checkpoint(path)
+    (a hard link, so a complete `path` exists at every moment). An OSError names `path` (a full disk, ...)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -36,10 +51,59 @@ def atomic_write(path: str | Path, write) -> None:
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        if keep_previous and path.exists():
+            _keep(path, previous_checkpoint(path))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None and e.filename is None:  # a write() failing names no file
+            raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+    _fsync_dir(path.parent)
+
+
+def _keep(path: Path, prev: Path) -> None:
+    prev.unlink(missing_ok=True)
+    try:
+        os.link(path, prev)
+    except OSError:  # a filesystem without hard links: move it (a crash now leaves only prev; resume reads it)
+        os.replace(path, prev)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable: fsync the folder that holds it (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def append_text(path: str | Path, text: str) -> None:
+    """Append to a log file (metrics.jsonl, samples.txt); an OSError names the file."""
+    try:
+        with open(path, "a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as e:
+        if e.errno is not None and e.filename is None:
+            raise OSError(e.errno, e.strerror, str(path)) from e
+        raise
+
+
+@contextlib.contextmanager
+def disk_full_as_error(hint: str = ""):
+    """A full disk (ENOSPC, or EFBIG past a file-size limit, or EDQUOT) becomes one GenloomError line naming the file."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in DISK_FULL:
+            raise
+        raise GenloomError(f"no space left on device writing {e.filename or 'a file'} ({e.strerror}){hint}") from e
 
 
 def atomic_write_bytes(path, data: bytes) -> None:
@@ -50,10 +114,11 @@ def atomic_write_text(path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def atomic_torch_save(path, obj) -> None:
+def atomic_torch_save(path, obj, *, keep_previous: bool = False) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write(path, lambda f: f.write(data), keep_previous=keep_previous)
 
 
 def safe_torch_load(path: str | Path) -> dict:
@@ -65,13 +130,45 @@ def safe_torch_load(path: str | Path) -> dict:
         with warnings.catch_warnings():  # torch warns about foreign pickle protocols; the error below says it all
             warnings.simplefilter("ignore")
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
-        raise GenloomError(
-            f"refusing to load {path}: it holds pickled objects beyond tensors (weights_only=True); "
-            "use a safetensors export"
-        ) from None
-    except Exception as e:  # noqa: BLE001 - truncated zip, random bytes, ...
-        raise GenloomError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    except Exception as e:  # noqa: BLE001 - foreign pickles, truncated zips, random bytes, ...
+        if isinstance(e, pickle.UnpicklingError) and _is_whole_pickle(path):
+            raise GenloomError(
+                f"refusing to load {path}: it holds pickled objects beyond tensors (weights_only=True); "
+                "use a safetensors export"
+            ) from None
+        raise GenloomError(f"{path} is corrupt or not a checkpoint (torch cannot read it: {type(e).__name__})") from None
+
+
+def _is_whole_pickle(path: Path) -> bool:
+    """Whether `path` holds well-formed pickle streams (torch's zip with its data.pkl, a bare pickle, or torch's
+    legacy magic/protocol/sys_info/object pickles), told apart from garbage by parsing the opcodes
+    (pickletools.genops runs nothing)."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            pickles = [z.read(n) for n in z.namelist() if n.rsplit("/", 1)[-1] == "data.pkl"]
+        return bool(pickles) and all(_whole_pickles(p) for p in pickles)
+    except zipfile.BadZipFile:
+        pass
+    except Exception:  # noqa: BLE001 - a damaged zip
+        return False
+    try:
+        return _whole_pickles(path.read_bytes(), most=4)
+    except OSError:
+        return False
+
+
+def _whole_pickles(data: bytes, most: int = 1) -> bool:
+    """Whether `data` starts with up to `most` complete pickles, at least one, none cut off."""
+    stream = io.BytesIO(data)
+    for i in range(most):
+        if i and stream.tell() == len(data):
+            return True
+        try:
+            if list(pickletools.genops(stream))[-1][0].name != "STOP":
+                return False
+        except Exception:  # noqa: BLE001 - a malformed opcode or argument, or the data ends mid-pickle
+            return False
+    return True
 
 
 ROOT = Path(__file__).resolve().parent.parent  # the checkout that holds models/ (the bundled models)

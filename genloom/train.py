@@ -24,10 +24,10 @@ import torch
 
 from genloom import families
 from genloom.callbacks import Callback, default_callbacks
-from genloom.checkpoints import export_model, load_checkpoint, load_model, save_checkpoint
+from genloom.checkpoints import export_model, load_model, load_resumable, save_checkpoint
 from genloom.config import RunConfig
 from genloom.errors import GenloomError
-from genloom.files import atomic_write_text
+from genloom.files import atomic_write_text, disk_full_as_error, previous_checkpoint
 from genloom.optim import Optimizers  # noqa: F401  (re-exported: the Trainer steps them)
 
 
@@ -55,9 +55,10 @@ class Trainer:
         self.cfg, t = cfg, cfg.train
         self.out = Path(t.out_dir)
         self.last_path = self.out / "last.pt"
-        if self.last_path.exists() and not resume:
+        saved = self.last_path.exists() or previous_checkpoint(self.last_path).exists()
+        if saved and not resume:
             raise GenloomError(f"{self.out} already holds a run; pass --resume to continue it or set train.out_dir")
-        if resume and not self.last_path.exists():
+        if resume and not saved:
             raise GenloomError(f"nothing to resume: {self.last_path} does not exist")
         if t.threads:
             torch.set_num_threads(t.threads)
@@ -108,7 +109,10 @@ class Trainer:
         self.stop_reason: str | None = None
         self._last_eval = -1
         if resume:
-            self._restore(load_checkpoint(self.last_path))
+            for stale in [*self.out.glob(".*.tmp"), *self.out.glob("best/.*.tmp")]:  # writes a kill cut short
+                stale.unlink(missing_ok=True)
+            state, _ = load_resumable(self.last_path)  # last.pt, or last.prev.pt if it is damaged
+            self._restore(state)
 
     # ---- state -------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
@@ -239,6 +243,14 @@ class Trainer:
             warnings.warn("train.dtype = bfloat16 on a CPU without native bf16 (avx512_bf16/AMX): "
                           "expect it to be slower than float32 (see bench/RESULTS.md)", stacklevel=2)
         self.emit("train_start")
+        try:
+            return self._loop()
+        except BaseException as e:
+            self.emit("train_error", error=e)
+            raise
+
+    def _loop(self) -> dict:
+        t = self.cfg.train
         last_loss = float("nan")
         window_units, window_time = 0, 0.0
         with self._signals():
@@ -332,5 +344,8 @@ class Trainer:
 
 def run(cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None) -> dict:
     """Train one run config to its end (or a clean stop) and return the summary: the one way in for
-    `genloom train`, the fine-tuning worker and the tests."""
-    return Trainer(cfg, resume=resume, callbacks=callbacks).fit()
+    `genloom train`, the fine-tuning worker and the tests. A full disk is one GenloomError naming the file;
+    the checkpoint saved before it is left whole."""
+    with disk_full_as_error("; the last checkpoint saved before it is intact: free some space and continue "
+                            "with --resume"):
+        return Trainer(cfg, resume=resume, callbacks=callbacks).fit()

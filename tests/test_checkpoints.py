@@ -1,15 +1,19 @@
+import errno
 import json
 import os
 import pickle
+import random
+import stat
 
 import pytest
 import torch
 from safetensors import safe_open
 
 from genloom.data.tokenizers import CharTokenizer
-from genloom.checkpoints import export_model, load_checkpoint, load_model, save_checkpoint
+from genloom.checkpoints import export_model, load_checkpoint, load_model, load_resumable, save_checkpoint
 from genloom.errors import GenloomError
-from genloom.files import atomic_torch_save, atomic_write, atomic_write_text, safe_torch_load
+from genloom.files import (atomic_torch_save, atomic_write, atomic_write_bytes, atomic_write_text, previous_checkpoint,
+                           safe_torch_load)
 
 from conftest import random_gpt
 
@@ -96,6 +100,16 @@ def test_pickle_with_custom_class_is_refused(tmp_path, how):
             load(path)
 
 
+def test_legacy_torch_pickle_with_custom_class_is_refused(tmp_path):
+    path = tmp_path / "old.pt"
+    torch.save({"payload": Payload()}, path, _use_new_zipfile_serialization=False)
+    with pytest.raises(GenloomError, match="refusing to load"):
+        safe_torch_load(path)
+    path.write_bytes(path.read_bytes()[:40])  # the same file cut short: corrupt, not "pickled objects"
+    with pytest.raises(GenloomError, match="corrupt or not a checkpoint"):
+        safe_torch_load(path)
+
+
 def test_pickle_named_model_safetensors(tmp_path):
     folder = export(tmp_path, random_gpt())
     torch.save({"x": Payload()}, folder / "model.safetensors")
@@ -111,6 +125,12 @@ def test_random_bytes(tmp_path):
     (tmp_path / "junk.pt").write_bytes(os.urandom(4096))
     with pytest.raises(GenloomError, match=r"junk\.pt"):  # torch reads random bytes as a foreign pickle
         load_model(tmp_path / "junk.pt")
+    for seed in range(20):  # garbage is corrupt, not "pickled objects" (that is for well-formed pickles only)
+        blob = random.Random(seed).randbytes(random.Random(seed).choice([1, 7, 100, 4096]))
+        (tmp_path / "junk.pt").write_bytes(blob)
+        with pytest.raises(GenloomError) as e:
+            load_checkpoint(tmp_path / "junk.pt")
+        assert "corrupt or not a checkpoint" in str(e.value) and "pickled objects" not in str(e.value), blob[:20]
     good = tmp_path / "good.pt"
     atomic_torch_save(good, {"format": "genloom-checkpoint"})
     good.write_bytes(good.read_bytes()[:-100])  # truncated
@@ -171,3 +191,89 @@ def test_atomic_write_leaves_no_partial_file(tmp_path):
     assert target.read_text() == "old content" and len(list(tmp_path.iterdir())) == 1
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
+
+
+def test_atomic_write_fsyncs_the_file_before_the_rename_and_then_its_folder(tmp_path, monkeypatch):
+    """Without the fsync a crash soon after the rename can leave an empty or partial file under the final name."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        st = os.fstat(fd)
+        events.append(("fsync", st.st_ino, stat.S_ISDIR(st.st_mode)))
+        real_fsync(fd)
+
+    def replace(src, dst, **kw):
+        events.append(("replace", os.stat(src).st_ino, str(dst)))
+        real_replace(src, dst, **kw)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    target = tmp_path / "out.bin"
+    atomic_write_bytes(target, b"payload")
+    assert target.read_bytes() == b"payload"
+    kinds = [e[0] for e in events]
+    assert "replace" in kinds, events
+    i = kinds.index("replace")
+    _, tmp_inode, dst = events[i]
+    assert dst == str(target)
+    # the temporary file (the inode that becomes `target`) is fsynced before it is renamed ...
+    assert ("fsync", tmp_inode, False) in events[:i], events
+    # ... and the folder after it, so the rename itself survives a power cut
+    assert ("fsync", os.stat(tmp_path).st_ino, True) in events[i + 1:], events
+
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG])
+def test_atomic_write_on_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path, code):
+    target = tmp_path / "last.pt"
+    atomic_write_text(target, "old content")
+
+    def full(f):
+        f.write(b"some")
+        raise OSError(code, os.strerror(code))
+
+    with pytest.raises(OSError) as e:
+        atomic_write(target, full)
+    assert e.value.errno == code and e.value.filename == str(target)
+    assert target.read_text() == "old content" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
+def test_checkpoint_keeps_the_previous_one(tmp_path):
+    model = random_gpt()
+    kw = {"family": "gpt", "model": model, "model_config": model.config, "tokenizer": TOK, "optimizer": None,
+          "extra": {}}
+    save_checkpoint(tmp_path / "last.pt", step=1, **kw)
+    assert not previous_checkpoint(tmp_path / "last.pt").exists()
+    save_checkpoint(tmp_path / "last.pt", step=2, **kw)
+    save_checkpoint(tmp_path / "last.pt", step=3, **kw)
+    assert previous_checkpoint(tmp_path / "last.pt") == tmp_path / "last.prev.pt"
+    assert load_checkpoint(tmp_path / "last.pt")["step"] == 3
+    assert load_checkpoint(tmp_path / "last.prev.pt")["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("damage", ["random", "truncated", "empty", "missing"])
+def test_resumable_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog, damage):
+    model = random_gpt()
+    kw = {"family": "gpt", "model": model, "model_config": model.config, "tokenizer": TOK, "optimizer": None,
+          "extra": {}}
+    last = tmp_path / "last.pt"
+    save_checkpoint(last, step=4, **kw)
+    save_checkpoint(last, step=8, **kw)
+    state, path = load_resumable(last)
+    assert state["step"] == 8 and path == last and not caplog.records  # a sound last.pt: no warning
+    if damage == "random":
+        last.write_bytes(os.urandom(5000))
+    elif damage == "truncated":
+        last.write_bytes(last.read_bytes()[:-3000])
+    elif damage == "empty":
+        last.write_bytes(b"")
+    else:
+        last.unlink()
+    with caplog.at_level("WARNING"):
+        state, path = load_resumable(last)
+    assert state["step"] == 4 and path == tmp_path / "last.prev.pt"
+    assert any("last.pt" in r.getMessage() and "last.prev.pt" in r.getMessage() for r in caplog.records)
+    (tmp_path / "last.prev.pt").write_bytes(os.urandom(100))  # both gone: the error names the last one
+    if damage != "missing":
+        with pytest.raises(GenloomError, match=r"last\.pt"):
+            load_resumable(last)

@@ -213,3 +213,71 @@ def test_sigint_saves_and_resume_continues(tmp_path, english_dir):
     steps = [r["step"] for r in metrics(out) if "loss" in r]
     assert steps == list(range(1, step + 4))  # no step logged twice, none missing
     assert torch.load(out / "last.pt", weights_only=True)["step"] == step + 3
+
+
+def scripted_eval(*values):
+    """A Trainer.evaluate that answers the given validation losses, one per validation, in order."""
+    it = iter(values)
+    return lambda trainer: {"val_loss": next(it)}
+
+
+def test_best_survives_resume(tmp_path, english_dir, monkeypatch):
+    """A worse validation after a resume must not overwrite best/ (it did when best_val restarted at infinity)."""
+    kw = {"max_steps": 6, "eval_interval": 2, "ckpt_interval": 100, "log_interval": 1}
+    monkeypatch.setattr(Trainer, "evaluate", scripted_eval(1.0, 1.5))  # steps 2 and 4 of the first run
+    first = Trainer(make_cfg(english_dir, tmp_path, **kw), callbacks=quiet(StopAt(4)))
+    assert first.fit()["stopped"] == "interrupted"
+    best_weights = (tmp_path / "best" / "model.safetensors").read_bytes()
+    assert json.loads((tmp_path / "best" / "config.json").read_text())["card"]["step"] == 2
+
+    monkeypatch.setattr(Trainer, "evaluate", scripted_eval(2.0))  # step 6: worse than step 2
+    second = Trainer(make_cfg(english_dir, tmp_path, **kw), resume=True, callbacks=quiet())
+    assert second.best_val == 1.0
+    summary = second.fit()
+    assert summary["step"] == 6 and summary["best_val_loss"] == 1.0
+    assert (tmp_path / "best" / "model.safetensors").read_bytes() == best_weights
+    card = json.loads((tmp_path / "best" / "config.json").read_text())["card"]
+    assert card["step"] == 2 and card["val_loss"] == 1.0
+    assert [r["val_loss"] for r in metrics(tmp_path) if "val_loss" in r] == [1.0, 1.5, 2.0]
+
+
+def test_resume_after_a_torn_metrics_line(tmp_path, english_dir, caplog):
+    """A kill in mid-write leaves half a JSON line; --resume drops it (and what followed the checkpoint)."""
+    kw = {"max_steps": 8, "eval_interval": 4, "ckpt_interval": 3, "log_interval": 1}
+    straight = Trainer(make_cfg(english_dir, tmp_path / "a", **kw), callbacks=quiet())
+    straight.fit()
+    Trainer(make_cfg(english_dir, tmp_path / "b", **kw), callbacks=quiet(StopAt(5))).fit()
+    path = tmp_path / "b" / "metrics.jsonl"
+    (tmp_path / "b" / "last.pt").unlink()  # resume from the step-3 checkpoint (now last.prev.pt)...
+    caplog.clear()
+    text = path.read_text()
+    path.write_text(text + text.splitlines()[-1][:17])  # ... with steps 4 and 5 logged and half a line after them
+    with caplog.at_level("WARNING"):
+        second = Trainer(make_cfg(english_dir, tmp_path / "b", **kw), resume=True, callbacks=quiet())
+        assert second.step == 3
+        second.fit()
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "metrics.jsonl" in messages and "torn" in messages
+    rows = metrics(tmp_path / "b")
+    assert [r["step"] for r in rows if "loss" in r] == list(range(1, 9))  # each step once
+    assert [r["loss"] for r in rows if "loss" in r] == [r["loss"] for r in metrics(tmp_path / "a") if "loss" in r]
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_falls_back_to_the_previous_checkpoint(tmp_path, english_dir, caplog):
+    kw = {"max_steps": 8, "eval_interval": 4, "ckpt_interval": 2, "log_interval": 1}
+    straight = Trainer(make_cfg(english_dir, tmp_path / "a", **kw), callbacks=quiet())
+    straight.fit()
+    Trainer(make_cfg(english_dir, tmp_path / "b", **kw), callbacks=quiet(StopAt(5))).fit()
+    assert load_checkpoint(tmp_path / "b" / "last.prev.pt")["step"] == 4
+    last = tmp_path / "b" / "last.pt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 2])  # a torn last checkpoint
+    with caplog.at_level("WARNING"):
+        second = Trainer(make_cfg(english_dir, tmp_path / "b", **kw), resume=True, callbacks=quiet())
+    assert second.step == 4
+    assert any("last.pt" in r.getMessage() and "last.prev.pt" in r.getMessage() for r in caplog.records)
+    second.fit()
+    a, b = straight.model.state_dict(), second.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["step"] for r in metrics(tmp_path / "b") if "loss" in r] == list(range(1, 9))

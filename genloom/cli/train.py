@@ -12,6 +12,7 @@ from genloom.checkpoints import export_model, load_model, write_model_card
 from genloom.cli.base import cli
 from genloom.data.text import prepare
 from genloom.families import load_run_config
+from genloom.files import disk_full_as_error
 from genloom.hf import export_gpt2, import_gpt2
 
 
@@ -26,7 +27,8 @@ from genloom.hf import export_gpt2, import_gpt2
 @click.option("--tokenizer-from", default=None, help="Reuse the tokenizer of a model or data folder (fine-tuning).")
 def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from):
     """Prepare SOURCE (a file, a folder, or a corpus: tang, song, poems-zh, kjv, fortunes, chatterbot, bible-en-es)."""
-    meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from)
+    with disk_full_as_error():
+        meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from)
     click.echo(
         f"{out}: {meta['documents']['train']}+{meta['documents']['val']} documents, "
         f"{meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens, "
@@ -41,7 +43,7 @@ def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tok
 def train(config_path, overrides, resume):
     """Train a model from a config (one loop for every family)."""
     cfg = load_run_config(config_path, overrides)
-    summary = training.run(cfg, resume=resume)
+    summary = training.run(cfg, resume=resume)  # a full disk: one line naming the file (GenloomError)
     summary.pop("samples", None)
     click.echo(json.dumps(summary))
     if summary["stopped"] == "interrupted":
@@ -58,9 +60,10 @@ def export(run, out, dtype, name, repro):
     """Export a run (its best weights, else its last checkpoint) or a model to a slim safetensors folder."""
     lm = load_model(run)
     card = lm.meta.get("card", {})
-    export_model(out, family=lm.family, model=lm.model, model_config=lm.config, tokenizer=lm.tokenizer,
-                 card=card, dtype=dtype)
-    write_model_card(out, card, name, repro)
+    with disk_full_as_error():
+        export_model(out, family=lm.family, model=lm.model, model_config=lm.config, tokenizer=lm.tokenizer,
+                     card=card, dtype=dtype)
+        write_model_card(out, card, name, repro)
     click.echo(f"exported {run} -> {out} ({dtype})")
 
 
