@@ -12,6 +12,7 @@ from genloom.errors import GenloomError
 from genloom.serve import app as server
 from genloom.serve.database import Database
 from genloom.serve.models import bundled_model_paths
+from genloom.serve.transport import parse_origins, parse_public_url
 
 
 @cli.command()
@@ -25,18 +26,32 @@ from genloom.serve.models import bundled_model_paths
 @click.option("--max-queue", default=64, show_default=True, type=int, help="Waiting requests before 429s.")
 @click.option("--max-tokens", default=1024, show_default=True, type=int, help="Upper limit of max_tokens per request.")
 @click.option("--no-jobs", is_flag=True, help="Do not start the fine-tuning worker process.")
+@click.option("--allowed-hosts", multiple=True, help="Host names served besides loopback and --host (comma-separated "
+              "or repeated; '*' for any): other Host headers get 400, which stops DNS rebinding.")
+@click.option("--public-url", default=None, help="Base of the URLs the server hands out (image URLs), e.g. "
+              "https://gen.example.org behind a proxy. Default: the address a request came in on, http://HOST:PORT.")
+@click.option("--cors-origins", multiple=True, help="Web origins (scheme://host[:port]) allowed to call the API from "
+              "a browser (comma-separated or repeated). Default: none; other origins' writes get 403.")
 @click.option("--threads", type=int, default=0)
-def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, threads):
+def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
+          cors_origins, threads):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
     paths = list(models) or [str(p) for p in bundled_model_paths()]
     if not paths:
         raise GenloomError("no models to serve: pass --model FOLDER (the bundled models are in models/ of a "
                            "genloom checkout; scripts/setup.sh imports the pretrained GANs)")
+    parse_public_url(public_url), parse_origins(_split(cors_origins))  # a bad value is one line, before anything starts
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
-        max_tokens=max_tokens, jobs=not no_jobs)
+        max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
+        cors_origins=_split(cors_origins))
+
+
+def _split(values) -> list[str]:
+    """Repeated and comma-separated option values as one list."""
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
 
 
 @cli.group()
@@ -46,7 +61,8 @@ def keys():
     \b
     keys mode: while at least one key is active (not revoked), every route but /health needs one.
     open mode: with no active key, the server serves any request without a key.
-    The server logs its mode at start-up and when it changes (within 2 s of a change here).
+    A new key takes effect at the server's next request; a revocation within 2 s (the server logs
+    its mode at start-up and when it changes).
     `genloom keys open` revokes every key to return to open mode; revoking the last active key
     with `revoke` needs --open, so a server never opens by accident.
     """

@@ -1,17 +1,16 @@
 """The OpenAI-compatible server's app: startup (models loaded once in the lifespan), middleware, routers, web UI.
 
 Split like vLLM's OpenAI entrypoint: `protocol` holds the schemas, `engine` the batching and queue,
-`routes` the thin endpoints per resource, `models`, `auth`, `errors`, `metrics` and `logs` what they
-share; this module only builds the app around them. Bound to 127.0.0.1 unless told otherwise.
+`routes` the thin endpoints per resource, `transport` the middleware (request ids, body caps, Host,
+Origin and CORS checks), `models`, `auth`, `errors`, `metrics` and `logs` what they share; this module
+only builds the app around them. Bound to 127.0.0.1 unless told otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
-import uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +19,21 @@ import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException
 
 from genloom.errors import GenloomError
 from genloom.serve.auth import Auth
 from genloom.serve.database import Database
-from genloom.serve.errors import add_error_handlers, error_response
+from genloom.serve.errors import add_error_handlers
 from genloom.serve.jobs import start_worker
 from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
 from genloom.serve.models import FineTuned, load_served, model_name
 from genloom.serve.routes import ROUTERS
+from genloom.serve.transport import add_transport, parse_origins, parse_public_url
 
 UI_DIR = Path(__file__).parent / "ui"
+UPLOAD_FRAMING_BYTES = 64 << 10  # multipart boundaries, part headers and the purpose field around an upload
 
 
 @dataclass(kw_only=True)
@@ -46,52 +48,15 @@ class Limits:
     retry_after_s: int = 1  # told to clients on 429
 
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
-
-
-class RequestContext:
-    """Pure ASGI middleware: a request id (the client's X-Request-ID if sane), a body-size cap, an access log."""
-
-    def __init__(self, app, max_body_bytes: int):
-        self.app, self.max_body_bytes = app, max_body_bytes
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
-        given = headers.get("x-request-id", "")
-        rid = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
-        scope.setdefault("state", {})["request_id"] = rid
-        t0, status = time.perf_counter(), [0]
-
-        async def send_with_id(message):
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            length = int(headers.get("content-length") or 0)
-        except ValueError:
-            length = 0
-        try:
-            if length > self.max_body_bytes:
-                resp = error_response(413, f"Request body of {length} bytes exceeds the limit of "
-                                      f"{self.max_body_bytes} bytes.")
-                return await resp(scope, receive, send_with_id)
-            await self.app(scope, receive, send_with_id)
-        finally:
-            log_event("http", request_id=rid, method=scope["method"], path=scope["path"], status=status[0],
-                      ms=round(1000 * (time.perf_counter() - t0), 1))
-
-
 # ---- the app ----
 
 
 def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 64, max_tokens: int = 1024,
                max_n: int = 8, max_prompts: int = 16, max_body_bytes: int = 1 << 20, retry_after_s: int = 1,
                api_key: str | None = None, data_dir: str | None = None, db_url: str | None = None,
-               jobs: bool = True, max_upload_bytes: int = 50 << 20) -> FastAPI:
+               jobs: bool = True, max_upload_bytes: int = 50 << 20, host: str = "127.0.0.1",
+               allowed_hosts: list[str] | None = None, public_url: str | None = None,
+               cors_origins: list[str] | None = None) -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
@@ -99,7 +64,14 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     server keeps a database: history, uploaded files, fine-tuning jobs (run by a worker process when
     `jobs`), and API keys (while one is active, every route but /health needs one; with none the server
     is open); fine-tuned models land in data_dir/models and are served before their job reads succeeded.
+
+    Browser-facing: only the Host names in `allowed_hosts`, loopback and `host` (the bound address) are
+    served ('*' for any); URLs the server hands out start with `public_url` (default: the address the
+    request came in on, never its Host header); cross-origin requests get CORS answers only for
+    `cors_origins`, and a state-changing one from any other origin is refused.
     """
+    public_url = parse_public_url(public_url)
+    origins = parse_origins(cors_origins)
     if not model_paths:
         raise GenloomError("serve needs at least one model path")
     missing = [p for p in model_paths if not Path(p).exists()]
@@ -155,8 +127,12 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         state.db = Database(db_url, data_dir=state.data_dir)
         state.fine_tuned = FineTuned(state.data_dir / "models", max_batch=max_batch, max_queue=max_queue)
     state.auth = Auth(api_key, state.db)
+    state.public_url = public_url
     add_error_handlers(app)
-    app.add_middleware(RequestContext, max_body_bytes=max_body_bytes)
+    upload_cap = max_upload_bytes + UPLOAD_FRAMING_BYTES  # files.py counts the file itself against its limit
+    add_transport(app, host=host, allowed_hosts=allowed_hosts, public_url=public_url, cors_origins=origins,
+                  body_limit=lambda scope: upload_cap if (scope["method"], scope["path"]) == ("POST", "/v1/files")
+                  else max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
     app.add_api_route("/", lambda: RedirectResponse("/ui/"), include_in_schema=False)
@@ -168,6 +144,8 @@ class NoCacheFiles(StaticFiles):
     """The web UI's files, revalidated on every load (a new version is seen at once); never outside the folder."""
 
     async def get_response(self, path, scope):
+        if "\x00" in path:  # os.stat raises ValueError on a NUL: a 500 on older Starlette versions
+            raise HTTPException(404)
         response = await super().get_response(path, scope)
         response.headers["Cache-Control"] = "no-cache"
         return response
@@ -204,5 +182,5 @@ async def _watch_jobs(state) -> None:
 def serve(model_paths: list[str], host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **kw) -> None:
     """Run the app under uvicorn (one process: the engines own the models); `kw` goes to create_app."""
     logging.basicConfig(level=getattr(logging, log_level.upper(), logging.INFO), format="%(message)s")
-    app = create_app(model_paths, **kw)
+    app = create_app(model_paths, host=host, **kw)
     uvicorn.run(app, host=host, port=port, log_level=log_level)

@@ -19,7 +19,12 @@ from genloom.serve.logs import log_event
 
 
 class Auth:
-    """The server's key check; the count of active stored keys is asked at most every `cache_s` seconds."""
+    """The server's key check, asking the database's count of active keys.
+
+    "No active key" is never cached: open mode is re-checked on every request, so a key created by any
+    process (`genloom keys create`) closes the server for the very next request. "Keys exist" is cached for
+    `cache_s` seconds: a revocation of the last key reopens the server within that time (failing closed).
+    """
 
     def __init__(self, api_key: str | None = None, db=None, cache_s: float = 2.0):
         self.api_key, self.db, self.cache_s = api_key, db, cache_s
@@ -28,11 +33,14 @@ class Auth:
         self._lock = threading.Lock()
 
     def active_keys(self) -> int:
-        """Active stored keys (refreshed every cache_s seconds); a change of mode is logged."""
+        """Active stored keys (asked each time while there are none, else every cache_s); a change of mode is logged."""
+        now = time.monotonic()
+        if self.db is not None and (now - self._checked_at > self.cache_s or not (self._active or self.api_key)):
+            active = self.db.count_active_keys()
+            with self._lock:
+                if now >= self._checked_at:  # a slower, older answer does not overwrite a newer one
+                    self._active, self._checked_at = active, now
         with self._lock:
-            now = time.monotonic()
-            if self.db is not None and now - self._checked_at > self.cache_s:
-                self._active, self._checked_at = self.db.count_active_keys(), now
             mode = "keys" if self.api_key or self._active else "open"
             if mode != self._mode:
                 if self._mode is not None:

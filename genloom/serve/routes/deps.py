@@ -1,4 +1,4 @@
-"""What the route modules share: the key check every /v1 route declares, the database, timestamps."""
+"""What the route modules share: the key check every /v1 route declares, the database, timestamps, public URLs."""
 
 from __future__ import annotations
 
@@ -22,3 +22,13 @@ def require_db(request: Request):
 def timestamp(d) -> int | None:
     """A stored naive-UTC datetime as Unix seconds, as OpenAI's objects carry them."""
     return int(d.replace(tzinfo=None).timestamp()) if d else None
+
+
+def public_url(request: Request, path: str) -> str:
+    """An absolute URL for `path`: the configured public base URL, else the address the request came in on
+    (the socket's, never the Host header, which a DNS-rebinding page or a proxy controls)."""
+    base = request.app.state.public_url
+    if base is None:
+        host, port = request.scope.get("server") or ("127.0.0.1", 80)
+        base = f"{request.scope.get('scheme', 'http')}://{f'[{host}]' if ':' in host else host}:{port}"
+    return base + path

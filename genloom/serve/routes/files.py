@@ -1,20 +1,37 @@
-"""POST/GET /v1/files: training corpora (UTF-8 text or JSONL) kept under the data directory."""
+"""POST/GET /v1/files: training corpora (UTF-8 text or JSONL) kept under the data directory.
+
+An upload is read as it arrives (multipart/form-data, parsed by python-multipart's streaming parser): the
+file part goes into a temporary file beside its final place, counted against the upload limit and checked
+as UTF-8 on the way, then fsynced and renamed; any failure (too large, not text, a client gone) removes it.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import codecs
+import os
+import tempfile
 from pathlib import Path
 
-from fastapi import APIRouter, Request, UploadFile
+from fastapi import APIRouter, Request
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from sqlalchemy import select
+from starlette.requests import ClientDisconnect
 
-from genloom.serve.database import File
+from genloom.serve.database import File, new_id
 from genloom.serve.errors import ApiError
 from genloom.serve.protocol import FileList, FileObject
 from genloom.serve.routes.deps import require_db, timestamp, v1
 
 router = APIRouter()
 TEXT_SUFFIXES = {".txt", ".jsonl", ".md", ".text"}
+PURPOSES = ("fine-tune",)
+MAX_FIELD_BYTES = 1024  # a form field other than the file (purpose)
+UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"],
+    "properties": {"file": {"type": "string", "format": "binary"},
+                   "purpose": {"type": "string", "enum": list(PURPOSES), "default": "fine-tune"}}}}}}}
 
 
 def file_object(rec) -> FileObject:
@@ -22,27 +39,144 @@ def file_object(rec) -> FileObject:
                       purpose=rec.purpose)
 
 
-@router.post("/v1/files", dependencies=v1)
-async def upload_file(request: Request, file: UploadFile, purpose: str = "fine-tune") -> FileObject:
-    """Upload a training corpus (UTF-8 text or JSONL with a "text" field)."""
-    db = require_db(request)
-    if purpose != "fine-tune":
-        raise ApiError(400, f"Unsupported purpose '{purpose}'; choose one of fine-tune.", param="purpose")
-    name = Path(file.filename or "upload.txt").name
-    if Path(name).suffix.lower() not in TEXT_SUFFIXES:
-        raise ApiError(400, f"Unsupported file type '{Path(name).suffix or name}'; upload one of "
-                       f"{', '.join(sorted(TEXT_SUFFIXES))} (UTF-8 text).", param="file")
-    limit = request.app.state.max_upload_bytes
-    data = await file.read(limit + 1)
-    if len(data) > limit:
-        raise ApiError(413, f"File is larger than the upload limit of {limit} bytes.", param="file")
+class TextUpload:
+    """The callbacks of one streamed multipart body: the `file` part into a temporary file in `folder`."""
+
+    def __init__(self, folder: Path, limit: int):
+        self.folder, self.limit = folder, limit
+        self.fields: dict[str, str] = {}
+        self.filename: str | None = None
+        self.size, self.blank, self.tmp, self._out = 0, True, None, None
+        self._decoder = codecs.getincrementaldecoder("utf-8")()
+        self._name = self._field = self._value = None
+        self._header, self._headers = [b"", b""], {}
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self._part_begin, "on_header_field": self._header_field,
+                "on_header_value": self._header_value, "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished, "on_part_data": self._part_data,
+                "on_part_end": self._part_end}
+
+    def _part_begin(self):
+        self._headers, self._header, self._name, self._value = {}, [b"", b""], None, None
+
+    def _header_field(self, data, start, end):
+        self._header[0] += data[start:end]
+
+    def _header_value(self, data, start, end):
+        self._header[1] += data[start:end]
+
+    def _header_end(self):
+        self._headers[self._header[0].strip().lower()] = self._header[1].strip()
+        self._header = [b"", b""]
+
+    def _headers_finished(self):
+        _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
+        self._name = opts.get(b"name", b"").decode("utf-8", "replace")
+        if self._name != "file":
+            self._value = b""
+            return
+        if self.filename is not None:
+            raise ApiError(400, "Send one file per upload.", param="file")
+        self.filename = Path(opts.get(b"filename", b"upload.txt").decode("utf-8", "replace") or "upload.txt").name
+        suffix = Path(self.filename).suffix.lower()
+        if suffix not in TEXT_SUFFIXES:
+            raise ApiError(400, f"Unsupported file type '{suffix or self.filename}'; upload one of "
+                           f"{', '.join(sorted(TEXT_SUFFIXES))} (UTF-8 text).", param="file")
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload-", suffix=".tmp")
+        self.tmp, self._out = Path(tmp), os.fdopen(fd, "wb")
+
+    def _part_data(self, data, start, end):
+        chunk = data[start:end]
+        if self._name != "file":
+            self._value += chunk
+            if len(self._value) > MAX_FIELD_BYTES:
+                raise ApiError(400, f"Form field '{self._name}' is longer than {MAX_FIELD_BYTES} bytes.",
+                               param=self._name)
+            return
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise ApiError(413, f"File is larger than the upload limit of {self.limit} bytes.", param="file")
+        self._text(chunk)
+        self._out.write(chunk)
+
+    def _part_end(self):
+        if self._name == "file":
+            self._text(b"", final=True)
+        elif self._name:
+            self.fields[self._name] = self._value.decode("utf-8", "replace")
+
+    def _text(self, chunk: bytes, final: bool = False):
+        try:
+            text = self._decoder.decode(chunk, final)
+        except UnicodeDecodeError:
+            raise ApiError(400, "File is not UTF-8 text.", param="file") from None
+        self.blank = self.blank and not text.strip()
+
+    def commit(self, path: Path) -> None:
+        """fsync the temporary file and rename it to `path` (the same folder: an atomic rename)."""
+        self._out.flush()
+        os.fsync(self._out.fileno())
+        self._out.close()
+        os.replace(self.tmp, path)
+        self.tmp = None
+
+    def discard(self) -> None:
+        if self._out is not None and not self._out.closed:
+            self._out.close()
+        if self.tmp is not None:
+            self.tmp.unlink(missing_ok=True)
+
+
+async def read_upload(request: Request, upload: TextUpload) -> None:
+    """Feed the body to the streaming parser as it arrives; nothing but the current chunk is held in memory."""
+    ctype, opts = parse_options_header(request.headers.get("content-type", ""))
+    if ctype != b"multipart/form-data" or not opts.get(b"boundary"):
+        raise ApiError(400, "Send the file as multipart/form-data with the fields 'file' and 'purpose'.",
+                       param="file")
+    parser = MultipartParser(opts[b"boundary"], upload.callbacks())
     try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ApiError(400, "File is not UTF-8 text.", param="file") from None
-    if not text.strip():
-        raise ApiError(400, "File is empty.", param="file")
-    return file_object(await asyncio.to_thread(db.add_file, name, data, purpose))
+        async for chunk in request.stream():
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as e:
+        raise ApiError(400, f"Malformed multipart body: {e}.", param="file") from None
+
+
+@router.post("/v1/files", dependencies=v1, openapi_extra=UPLOAD_FORM)
+async def upload_file(request: Request) -> FileObject:
+    """Upload a training corpus (UTF-8 text or JSONL with a "text" field), up to the server's upload limit."""
+    db = require_db(request)
+    upload = TextUpload(db.files_dir(), request.app.state.max_upload_bytes)
+    try:
+        await read_upload(request, upload)
+        purpose = upload.fields.get("purpose", "fine-tune")
+        if purpose not in PURPOSES:
+            raise ApiError(400, f"Unsupported purpose '{purpose}'; choose one of {', '.join(PURPOSES)}.",
+                           param="purpose")
+        if upload.filename is None:
+            raise ApiError(400, "Missing required parameter: 'file'.", param="file")
+        if upload.blank:
+            raise ApiError(400, "File is empty.", param="file")
+        fid = new_id("file")
+        rel = fid + Path(upload.filename).suffix.lower()  # one of TEXT_SUFFIXES: the user's name is never a path
+        await asyncio.to_thread(upload.commit, db.files_dir() / rel)
+        rec = File(id=fid, filename=upload.filename[:255], purpose=purpose, bytes=upload.size, path=rel, meta={})
+        try:
+            await asyncio.to_thread(_add, db, rec)
+        except BaseException:
+            (db.files_dir() / rel).unlink(missing_ok=True)
+            raise
+        return file_object(rec)
+    except ClientDisconnect:
+        raise ApiError(400, "The client went away during the upload.", param="file") from None
+    finally:
+        upload.discard()
+
+
+def _add(db, rec: File) -> None:
+    with db.session.begin() as s:
+        s.add(rec)
 
 
 @router.get("/v1/files", dependencies=v1)

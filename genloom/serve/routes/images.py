@@ -14,7 +14,7 @@ from genloom.pipelines import images
 from genloom.serve.errors import ApiError
 from genloom.serve.models import image_model
 from genloom.serve.protocol import ImageData, ImageRequest, ImagesResponse, new_id
-from genloom.serve.routes.deps import v1
+from genloom.serve.routes.deps import public_url, v1
 
 router = APIRouter()
 
@@ -52,7 +52,8 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
             atomic_write_bytes(db.data_dir / "images" / f"{iid}.png", png)
             ids.append(iid)
             if body.response_format == "url":
-                data.append(ImageData(url=str(request.url_for("image_file", image_id=iid)), revised_prompt=revised))
+                url = public_url(request, request.app.url_path_for("image_file", image_id=iid))
+                data.append(ImageData(url=url, revised_prompt=revised))
     if db is not None:
         await asyncio.to_thread(db.log_request, route="/v1/images/generations", model=served.name,
                                 params=body.model_dump(exclude_none=True) | {"seed": seed},
