@@ -16,13 +16,15 @@ from genloom.errors import GenloomError
 from genloom.models.gpt import KVCache
 
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+GREEDY_BELOW = 1e-5  # a temperature below this decodes greedily: logits / 1e-40 would overflow to inf
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed takes
 
 
 @dataclass(kw_only=True)
 class SamplingParams:
     max_new_tokens: int = 128
     min_new_tokens: int = 0  # end-of-text masked and stop strings ignored until this many tokens (vLLM's min_tokens)
-    temperature: float = 1.0  # 0 means greedy
+    temperature: float = 1.0  # 0 (or below GREEDY_BELOW) means greedy
     top_k: int = 0  # 0 disables
     top_p: float = 1.0
     min_p: float = 0.0
@@ -49,12 +51,14 @@ class SamplingParams:
             bad.append(f"min_p must be in [0, 1) (got {self.min_p})")
         if self.repetition_penalty <= 0:
             bad.append(f"repetition_penalty must be > 0 (got {self.repetition_penalty})")
+        if self.seed is not None and not SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]:
+            bad.append(f"seed must be in [{SEED_RANGE[0]}, {SEED_RANGE[1]}] (got {self.seed})")
         if bad:
             raise GenloomError("; ".join(bad))
 
     @property
     def greedy(self) -> bool:
-        return self.temperature == 0
+        return self.temperature < GREEDY_BELOW
 
 
 def repetition_penalty(p: float) -> Processor:
@@ -91,6 +95,7 @@ def top_p(p: float) -> Processor:
         sorted_logits, idx = torch.sort(logits, descending=True, dim=-1)
         cum = sorted_logits.softmax(-1).cumsum(-1)
         drop = cum - sorted_logits.softmax(-1) >= p  # the mass before a token already reaches p
+        drop[..., 0] = False  # the likeliest token always stays, however small p (1e-46 is 0 in float32)
         drop = drop.scatter(-1, idx, drop)
         return logits.masked_fill(drop, float("-inf"))
 
@@ -104,6 +109,13 @@ def min_p(p: float) -> Processor:
         return logits.masked_fill(probs < p * probs.max(-1, keepdim=True).values, float("-inf"))
 
     return f
+
+
+def finite(counts, logits):
+    """After the penalties and the temperature: +inf as the largest float and NaN as -inf, so that extreme
+    settings (a repetition penalty of 1e-300 divides by 0) leave logits that softmax and top-p can take."""
+    big = torch.finfo(logits.dtype).max
+    return torch.nan_to_num(logits, nan=float("-inf"), posinf=big, neginf=float("-inf"))
 
 
 def allow_only(ids) -> Processor:
@@ -124,10 +136,12 @@ def build_processors(sp: SamplingParams) -> list[Processor]:
         procs.append(repetition_penalty(sp.repetition_penalty))
     if sp.presence_penalty or sp.frequency_penalty:
         procs.append(presence_frequency_penalty(sp.presence_penalty, sp.frequency_penalty))
+    if not sp.greedy and sp.temperature != 1.0:
+        procs.append(temperature(sp.temperature))
+    if procs:  # penalties and temperature can overflow; what follows only masks
+        procs.append(finite)
     if sp.greedy:
         return procs
-    if sp.temperature != 1.0:
-        procs.append(temperature(sp.temperature))
     if sp.top_k:
         procs.append(top_k(sp.top_k))
     if sp.top_p < 1.0:

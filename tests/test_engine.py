@@ -60,6 +60,13 @@ def drive(engine, handles, limit=500):
     raise AssertionError("requests did not finish")
 
 
+def wait_until(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.001)
+
+
 def tokens(h):
     return [e.token for e in h.events(timeout=5) if e.token is not None]
 
@@ -281,11 +288,29 @@ def test_aevents_under_asyncio(llama):
 
 def test_stop_cancels_pending_and_failures_do_not_hang(llama):
     model, tok = llama
-    engine = TextEngine(model, tok, max_batch=1)
+    gate = threading.Event()
+
+    class Gated(torch.nn.Module):
+        """Holds the worker in its first forward until stop() has begun: without it a descheduled test thread
+        let the worker finish the first two requests and start the third before stop() (a flaky failure)."""
+
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, *a, **kw):
+            gate.wait(timeout=30)
+            return self.inner(*a, **kw)
+
+    engine = TextEngine(Gated(model), tok, max_batch=1)
     hs = [engine.submit("abc", SamplingParams(max_new_tokens=30, **GREEDY)) for _ in range(3)]
     engine.start()
+    opener = threading.Thread(target=lambda: (wait_until(lambda: engine._stopping), gate.set()))
+    opener.start()
     engine.stop()
+    opener.join()
     assert all(h.finished for h in hs) and hs[-1].result() == ("", "cancelled")
+    assert hs[0].result()[1] == "cancelled" and len(hs[0].result()[0]) <= 1  # at most the step that was running
     with pytest.raises(GenloomError, match="stopped"):
         engine.submit("abc", SamplingParams())
 

@@ -22,6 +22,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
 from genloom.errors import GenloomError
+from genloom.serve import openapi
 from genloom.serve.auth import Auth
 from genloom.serve.database import Database
 from genloom.serve.errors import add_error_handlers
@@ -135,6 +136,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                   else max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)
+    openapi.install(app)  # the error answers as sent: OpenAI's error body, no 422
     app.add_api_route("/", lambda: RedirectResponse("/ui/"), include_in_schema=False)
     app.mount("/ui", NoCacheFiles(directory=UI_DIR, html=True), name="ui")
     return app

@@ -304,39 +304,57 @@ class TextEngine:
         self._admit()
         if not self._rows:
             return
-        toks = self._sample()
+        toks, failed = self._sample()
         finished = []
         for i, (r, t) in enumerate(zip(self._rows, toks)):
-            r.h.completion_tokens += 1
-            if r.counts is not None:
-                r.counts[0, t] += 1
-            if r.sp.stop_at_eot and t == self.eot:
-                ev = Event(r.stream.finish(), t, "stop")
-            else:
-                text = r.stream.push(t)
-                if r.stream.stopped:
-                    ev = Event(text, t, "stop")
-                elif r.h.completion_tokens >= r.steps:
-                    ev = Event(text + r.stream.finish(), t, "length")
-                else:
-                    ev = Event(text, t)
+            if i not in failed:
+                try:
+                    ev = self._event(r, t)
+                except Exception as e:  # noqa: BLE001 - this row's text failed (a tokenizer bug): it alone ends
+                    failed[i] = e
+            if i in failed:
+                finished.append(i)
+                continue
             r.h._push(ev)
+            self._counters["tokens_out"] += 1
             if ev.finish_reason is not None:
                 finished.append(i)
-        self._counters["tokens_out"] += len(toks)
-        self._counters["finished"] += len(finished)
+                self._counters["finished"] += 1
+        self._fail_requests([(self._rows[i].h, e) for i, e in failed.items()])
         order = self._remove(finished)  # the kept rows' old indices, in their new order
         if self._rows:
             self._decode([toks[j] for j in order])
 
-    def _sample(self) -> list[int]:
-        """Each row's next token with its own processors and generator (as stream_ids does for one row)."""
+    def _event(self, r: _Row, t: int) -> Event:
+        """Row r's event for its new token t: its text so far, and a finish_reason when it is done."""
+        r.h.completion_tokens += 1
+        if r.counts is not None:
+            r.counts[0, t] += 1
+        if r.sp.stop_at_eot and t == self.eot:
+            return Event(r.stream.finish(), t, "stop")
+        text = r.stream.push(t)
+        if r.stream.stopped:
+            return Event(text, t, "stop")
+        if r.h.completion_tokens >= r.steps:
+            return Event(text + r.stream.finish(), t, "length")
+        return Event(text, t)
+
+    def _fail_requests(self, failed: list[tuple[RequestHandle, Exception]]) -> None:
+        """Tell each of these requests its error (their rows leave at the caller's _remove); no other one ends."""
+        for h, e in failed:
+            log.warning("engine %s: request %s failed: %r", self.name, h.id, e)
+            h._fail(RuntimeError(f"generation failed: {e}"))
+            self._counters["failed"] += 1
+
+    def _sample(self) -> tuple[list[int], dict]:
+        """Each row's next token with its own processors and generator (as stream_ids does for one row), and
+        {row: error} for the rows whose sampling failed (only those rows fail)."""
         logits = self._logits.float()  # (B, V)
         early = [i for i, r in enumerate(self._rows) if r.h.completion_tokens < r.sp.min_new_tokens]
         if early:
             logits = min_new_tokens_mask(logits, self.eot, early)
         plain = [i for i, r in enumerate(self._rows) if r.sp.greedy and not r.procs]
-        toks = [0] * len(self._rows)
+        toks, failed = [0] * len(self._rows), {}
         if plain:
             best = logits[plain].argmax(-1).tolist() if len(plain) < len(toks) else logits.argmax(-1).tolist()
             for i, t in zip(plain, best):
@@ -344,35 +362,41 @@ class TextEngine:
         for i, r in enumerate(self._rows):
             if r.sp.greedy and not r.procs:
                 continue
-            row = logits[i : i + 1]  # (1, V)
-            for proc in r.procs:
-                row = proc(r.counts, row)
-            if r.gen is None:
-                toks[i] = int(row.argmax(-1))
-            else:
-                toks[i] = int(torch.multinomial(row.softmax(-1)[0], 1, generator=r.gen))
-        return toks
+            try:
+                row = logits[i : i + 1]  # (1, V)
+                for proc in r.procs:
+                    row = proc(r.counts, row)
+                if r.gen is None:
+                    toks[i] = int(row.argmax(-1))
+                else:
+                    toks[i] = int(torch.multinomial(row.softmax(-1)[0], 1, generator=r.gen))
+            except Exception as e:  # noqa: BLE001 - e.g. a distribution of NaNs: this request alone fails
+                failed[i] = e
+        return toks, failed
 
     def _admit(self) -> None:
         """Fill free slots from the queue: prefill the joiners together, copy their K/V right-aligned to W."""
         joiners = []
         with self._cond:
-            while self._waiting and len(self._rows) + len(joiners) < self.max_batch:
+            while not self._stopping and self._waiting and len(self._rows) + len(joiners) < self.max_batch:
                 joiners.append(self._waiting.popleft())
         if not joiners:
             return
         try:
             self._prefill(joiners)
-        except Exception as e:  # the joiners not yet in the batch would otherwise never hear back
-            running = {id(r.h) for r in self._rows}
+        except Exception as e:  # noqa: BLE001 - find the joiner that fails: the others and the running rows go on
+            if len(joiners) == 1:
+                self._fail_requests([(joiners[0], e)])
+                return
             for h in joiners:
-                if id(h) not in running:
-                    h._fail(RuntimeError(f"generation failed: {e}"))
-                    self._counters["failed"] += 1
-            raise
+                try:
+                    self._prefill([h])
+                except Exception as e1:  # noqa: BLE001
+                    self._fail_requests([(h, e1)])
 
     def _prefill(self, joiners: list[RequestHandle]) -> None:
-        """One forward pass over the joiners' left-padded prompts; row j's last P_j columns are its K/V."""
+        """One forward pass over the joiners' left-padded prompts; row j's last P_j columns are its K/V.
+        Everything that may fail comes before the first change to the running batch."""
         rows = []
         for h in joiners:
             r = _Row(h, self.cfg, self.cfg.vocab_size, self.device)
@@ -414,12 +438,41 @@ class TextEngine:
             cols = torch.arange(W + 1, device=self.device)
             mask = (cols.unsqueeze(0) >= st.unsqueeze(1))[:, None, None, :]  # (B, 1, 1, W + 1)
         self._cache.length = W
-        logits, _ = self.model(ids, cache=self._cache, pos=pos, mask=mask, last_only=True)  # (B, 1, V)
-        self._logits = logits[:, -1]
+        failed = {}
+        try:
+            logits, _ = self.model(ids, cache=self._cache, pos=pos, mask=mask, last_only=True)  # (B, 1, V)
+            logits = logits[:, -1]
+        except Exception:  # find the row that fails: the others go on
+            if len(self._rows) == 1:
+                raise
+            logits, failed = self._decode_alone(ids, starts, W)
+        self._logits = logits
         self._W = W + 1
         for r in self._rows:
             r.n += 1
         self._counters["steps"] += 1
+        self._fail_requests([(self._rows[i].h, e) for i, e in failed.items()])
+        self._remove(list(failed))
+
+    def _decode_alone(self, ids: torch.Tensor, starts: list[int], W: int) -> tuple[torch.Tensor, dict]:
+        """After a failed decode step: each row's step on its own rows of the shared cache. (B, V) logits (zeros
+        for a failing row) and {row: error}."""
+        out, failed = [], {}
+        cols = torch.arange(W + 1, device=self.device)
+        for i, st in enumerate(starts):
+            cache = KVCache(self.cfg, 0, 0, dtype=self.dtype, device=self.device)
+            cache.kv = [buf[i : i + 1] for buf in self._bufs]  # views: the step writes into the shared cache
+            cache._split()
+            cache.length, cache.weights = W, self._cache.weights
+            pos = torch.tensor([[W - st]], device=self.device)  # (1, 1)
+            mask = (cols >= st)[None, None, None, :]  # (1, 1, 1, W + 1)
+            try:
+                logits, _ = self.model(ids[i : i + 1], cache=cache, pos=pos, mask=mask, last_only=True)
+                out.append(logits[:, -1])
+            except Exception as e:  # noqa: BLE001
+                failed[i] = e
+                out.append(torch.zeros(1, self.cfg.vocab_size, dtype=self.dtype, device=self.device))
+        return torch.cat(out), failed
 
     def _shift(self, off: int) -> None:
         """Move every running row's columns by `off` (right if > 0), keeping W - start per row."""

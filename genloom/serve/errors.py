@@ -57,6 +57,8 @@ def _validation_message(err: dict, param: str | None) -> str:
         return f"Missing required parameter: '{param}'."
     if kind == "extra_forbidden":
         return f"Unrecognized request argument supplied: {param}"
+    if kind == "invalid_json_value":  # NaN, an infinity or a lone surrogate (protocol.insane_value)
+        return f"Invalid value for '{param or 'the request body'}': {err['ctx']['problem']}."
     return f"Invalid value for '{param}': {err.get('msg', 'invalid')}."
 
 
@@ -65,6 +67,8 @@ async def _on_validation(request: Request, exc: RequestValidationError) -> JSONR
     # a union of types reports one error per member; the first names the field well enough
     err = next((e for e in errors if e.get("type") == "json_invalid"), errors[0] if errors else {})
     param = None if err.get("type") == "json_invalid" else _param(err.get("loc", ()))
+    if err.get("type") == "invalid_json_value":
+        param = err["ctx"]["param"] or None
     return error_response(400, _validation_message(err, param), param=param)
 
 

@@ -2,21 +2,66 @@
 
 Text requests are strict: wrong types are not coerced ("5" is not an int) and fields OpenAI would reject are
 errors, so a client learns about a typo instead of getting silently ignored options. Fields OpenAI knows
-but genloom cannot honour (logprobs, logit_bias, tools, ...) are accepted at their neutral value only.
+but genloom cannot honour (logprobs, logit_bias, tools, ...) are accepted at their neutral value only, and
+the schemas say so, so that /openapi.json describes exactly the requests the server accepts. No request
+carries NaN, an infinity or an unpaired UTF-16 surrogate anywhere: each is a 400 naming the field.
 """
 
 from __future__ import annotations
 
+import math
 import time
 import uuid
-from typing import Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticCustomError
 
 from genloom.sample import SamplingParams
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 _CLOSED = ConfigDict(extra="forbid")  # unknown fields are errors; "5" may still stand for 5
+SEED_MIN, SEED_MAX = -(2**63), 2**63 - 1  # a 64-bit signed integer, as OpenAI's seed
+Seed = Annotated[Optional[int], Field(None, ge=SEED_MIN, le=SEED_MAX)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+
+def insane_value(data) -> tuple[str, str] | None:
+    """(where, what) of the first NaN, infinity or unpaired surrogate in parsed JSON, else None.
+
+    Python's json module reads NaN, Infinity and 1e999 as floats and "\\ud800" as a lone surrogate; none of
+    them can be written back as JSON (or UTF-8), so the request is refused before anything stores or samples it.
+    """
+    stack = [(data, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, float) and not math.isfinite(value):
+            return where, f"{value} is not a finite number"
+        if isinstance(value, str):
+            try:
+                value.encode("utf-8")
+            except UnicodeEncodeError:
+                return where, "it holds an unpaired UTF-16 surrogate, which is not valid Unicode text"
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                stack.append((k, where))
+                stack.append((v, f"{where}.{k}" if where else str(k)))
+        elif isinstance(value, (list, tuple)):
+            stack.extend((v, f"{where}[{i}]") for i, v in enumerate(value))
+    return None
+
+
+class _Request(BaseModel):
+    """A request body: refuses NaN, infinities and unpaired surrogates anywhere in it (a 400, never a 500)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sane(cls, data):
+        bad = insane_value(data)
+        if bad is not None:
+            raise PydanticCustomError("invalid_json_value", "Invalid value for '{param}': {problem}.",
+                                      {"param": bad[0], "problem": bad[1]})
+        return data
 
 
 class StreamOptions(BaseModel):
@@ -24,29 +69,29 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
-class _SamplingRequest(BaseModel):
+class _SamplingRequest(_Request):
     """The sampling fields the two generation endpoints share."""
 
     model_config = _STRICT
 
     model: str
-    max_tokens: Optional[int] = None
+    max_tokens: Optional[int] = Field(None, ge=1)  # the server's limit (--max-tokens) bounds it from above
     temperature: float = Field(1.0, ge=0, le=2)
     top_p: float = Field(1.0, gt=0, le=1)
     n: int = Field(1, ge=1)
     stop: Union[str, list[str], None] = None
-    seed: Optional[int] = None
+    seed: Seed = None
     presence_penalty: float = Field(0.0, ge=-2, le=2)
     frequency_penalty: float = Field(0.0, ge=-2, le=2)
     stream: bool = False
     stream_options: Optional[StreamOptions] = None
     user: Optional[str] = None
-    logit_bias: Optional[dict[str, float]] = None  # accepted only empty: genloom has no logit bias
+    logit_bias: Optional[dict[str, float]] = Field(None, max_length=0)  # genloom has no logit bias
     # vLLM's sampling extensions (the openai client sends them in extra_body)
     min_tokens: Optional[int] = Field(None, ge=0)  # no end-of-text or stop string before this many tokens
     top_k: int = Field(0, ge=-1)  # keep the k likeliest tokens; 0 or -1: off
     min_p: float = Field(0.0, ge=0, lt=1)  # drop tokens below min_p times the top probability (Nguyen et al. 2024)
-    repetition_penalty: float = Field(1.0, gt=0)  # CTRL's (Keskar et al. 2019); 1: off
+    repetition_penalty: float = Field(1.0, gt=0, le=100)  # CTRL's (Keskar et al. 2019); 1: off
 
     def stop_list(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -62,14 +107,18 @@ class _SamplingRequest(BaseModel):
         )
 
 
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
+
+
 class CompletionRequest(_SamplingRequest):
     # a string, a list of strings, token ids, or a list of token-id lists (OpenAI's four prompt forms)
-    prompt: Union[str, list[str], list[int], list[list[int]]]
-    max_tokens: Optional[int] = 16  # OpenAI's default for /v1/completions
+    prompt: Union[NonEmpty, Annotated[list[NonEmpty], Field(min_length=1)], TokenIds,
+                  Annotated[list[TokenIds], Field(min_length=1)]]
+    max_tokens: Optional[int] = Field(16, ge=1)  # OpenAI's default for /v1/completions
     echo: bool = False
-    logprobs: Optional[int] = None  # accepted only as null/0
-    best_of: Optional[int] = None  # accepted only when equal to n
-    suffix: Optional[str] = None  # accepted only as null
+    logprobs: Optional[int] = Field(None, ge=0, le=0)  # genloom returns no log-probabilities
+    best_of: Optional[int] = Field(None, ge=1)  # accepted only when equal to n
+    suffix: None = None  # genloom models do not fill in the middle
 
     def prompts(self) -> list[str | list[int]]:
         p = self.prompt
@@ -96,15 +145,20 @@ class ChatMessage(BaseModel):
         return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
 
 
+class ResponseFormat(BaseModel):
+    model_config = _STRICT
+    type: Literal["text"]  # genloom models have no JSON mode
+
+
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: Optional[int] = None  # OpenAI's newer name for max_tokens
-    logprobs: Optional[bool] = None  # accepted only as null/false
-    top_logprobs: Optional[int] = None
+    max_completion_tokens: Optional[int] = Field(None, ge=1)  # OpenAI's newer name for max_tokens
+    logprobs: Optional[Literal[False]] = None  # genloom returns no log-probabilities
+    top_logprobs: Optional[int] = Field(None, ge=0, le=0)
     parallel_tool_calls: Optional[bool] = None
-    tools: Optional[list[dict]] = None  # accepted only empty: genloom models have no tool calling
-    tool_choice: Optional[Union[str, dict]] = None
-    response_format: Optional[dict] = None  # accepted only as {"type": "text"}
+    tools: Optional[list[dict]] = Field(None, max_length=0)  # genloom models have no tool calling
+    tool_choice: Optional[Literal["none"]] = None
+    response_format: Optional[ResponseFormat] = None
 
     def max_new_tokens(self) -> tuple[Optional[int], str]:
         """The reply's token limit and the field that set it (max_completion_tokens wins, as OpenAI)."""
@@ -113,8 +167,8 @@ class ChatCompletionRequest(_SamplingRequest):
         return self.max_tokens, "max_tokens"
 
 
-class ImageRequest(BaseModel):
-    model_config = _CLOSED
+class ImageRequest(_Request):
+    model_config = _STRICT
     model: str
     prompt: Optional[str] = None  # required by OpenAI; an unconditional model accepts none or an empty one
     n: int = Field(1, ge=1)
@@ -123,14 +177,14 @@ class ImageRequest(BaseModel):
     user: Optional[str] = None
     quality: Optional[str] = None
     style: Optional[str] = None
-    seed: Optional[int] = None  # genloom: the same seed gives the same pixels
+    seed: Seed = None  # genloom: the same seed gives the same pixels
     sampler: Optional[str] = None  # genloom: diffusion samplers (ddpm, ddim, ...); a GAN has none
     steps: Optional[int] = Field(None, ge=1)
     guidance: Optional[float] = None
     label: Optional[int] = None  # genloom: a class index for a class-conditional model (or name it in the prompt)
 
 
-class FineTuningJobRequest(BaseModel):
+class FineTuningJobRequest(_Request):
     model_config = _CLOSED
     model: str
     training_file: str
@@ -141,18 +195,18 @@ class FineTuningJobRequest(BaseModel):
     genloom_config: dict = Field(default_factory=dict)  # run-config overrides: {"train": {"max_steps": 50}, ...}
 
 
-class EmbeddingRequest(BaseModel):
+class EmbeddingRequest(_Request):
     model_config = _CLOSED
     model: str = "all-MiniLM-L6-v2"
-    input: Union[str, list[str]]
+    input: Union[NonEmpty, Annotated[list[NonEmpty], Field(min_length=1)]]
     encoding_format: str = "float"
     user: Optional[str] = None
     dimensions: Optional[int] = None
 
 
-class ModerationRequest(BaseModel):
+class ModerationRequest(_Request):
     model_config = _CLOSED
-    input: Union[str, list[str]]
+    input: Union[str, Annotated[list[str], Field(min_length=1)]]
     model: str = "genloom-moderation-1"
 
 

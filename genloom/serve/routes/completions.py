@@ -15,6 +15,7 @@ from genloom.serve.engine import QueueFull
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
 from genloom.serve.models import ServedModel, text_model
+from genloom.serve.openapi import responses
 from genloom.serve.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -33,9 +34,14 @@ from genloom.serve.routes.deps import v1
 
 router = APIRouter()
 DISCONNECT_POLL_S = 0.25
+SSE_EVENT = {"type": "object", "required": ["data"],  # per event (OpenAPI 3.1: the schema of one event)
+             "properties": {"data": {"type": "string", "description": "a JSON chunk (or an error), last [DONE]"}}}
+STREAM = {200: {"description": "The completion; with stream: true, server-sent events of chunks ending in "
+                               "`data: [DONE]`", "content": {"text/event-stream": {"schema": SSE_EVENT}}}}
 
 
-@router.post("/v1/completions", dependencies=v1)
+@router.post("/v1/completions", dependencies=v1, response_model=CompletionResponse,
+             responses={**STREAM, **responses(503)})
 async def completions(body: CompletionRequest, request: Request):
     served = text_model(request.app.state, body.model)
     _unsupported(body.logprobs, "logprobs", ok=lambda v: not v)
@@ -47,10 +53,12 @@ async def completions(body: CompletionRequest, request: Request):
         raise ApiError(400, "prompt must not be empty.", param="prompt")
     if len(prompts) > limits.max_prompts:
         raise ApiError(400, f"At most {limits.max_prompts} prompts per request (got {len(prompts)}).", param="prompt")
-    ids = [_encode(served, p) for p in prompts]
+    ids = await asyncio.to_thread(lambda: [_encode(served, p) for p in prompts])  # tokenising is CPU work
     job = _submit(request, served, body, ids, extra_stop=[], max_tokens=body.max_tokens, param="max_tokens")
     job.route, job.params = "/v1/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
-    echo = [served.tokenizer.decode(i) if body.echo else "" for i in ids for _ in range(body.n)]
+    echo = [""] * len(ids) * body.n
+    if body.echo:
+        echo = await asyncio.to_thread(lambda: [served.tokenizer.decode(i) for i in ids for _ in range(body.n)])
     if body.stream:
         return _sse(_completion_chunks(request, job, body, echo))
     texts, reasons = await _collect(request, job)
@@ -59,7 +67,8 @@ async def completions(body: CompletionRequest, request: Request):
     return CompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage())
 
 
-@router.post("/v1/chat/completions", dependencies=v1)
+@router.post("/v1/chat/completions", dependencies=v1, response_model=ChatCompletionResponse,
+             responses={**STREAM, **responses(503)})
 async def chat_completions(body: ChatCompletionRequest, request: Request):
     served = text_model(request.app.state, body.model)
     _unsupported(body.logprobs, "logprobs", ok=lambda v: not v)
@@ -67,8 +76,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     _unsupported(body.tools, "tools", ok=lambda v: not v)
     _unsupported(body.tool_choice, "tool_choice", ok=lambda v: v == "none")
     _unsupported(body.response_format, "response_format", ok=lambda v: v == {"type": "text"})
-    prompt = served.template.render([(m.role, m.text()) for m in body.messages])
-    ids = [_encode(served, prompt, param="messages")]
+    def encode():  # off the event loop: a long conversation takes a while to tokenise
+        return [_encode(served, served.template.render([(m.role, m.text()) for m in body.messages]), "messages")]
+
+    ids = await asyncio.to_thread(encode)
     max_tokens, param = body.max_new_tokens()
     job = _submit(request, served, body, ids, extra_stop=served.template.stop, max_tokens=max_tokens, param=param)
     job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent

@@ -11,7 +11,8 @@ from genloom.serve.routes.deps import v1
 router = APIRouter()
 
 
-@router.get("/health")
+@router.get("/health", responses={503: {"description": "Some model is still loading or failed to load",
+                                         "content": {"application/json": {"schema": {"type": "object"}}}}})
 async def health(request: Request):
     """200 once every model given at startup is loaded; 503 while some load (the loaded ones already serve)."""
     state = request.app.state
@@ -23,7 +24,8 @@ async def health(request: Request):
     return body
 
 
-@router.get("/metrics", dependencies=v1)
+@router.get("/metrics", dependencies=v1, response_class=Response,
+            responses={200: {"description": "Prometheus metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}})
 async def metrics(request: Request) -> Response:
     state = request.app.state
     return Response(state.metrics.render(state.models, state.db), media_type=CONTENT_TYPE_LATEST)

@@ -13,13 +13,14 @@ from genloom.files import atomic_write_bytes
 from genloom.pipelines import images
 from genloom.serve.errors import ApiError
 from genloom.serve.models import image_model
+from genloom.serve.openapi import responses
 from genloom.serve.protocol import ImageData, ImageRequest, ImagesResponse, new_id
 from genloom.serve.routes.deps import public_url, v1
 
 router = APIRouter()
 
 
-@router.post("/v1/images/generations", dependencies=v1)
+@router.post("/v1/images/generations", dependencies=v1, responses=responses(503))
 async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
     """The request's options resolved once by the image pipeline (as the CLI and eval do), then sampled in a
     worker thread under the model's lock; every PNG carries the pipeline's metadata."""
@@ -42,28 +43,39 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
     t0 = time.perf_counter()
     pixels = await asyncio.to_thread(images.sample_images, served.loaded, plan, served.loaded.lock)
     result = images.ImageResult(plan, pixels)
-    pngs = result.pngs()
-    data, ids = [], []
-    for png, revised in zip(pngs, result.revised_prompts):
-        if body.response_format == "b64_json":
-            data.append(ImageData(b64_json=base64.b64encode(png).decode(), revised_prompt=revised))
-        if db is not None:
-            iid = new_id("img")
-            atomic_write_bytes(db.data_dir / "images" / f"{iid}.png", png)
-            ids.append(iid)
-            if body.response_format == "url":
-                url = public_url(request, request.app.url_path_for("image_file", image_id=iid))
-                data.append(ImageData(url=url, revised_prompt=revised))
+    pngs = await asyncio.to_thread(result.pngs)  # PNG encoding is CPU work: off the event loop
+    revised = result.revised_prompts
+    ids = [new_id("img") for _ in pngs] if db is not None else []
     if db is not None:
-        await asyncio.to_thread(db.log_request, route="/v1/images/generations", model=served.name,
-                                params=body.model_dump(exclude_none=True) | {"seed": seed},
-                                output={"images": ids}, key_id=getattr(request.state, "key_id", None),
-                                images=len(pngs), latency_ms=round(1000 * (time.perf_counter() - t0)))
+        await asyncio.to_thread(_store, db, ids, pngs, route="/v1/images/generations", model=served.name,
+                                params=body.model_dump(exclude_none=True) | {"seed": seed}, output={"images": ids},
+                                key_id=getattr(request.state, "key_id", None), images=len(pngs),
+                                latency_ms=round(1000 * (time.perf_counter() - t0)))
+    if body.response_format == "url":
+        urls = [public_url(request, request.app.url_path_for("image_file", image_id=i)) for i in ids]
+        data = [ImageData(url=u, revised_prompt=r) for u, r in zip(urls, revised)]
+    else:
+        data = [ImageData(b64_json=base64.b64encode(png).decode(), revised_prompt=r) for png, r in zip(pngs, revised)]
     request.app.state.metrics.images.labels(served.name).inc(len(pngs))
     return ImagesResponse(data=data)
 
 
-@router.get("/v1/images/{image_id}.png", name="image_file", dependencies=v1)
+def _store(db, ids: list[str], pngs: list[bytes], **row) -> None:
+    """Write the PNGs and their history row; if either fails, no file is left behind without its row."""
+    paths = [db.data_dir / "images" / f"{iid}.png" for iid in ids]
+    try:
+        for path, png in zip(paths, pngs):
+            atomic_write_bytes(path, png)
+        db.log_request(**row)
+    except BaseException:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise
+
+
+@router.get("/v1/images/{image_id}.png", name="image_file", dependencies=v1, response_class=Response,
+            responses={200: {"description": "The PNG, with its generation parameters in its metadata",
+                             "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}}})
 async def image_file(image_id: str, request: Request):
     db = request.app.state.db
     if db is None or not image_id.replace("-", "").isalnum():

@@ -7,6 +7,7 @@ from fastapi import APIRouter, Request
 from genloom import families
 from genloom.pipelines.images import image_classes, trait
 from genloom.serve.models import ServedModel, served_model
+from genloom.serve.openapi import responses
 from genloom.serve.protocol import ModelCard, ModelList
 from genloom.serve.routes.deps import v1
 
@@ -18,7 +19,7 @@ async def list_models(request: Request) -> ModelList:
     return ModelList(data=[model_card(s) for s in request.app.state.models.values()])
 
 
-@router.get("/v1/models/{model_id}", dependencies=v1)
+@router.get("/v1/models/{model_id}", dependencies=v1, responses=responses(503))
 async def get_model(model_id: str, request: Request) -> ModelCard:
     return model_card(served_model(request.app.state, model_id))
 
