@@ -42,24 +42,26 @@ class Mutant:
     what: str  # the bug, in words
 
 
+SAMPLING = ("tests/test_sample.py", "tests/test_processors_parity.py")
+
 MUTANTS = [
     # ---- sampling (genloom/sample.py) -------------------------------------------------------------------------
     Mutant("sample-top-k-drops-kth", "genloom/sample.py",
            'return logits.masked_fill(logits < kth, float("-inf"))',
            'return logits.masked_fill(logits <= kth, float("-inf"))',
-           ("tests/test_sample.py",), "top-k keeps k - 1 tokens (the k-th is masked too)"),
+           SAMPLING, "top-k keeps k - 1 tokens (the k-th is masked too)"),
     Mutant("sample-top-p-keeps-too-few", "genloom/sample.py",
            "drop = cum - sorted_logits.softmax(-1) >= p",
            "drop = cum >= p",
-           ("tests/test_sample.py",), "nucleus drops the token that makes the mass reach p"),
+           SAMPLING, "nucleus drops the token that makes the mass reach p"),
     Mutant("sample-repetition-penalty-inverted", "genloom/sample.py",
            "penalised = torch.where(logits > 0, logits / p, logits * p)",
            "penalised = torch.where(logits > 0, logits * p, logits / p)",
-           ("tests/test_sample.py",), "repetition penalty rewards seen tokens"),
+           SAMPLING, "repetition penalty rewards seen tokens"),
     Mutant("sample-temperature-multiplies", "genloom/sample.py",
            "return lambda counts, logits: logits / t",
            "return lambda counts, logits: logits * t",
-           ("tests/test_sample.py",), "temperature multiplies the logits instead of dividing"),
+           SAMPLING, "temperature multiplies the logits instead of dividing"),
     # ---- the training loop and resume (genloom/train.py) -------------------------------------------------------
     Mutant("train-best-val-reset-on-resume", "genloom/train.py",
            'self.step, self.best_val, self.elapsed = state["step"], state["best_val"], state["elapsed"]',
@@ -69,7 +71,8 @@ MUTANTS = [
     Mutant("train-grad-accum-unscaled", "genloom/train.py",
            "(loss / t.grad_accum).backward()",
            "loss.backward()",
-           ("tests/test_train.py",), "accumulated gradients not divided by the number of micro-batches"),
+           ("tests/test_train.py", "tests/test_grad_accum.py"),
+           "accumulated gradients not divided by the number of micro-batches"),
     Mutant("train-data-rng-not-restored", "genloom/train.py",
            'self.data_gen.set_state(state["rng_data"])',
            "self.data_gen.manual_seed(self.cfg.train.seed)",
