@@ -11,10 +11,13 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+
+import suite_report
 
 torch.set_num_threads(1)
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the CLI subprocesses
@@ -22,6 +25,10 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # for the CLI subprocesses
 ROOT = Path(__file__).resolve().parents[1]
 TINY_TOML = ROOT / "configs" / "tiny.toml"
 FORTUNES = Path("/usr/share/games/fortunes")
+
+# gan-face-generate's declared dependencies (torchvision, wandb) keep it out of the test extra; setup.sh installs it
+NO_GAN_FACES = ("gan-face-generate is not installed: scripts/setup.sh installs it "
+                "(pip install --no-deps gan-face-generate; not in the test extra, its dependencies pull torchvision)")
 
 SMALL_MODEL = {"block_size": 32, "n_layer": 2, "n_head": 2, "n_embd": 32}
 
@@ -89,6 +96,29 @@ def random_gpt(arch: str = "gpt2", vocab_size: int = 50, seed: int = 0, sharpen:
                 p.mul_(boost)
         model.lm_head.weight.mul_(sharpen)
     return model.eval()
+
+
+# ---- the run's own record: skips with reasons, counts of a whole-suite run (tests/suite_report.py) ----------
+def pytest_sessionstart(session):
+    suite_report.STARTED[0] = time.time()
+
+
+def pytest_runtest_logreport(report):
+    suite_report.record(report)
+
+
+def pytest_collectreport(report):
+    suite_report.record(report)
+
+
+def pytest_collection_modifyitems(session, config, items):
+    """tests/test_skips.py's run-wide checks go last, when every other test has run (or skipped)."""
+    last = [it for it in items if it.get_closest_marker("after_all")]
+    items[:] = [it for it in items if not it.get_closest_marker("after_all")] + last
+
+
+def pytest_sessionfinish(session, exitstatus):
+    suite_report.write_counts(session, exitstatus)
 
 
 @pytest.fixture(scope="session")

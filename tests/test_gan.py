@@ -6,12 +6,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import assert_one_line_error
+from conftest import NO_GAN_FACES, assert_one_line_error
 from genloom.data.images import read_png_parameters
 from genloom.models.gan import DCGAN, DCGANConfig
 from genloom.checkpoints import load_model
 
-gan_face_generate = pytest.importorskip("gan_face_generate")
+gan_face_generate = pytest.importorskip("gan_face_generate", reason=NO_GAN_FACES)
 WEIGHTS = Path(gan_face_generate.__file__).parent / "weights.tar"
 
 

@@ -2,6 +2,7 @@
 BS.1770 reference sines, durations and the one-line errors."""
 
 import shutil
+import string
 import subprocess
 import sys
 from pathlib import Path
@@ -75,6 +76,45 @@ def test_speech_wer_takes_sample_arrays():
     out = audio.speech_wer([(sine(-20.0, 0.5, 8000), 8000)], ["a tone"])  # 8 kHz, upsampled to 16 kHz
     assert out["items"][0]["audio"] == "<array 1>" and out["reference_words"] == 2
     assert out["wer"] == audio.wer([out["items"][0]["transcript"]], ["a tone"])["wer"]
+
+
+def word_edits(ref: list[str], hyp: list[str]) -> int:
+    """Word-level Levenshtein distance by hand (the textbook dynamic programme, no jiwer)."""
+    row = list(range(len(hyp) + 1))
+    for i, r in enumerate(ref, 1):
+        prev, row[0] = row[0], i
+        for j, h in enumerate(hyp, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (r != h))
+    return row[-1]
+
+
+def plain_words(text: str) -> list[str]:
+    return "".join(c for c in text.lower() if c not in string.punctuation).split()
+
+
+def test_word_edits_by_hand():
+    assert word_edits("a b c".split(), "a x c d".split()) == 2 and word_edits([], ["a"]) == 1
+    assert word_edits("the cat sat".split(), "cat sat the".split()) == 2
+
+
+def test_speech_wer_against_an_independent_count():
+    """speech_wer over three LibriVox clips, recounted by hand from its transcripts (not with audio.wer)."""
+    refs = dict(line.rsplit(" (", 1)[::-1] for line in (TESTDATA / "transcription").read_text().splitlines())
+    names = ["sense_and_sensibility_01_austen_64kb-0880", "sense_and_sensibility_01_austen_64kb-0890", CLIP.stem]
+    texts = [refs[n + ")"].removeprefix("<s> ").removesuffix(" </s>") for n in names]
+    out = audio.speech_wer([TESTDATA / f"{n}.wav" for n in names], texts)
+    hyps = [it["transcript"] for it in out["items"]]
+    assert [it["reference"] for it in out["items"]] == texts
+    edits = [word_edits(plain_words(r), plain_words(h)) for r, h in zip(texts, hyps)]
+    n_words = [len(plain_words(r)) for r in texts]
+    assert out["reference_words"] == sum(n_words) == 8 + 14 + 8
+    assert out["wer"] == pytest.approx(sum(edits) / sum(n_words)), (hyps, edits)
+    assert [it["wer"] for it in out["items"]] == pytest.approx([e / n for e, n in zip(edits, n_words)])
+    assert out["wer"] == pytest.approx(jiwer.wer([" ".join(plain_words(t)) for t in texts], hyps))
+    # each transcript belongs to its own clip, and the one on record is counted by hand: one insertion in 8 words
+    assert all(e / n < 0.5 for e, n in zip(edits, n_words)), hyps
+    assert hyps[2] == "he might even have been made the amiable himself" and out["items"][2]["wer"] == 1 / 8
+    assert out["items"][2]["insertions"] == 1 and out["items"][2]["deletions"] == 0
 
 
 def test_wer_matches_jiwer_and_hand_counts():

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import NO_GAN_FACES
 from test_api_text import CHAT, KJV, Server
 
 from genloom.serve.app import create_app
@@ -23,7 +24,7 @@ TEXT = "\n".join(f"User: is the shop open on day {i}?\nBot: Yes, from nine to fi
 def server(tmp_path_factory):
     from genloom.importers import import_dcgan
 
-    gan_face_generate = pytest.importorskip("gan_face_generate")
+    gan_face_generate = pytest.importorskip("gan_face_generate", reason=NO_GAN_FACES)
     faces = tmp_path_factory.mktemp("faces") / "dcgan-faces"
     import_dcgan(str(Path(gan_face_generate.__file__).parent / "weights.tar"), str(faces))
     data = tmp_path_factory.mktemp("ui-data")
@@ -35,7 +36,7 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    sync_api = pytest.importorskip("playwright.sync_api")
+    from playwright import sync_api  # the test extra installs it: missing, this fails, never skips
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is missing: apt-get install chromium (CI installs it)")
     SHOTS.mkdir(parents=True, exist_ok=True)
