@@ -11,6 +11,7 @@ COMMANDS = {  # command -> the module of genloom.cli that defines it (imported w
     "data": "train", "train": "train", "export": "train", "import-hf": "train", "export-hf": "train",
     "generate": "generate", "eval": "evaluate", "evalset": "evaluate", "import-gan": "images", "codes": "images",
     "reconstruct": "images", "decode": "images", "attach-prior": "images", "serve": "serve", "keys": "serve",
+    "kb": "kb",
 }
 
 

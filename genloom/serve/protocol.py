@@ -327,6 +327,120 @@ class FileList(BaseModel):
     data: list[FileObject]
 
 
+# ---- vector stores (knowledge bases: genloom.knowledge) ----
+
+
+class VectorStoreCreate(BaseModel):
+    model_config = _CLOSED
+    name: Optional[str] = Field(None, max_length=256)
+    file_ids: list[str] = Field(default_factory=list, max_length=100)
+    metadata: Optional[dict[str, str]] = Field(None, max_length=16)
+
+
+class VectorStoreFileCounts(BaseModel):
+    in_progress: int = 0
+    completed: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    total: int = 0
+
+
+class VectorStoreObject(BaseModel):
+    id: str
+    object: Literal["vector_store"] = "vector_store"
+    created_at: int
+    name: str
+    usage_bytes: int
+    file_counts: VectorStoreFileCounts
+    status: Literal["expired", "in_progress", "completed"] = "completed"
+    last_active_at: Optional[int] = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    expires_after: None = None
+    expires_at: None = None
+
+
+class VectorStoreList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VectorStoreObject]
+    first_id: Optional[str] = None
+    last_id: Optional[str] = None
+    has_more: bool = False
+
+
+class VectorStoreDeleted(BaseModel):
+    id: str
+    object: Literal["vector_store.deleted"] = "vector_store.deleted"
+    deleted: bool = True
+
+
+class VectorStoreFileCreate(BaseModel):
+    model_config = _CLOSED
+    file_id: str = Field(min_length=1, max_length=64)
+
+
+class VectorStoreFileObject(BaseModel):
+    id: str
+    object: Literal["vector_store.file"] = "vector_store.file"
+    usage_bytes: int
+    created_at: int
+    vector_store_id: str
+    status: Literal["in_progress", "completed", "cancelled", "failed"] = "completed"
+    last_error: None = None
+    attributes: dict[str, Union[str, float, bool]] = Field(default_factory=dict)
+
+
+class VectorStoreFileList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[VectorStoreFileObject]
+    first_id: Optional[str] = None
+    last_id: Optional[str] = None
+    has_more: bool = False
+
+
+class VectorStoreFileDeleted(BaseModel):
+    id: str
+    object: Literal["vector_store.file.deleted"] = "vector_store.file.deleted"
+    deleted: bool = True
+
+
+class RankingOptions(BaseModel):
+    """OpenAI's rankers ("auto", "default-2024-11-15": hybrid here) and genloom's search modes by name."""
+
+    model_config = _CLOSED
+    ranker: Literal["auto", "default-2024-11-15", "none", "hybrid", "bm25", "embeddings"] = "auto"
+    score_threshold: float = Field(0.0, ge=0)
+
+
+class VectorStoreSearchRequest(BaseModel):
+    model_config = _CLOSED
+    query: Union[str, list[str]]
+    max_num_results: int = Field(10, ge=1, le=50)
+    ranking_options: Optional[RankingOptions] = None
+    rewrite_query: bool = False  # accepted only false: genloom does not rewrite queries
+    filters: None = None  # attribute filters are not supported
+
+
+class SearchContent(BaseModel):
+    type: Literal["text"] = "text"
+    text: str
+
+
+class VectorStoreSearchResult(BaseModel):
+    file_id: str
+    filename: str
+    score: float
+    attributes: dict[str, Union[str, float, bool]] = Field(default_factory=dict)
+    content: list[SearchContent]
+
+
+class VectorStoreSearchPage(BaseModel):
+    object: Literal["vector_store.search_results.page"] = "vector_store.search_results.page"
+    search_query: list[str]
+    data: list[VectorStoreSearchResult]
+    has_more: bool = False
+    next_page: Optional[str] = None
+
+
 class FineTuningJob(BaseModel):
     id: str
     object: Literal["fine_tuning.job"] = "fine_tuning.job"

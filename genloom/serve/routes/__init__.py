@@ -10,7 +10,8 @@ from genloom.serve.routes import (
     images,
     models,
     moderations,
+    vector_stores,
 )
 
 ROUTERS = [health.router, models.router, completions.router, images.router, files.router, fine_tuning.router,
-           embeddings.router, moderations.router, history.router]
+           embeddings.router, moderations.router, history.router, vector_stores.router]

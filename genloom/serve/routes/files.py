@@ -26,7 +26,7 @@ from genloom.serve.routes.deps import require_db, timestamp, v1
 
 router = APIRouter()
 TEXT_SUFFIXES = {".txt", ".jsonl", ".md", ".text"}
-PURPOSES = ("fine-tune",)
+PURPOSES = ("fine-tune", "assistants")  # assistants: documents for /v1/vector_stores
 MAX_FIELD_BYTES = 1024  # a form field other than the file (purpose)
 UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
@@ -145,7 +145,8 @@ async def read_upload(request: Request, upload: TextUpload) -> None:
 
 @router.post("/v1/files", dependencies=v1, openapi_extra=UPLOAD_FORM)
 async def upload_file(request: Request) -> FileObject:
-    """Upload a training corpus (UTF-8 text or JSONL with a "text" field), up to the server's upload limit."""
+    """Upload a training corpus (UTF-8 text or JSONL with a "text" field) or, with purpose "assistants", a document
+    for a vector store (Markdown, text, JSONL question/answer pairs), up to the server's upload limit."""
     db = require_db(request)
     upload = TextUpload(db.files_dir(), request.app.state.max_upload_bytes)
     try:
