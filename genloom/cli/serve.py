@@ -11,6 +11,7 @@ from genloom.cli.base import _threads, cli
 from genloom.errors import GenloomError
 from genloom.serve import app as server
 from genloom.serve.database import Database
+from genloom.serve.jobs import JobLimits
 from genloom.serve.models import bundled_model_paths
 
 
@@ -25,10 +26,20 @@ from genloom.serve.models import bundled_model_paths
 @click.option("--max-queue", default=64, show_default=True, type=int, help="Waiting requests before 429s.")
 @click.option("--max-tokens", default=1024, show_default=True, type=int, help="Upper limit of max_tokens per request.")
 @click.option("--no-jobs", is_flag=True, help="Do not start the fine-tuning worker process.")
+@click.option("--job-max-steps", default=JobLimits.max_steps, show_default=True, type=int,
+              help="Most training steps one fine-tuning job may ask for.")
+@click.option("--job-max-threads", default=None, type=int, help="Most threads one job may use. Default: the CPU count.")
+@click.option("--job-max-parameters", default=JobLimits.max_parameters, show_default=True, type=int,
+              help="Largest base model (parameters) a job may fine-tune.")
+@click.option("--job-max-minutes", default=JobLimits.max_minutes, show_default=True, type=float,
+              help="Wall time after which a job fails.")
 @click.option("--threads", type=int, default=0)
-def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, threads):
+def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, job_max_steps, job_max_threads,
+          job_max_parameters, job_max_minutes, threads):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
+    limits = JobLimits(max_steps=job_max_steps, max_parameters=job_max_parameters, max_minutes=job_max_minutes,
+                       **({"max_threads": job_max_threads} if job_max_threads is not None else {}))
     paths = list(models) or [str(p) for p in bundled_model_paths()]
     if not paths:
         raise GenloomError("no models to serve: pass --model FOLDER (the bundled models are in models/ of a "
@@ -36,7 +47,7 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
-        max_tokens=max_tokens, jobs=not no_jobs)
+        max_tokens=max_tokens, jobs=not no_jobs, job_limits=limits)
 
 
 @cli.group()
