@@ -173,19 +173,22 @@ def test_heartbeat_keeps_the_lease_of_a_long_job(tmp_path):
     """Training longer than the lease: the worker renews it, nobody else can claim the job meanwhile."""
     db = Database(data_dir=tmp_path / "data")
     job = _job(db, steps=24)
-    claims, other = [], Database(data_dir=tmp_path / "data")
+    claims, other, finished = [], Database(data_dir=tmp_path / "data"), threading.Event()
 
     def rival():
-        while db.get_job(job.id).status in ("queued", "running"):
+        while not finished.is_set():
             if db.get_job(job.id).status == "running":
                 claims.append(other.claim_job("rival", lease_s=0.5))
             time.sleep(0.05)
 
     t = threading.Thread(target=rival)
     t.start()
-    worker_loop(None, str(tmp_path / "data"), str(tmp_path / "models"), BASE, once=True,
-                limits=JobLimits(lease_s=0.6))
-    t.join()
+    try:
+        worker_loop(None, str(tmp_path / "data"), str(tmp_path / "models"), BASE, once=True,
+                    limits=JobLimits(lease_s=0.6))
+    finally:
+        finished.set()
+        t.join()
     done = db.get_job(job.id)
     assert done.status == "succeeded", [e.message for e in db.events(job.id)]
     assert claims and not any(claims), "a rival claimed a job whose lease was being renewed"
@@ -263,3 +266,29 @@ def test_cancelled_job_is_not_run(tmp_path):
     db.set_job(job.id, "cancelled")
     worker_loop(None, str(tmp_path / "data"), str(tmp_path / "models"), BASE, once=True)
     assert db.get_job(job.id).status == "cancelled" and not (tmp_path / "models").exists()
+
+
+def test_cancel_stops_a_running_job_at_a_step(tmp_path):
+    """A cancel while the job trains: training stops within a few steps, its checkpoint stays, nothing is published."""
+    db = Database(data_dir=tmp_path / "data")
+    job = _job(db, steps=400)
+    finished = threading.Event()
+
+    def cancel_at_step_3():
+        while not finished.is_set():
+            if any(e.data.get("step", 0) >= 3 for e in db.events(job.id) if "loss" in e.data):
+                db.set_job(job.id, "cancelled")
+                return
+            time.sleep(0.02)
+
+    t = threading.Thread(target=cancel_at_step_3)
+    t.start()
+    try:
+        worker_loop(None, str(tmp_path / "data"), str(tmp_path / "models"), BASE, once=True)
+    finally:
+        finished.set()
+        t.join()
+    events = db.events(job.id, limit=1000)
+    assert db.get_job(job.id).status == "cancelled" and events[-1].message.startswith("job cancelled")
+    assert 3 <= max(e.data["step"] for e in events if "loss" in e.data) < 400
+    assert (tmp_path / "data" / "jobs" / job.id / "run" / "last.pt").is_file() and not (tmp_path / "models").exists()

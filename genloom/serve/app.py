@@ -126,7 +126,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                     log_event("jobs_requeued", jobs=requeued)
                 if jobs:
                     bases = {model_name(p): str(Path(p).resolve()) for p in model_paths}
-                    worker = start_worker(db_url, str(state.data_dir), str(state.data_dir / "models"), bases,
+                    worker = start_worker(state.db, str(state.data_dir), str(state.data_dir / "models"), bases,
                                           state.job_limits)
                 watcher = asyncio.create_task(_watch_jobs(state))
             yield

@@ -438,6 +438,16 @@ class Database:
             return True
 
 
+    def release_worker_jobs(self, worker_prefix: str, message: str) -> list[str]:
+        """Back to the queue: the running jobs of a worker known dead (ids starting `worker_prefix`, host:pid:)."""
+        with self.session.begin() as s:
+            held = list(s.scalars(select(Job).where(Job.status == "running",
+                                                    Job.worker_id.startswith(worker_prefix, autoescape=True))))
+            for job in held:
+                job.status, job.worker_id, job.lease_expires_at = "queued", None, None
+                s.add(JobEvent(job_id=job.id, level="warning", message=message, data={}))
+            return [j.id for j in held]
+
 def _lease_over(t: dt.datetime):
     """A running job's lease has run out (or it never had one: a row from before leases)."""
     return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < t)

@@ -39,6 +39,7 @@ from genloom.errors import GenloomError
 from genloom.families import run_config_from_dict
 from genloom.files import atomic_write_text
 from genloom.serve.database import Database
+from genloom.serve.logs import log_event
 from genloom.train import run
 
 SERVER_KEYS = ("out_dir", "init_from")  # train keys only the server sets: a job's folder and its base model
@@ -154,6 +155,8 @@ class Lease:
             try:
                 held = self.db.renew_lease(self.job_id, self.worker_id, self.lease_s)
             except Exception:  # noqa: BLE001 - a database hiccup: retry; the local expiry still guards the job
+                held = None
+            if held is None:
                 continue
             if held:
                 self.expires = t + self.lease_s
@@ -364,12 +367,55 @@ def worker_loop(db_url: str | None, data_dir: str, models_dir: str, base_models:
         db.close()
 
 
-def start_worker(db_url: str | None, data_dir: str, models_dir: str, base_models: dict[str, str],
-                 limits: JobLimits | None = None) -> mp.Process:
-    """The worker in its own process (spawned: no torch state shared with the server); it stops when the
-    server does, or is gone."""
-    ctx = mp.get_context("spawn")
-    proc = ctx.Process(target=worker_loop, args=(db_url, data_dir, models_dir, base_models),
-                       kwargs={"limits": limits, "parent_pid": os.getpid()}, daemon=True, name="genloom-jobs")
-    proc.start()
-    return proc
+class Worker:
+    """The job worker process, watched by a thread of the server: when it dies (kill -9, out of memory) its
+    jobs go back to the queue at once (they resume from their checkpoints) and a new worker starts."""
+
+    def __init__(self, db, data_dir: str, models_dir: str, base_models: dict[str, str],
+                 limits: JobLimits | None = None, check_s: float = 1.0):
+        self.db, self.check_s = db, check_s
+        self.args = (db.url, data_dir, models_dir, base_models)
+        self.kwargs = {"limits": limits, "parent_pid": os.getpid()}
+        self.restarts = 0
+        self._stop = threading.Event()
+        self.proc = self._spawn()
+        self._thread = threading.Thread(target=self._watch, daemon=True, name="job-worker-watch")
+        self._thread.start()
+
+    def _spawn(self) -> mp.process.BaseProcess:
+        proc = mp.get_context("spawn").Process(target=worker_loop, args=self.args, kwargs=self.kwargs, daemon=True,
+                                               name="genloom-jobs")
+        proc.start()  # spawned: no torch state shared with the server
+        return proc
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.check_s):
+            if self.proc.is_alive():
+                continue
+            pid, code = self.proc.pid, self.proc.exitcode
+            try:
+                requeued = self.db.release_worker_jobs(f"{socket.gethostname()[:60]}:{pid}:",
+                                                       f"job worker {pid} died (exit code {code}): job re-queued, "
+                                                       "it resumes from its checkpoint")
+            except Exception as e:  # noqa: BLE001 - their leases run out instead
+                requeued = f"not re-queued: {e}"
+            log_event("job_worker_died", pid=pid, exit_code=code, requeued=requeued)
+            if self._stop.wait(min(60.0, 2.0 ** self.restarts - 1)):  # a worker that keeps dying: back off
+                return
+            self.restarts += 1
+            self.proc = self._spawn()
+
+    def terminate(self) -> None:
+        """Stop watching, then ask the worker to stop (the job in hand writes its checkpoint, goes back to the queue)."""
+        self._stop.set()
+        self._thread.join()
+        self.proc.terminate()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.proc.join(timeout)
+
+
+def start_worker(db, data_dir: str, models_dir: str, base_models: dict[str, str],
+                 limits: JobLimits | None = None) -> Worker:
+    """The watched worker process; it stops when the server does, or is gone."""
+    return Worker(db, data_dir, models_dir, base_models, limits)
