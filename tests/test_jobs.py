@@ -16,7 +16,7 @@ from genloom.checkpoints import load_checkpoint, load_model
 from genloom.errors import GenloomError
 from genloom.serve.app import create_app
 from genloom.serve.database import Database, Job, now
-from genloom.serve.jobs import JobEvents, JobLimitError, JobLimits, job_run_config, worker_loop
+from genloom.serve.jobs import JobEvents, JobLimitError, JobLimits, base_model_path, job_run_config, worker_loop
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = {"chat": str(ROOT / "models" / "chat")}
@@ -292,3 +292,15 @@ def test_cancel_stops_a_running_job_at_a_step(tmp_path):
     assert db.get_job(job.id).status == "cancelled" and events[-1].message.startswith("job cancelled")
     assert 3 <= max(e.data["step"] for e in events if "loss" in e.data) < 400
     assert (tmp_path / "data" / "jobs" / job.id / "run" / "last.pt").is_file() and not (tmp_path / "models").exists()
+
+
+def test_a_job_starts_only_from_a_served_model(tmp_path):
+    """The server's own models, or a fine-tuned one it serves from its models folder; never a path."""
+    models = tmp_path / "models"
+    (models / "ft-chat-1").mkdir(parents=True)
+    (models / "ft-chat-1" / "config.json").write_text("{}")
+    assert base_model_path("chat", BASE, models) == BASE["chat"]
+    assert base_model_path("ft-chat-1", BASE, models) == str(models / "ft-chat-1")
+    for name in ("../models/ft-chat-1", str(models / "ft-chat-1"), "..", ".", "ft-chat-2", "/etc"):
+        with pytest.raises(GenloomError, match="unknown base model .*; choose one of chat"):
+            base_model_path(name, BASE, models)
