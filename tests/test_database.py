@@ -37,7 +37,7 @@ def test_schema_is_migrated_by_alembic(db):
     tables = set(inspect(db.engine).get_table_names())
     assert {"api_keys", "requests", "usage", "files", "jobs", "job_events", "alembic_version"} <= tables
     with db.engine.connect() as c:
-        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0002"
 
 
 def test_sqlite_runs_in_wal_mode(tmp_path):

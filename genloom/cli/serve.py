@@ -11,6 +11,7 @@ from genloom.cli.base import _threads, cli
 from genloom.errors import GenloomError
 from genloom.serve import app as server
 from genloom.serve.database import Database
+from genloom.serve.jobs import JobLimits
 from genloom.serve.models import bundled_model_paths
 from genloom.serve.transport import parse_origins, parse_public_url
 
@@ -32,11 +33,20 @@ from genloom.serve.transport import parse_origins, parse_public_url
               "https://gen.example.org behind a proxy. Default: the address a request came in on, http://HOST:PORT.")
 @click.option("--cors-origins", multiple=True, help="Web origins (scheme://host[:port]) allowed to call the API from "
               "a browser (comma-separated or repeated). Default: none; other origins' writes get 403.")
+@click.option("--job-max-steps", default=JobLimits.max_steps, show_default=True, type=int,
+              help="Most training steps one fine-tuning job may ask for.")
+@click.option("--job-max-threads", default=None, type=int, help="Most threads one job may use. Default: the CPU count.")
+@click.option("--job-max-parameters", default=JobLimits.max_parameters, show_default=True, type=int,
+              help="Largest base model (parameters) a job may fine-tune.")
+@click.option("--job-max-minutes", default=JobLimits.max_minutes, show_default=True, type=float,
+              help="Wall time after which a job fails.")
 @click.option("--threads", type=int, default=0)
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
-          cors_origins, threads):
+          cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, threads):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
+    limits = JobLimits(max_steps=job_max_steps, max_parameters=job_max_parameters, max_minutes=job_max_minutes,
+                       **({"max_threads": job_max_threads} if job_max_threads is not None else {}))
     paths = list(models) or [str(p) for p in bundled_model_paths()]
     if not paths:
         raise GenloomError("no models to serve: pass --model FOLDER (the bundled models are in models/ of a "
@@ -46,7 +56,7 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
-        cors_origins=_split(cors_origins))
+        cors_origins=_split(cors_origins), job_limits=limits)
 
 
 def _split(values) -> list[str]:

@@ -26,7 +26,7 @@ from genloom.serve import openapi
 from genloom.serve.auth import Auth
 from genloom.serve.database import Database
 from genloom.serve.errors import add_error_handlers
-from genloom.serve.jobs import start_worker
+from genloom.serve.jobs import JobLimits, start_worker
 from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
 from genloom.serve.models import FineTuned, load_served, model_name
@@ -57,14 +57,15 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                api_key: str | None = None, data_dir: str | None = None, db_url: str | None = None,
                jobs: bool = True, max_upload_bytes: int = 50 << 20, host: str = "127.0.0.1",
                allowed_hosts: list[str] | None = None, public_url: str | None = None,
-               cors_origins: list[str] | None = None) -> FastAPI:
+               cors_origins: list[str] | None = None, job_limits: JobLimits | None = None) -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
     as a Bearer token on /v1 routes and compared in constant time. With `data_dir` (or `db_url`) the
     server keeps a database: history, uploaded files, fine-tuning jobs (run by a worker process when
-    `jobs`), and API keys (while one is active, every route but /health needs one; with none the server
-    is open); fine-tuned models land in data_dir/models and are served before their job reads succeeded.
+    `jobs`, within `job_limits`), and API keys (while one is active, every route but /health needs one;
+    with none the server is open); fine-tuned models land in data_dir/models and are served before their
+    job reads succeeded.
 
     Browser-facing: only the Host names in `allowed_hosts`, loopback and `host` (the bound address) are
     served ('*' for any); URLs the server hands out start with `public_url` (default: the address the
@@ -98,7 +99,8 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                     log_event("jobs_requeued", jobs=requeued)
                 if jobs:
                     bases = {model_name(p): str(Path(p).resolve()) for p in model_paths}
-                    worker = start_worker(db_url, str(state.data_dir), str(state.data_dir / "models"), bases)
+                    worker = start_worker(state.db, str(state.data_dir), str(state.data_dir / "models"), bases,
+                                          state.job_limits)
                 watcher = asyncio.create_task(_watch_jobs(state))
             yield
         finally:
@@ -122,6 +124,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     state.capacity = max_batch + max_queue  # engine requests one API request may need at most
     state.metrics = Metrics()
     state.max_upload_bytes = max_upload_bytes
+    state.job_limits = job_limits or JobLimits()
     state.db = state.data_dir = state.fine_tuned = None
     if data_dir or db_url:
         state.data_dir = Path(data_dir or "genloom-data")

@@ -16,7 +16,23 @@ import secrets
 import uuid
 from pathlib import Path
 
-from sqlalchemy import JSON, DateTime, ForeignKey, Integer, String, Text, create_engine, event, func, select
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    and_,
+    create_engine,
+    event,
+    func,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 from genloom.errors import GenloomError
@@ -90,16 +106,21 @@ class Job(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
     started_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
+    # the lease: the worker training the job ("host:pid:random") and when its claim runs out unless renewed
+    worker_id: Mapped[str | None] = mapped_column(String(80), nullable=True)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(DateTime, nullable=True)
 
 
 class JobEvent(Base):
     __tablename__ = "job_events"
+    __table_args__ = (Index("uq_job_events_job_id_key", "job_id", "key", unique=True),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime, default=now)
     level: Mapped[str] = mapped_column(String(8), default="info")
     message: Mapped[str] = mapped_column(Text)
     data: Mapped[dict] = mapped_column(JSON, default=dict)
+    key: Mapped[str | None] = mapped_column(String(64), nullable=True)  # "step:40": written once per job
 
 
 class Usage(Base):
@@ -317,9 +338,19 @@ class Database:
                 setattr(job, k, v)
             return job
 
-    def add_event(self, jid: str, message: str, data: dict | None = None, level: str = "info") -> None:
-        with self.session.begin() as s:
-            s.add(JobEvent(job_id=jid, message=message, data=json.loads(json.dumps(data or {})), level=level))
+    def add_event(self, jid: str, message: str, data: dict | None = None, level: str = "info",
+                  key: str | None = None) -> bool:
+        """Append an event; one with a `key` ("step:40") is written once per job, so a resumed job that
+        redoes a step records it only once. Returns whether it was written."""
+        try:
+            with self.session.begin() as s:
+                s.add(JobEvent(job_id=jid, message=message, data=json.loads(json.dumps(data or {})), level=level,
+                               key=key))
+        except IntegrityError:
+            if key is None:
+                raise
+            return False
+        return True
 
     def events(self, jid: str, after: int = 0, limit: int = 100) -> list[JobEvent]:
         with self.session() as s:
@@ -327,11 +358,14 @@ class Database:
             return list(s.scalars(q))
 
     def recover_jobs(self) -> list[str]:
-        """At startup: a job left 'running' by a dead server goes back to the queue (its checkpoint resumes it)."""
+        """At startup: a job left 'running' by a dead worker, its lease run out, goes back to the queue (its
+        checkpoint resumes it). A job whose lease still runs belongs to a live worker (another server on the
+        same database, or one about to notice its server is gone) and is left alone."""
+        t = now()
         with self.session.begin() as s:
-            stuck = list(s.scalars(select(Job).where(Job.status == "running")))
+            stuck = list(s.scalars(select(Job).where(Job.status == "running", _lease_over(t))))
             for job in stuck:
-                job.status = "queued"
+                job.status, job.worker_id, job.lease_expires_at = "queued", None, None
                 s.add(JobEvent(job_id=job.id, level="warning", message="server restarted: job re-queued, "
                                "it resumes from its last checkpoint", data={}))
             return [j.id for j in stuck]
@@ -339,6 +373,84 @@ class Database:
     def next_queued_job(self) -> Job | None:
         with self.session() as s:
             return s.scalars(select(Job).where(Job.status == "queued").order_by(Job.created_at)).first()
+
+    # ---- leases: exactly one worker trains a job -------------------------------------------------
+    def claim_job(self, worker_id: str, lease_s: float) -> Job | None:
+        """Take the oldest queued job, or a running one whose lease ran out, for `worker_id` until now + lease_s.
+
+        One conditional UPDATE: it matches only while the job is still claimable, so of workers racing for a
+        job exactly one wins (SQLite runs writes one at a time; PostgreSQL re-checks the WHERE on the row it
+        waited for). On PostgreSQL the candidate is first locked with SELECT ... FOR UPDATE SKIP LOCKED, so
+        the others take the next job instead of waiting (SQLite ignores the clause).
+        """
+        t = now()
+        claimable = or_(Job.status == "queued", and_(Job.status == "running", _lease_over(t)))
+        with self.session.begin() as s:
+            row = s.execute(select(Job.id, Job.status, Job.worker_id).where(claimable)
+                            .order_by(Job.created_at, Job.id).limit(1).with_for_update(skip_locked=True)).first()
+            if row is None:
+                return None
+            won = s.execute(update(Job).where(Job.id == row.id, claimable).values(
+                status="running", worker_id=worker_id, lease_expires_at=t + dt.timedelta(seconds=lease_s),
+                started_at=func.coalesce(Job.started_at, t)).execution_options(synchronize_session=False))
+            if won.rowcount != 1:
+                return None
+            if row.status == "running":
+                s.add(JobEvent(job_id=row.id, level="warning", data={"worker": worker_id},
+                               message=f"the lease of worker {row.worker_id} ran out: job taken over, it resumes "
+                                       "from its last checkpoint"))
+            return s.get(Job, row.id, populate_existing=True)
+
+    def renew_lease(self, jid: str, worker_id: str, lease_s: float) -> bool:
+        """Extend the lease of a job `worker_id` still holds; False once it lost it (taken over, cancelled, re-queued)."""
+        with self.session.begin() as s:
+            res = s.execute(update(Job).where(Job.id == jid, Job.worker_id == worker_id, Job.status == "running")
+                            .values(lease_expires_at=now() + dt.timedelta(seconds=lease_s))
+                            .execution_options(synchronize_session=False))
+            return res.rowcount == 1
+
+    def finish_job(self, jid: str, worker_id: str, status: str, message: str, data: dict | None = None,
+                   level: str = "info", **fields) -> bool:
+        """End a job `worker_id` holds (status and its event in one transaction); False, writing nothing,
+        when it no longer holds it: a job ends once, by its one worker."""
+        if status not in ("succeeded", "failed"):
+            raise GenloomError(f"a worker ends a job as succeeded or failed, not '{status}'")
+        t = now()
+        with self.session.begin() as s:
+            res = s.execute(update(Job).where(Job.id == jid, Job.worker_id == worker_id, Job.status == "running")
+                            .values(status=status, finished_at=t, lease_expires_at=None, **fields)
+                            .execution_options(synchronize_session=False))
+            if res.rowcount != 1:
+                return False
+            s.add(JobEvent(job_id=jid, message=message, data=json.loads(json.dumps(data or {})), level=level,
+                           key=status))
+            return True
+
+    def release_job(self, jid: str, worker_id: str, message: str) -> bool:
+        """Give a job back to the queue (its worker is stopping); False when `worker_id` no longer holds it."""
+        with self.session.begin() as s:
+            res = s.execute(update(Job).where(Job.id == jid, Job.worker_id == worker_id, Job.status == "running")
+                            .values(status="queued", worker_id=None, lease_expires_at=None)
+                            .execution_options(synchronize_session=False))
+            if res.rowcount != 1:
+                return False
+            s.add(JobEvent(job_id=jid, message=message, level="warning", data={}))
+            return True
+
+
+    def release_worker_jobs(self, worker_prefix: str, message: str) -> list[str]:
+        """Back to the queue: the running jobs of a worker known dead (ids starting `worker_prefix`, host:pid:)."""
+        with self.session.begin() as s:
+            held = list(s.scalars(select(Job).where(Job.status == "running",
+                                                    Job.worker_id.startswith(worker_prefix, autoescape=True))))
+            for job in held:
+                job.status, job.worker_id, job.lease_expires_at = "queued", None, None
+                s.add(JobEvent(job_id=job.id, level="warning", message=message, data={}))
+            return [j.id for j in held]
+
+def _lease_over(t: dt.datetime):
+    """A running job's lease has run out (or it never had one: a row from before leases)."""
+    return or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < t)
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

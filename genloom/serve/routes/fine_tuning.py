@@ -12,7 +12,8 @@ from fastapi import APIRouter, Request
 
 from genloom.errors import GenloomError
 from genloom.serve.errors import ApiError
-from genloom.serve.jobs import job_run_config
+from genloom.serve.jobs import JobRequestError, job_run_config
+from genloom.serve.models import text_model
 from genloom.serve.protocol import (
     FineTuningJob,
     FineTuningJobEvent,
@@ -51,10 +52,10 @@ def _job_or_404(db, job_id: str):
 
 @router.post("/v1/fine_tuning/jobs", dependencies=v1)
 async def create_job(body: FineTuningJobRequest, request: Request) -> FineTuningJob:
+    """Queue a job on a served text model and an uploaded file; its config names no path, and it stays
+    within the server's job limits (400 naming the limit past them)."""
     db = require_db(request)
-    if body.model not in request.app.state.models:
-        raise ApiError(404, f"The model '{body.model}' does not exist; choose one of "
-                       f"{', '.join(sorted(request.app.state.models))}.", param="model", code="model_not_found")
+    base = text_model(request.app.state, body.model)
     if db.get_file(body.training_file) is None:
         raise ApiError(400, f"No such file: '{body.training_file}'.", param="training_file")
     unknown = sorted(set(body.genloom_config) - set(SETTABLE))
@@ -62,7 +63,10 @@ async def create_job(body: FineTuningJobRequest, request: Request) -> FineTuning
         raise ApiError(400, f"genloom_config may set {' and '.join(map(repr, SETTABLE))} keys, not {unknown}.",
                        param="genloom_config")
     try:  # the run config the worker will build, checked now: a typo is a 400, not a failed job later
-        job_run_config(body.genloom_config, data_dir="", out_dir="", init_from="")
+        cfg = job_run_config(body.genloom_config, data_dir="", out_dir="", init_from=body.model)
+        request.app.state.job_limits.check(cfg, parameters=sum(p.numel() for p in base.loaded.model.parameters()))
+    except JobRequestError as e:
+        raise ApiError(400, str(e), param=e.param, code=e.code) from None
     except GenloomError as e:
         raise ApiError(400, str(e), param="genloom_config") from None
     return job_object(await asyncio.to_thread(db.create_job, body.model, body.genloom_config, body.training_file))
