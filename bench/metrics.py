@@ -14,7 +14,7 @@ its feature table) is built once, outside the timed region, and each timed call 
 update(fake) + compute, against one genloom call from the same features. Calls are interleaved (the order
 rotates every round), --repeat rounds after one warm-up round; genloom/peer = best, *_median = median.
 
-    python bench/metrics.py [--repeat 5]    (about 2 minutes on 2 cores; needs models/fmnist-features)
+    python bench/metrics.py [--repeat 15]    (about 2 minutes on 2 cores; needs models/fmnist-features)
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def blur(x: torch.Tensor) -> torch.Tensor:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--repeat", type=int, default=5, help="timed rounds per speed case (>= 3)")
+    ap.add_argument("--repeat", type=int, default=15, help="timed rounds per speed case (>= 3)")
     args = ap.parse_args(argv)
     torch.set_num_threads(2)
     torch.manual_seed(0)
