@@ -4,8 +4,8 @@ Both sides run the SAME fp32 weights (a random-init genloom GPT converted with g
 a 32-token prompt and exactly N new tokens (default 128), batch 1 and batch 8, 2 threads,
 model.eval() and torch.inference_mode(). Before timing, each case checks that the logits agree to
 1e-4, that both sides produce the same number of tokens and that greedy ids match at batch 1.
-genloom and transformers runs are interleaved (the check run is the warmup, then best-of repeats) so
-machine noise hits both. Metric: new tokens * batch / seconds. genloom runs stream_ids (what generate
+genloom and transformers runs are interleaved (the check run is the warmup, then 3 rounds, the order
+alternating) so machine noise hits both; genloom/peer = best, *_median = median. Metric: new tokens * batch / seconds. genloom runs stream_ids (what generate
 drives) with stop_at_eot off; transformers keeps GPT-2's eos (50256) on the 124M shape (none on the char
 model) and is held to the full length by min_new_tokens. lm_head_share: the output projection's part of genloom's time (profiled).
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -26,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch
 import transformers
 
-from bench.common import report
+from bench.common import interleaved, pair, report
 from genloom.hf import hf_config_from_gpt2, state_dict_to_hf
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.sample import SamplingParams, stream_ids
@@ -89,17 +88,6 @@ def run_hf(model, ids: torch.Tensor, new: int) -> torch.Tensor:
     return out[:, ids.size(1) :]
 
 
-def time_pair(fns: list, repeat: int) -> list[float]:
-    """Best-of `repeat` wall times for each fn, runs interleaved (a, b, a, b, ...); warm them up first."""
-    best = [float("inf")] * len(fns)
-    for _ in range(repeat):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
-
-
 def lm_head_share(model, ids: torch.Tensor, new: int) -> float:
     """Fraction of genloom's generate time spent in the output projection, from one profiled run.
 
@@ -142,15 +130,12 @@ def main(argv=None) -> None:
             same = bool(torch.equal(a, b))
             if B == 1 and not same:
                 raise SystemExit(f"{name} b1: greedy ids differ between genloom and transformers")
-            runs = [lambda: run_genloom(ours, ids, new), lambda: run_hf(theirs, ids, new)]
-            t_ours, t_theirs = time_pair(runs, repeat)
+            t = interleaved({"genloom": lambda: run_genloom(ours, ids, new), "peer": lambda: run_hf(theirs, ids, new)},
+                            repeat, warmup=0)  # the check above was the warm-up
             head = None if args.quick else lm_head_share(ours, ids, new)
             rows.append(
                 {
-                    "case": f"decode-{name}-b{B}",
-                    "unit": "tokens/s",
-                    "genloom": round(new * B / t_ours, 1),
-                    "peer": round(new * B / t_theirs, 1),
+                    **pair(f"decode-{name}-b{B}", "tokens/s", new * B, t["genloom"], t["peer"]),
                     "peer_name": f"transformers {transformers.__version__} GPT2LMHeadModel.generate",
                     "peer_settings": f"greedy, use_cache, min_new_tokens=max_new_tokens, eos_token_id "
                     f"{theirs.generation_config.eos_token_id} kept, attn {theirs.config._attn_implementation}",
@@ -162,7 +147,6 @@ def main(argv=None) -> None:
                     "greedy_ids_equal": same,
                     "logits_max_diff": float(f"{diff:.3g}"),
                     "lm_head_share": head,
-                    "repeats": repeat,
                     "quick": args.quick,
                 }
             )

@@ -10,14 +10,21 @@ would score with the same features and sample count). genloom = FID, peer = floo
                            DDIM paper's format (10, 20, 50, 100, 1000 steps) with seconds per image. The
                            1000-step row uses fewer samples (--n-1000) to fit the machine; its floor matches.
   fid-<family>             FID of each starter (diffusion DDIM-50, DCGAN, VAE, VQ-VAE + GPT prior), n = --n.
-  sample-speed-<family>    images/s at batch 64. Peers: diffusers' DDIMScheduler loop driving the same U-Net
-                           (diffusion); the PyTorch DCGAN tutorial's nn.Sequential generator with the same
-                           weights (DCGAN); the same decoder called bare (VAE); the same prior sampled
-                           without a KV cache, re-running the whole prefix every step (VQ-VAE + prior).
+  sample-speed-<family>    images/s at batch 64. Peers, all under torch.no_grad like genloom's samplers:
+                           diffusers' DDIMScheduler loop driving the same U-Net (diffusion); the PyTorch DCGAN
+                           tutorial's nn.Sequential generator with the same weights (DCGAN); the same decoder
+                           called bare (VAE). The VQ-VAE + GPT prior row has no peer (no reference
+                           implementation of this model exists to run; genloom's own sampler without a KV
+                           cache would be a straw man), so it reports genloom's rate alone.
+                           Calls interleaved, --repeat rounds after a warm-up round, best and median.
   train-speed-<family>     training images/s through genloom's Trainer vs a minimal hand-written PyTorch loop
-                           (same model, objective, optimizer and batch size): the loop's overhead.
+                           (same model, objective, optimizer and batch size): the loop's overhead. --repeat
+                           rounds, each a fresh Trainer run of --train-steps steps (after one warm-up run) and
+                           the minimal loop over as many steps, the order alternating; best and median.
 
     python bench/images.py [--n 1000] [--n-steps 500] [--n-1000 100] [--only steps,fid,sample,train]
+                           [--repeat 3] [--train-steps 30]
+    (a run of some cases only (--only) replaces those cases in the results file and keeps the others)
     python bench/images.py --only steps --n-steps 100 --steps 10,20,50,100 --name images-n100
         (the same seeds as the 1000-step row: every step count compared on the same 100 samples)
 """
@@ -33,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch
 
-from bench.common import report, timeit
+from bench.common import interleaved, pair, rates, report
 from genloom.data.images import load_images
 from genloom.metrics.features import load_feature_extractor
 from genloom.metrics.image import fid
@@ -105,24 +112,7 @@ def _ctor(m) -> dict:
     return {"inplace": True} if isinstance(m, nn.ReLU) else {}
 
 
-def prior_without_cache(vq, n: int, labels, seed: int) -> torch.Tensor:
-    """The naive sampler: the whole prefix through the GPT at every step (no KV cache)."""
-    tok, prior = vq.prior_tokenizer, vq.prior.eval()
-    h, w = vq.code_shape
-    ids = torch.tensor([[tok.eot_id, tok.class_id(int(y))] for y in labels])
-    gens = [torch.Generator().manual_seed(seed + i) for i in range(n)]
-    with torch.no_grad():
-        for _ in range(h * w):
-            logits, _ = prior(ids)
-            logits = logits[:, -1].float()
-            logits[:, vq.config.codebook_size:] = float("-inf")  # codes only, as the pipeline's allow_only
-            probs = logits.softmax(-1)
-            nxt = torch.cat([torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(gens)])
-            ids = torch.cat([ids, nxt[:, None]], dim=1)
-    return vq.decode_to_uint8(ids[:, 2:].view(n, h, w))
-
-
-def sample_speed(name: str, lm) -> dict:
+def sample_speed(name: str, lm, repeat: int) -> dict:
     labels = torch.arange(64) % 10
     if name == "diffusion":
         ours = lambda: lm.model.sample(64, seed=7, sampler="ddim", steps=50, labels=labels, guidance=2.0)  # noqa: E731
@@ -134,10 +124,12 @@ def sample_speed(name: str, lm) -> dict:
         ref = tutorial_generator(lm.model)
         z = torch.stack([torch.randn(lm.config.nz, generator=torch.Generator().manual_seed(7 + i)) for i in range(64)])
         ours = lambda: lm.model.sample(64, seed=7)  # noqa: E731
-        peer = lambda: ((ref(z[:, :, None, None]).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
-        with torch.no_grad():
-            extra = {"peer_name": "PyTorch DCGAN-tutorial nn.Sequential generator, same weights and latents",
-                     "max_pixel_diff": int((ours().int() - peer().int()).abs().max())}
+
+        def peer():
+            with torch.no_grad():  # as genloom's GAN.sample
+                return ((ref(z[:, :, None, None]).clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        extra = {"peer_name": "PyTorch DCGAN-tutorial nn.Sequential generator, same weights and latents, no_grad",
+                 "max_pixel_diff": int((ours().int() - peer().int()).abs().max())}
     elif name == "vae":
         z = torch.randn(64, lm.config.latent_dim)
         ours = lambda: lm.model.sample(64, seed=7)  # noqa: E731
@@ -145,19 +137,20 @@ def sample_speed(name: str, lm) -> dict:
         def peer():
             with torch.no_grad():
                 return (torch.sigmoid(lm.model.decode(z)) * 255).round().to(torch.uint8)
-        extra = {"peer_name": "the same decoder called bare (no seeding per image, no checks)"}
+        extra = {"peer_name": "the same decoder called bare under no_grad (no seeding per image, no checks)"}
     else:
         plan = pipeline.resolve(lm, pipeline.ImageOptions(n=64, seed=7, labels=labels.tolist()))
-        ours = lambda: pipeline.sample_images(lm, plan)  # noqa: E731
-        peer = lambda: prior_without_cache(lm.model, 64, labels, seed=7)  # noqa: E731
-        extra = {"peer_name": "the same GPT prior sampled without a KV cache (whole prefix every step)",
-                 "same_pixels": bool(torch.equal(ours(), peer()))}
-    t_ours, t_peer = timeit(ours, repeat=2, warmup=0), timeit(peer, repeat=2, warmup=0)
-    return {"case": f"sample-speed-{name}", "unit": "images/s at batch 64 (higher is better)",
-            "genloom": round(64 / t_ours, 2), "peer": round(64 / t_peer, 2), **extra}
+        t = interleaved({"genloom": lambda: pipeline.sample_images(lm, plan)}, repeat)["genloom"]
+        r = rates(64, t, 2)
+        return {"case": f"sample-speed-{name}", "unit": "images/s at batch 64 (higher is better)",
+                "genloom": r["best"], "peer": None, "ratio": None, "genloom_median": r["median"], "repeats": repeat,
+                "peer_name": None, "note": "no peer: no reference implementation of this model to run"}
+    t = interleaved({"genloom": ours, "peer": peer}, repeat)
+    return pair(f"sample-speed-{name}", "images/s at batch 64 (higher is better)", 64, t["genloom"], t["peer"],
+                digits=2, **extra)
 
 
-def train_speed(name: str, steps: int = 30) -> dict:
+def train_speed(name: str, steps: int, repeat: int) -> dict:
     """genloom's Trainer vs a minimal loop over the same task, model and optimizer: images/s."""
     from genloom.families import load_run_config
     from genloom.train import Trainer
@@ -165,18 +158,18 @@ def train_speed(name: str, steps: int = 30) -> dict:
 
     cfg_file = ROOT / "configs" / f"fmnist-{name}.toml"
     with tempfile.TemporaryDirectory() as tmp:
-        over = [f"train.out_dir='{tmp}/run'", f"train.max_steps={steps}", "train.eval_interval=100000",
-                "train.ckpt_interval=100000", "train.sample_interval=0", "train.max_minutes=0"]
-        cfg = load_run_config(str(cfg_file), over)
-        trainer = Trainer(cfg, callbacks=[])
-        trainer.fit()  # warm-up run
-        cfg = load_run_config(str(cfg_file), [o.replace("/run'", "/run2'") for o in over])
-        trainer = Trainer(cfg, callbacks=[])
-        trainer.fit()
-        t_ours = trainer.elapsed  # the loop's step time (the final validation and checkpoint are not steps)
-        task, model, opt = trainer.task, trainer.model, trainer.optimizer
+        runs = iter(range(1_000))
+
+        def trainer_run():
+            over = [f"train.out_dir='{tmp}/run{next(runs)}'", f"train.max_steps={steps}", "train.eval_interval=100000",
+                    "train.ckpt_interval=100000", "train.sample_interval=0", "train.max_minutes=0"]
+            trainer = Trainer(load_run_config(str(cfg_file), over), callbacks=[])
+            trainer.fit()
+            return trainer
+
+        trainer = trainer_run()  # warm-up run; its model and optimizer drive the minimal loop
+        cfg, task, model, opt, phases = trainer.cfg, trainer.task, trainer.model, trainer.optimizer, trainer.phases
         gen = torch.Generator().manual_seed(0)
-        phases = trainer.phases
 
         def minimal():
             for _ in range(steps):
@@ -193,12 +186,20 @@ def train_speed(name: str, steps: int = 30) -> dict:
                 if hasattr(task, "after_step"):
                     task.after_step(model)
 
-        t_peer = timeit(minimal, repeat=1, warmup=0)
+        minimal()  # warm-up
+        t_ours, t_peer = [], []
+        for r in range(repeat):  # alternate which side goes first
+            for side in (("ours", "peer") if r % 2 == 0 else ("peer", "ours")):
+                if side == "ours":  # the loop's own step time (its final validation and checkpoint are not steps)
+                    t_ours.append(trainer_run().elapsed)
+                else:
+                    t0 = time.perf_counter()
+                    minimal()
+                    t_peer.append(time.perf_counter() - t0)
     images = steps * cfg.train.batch_size * sum(1 for p in phases if p != "g")
-    return {"case": f"train-speed-{name}", "unit": "training images/s (real images read; higher is better)",
-            "genloom": round(images / t_ours, 1), "peer": round(images / t_peer, 1),
-            "peer_name": "a minimal hand-written loop: same task, model, optimizer, batch size",
-            "steps": steps, "batch_size": cfg.train.batch_size}
+    return pair(f"train-speed-{name}", "training images/s (real images read; higher is better)", images, t_ours,
+                t_peer, peer_name="a minimal hand-written loop: same task, model, optimizer, batch size",
+                steps=steps, batch_size=cfg.train.batch_size)
 
 
 def main():
@@ -209,6 +210,8 @@ def main():
     ap.add_argument("--steps", default="10,20,50,100,1000")
     ap.add_argument("--only", default="steps,fid,sample,train")
     ap.add_argument("--name", default="images", help="results file: bench/results/NAME.jsonl")
+    ap.add_argument("--repeat", type=int, default=3, help="timed rounds per speed case (>= 3)")
+    ap.add_argument("--train-steps", type=int, default=30, help="steps per training-speed round")
     args = ap.parse_args()
     torch.set_num_threads(2)
     only = set(args.only.split(","))
@@ -242,13 +245,13 @@ def main():
             print(rows[-1], flush=True)
     if "sample" in only:
         for name, lm in models.items():
-            rows.append(sample_speed(name, lm))
+            rows.append(sample_speed(name, lm, args.repeat))
             print(rows[-1], flush=True)
     if "train" in only:
         for name in models:
-            rows.append(train_speed(name))
+            rows.append(train_speed(name, args.train_steps, args.repeat))
             print(rows[-1], flush=True)
-    report(args.name, rows)
+    report(args.name, rows, keep_others=only != {"steps", "fid", "sample", "train"})
 
 
 if __name__ == "__main__":

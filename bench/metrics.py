@@ -4,16 +4,22 @@ Cases (one JSON line each, bench/results/metrics.jsonl):
   metrics-fid-value-*   FID of a set pair, genloom vs torchmetrics FrechetInceptionDistance fed the same
                         genloom features (ratio ~ 1.0 is parity); the sets: Fashion-MNIST train vs test (the
                         floor) and test vs degraded train images (noise, blur), with the shipped feature network.
-  metrics-fid-speed     FID from 10k x 128-d features, features/s, genloom vs torchmetrics (higher is better).
+  metrics-fid-speed     FID from 10k + 10k 128-d features, features/s, genloom vs torchmetrics (higher is better).
   metrics-kid-speed     KID, 100 subsets of 1,000, genloom vs torchmetrics.
-  metrics-bleu-speed    corpus BLEU of 2,000 segments, genloom.metrics.textgen.bleu vs sacrebleu directly
+  metrics-bleu-speed    corpus BLEU of the held-out segments, genloom.metrics.textgen.bleu vs sacrebleu directly
                         (genloom wraps sacrebleu: the ratio shows the wrapper's cost).
 
-    python bench/metrics.py          (about 2 minutes on 2 cores; needs models/fmnist-features)
+Speed rows time like with like: both sides get the same precomputed features; the torchmetrics module (and
+its feature table) is built once, outside the timed region, and each timed call is reset + update(real) +
+update(fake) + compute, against one genloom call from the same features. Calls are interleaved (the order
+rotates every round), --repeat rounds after one warm-up round; genloom/peer = best, *_median = median.
+
+    python bench/metrics.py [--repeat 15]    (about 2 minutes on 2 cores; needs models/fmnist-features)
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -23,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np
 import torch
 
-from bench.common import report
+from bench.common import interleaved, pair, report
 from genloom.data.images import load_images
 from genloom.metrics.features import load_feature_extractor
 from genloom.metrics.image import fid, kid
@@ -43,30 +49,29 @@ class Given(torch.nn.Module):
         return self.table[idx.long().view(-1)]
 
 
+class TM:
+    """A torchmetrics FID or KID module built once over a (real, fake) feature pair; calling it computes the
+    metric from scratch (reset, both updates, compute), which is the work one genloom call does."""
+
+    def __init__(self, kind: str, real: np.ndarray, fake: np.ndarray):
+        from torchmetrics.image.fid import FrechetInceptionDistance
+        from torchmetrics.image.kid import KernelInceptionDistance
+
+        table = Given(np.concatenate([real, fake]))
+        self.m = (FrechetInceptionDistance(feature=table, normalize=False) if kind == "fid" else
+                  KernelInceptionDistance(feature=table, subsets=100, subset_size=1000, normalize=False))
+        self.real, self.fake = torch.arange(len(real)), torch.arange(len(real), len(real) + len(fake))
+
+    def __call__(self) -> float:
+        self.m.reset()
+        self.m.update(self.real, real=True)
+        self.m.update(self.fake, real=False)
+        out = self.m.compute()
+        return float(out[0] if isinstance(out, tuple) else out)
+
+
 def tm_fid(real: np.ndarray, fake: np.ndarray) -> float:
-    from torchmetrics.image.fid import FrechetInceptionDistance
-
-    table = np.concatenate([real, fake])
-    m = FrechetInceptionDistance(feature=Given(table), normalize=False)
-    m.update(torch.arange(len(real)), real=True)
-    m.update(torch.arange(len(real), len(table)), real=False)
-    return float(m.compute())
-
-
-def tm_kid(real: np.ndarray, fake: np.ndarray) -> float:
-    from torchmetrics.image.kid import KernelInceptionDistance
-
-    table = np.concatenate([real, fake])
-    m = KernelInceptionDistance(feature=Given(table), subsets=100, subset_size=1000, normalize=False)
-    m.update(torch.arange(len(real)), real=True)
-    m.update(torch.arange(len(real), len(table)), real=False)
-    return float(m.compute()[0])
-
-
-def timed(fn):
-    t0 = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t0
+    return TM("fid", real, fake)()
 
 
 def blur(x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +81,11 @@ def blur(x: torch.Tensor) -> torch.Tensor:
     return y.round().clamp(0, 255).to(torch.uint8)
 
 
-def main():
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=15, help="timed rounds per speed case (>= 3)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(2)
     torch.manual_seed(0)
     ext = load_feature_extractor("models/fmnist-features")
     test = load_images("fashion-mnist", "test").images
@@ -96,14 +105,12 @@ def main():
                      "genloom": round(ours["fid"], 4), "peer": round(theirs, 4), "peer_name": "torchmetrics FID",
                      "protocol": ours["protocol"], "feature_extraction_images_per_s": round(len(test) / feat_s, 1)})
     f_sub = ext.features(sub)
-    _, t_ours = timed(lambda: fid(f_test, f_sub))
-    _, t_tm = timed(lambda: tm_fid(f_test, f_sub))
-    rows.append({"case": "metrics-fid-speed", "unit": "features/s (20k x 128-d)", "genloom": round(2 * N / t_ours),
-                 "peer": round(2 * N / t_tm), "peer_name": "torchmetrics FrechetInceptionDistance (float64)"})
-    _, t_ours = timed(lambda: kid(f_test, f_sub, 100, 1000))
-    _, t_tm = timed(lambda: tm_kid(f_test, f_sub))
-    rows.append({"case": "metrics-kid-speed", "unit": "subsets/s (100 x 1,000)", "genloom": round(100 / t_ours, 1),
-                 "peer": round(100 / t_tm, 1), "peer_name": "torchmetrics KernelInceptionDistance"})
+    t = interleaved({"genloom": lambda: fid(f_test, f_sub), "peer": TM("fid", f_test, f_sub)}, args.repeat)
+    rows.append(pair("metrics-fid-speed", "features/s (10k real + 10k fake, 128-d)", 2 * N, t["genloom"], t["peer"],
+                     digits=0, peer_name="torchmetrics FrechetInceptionDistance (float64), module built untimed"))
+    t = interleaved({"genloom": lambda: kid(f_test, f_sub, 100, 1000), "peer": TM("kid", f_test, f_sub)}, args.repeat)
+    rows.append(pair("metrics-kid-speed", "subsets/s (100 x 1,000)", 100, t["genloom"], t["peer"],
+                     peer_name="torchmetrics KernelInceptionDistance, module built untimed"))
 
     import sacrebleu
 
@@ -113,12 +120,13 @@ def main():
     pairs = translation_eval_set(limit=2000)
     hyps = [p["prompt"][4:-4] for p in pairs]  # the English source as a (bad) Spanish hypothesis
     refs = [p["reference"] for p in pairs]
-    res, t_ours = timed(lambda: bleu(hyps, refs))
-    ref_score, t_sb = timed(lambda: sacrebleu.corpus_bleu(hyps, [refs]))
-    rows.append({"case": "metrics-bleu-speed", "unit": "segments/s", "genloom": round(len(hyps) / t_ours),
-                 "peer": round(len(hyps) / t_sb), "peer_name": "sacrebleu.corpus_bleu",
-                 "bleu_genloom": round(res["bleu"], 4), "bleu_sacrebleu": round(ref_score.score, 4),
-                 "signature": res["signature"], "note": "copy-the-English baseline on the held-out EN-ES verses"})
+    res, ref_score = bleu(hyps, refs), sacrebleu.corpus_bleu(hyps, [refs])
+    t = interleaved({"genloom": lambda: bleu(hyps, refs), "peer": lambda: sacrebleu.corpus_bleu(hyps, [refs])},
+                    args.repeat)
+    rows.append(pair("metrics-bleu-speed", f"segments/s ({len(hyps)} segments)", len(hyps), t["genloom"], t["peer"],
+                     digits=0, peer_name="sacrebleu.corpus_bleu", bleu_genloom=round(res["bleu"], 4),
+                     bleu_sacrebleu=round(ref_score.score, 4), signature=res["signature"],
+                     note="copy-the-English baseline on the held-out EN-ES verses"))
     report("metrics", rows)
 
 

@@ -10,23 +10,38 @@ replies mostly end (stop) after about ten tokens, well before max_tokens, so the
 per-request HTTP work as much as decoding; tokens_per_request in the output says how long replies were.
 
 Cases:
-  serve-16-clients-stream    16 clients x 16 requests back to back; aggregate tokens/s (all completion
-                             tokens / wall time of the run) with continuous batching (max_batch=16) against
-                             the same server forced to one request at a time (max_batch=1); max_queue 64.
+  serve-16-clients-stream    16 clients x 16 requests; tokens/s with continuous batching (max_batch=16)
+                             against the same server forced to one request at a time (max_batch=1),
+                             max_queue 64. Both servers run side by side for the whole case and take turns:
+                             the rounds are cut into blocks of --block rounds (16 clients x 4 requests back to
+                             back by default), and the blocks alternate between the servers (A B, B A, ...),
+                             so a change of load on the machine hits both. genloom/peer = the best block's
+                             tokens/s, *_median = the median block's, *_aggregate = all tokens / all block time.
   serve-16-clients-stream-64-tokens
                              the same with a fixed output length: every request also sends the extra field
                              min_tokens = max_tokens = 64 (vLLM's extension; its benchmark_serving fixes
                              output lengths the same way with ignore_eos), so each reply is 64 tokens and
                              decoding, not per-request work, dominates.
+  serve-16-clients-stream-poisoned
+                             issue 11's "one request must never fail another": the 16 clients send --poison-rounds
+                             64-token requests each (more while not every poison has been answered once) to the
+                             batching server while 4 more clients send poisoned
+                             requests back to back into the same batch (temperature 1e-40, top_p 1e-46, seed 2**64
+                             and -2**63-1, NaN and Infinity in sampling fields, huge integers, a lone surrogate
+                             in the prompt, ...; see POISONS). genloom = innocent requests that failed (an error
+                             status, an error event, no usage, or no answer within 120 s; 0 is right); also how
+                             many innocent texts differ from the same requests in the clean 64-token case, each
+                             poison's outcomes (a 400 is right), and whether the server still answers /health.
   serve-64-clients-overload  5 waves of 64 simultaneous clients against max_batch=16, max_queue=16:
                              200s vs 429s (each 429 must carry Retry-After, nobody retries), failures,
                              the server's VmHWM/VmRSS before and after, /health afterwards.
                              genloom = successful requests/s over the waves; no peer.
 
     python bench/serve.py            # full run -> bench/results/serve.jsonl
-    python bench/serve.py --quick    # 8 clients, 16 tokens, 1 round / 1 wave -> bench/results/serve-quick.jsonl
+    python bench/serve.py --quick    # 8 clients, 16 tokens, 2 rounds / 1 wave -> bench/results/serve-quick.jsonl
 
-Each streaming case runs on fresh servers (one with max_batch=16, one with max_batch=1).
+The two streaming cases share one pair of servers (one warm-up request each per case); the poisoned case
+runs last on the batching one; the overload case gets a fresh server.
 """
 
 from __future__ import annotations
@@ -34,6 +49,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
+import statistics
 import os
 import socket
 import subprocess
@@ -148,23 +165,41 @@ class ServerProcess:
         return self.proc.returncode
 
 
-async def chat(client: httpx.AsyncClient, url: str, text: str, max_tokens: int, min_tokens: int = 0) -> dict:
-    """One streaming chat request: status, TTFT, content chunks, completion tokens, text, Retry-After.
-    min_tokens > 0 sends vLLM's extra field (what openai clients pass with extra_body)."""
+def chat_body(text: str, max_tokens: int, min_tokens: int = 0) -> dict:
+    """A greedy streaming chat request; min_tokens > 0 sends vLLM's extra field (openai clients: extra_body)."""
     body = {"model": "chat", "messages": [{"role": "user", "content": text}], "temperature": 0,
             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     if min_tokens:
         body["min_tokens"] = min_tokens
+    return body
+
+
+async def chat(client: httpx.AsyncClient, url: str, text: str, max_tokens: int, min_tokens: int = 0) -> dict:
+    """One streaming chat request: status, TTFT, content chunks, completion tokens, text, Retry-After."""
+    return await send(client, url, chat_body(text, max_tokens, min_tokens))
+
+
+async def send(client: httpx.AsyncClient, url: str, body: dict) -> dict:
+    """POST a chat body, as bytes from json.dumps (NaN, Infinity, lone surrogates and huge ints go through as
+    a careless or hostile client would send them); read the SSE stream or the JSON answer."""
     out = {"status": None, "ttft": None, "chunks": 0, "tokens": None, "text": "", "error": None,
            "retry_after": None, "finish_reason": None}
+    content = json.dumps(body).encode()
     t0 = time.perf_counter()
     try:
-        async with client.stream("POST", f"{url}/v1/chat/completions", json=body) as resp:
+        async with client.stream("POST", f"{url}/v1/chat/completions", content=content,
+                                 headers={"content-type": "application/json"}) as resp:
             out["status"] = resp.status_code
             if resp.status_code != 200:
                 out["retry_after"] = resp.headers.get("retry-after")
                 await resp.aread()
                 out["error"] = resp.text[:200]
+                return out
+            if not body.get("stream"):
+                await resp.aread()
+                ans = json.loads(resp.text)
+                out["tokens"] = (ans.get("usage") or {}).get("completion_tokens")
+                out["text"] = "".join((c.get("message") or {}).get("content") or "" for c in ans.get("choices", []))
                 return out
             async for line in resp.aiter_lines():
                 if not line.startswith("data:"):
@@ -202,26 +237,53 @@ def ok(r: dict) -> bool:
     return r["status"] == 200 and r["error"] is None and r["tokens"] is not None
 
 
-async def stream_run(url: str, clients: int, rounds: int, max_tokens: int, min_tokens: int = 0) -> dict:
-    """`clients` tasks, each sending `rounds` requests back to back; aggregate tokens/s over the wall time."""
+async def run_block(client, url: str, clients: int, rounds: range, max_tokens: int, min_tokens: int):
+    """`clients` tasks, each sending one request per round back to back; {(client, round): result}, wall s."""
+    async def one(i):
+        return [((i, r), await chat(client, url, prompt(i, r), max_tokens, min_tokens)) for r in rounds]
+
+    t0 = time.perf_counter()
+    per_client = await asyncio.gather(*(one(i) for i in range(clients)))
+    return dict(x for xs in per_client for x in xs), time.perf_counter() - t0
+
+
+async def compare_run(servers: dict, clients: int, rounds: int, block: int, max_tokens: int,
+                      min_tokens: int = 0) -> dict:
+    """The same requests to every server, in blocks of `block` rounds that alternate between the servers."""
+    sides = {name: {"results": {}, "walls": [], "block_tokens": [], "client_cpu": 0.0} for name in servers}
     async with new_client() as client:
-        warm = await chat(client, url, "Hello!", max_tokens, min_tokens)
-        if not ok(warm):
-            raise SystemExit(f"warmup request failed: {warm}")
+        for srv in servers.values():
+            warm = await chat(client, srv.url, "Hello!", max_tokens, min_tokens)
+            if not ok(warm):
+                raise SystemExit(f"warmup request failed: {warm}")
+        cpu0 = {name: cpu_seconds(srv.pid) for name, srv in servers.items()}
+        names = list(servers)
+        for k, start in enumerate(range(0, rounds, block)):
+            for name in names if k % 2 == 0 else names[::-1]:
+                c0 = time.process_time()
+                res, wall = await run_block(client, servers[name].url, clients, range(start, min(rounds, start + block)),
+                                            max_tokens, min_tokens)
+                side = sides[name]
+                side["client_cpu"] += time.process_time() - c0
+                side["results"].update(res)
+                side["walls"].append(wall)
+                side["block_tokens"].append(sum(r["tokens"] for r in res.values() if ok(r)))
+        cpu = {name: cpu_seconds(srv.pid) - cpu0[name] for name, srv in servers.items()}
+    return {name: summarize(side, cpu[name]) for name, side in sides.items()}
 
-        async def one(i):
-            return [await chat(client, url, prompt(i, r), max_tokens, min_tokens) for r in range(rounds)]
 
-        t0 = time.perf_counter()
-        per_client = await asyncio.gather(*(one(i) for i in range(clients)))
-        wall = time.perf_counter() - t0
-    results = [r for rs in per_client for r in rs]
-    good = [r for r in results if ok(r)]
+def summarize(side: dict, server_cpu: float) -> dict:
+    results = side["results"]
+    good = [r for r in results.values() if ok(r)]
     tokens = sum(r["tokens"] for r in good)
     ttfts = [r["ttft"] for r in good if r["ttft"] is not None]
+    block_rates = [t / w for t, w in zip(side["block_tokens"], side["walls"])]
     return {
-        "tokens_per_s": round(tokens / wall, 1),
-        "wall_s": round(wall, 2),
+        "tokens_per_s": round(max(block_rates), 1),
+        "tokens_per_s_median": round(statistics.median(block_rates), 1),
+        "tokens_per_s_aggregate": round(tokens / sum(side["walls"]), 1),
+        "blocks": len(block_rates),
+        "wall_s": round(sum(side["walls"]), 2),
         "requests": len(results),
         "failed": len(results) - len(good),
         "completion_tokens": tokens,
@@ -230,8 +292,109 @@ async def stream_run(url: str, clients: int, rounds: int, max_tokens: int, min_t
         "ttft_p50_s": pct(ttfts, 0.5),
         "ttft_p99_s": pct(ttfts, 0.99),
         "finish_reasons": {k: sum(r["finish_reason"] == k for r in good) for k in {r["finish_reason"] for r in good}},
-        "texts": [r["text"] for r in results],
-        "errors": sorted({str(r["error"] or r["status"]) for r in results if not ok(r)})[:5],
+        "texts": {key: r["text"] for key, r in results.items()},
+        "errors": sorted({str(r["error"] or r["status"]) for r in results.values() if not ok(r)})[:5],
+        "server_cpu_s": round(server_cpu, 2),
+        "client_cpu_s": round(side["client_cpu"], 2),
+    }
+
+
+NAN, INF = math.nan, math.inf
+POISONS = [  # (name, fields over a sampled chat request): each must get a 400 and hurt no one else
+    ("temperature 1e-40", {"temperature": 1e-40}),
+    ("top_p 1e-46", {"top_p": 1e-46}),
+    ("seed 2**64", {"seed": 2**64}),
+    ("seed -2**63-1", {"seed": -(2**63) - 1}),
+    ("temperature NaN", {"temperature": NAN}),
+    ("top_p NaN", {"top_p": NAN}),
+    ("min_p NaN", {"min_p": NAN}),
+    ("presence_penalty NaN", {"presence_penalty": NAN}),
+    ("frequency_penalty Infinity", {"frequency_penalty": INF}),
+    ("repetition_penalty Infinity", {"repetition_penalty": INF}),
+    ("repetition_penalty 1e-300", {"repetition_penalty": 1e-300}),
+    ("top_k 2**63", {"top_k": 2**63}),
+    ("max_tokens 2**64", {"max_tokens": 2**64}),
+    ("min_tokens 2**64", {"min_tokens": 2**64}),
+    ("logit_bias NaN", {"logit_bias": {"0": NAN}}),
+    ("lone surrogate in the prompt", {"messages": [{"role": "user", "content": "hi \ud800 there"}]}),
+]
+
+
+def poisoned(k: int) -> tuple[str, dict]:
+    """The k-th poisoned request (cycling through POISONS; streaming on even k, not on odd ones)."""
+    name, fields = POISONS[k % len(POISONS)]
+    body = {"model": "chat", "messages": [{"role": "user", "content": "Tell me a joke."}], "temperature": 1.0,
+            "max_tokens": 16, "stream": k % 2 == 0, "seed": 1}
+    return name, {**body, **fields}
+
+
+async def poison_run(url: str, clients: int, rounds: int, max_tokens: int, poisoners: int, reference: dict,
+                     timeout: float = 120.0) -> dict:
+    """Innocent 64-token streams from `clients` clients while `poisoners` clients send POISONS back to back.
+    Each innocent client sends `rounds` requests, and more while not every poison has been answered once."""
+    done, passed = asyncio.Event(), asyncio.Event()
+    outcomes: dict[str, dict[str, int]] = {}
+    async with new_client() as client:
+
+        async def innocent(i):
+            out, r = [], 0
+            while (r < rounds or not passed.is_set()) and r < 4 * rounds + 16:
+                try:
+                    res = await asyncio.wait_for(chat(client, url, prompt(i, r), max_tokens, max_tokens), timeout)
+                except asyncio.TimeoutError:
+                    res = {"status": None, "error": f"no answer within {timeout:.0f} s", "tokens": None, "text": ""}
+                out.append(((i, r), res))
+                r += 1
+            return out
+
+        async def poisoner(j):
+            k = j
+            await asyncio.sleep(0.05 + 0.01 * j)  # the innocent requests are in the batch by now
+            while not done.is_set():
+                name, body = poisoned(k)
+                try:
+                    res = await asyncio.wait_for(send(client, url, body), timeout)
+                except asyncio.TimeoutError:
+                    res = {"status": None, "error": f"no answer within {timeout:.0f} s"}
+                if res["status"] is None:
+                    kind = f"no status ({str(res['error'])[:60]})"
+                else:
+                    kind = str(res["status"]) + (" + error event" if res["status"] == 200 and res["error"] else "")
+                outcomes.setdefault(name, {})
+                outcomes[name][kind] = outcomes[name].get(kind, 0) + 1
+                if sum(sum(v.values()) for v in outcomes.values()) >= len(POISONS):
+                    passed.set()  # poisoner j sends POISONS j, j + poisoners, ...: together each one at least once
+                k += poisoners
+                await asyncio.sleep(0.01)
+
+        async def innocents():
+            try:
+                return await asyncio.gather(*(innocent(i) for i in range(clients)))
+            finally:
+                done.set()
+
+        t0 = time.perf_counter()
+        per_client, *_ = await asyncio.gather(innocents(), *(poisoner(j) for j in range(poisoners)))
+        wall = time.perf_counter() - t0
+        try:
+            h = await client.get(f"{url}/health", timeout=10)
+            health = h.status_code == 200 and h.json().get("status") == "ok"
+        except httpx.HTTPError:
+            health = False
+    results = dict(x for xs in per_client for x in xs)
+    good = {key: r for key, r in results.items() if ok(r)}
+    return {
+        "innocent_requests": len(results),
+        "innocent_failed": len(results) - len(good),
+        "innocent_texts_changed": sum(r["text"] != reference[key] for key, r in good.items() if key in reference),
+        "innocent_texts_compared": sum(key in reference for key in good),
+        "innocent_errors": sorted({str(r["error"] or r["status"])[:120] for r in results.values() if not ok(r)})[:5],
+        "poisoned_requests": sum(sum(v.values()) for v in outcomes.values()),
+        "poisoned_outcomes": dict(sorted(outcomes.items())),
+        "poisoned_answered_400": sum(v.get("400", 0) for v in outcomes.values()),
+        "poisoned_answered_5xx": sum(n for v in outcomes.values() for k, n in v.items() if k.startswith("5")),
+        "health_after": health,
+        "wall_s": round(wall, 2),
     }
 
 
@@ -291,10 +454,11 @@ def with_server(log_dir: Path, max_batch: int, max_queue: int, fn):
     return out
 
 
-def stream_row(case: str, ours: dict, peer: dict, *, min_tokens: int, clients: int, rounds: int, batch: int,
-               common: dict) -> dict:
+def stream_row(case: str, ours: dict, peer: dict, *, min_tokens: int, clients: int, rounds: int, block: int,
+               batch: int, common: dict) -> dict:
     """One streaming case's result line: continuous batching (ours) against max_batch=1 (peer)."""
-    same = sum(a == b for a, b in zip(ours.pop("texts"), peer.pop("texts")))
+    ours_texts, peer_texts = ours.pop("texts"), peer.pop("texts")
+    same = sum(ours_texts[k] == peer_texts.get(k) for k in ours_texts)
     return {
         "case": case,
         "unit": "tokens/s",
@@ -302,6 +466,12 @@ def stream_row(case: str, ours: dict, peer: dict, *, min_tokens: int, clients: i
         "peer": peer["tokens_per_s"],
         "peer_name": "the same server with max_batch=1 (one request at a time)",
         "ratio": round(ours["tokens_per_s"] / peer["tokens_per_s"], 3),
+        "genloom_median": ours["tokens_per_s_median"], "peer_median": peer["tokens_per_s_median"],
+        "ratio_median": round(ours["tokens_per_s_median"] / peer["tokens_per_s_median"], 3),
+        "genloom_aggregate": ours["tokens_per_s_aggregate"], "peer_aggregate": peer["tokens_per_s_aggregate"],
+        "ratio_aggregate": round(ours["tokens_per_s_aggregate"] / peer["tokens_per_s_aggregate"], 3),
+        "stat": f"best and median over {ours['blocks']} blocks per server of {block} rounds x {clients} clients, "
+                "blocks alternating between the two servers (A B, B A, ...)",
         "ttft_p50_s": ours["ttft_p50_s"], "ttft_p99_s": ours["ttft_p99_s"],
         "peer_ttft_p50_s": peer["ttft_p50_s"], "peer_ttft_p99_s": peer["ttft_p99_s"],
         "failed": ours["failed"], "peer_failed": peer["failed"],
@@ -313,26 +483,30 @@ def stream_row(case: str, ours: dict, peer: dict, *, min_tokens: int, clients: i
         "texts_equal_to_peer": f"{same}/{ours['requests']}",
         "finish_reasons": ours["finish_reasons"], "peer_finish_reasons": peer["finish_reasons"],
         "errors": ours["errors"] + peer["errors"],
-        "server_exit_codes": [ours["server_exit_code"], peer["server_exit_code"]],
         "server_cpu_s": ours["server_cpu_s"], "peer_server_cpu_s": peer["server_cpu_s"],
         "client_cpu_s": ours["client_cpu_s"], "peer_client_cpu_s": peer["client_cpu_s"],
-        "clients": clients, "rounds": rounds, "max_batch": batch, "peer_max_batch": 1, "max_queue": 64,
-        "min_tokens": min_tokens or None,
+        "clients": clients, "rounds": rounds, "block": block, "max_batch": batch, "peer_max_batch": 1,
+        "max_queue": 64, "min_tokens": min_tokens or None,
         **common,
     }
 
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="8 / 32 clients, 16 tokens, 1 round, 1 wave")
+    ap.add_argument("--quick", action="store_true", help="8 / 32 clients, 16 tokens, 2 rounds, 1 wave")
     ap.add_argument("--clients", type=int, default=None, help="streaming clients (default 16; quick 8)")
-    ap.add_argument("--rounds", type=int, default=None, help="requests per streaming client (default 16; quick 1)")
+    ap.add_argument("--rounds", type=int, default=None, help="requests per streaming client (default 16; quick 2)")
+    ap.add_argument("--block", type=int, default=None, help="rounds per block (default 4; quick 1)")
+    ap.add_argument("--poison-rounds", type=int, default=None, help="innocent requests per client in the "
+                    "poisoned case (default 4; quick 1; at most --rounds)")
     ap.add_argument("--overload-clients", type=int, default=None, help="default 64; quick 32")
     ap.add_argument("--waves", type=int, default=None, help="overload waves (default 5; quick 1)")
     args = ap.parse_args(argv)
     q = args.quick
     clients = args.clients or (8 if q else 16)
-    rounds = args.rounds or (1 if q else 16)
+    rounds = args.rounds or (2 if q else 16)
+    block = args.block or (1 if q else 4)
+    poison_rounds = min(rounds, args.poison_rounds or (1 if q else 4))
     over = args.overload_clients or (32 if q else 64)
     waves = args.waves or (1 if q else 5)
     max_tokens = 16 if q else 64
@@ -346,19 +520,41 @@ def main(argv=None) -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="genloom-bench-serve-") as tmp:
         log_dir = Path(tmp)
-
-        for case, min_tokens in stream_cases:
-            async def streams(srv, min_tokens=min_tokens):
-                return await stream_run(srv.url, clients, rounds, max_tokens, min_tokens)
-
-            runs = {}
-            for b in (batch, 1):
-                print(f"# {case}: {clients} streaming clients x {rounds} rounds, max_batch={b}", flush=True)
-                runs[b] = with_server(log_dir, b, 64, streams)
-                r = runs[b]
-                print(f"#   {r['tokens_per_s']} tokens/s, ttft p50 {r['ttft_p50_s']} s, failed {r['failed']}", flush=True)
-            rows.append(stream_row(case, runs[batch], runs[1], min_tokens=min_tokens, clients=clients, rounds=rounds,
-                                   batch=batch, common=common))
+        servers = {"ours": ServerProcess(max_batch=batch, max_queue=64, log_dir=log_dir),
+                   "peer": ServerProcess(max_batch=1, max_queue=64, log_dir=log_dir)}
+        try:
+            for srv in servers.values():
+                srv.wait_ready()
+            reference = {}
+            for case, min_tokens in stream_cases:
+                print(f"# {case}: {clients} clients x {rounds} rounds, blocks of {block} alternating between "
+                      f"max_batch={batch} and max_batch=1", flush=True)
+                runs = asyncio.run(compare_run(servers, clients, rounds, block, max_tokens, min_tokens))
+                for side, r in runs.items():
+                    print(f"#   {side}: best {r['tokens_per_s']}, median {r['tokens_per_s_median']} tokens/s, "
+                          f"ttft p50 {r['ttft_p50_s']} s, failed {r['failed']}", flush=True)
+                if min_tokens:
+                    reference = dict(runs["ours"]["texts"])
+                rows.append(stream_row(case, runs["ours"], runs["peer"], min_tokens=min_tokens, clients=clients,
+                                       rounds=rounds, block=block, batch=batch, common=common))
+            dead = [n for n, srv in servers.items() if srv.proc.poll() is not None]
+            if dead:
+                raise SystemExit(f"the server(s) {dead} died during the streaming cases:\n{servers[dead[0]].tail()}")
+            print(f"# poisoned: {clients} clients x {poison_rounds} rounds of {max_tokens} tokens, 4 poisoning clients",
+                  flush=True)
+            po = asyncio.run(poison_run(servers["ours"].url, clients, poison_rounds, max_tokens, 4, reference))
+            po["server_alive_after"] = servers["ours"].proc.poll() is None
+            print(f"#   innocent failed {po['innocent_failed']}/{po['innocent_requests']}, "
+                  f"texts changed {po['innocent_texts_changed']}, poisoned {po['poisoned_requests']} "
+                  f"({po['poisoned_answered_400']} x 400, {po['poisoned_answered_5xx']} x 5xx)", flush=True)
+        finally:
+            codes = {n: srv.close() for n, srv in servers.items()}
+        for r in rows:
+            r["server_exit_codes"] = [codes["ours"], codes["peer"]]
+        rows.append({"case": f"{name}-poisoned", "unit": "innocent requests failed (0 is right)",
+                     "genloom": po["innocent_failed"], "peer": None, "peer_name": None, **po,
+                     "clients": clients, "rounds": poison_rounds, "poisoning_clients": 4, "max_batch": batch,
+                     "max_queue": 64, "min_tokens": max_tokens, "server_exit_code": codes["ours"], **common})
 
         async def overload(srv):
             before = mem(srv.pid)

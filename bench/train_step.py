@@ -7,10 +7,12 @@ genloom's side is the body of genloom.train.Trainer.fit: lr from lr_at, the task
 cross-entropy) under the Trainer's autocast, loss.item(), clip_grad_norm_, the optimizer from
 model.configure_optimizer (nanoGPT grouping, fused AdamW), zero_grad(set_to_none=True), with TrainConfig's
 defaults for lr, betas, weight decay and clipping. The transformers side is the common user setup:
-GPT2LMHeadModel (SDPA attention, gelu_new), labels = input ids (HF shifts them itself),
-torch.optim.AdamW with its defaults, the same clipping. Both start from the same weights and see the same
-batches; dropout is equal on both sides (0.0 by default). Steps are interleaved (alternating which side
-goes first) so machine noise hits both; tokens/s comes from the best step time, the median is kept too.
+GPT2LMHeadModel (SDPA attention, gelu_new), labels = input ids (HF shifts them itself), the same clipping,
+and two optimizers, each on its own copy of the model: torch.optim.AdamW(fused=True), the fastest setting a
+user can pick on CPU (the peer, "peer"), and torch.optim.AdamW with its defaults, which on CPU is the
+per-tensor for-loop ("peer_default"). All start from the same weights and see the same batches; dropout is
+equal on all sides (0.0 by default). Steps are interleaved (the order rotates every round) so machine noise
+hits every side; tokens/s comes from the best step time, the median is reported too.
 
 MFU for genloom: model FLOPs per token = 6*N + 12*n_layer*n_embd*block_size (the PaLM/nanoGPT estimate,
 N = non-embedding parameters), achieved = that * tokens/s, divided by this machine's measured matmul rate
@@ -23,6 +25,7 @@ N = non-embedding parameters), achieved = that * tokens/s, divided by this machi
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -84,11 +87,12 @@ class GenloomStep:
 
 
 class HFStep:
-    """The usual transformers loop: model(input_ids, labels=input_ids).loss, AdamW defaults."""
+    """The usual transformers loop: model(input_ids, labels=input_ids).loss, then torch AdamW
+    (`fused=True`, or torch's defaults, which on CPU are the per-tensor for-loop)."""
 
-    def __init__(self, model, grad_clip: float):
+    def __init__(self, model, grad_clip: float, fused: bool):
         self.model, self.grad_clip = model, grad_clip
-        self.optimizer = torch.optim.AdamW(model.parameters())
+        self.optimizer = torch.optim.AdamW(model.parameters(), fused=True) if fused else torch.optim.AdamW(model.parameters())
 
     def __call__(self, batch, bf16: bool) -> float:
         x, _ = batch
@@ -117,26 +121,29 @@ def build(cfg: GPTConfig, seed: int):
     missing = [k for k in missing if not k.endswith(("attn.bias", "attn.masked_bias", "lm_head.weight"))]
     if missing or unexpected:
         raise RuntimeError(f"weight transfer to transformers failed: missing {missing}, unexpected {unexpected}")
+    theirs_default = copy.deepcopy(theirs)  # a second copy for the default-AdamW row
     ours.train()
     theirs.train()
+    theirs_default.train()
     # same weights, same function: the logits must agree before any timing is trusted
     x = torch.randint(0, cfg.vocab_size, (2, cfg.block_size), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
         diff = (ours(x)[0] - theirs(input_ids=x).logits).abs().max().item()
     if diff > 1e-4:
         raise RuntimeError(f"genloom and transformers logits differ by {diff:.2e}; the configs do not match")
-    return ours, theirs, diff
+    return ours, theirs, theirs_default, diff
 
 
-def measure(ours_step, theirs_step, batches, bf16: bool, warmup: int, steps: int) -> dict:
-    """Per-step wall times of both sides, interleaved; the matmul rate is sampled every round too."""
-    times = {"genloom": [], "peer": [], "matmul": []}
-    sides = [("genloom", ours_step), ("peer", theirs_step)]
+def measure(sides: dict, batches, bf16: bool, warmup: int, steps: int) -> dict:
+    """Per-step wall times of every side, interleaved (order rotated each round); the matmul rate too."""
+    times = {name: [] for name in sides} | {"matmul": []}
+    names = list(sides)
     dtype = torch.bfloat16 if bf16 else torch.float32
     for i in range(warmup + steps):
         times["matmul"].append(matmul_gflops(dtype, repeat=2))
         batch = batches[i % len(batches)]
-        for name, fn in sides if i % 2 == 0 else sides[::-1]:
+        k = i % len(names)
+        for name, fn in ((n, sides[n]) for n in names[k:] + names[:k]):
             t0 = time.perf_counter()
             loss = fn(batch, bf16)
             dt = time.perf_counter() - t0
@@ -168,24 +175,30 @@ def main(argv=None) -> list[dict]:
 
     cfg = GPTConfig(vocab_size=65, block_size=256, n_layer=6, n_head=6, n_embd=384, dropout=args.dropout)
     tcfg = TrainConfig(batch_size=batch)
-    ours, theirs, diff = build(cfg, tcfg.seed)
+    ours, theirs, theirs_default, diff = build(cfg, tcfg.seed)
     T = cfg.block_size
     gen = torch.Generator().manual_seed(tcfg.seed)
     batches = []
     for _ in range(4):  # random windows of T + 1 tokens, as LMTask.batch draws them
         w = torch.randint(0, cfg.vocab_size, (batch, T + 1), generator=gen)
         batches.append((w[:, :-1].contiguous(), w[:, 1:].contiguous()))
-    ours_step, theirs_step = GenloomStep(ours, tcfg), HFStep(theirs, tcfg.grad_clip)
+    ours_step = GenloomStep(ours, tcfg)
+    sides = {"genloom": ours_step, "peer": HFStep(theirs, tcfg.grad_clip, fused=True),
+             "peer_default": HFStep(theirs_default, tcfg.grad_clip, fused=False)}
+    opt = ours_step.optimizer
+    genloom_opt = (f"torch.optim.AdamW(fused={bool(opt.defaults.get('fused'))}), decay on matrices only "
+                   f"(nanoGPT grouping), lr {tcfg.lr}, betas ({tcfg.beta1}, {tcfg.beta2}), weight decay {tcfg.weight_decay}")
 
     n_params = ours.num_params()  # non-embedding (nanoGPT's count)
     flops_per_token = 6 * n_params + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size
     rows = []
     for name in args.dtypes.split(","):
         bf16 = {"fp32": False, "bf16": True}[name]
-        times = measure(ours_step, theirs_step, batches, bf16, warmup, steps)
+        times = measure(sides, batches, bf16, warmup, steps)
         mm = max(times["matmul"])  # best observed, like the step times
         tok = batch * T
         ours_tps, theirs_tps = tok / min(times["genloom"]), tok / min(times["peer"])
+        default_tps = tok / min(times["peer_default"])
         achieved = flops_per_token * ours_tps / 1e9
         rows.append(
             {
@@ -197,6 +210,11 @@ def main(argv=None) -> list[dict]:
                 "genloom_median": round(tok / statistics.median(times["genloom"]), 1),
                 "peer_median": round(tok / statistics.median(times["peer"]), 1),
                 "ratio_median": round(statistics.median(times["peer"]) / statistics.median(times["genloom"]), 3),
+                "peer_default": round(default_tps, 1),
+                "peer_default_median": round(tok / statistics.median(times["peer_default"]), 1),
+                "ratio_vs_peer_default": round(ours_tps / default_tps, 3),
+                "ratio_vs_peer_default_median": round(
+                    statistics.median(times["peer_default"]) / statistics.median(times["genloom"]), 3),
                 "achieved_gflops": round(achieved, 1),
                 "matmul_gflops": round(mm, 1),
                 "mfu": round(achieved / mm, 3),
@@ -206,9 +224,11 @@ def main(argv=None) -> list[dict]:
                 "seq": T,
                 "dropout": args.dropout,
                 "steps": steps,
-                "stat": "best step (median also given), steps interleaved",
+                "stat": "best step (median also given), steps interleaved, order rotated each round",
+                "genloom_optimizer": genloom_opt,
                 "peer_name": f"transformers {transformers.__version__} GPT2LMHeadModel "
-                f"({theirs.config._attn_implementation} attention) + torch.optim.AdamW defaults",
+                f"({theirs.config._attn_implementation} attention) + torch.optim.AdamW(fused=True)",
+                "peer_default_name": "the same with torch.optim.AdamW defaults (per-tensor for-loop on CPU)",
                 "start_logit_diff": float(f"{diff:.2e}"),
             }
         )

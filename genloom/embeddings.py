@@ -55,3 +55,10 @@ def embed(texts: str | list[str], normalize: bool = True, batch_size: int = 64) 
     out = model.encode(texts, batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
                        show_progress_bar=False)
     return out.astype(np.float32, copy=False)
+
+
+def token_counts(texts: list[str]) -> list[int]:
+    """Tokens the model reads per text: its own WordPiece ids with [CLS] and [SEP], cut at its max_seq_length."""
+    model = load_embedder()
+    ids = model.tokenizer(list(texts), truncation=True, max_length=model.max_seq_length)["input_ids"]
+    return [len(x) for x in ids]

@@ -8,7 +8,7 @@ import base64
 import numpy as np
 from fastapi import APIRouter
 
-from genloom.embeddings import embed
+from genloom.embeddings import embed, token_counts
 from genloom.serve.errors import ApiError
 from genloom.serve.protocol import Embedding, EmbeddingList, EmbeddingRequest, EmbeddingUsage
 from genloom.serve.routes.deps import v1
@@ -29,8 +29,8 @@ async def embeddings(body: EmbeddingRequest) -> EmbeddingList:
         raise ApiError(400, "encoding_format must be 'float' or 'base64'.", param="encoding_format")
     if body.dimensions not in (None, 384):
         raise ApiError(400, f"{MODEL} has 384 dimensions.", param="dimensions")
-    vecs = await asyncio.to_thread(embed, texts)
-    tokens = sum(len(t.split()) for t in texts)
+    vecs, counts = await asyncio.to_thread(lambda: (embed(texts), token_counts(texts)))
+    tokens = sum(counts)  # the model's own tokens, as OpenAI counts usage
     return EmbeddingList(model=MODEL, data=[Embedding(index=i, embedding=_encode(v, body.encoding_format))
                                             for i, v in enumerate(vecs)],
                          usage=EmbeddingUsage(prompt_tokens=tokens, total_tokens=tokens))

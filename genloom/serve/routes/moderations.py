@@ -3,15 +3,34 @@
 from __future__ import annotations
 
 import asyncio
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter
 
-from genloom.safety.moderation import MODEL, moderate
+from genloom.safety.moderation import MODEL, moderate, unavailable
 from genloom.serve.errors import ApiError
+from genloom.serve.logs import log_event
 from genloom.serve.protocol import ModerationRequest, ModerationResponse, new_id
 from genloom.serve.routes.deps import v1
 
-router = APIRouter()
+
+@asynccontextmanager
+async def lifespan(app):
+    """Load the classifier at start-up in a thread (as the models load): a missing one is logged now."""
+    check = asyncio.create_task(asyncio.to_thread(_check))
+    try:
+        yield
+    finally:
+        await asyncio.gather(check, return_exceptions=True)
+
+
+def _check() -> None:
+    missing = unavailable()  # a failed import logs its own warning on genloom.safety
+    if missing:
+        log_event("moderation_degraded", unavailable=missing)
+
+
+router = APIRouter(lifespan=lifespan)
 
 
 @router.post("/v1/moderations", dependencies=v1)
