@@ -18,7 +18,7 @@ def test_prompt_tokens_match_the_models_tokenizer():
     tok = transformers.AutoTokenizer.from_pretrained(str(model_dir()))
     expected = sum(len(ids) for ids in tok(TEXTS)["input_ids"])  # with [CLS] and [SEP], what the model reads
     assert expected != sum(len(t.split()) for t in TEXTS)  # the texts tell the two counts apart
-    with TestClient(create_app([CHAT], max_batch=1, max_queue=1, jobs=False)) as client:
+    with TestClient(create_app([CHAT], max_batch=1, max_queue=1, jobs=False), base_url="http://127.0.0.1") as client:
         res = client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": TEXTS})
         one = client.post("/v1/embeddings", json={"model": "all-MiniLM-L6-v2", "input": TEXTS[0]})
     assert res.status_code == 200, res.text

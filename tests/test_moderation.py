@@ -49,7 +49,7 @@ def test_missing_classifier_is_reported_not_scored_zero(no_classifier, caplog):
 
 def test_api_says_harassment_unavailable_and_logs_at_startup(no_classifier, caplog):
     with caplog.at_level(logging.WARNING, logger="genloom.safety"):
-        with TestClient(create_app([CHAT], max_batch=1, max_queue=1, jobs=False)) as client:
+        with TestClient(create_app([CHAT], max_batch=1, max_queue=1, jobs=False), base_url="http://127.0.0.1") as client:
             deadline = time.monotonic() + 10  # the start-up check runs in a thread, before any request
             while not (started := [r.getMessage() for r in caplog.records if r.name == "genloom.safety"]):
                 assert time.monotonic() < deadline, "no start-up warning about the missing classifier"
