@@ -104,7 +104,7 @@ def api(tmp_path_factory):
     data = tmp_path_factory.mktemp("data")
     app = create_app([BASE["chat"]], data_dir=str(data), jobs=False,
                      job_limits=JobLimits(max_steps=100, max_threads=2, max_parameters=2_000_000, max_minutes=5))
-    with TestClient(app) as client:
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         deadline = time.monotonic() + 60
         while client.get("/health").status_code != 200:
             assert time.monotonic() < deadline, "the chat model did not load"
