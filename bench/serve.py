@@ -376,11 +376,7 @@ async def poison_run(url: str, clients: int, rounds: int, max_tokens: int, poiso
         t0 = time.perf_counter()
         per_client, *_ = await asyncio.gather(innocents(), *(poisoner(j) for j in range(poisoners)))
         wall = time.perf_counter() - t0
-        try:
-            h = await client.get(f"{url}/health", timeout=10)
-            health = h.status_code == 200 and h.json().get("status") == "ok"
-        except httpx.HTTPError:
-            health = False
+        health = await healthy(client, url)
     results = dict(x for xs in per_client for x in xs)
     good = {key: r for key, r in results.items() if ok(r)}
     return {
@@ -398,6 +394,15 @@ async def poison_run(url: str, clients: int, rounds: int, max_tokens: int, poiso
     }
 
 
+async def healthy(client, url: str) -> bool:
+    """Whether /health answers 200 with status "ok" within 10 s."""
+    try:
+        h = await client.get(f"{url}/health", timeout=10)
+        return h.status_code == 200 and h.json().get("status") == "ok"
+    except httpx.HTTPError:
+        return False
+
+
 async def overload_run(url: str, clients: int, waves: int, max_tokens: int) -> dict:
     """`waves` times: `clients` requests at once, no retries; then /health."""
     results = []
@@ -409,11 +414,7 @@ async def overload_run(url: str, clients: int, waves: int, max_tokens: int) -> d
         for w in range(waves):
             results += await asyncio.gather(*(chat(client, url, prompt(i, w), max_tokens) for i in range(clients)))
         wall = time.perf_counter() - t0
-        try:
-            h = await client.get(f"{url}/health", timeout=10)
-            health = h.status_code == 200 and h.json().get("status") == "ok"
-        except httpx.HTTPError:
-            health = False
+        health = await healthy(client, url)
     good = [r for r in results if ok(r)]
     busy = [r for r in results if r["status"] == 429]
     ttfts = [r["ttft"] for r in good if r["ttft"] is not None]
