@@ -49,6 +49,11 @@ def served(tmp_path_factory):
     kbs = KnowledgeBases(data / "kb")
     kbs.update("support", read_source(docs))
     kbs.update("shipping", read_source(ship))
+    long = root / "long"
+    long.mkdir()
+    (long / "long.md").write_text("".join(f"# Password {i}\n\n" + f"To reset password number {i}, " * 12 + "\n\n"
+                                          for i in range(3)), encoding="utf-8")
+    kbs.update("long", read_source(long))
     strict = root / "strict"  # the chat model with a grounding.json: its own base, and a floor nothing reaches
     shutil.copytree(CHAT, strict)
     (strict / "grounding.json").write_text(json.dumps({"kb": "support", "k": 2, "min_cosine": 0.99}))
@@ -135,6 +140,19 @@ def test_file_search_tool_searches_the_named_store_instead(served, raw):
     r = raw.post("/v1/chat/completions", json={**body, "tools": [{**tool, "min_cosine": 0.99}]})
     assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": NOT_FOUND, "annotations": [],
                                                  "sources": []}
+
+
+def test_only_the_passages_that_leave_room_for_the_reply_go_in_and_are_cited(served, raw):
+    tool = {"type": "file_search", "vector_store_ids": ["long"], "max_num_results": 3, "min_cosine": -1}
+    r = raw.post("/v1/chat/completions", json={**CHAT_BODY, "max_tokens": 16, "tools": [tool]})
+    assert r.status_code == 200, r.text
+    sources = r.json()["choices"][0]["message"]["sources"]
+    prompt = last_prompt(served)
+    assert 1 <= len(sources) < 3  # three found, each ~240 characters: not all fit a 128-token context
+    assert [line for line in prompt.splitlines() if line.startswith("Doc: ")] == [
+        doc_line(s["text"], Grounding().passage_chars).rstrip("\n") for s in sources]
+    tokens = served.app.state.models["chat"].tokenizer.encode(prompt)
+    assert len(tokens) + 16 <= 128 or len(sources) == 1
 
 
 @pytest.mark.parametrize("tools, param, code", [
