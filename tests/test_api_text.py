@@ -360,7 +360,7 @@ OK_CHAT = {"model": "chat", "messages": [{"role": "user", "content": "Hi"}], "ma
     ("/v1/completions", {**OK_COMPLETION, "prompt": []}, "prompt"),
     ("/v1/completions", {**OK_COMPLETION, "prompt": [5, 99999]}, "prompt"),
     ("/v1/completions", {**OK_COMPLETION, "logprobs": 2}, "logprobs"),
-    ("/v1/chat/completions", {**OK_CHAT, "tools": [{"type": "function"}]}, "tools"),
+    ("/v1/chat/completions", {**OK_CHAT, "tools": [{"type": "function"}]}, "tools[0].type"),
     ("/v1/completions", {**OK_COMPLETION, "top_k": -2}, "top_k"),
     ("/v1/chat/completions", {**OK_CHAT, "top_k": "5"}, "top_k"),
     ("/v1/completions", {**OK_COMPLETION, "min_p": 1.5}, "min_p"),

@@ -9,10 +9,11 @@ import click
 
 from genloom.cli.base import _threads, cli
 from genloom.errors import GenloomError
+from genloom.knowledge import KnowledgeBases
 from genloom.serve import app as server
 from genloom.serve.database import Database
 from genloom.serve.jobs import JobLimits
-from genloom.serve.models import bundled_model_paths
+from genloom.serve.models import bundled_model_paths, model_name
 from genloom.serve.transport import parse_origins, parse_public_url
 
 
@@ -40,9 +41,12 @@ from genloom.serve.transport import parse_origins, parse_public_url
               help="Largest base model (parameters) a job may fine-tune.")
 @click.option("--job-max-minutes", default=JobLimits.max_minutes, show_default=True, type=float,
               help="Wall time after which a job fails.")
+@click.option("--kb", "kb_pairs", multiple=True, metavar="MODEL=KB", help="Ground MODEL's chat replies in a knowledge "
+              "base: KB is a base's name under DATA_DIR/kb (`genloom kb create`) or a knowledge-base folder; repeat "
+              "per model. Default: the base a model folder's grounding.json names, if any.")
 @click.option("--threads", type=int, default=0)
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
-          cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, threads):
+          cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
     limits = JobLimits(max_steps=job_max_steps, max_parameters=job_max_parameters, max_minutes=job_max_minutes,
@@ -52,11 +56,26 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
         raise GenloomError("no models to serve: pass --model FOLDER (the bundled models are in models/ of a "
                            "genloom checkout; scripts/setup.sh imports the pretrained GANs)")
     parse_public_url(public_url), parse_origins(_split(cors_origins))  # a bad value is one line, before anything starts
+    kb = _kb_pairs(kb_pairs)
+    server.resolve_kbs([model_name(p) for p in paths], kb, KnowledgeBases(Path(data_dir) / "kb"))  # fail early
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
-        cors_origins=_split(cors_origins), job_limits=limits)
+        cors_origins=_split(cors_origins), job_limits=limits, kb=kb)
+
+
+def _kb_pairs(pairs) -> dict[str, str]:
+    """--kb MODEL=KB options as {model: kb}."""
+    out: dict[str, str] = {}
+    for pair in pairs:
+        model, sep, kb = pair.partition("=")
+        if not sep or not model.strip() or not kb.strip():
+            raise GenloomError(f"--kb takes MODEL=KB (a served model's name and a knowledge base), got {pair!r}")
+        if model.strip() in out:
+            raise GenloomError(f"--kb names model '{model.strip()}' twice: one knowledge base per model")
+        out[model.strip()] = kb.strip()
+    return out
 
 
 def _split(values) -> list[str]:

@@ -21,7 +21,8 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
-from genloom.errors import GenloomError
+from genloom.errors import GenloomError, choices
+from genloom.knowledge import KnowledgeBases
 from genloom.serve import openapi
 from genloom.serve.auth import Auth
 from genloom.serve.database import Database
@@ -30,6 +31,7 @@ from genloom.serve.jobs import JobLimits, start_worker
 from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
 from genloom.serve.models import FineTuned, load_served, model_name
+from genloom.serve.retrieval import KbRef, resolve_kb
 from genloom.serve.routes import ROUTERS
 from genloom.serve.transport import add_transport, parse_origins, parse_public_url
 
@@ -57,7 +59,8 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                api_key: str | None = None, data_dir: str | None = None, db_url: str | None = None,
                jobs: bool = True, max_upload_bytes: int = 50 << 20, host: str = "127.0.0.1",
                allowed_hosts: list[str] | None = None, public_url: str | None = None,
-               cors_origins: list[str] | None = None, job_limits: JobLimits | None = None) -> FastAPI:
+               cors_origins: list[str] | None = None, job_limits: JobLimits | None = None,
+               kb: dict[str, str] | None = None) -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
@@ -71,6 +74,9 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     served ('*' for any); URLs the server hands out start with `public_url` (default: the address the
     request came in on, never its Host header); cross-origin requests get CORS answers only for
     `cors_origins`, and a state-changing one from any other origin is refused.
+
+    Grounded chat: `kb` maps a served model's name to the knowledge base it answers from (a base's name under
+    data_dir/kb or a knowledge-base folder), over the one its folder's grounding.json names (serve/retrieval.py).
     """
     public_url = parse_public_url(public_url)
     origins = parse_origins(cors_origins)
@@ -85,12 +91,14 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         raise GenloomError(f"two models would both be called {dup}: serve folders with different names")
     if max_batch < 1 or max_queue < 0:
         raise GenloomError(f"max_batch must be >= 1 and max_queue >= 0 (got {max_batch}, {max_queue})")
+    kbs = KnowledgeBases(Path(data_dir or "genloom-data") / "kb") if data_dir or db_url else None
+    kb_refs = resolve_kbs(names, kb or {}, kbs)  # a missing base fails here, before anything loads
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         state = app.state
         log_event("auth_mode", mode=state.auth.mode(), detail=state.auth.describe())
-        loader = asyncio.gather(*(_load(state, p, max_batch, max_queue) for p in model_paths))
+        loader = asyncio.gather(*(_load(state, p, max_batch, max_queue, kb_refs) for p in model_paths))
         watcher = worker = None
         try:
             if state.db is not None:
@@ -126,6 +134,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     state.max_upload_bytes = max_upload_bytes
     state.job_limits = job_limits or JobLimits()
     state.db = state.data_dir = state.fine_tuned = None
+    state.kbs = kbs  # data_dir/kb: the vector stores, and the bases --kb and grounding.json name
     if data_dir or db_url:
         state.data_dir = Path(data_dir or "genloom-data")
         state.db = Database(db_url, data_dir=state.data_dir)
@@ -145,6 +154,15 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     return app
 
 
+def resolve_kbs(names: list[str], kb: dict[str, str], kbs: KnowledgeBases | None) -> dict[str, KbRef]:
+    """`--kb MODEL=KB` pairs as the bases they name; an unknown model or base is an error naming the choices."""
+    unknown = sorted(set(kb) - set(names))
+    if unknown:
+        raise GenloomError(f"--kb names a model that is not served: {', '.join(unknown)}; choose one of "
+                           f"{choices(names)}")
+    return {m: resolve_kb(ref, kbs=kbs) for m, ref in kb.items()}
+
+
 class NoCacheFiles(StaticFiles):
     """The web UI's files, revalidated on every load (a new version is seen at once); never outside the folder."""
 
@@ -156,11 +174,28 @@ class NoCacheFiles(StaticFiles):
         return response
 
 
-async def _load(state, path, max_batch: int, max_queue: int) -> None:
+def _load_grounded(state, path, max_batch: int, max_queue: int, kb_refs: dict[str, KbRef]):
+    """load_served, then the knowledge base the model answers from: --kb's, else its grounding.json's."""
+    served = load_served(path, max_batch=max_batch, max_queue=max_queue)
+    try:
+        served.kb = kb_refs.get(served.name)
+        if served.kb is None and served.kb_ref is not None:
+            folder = Path(path) if Path(path).is_dir() else Path(path).parent
+            served.kb = resolve_kb(served.kb_ref, kbs=state.kbs, base=folder)
+        if served.kb is not None and served.engine is None:
+            raise GenloomError(f"{served.name} is an image model: only a chat model can answer from a knowledge base")
+    except Exception:
+        if served.engine is not None:
+            served.engine.stop()
+        raise
+    return served
+
+
+async def _load(state, path, max_batch: int, max_queue: int, kb_refs: dict[str, KbRef]) -> None:
     """Load one model in a thread: requests to models already loaded go on meanwhile."""
     t0, name = time.perf_counter(), model_name(path)
     try:
-        served = await asyncio.to_thread(load_served, path, max_batch=max_batch, max_queue=max_queue)
+        served = await asyncio.to_thread(_load_grounded, state, path, max_batch, max_queue, kb_refs)
     except Exception as e:  # noqa: BLE001 - reported by /health and the log; the others still serve
         state.load_errors[name] = str(e)
         log_event("model_load_failed", model=name, path=str(path), error=str(e))
@@ -169,7 +204,7 @@ async def _load(state, path, max_batch: int, max_queue: int) -> None:
         state.loading.discard(name)
     state.models = {**state.models, served.name: served}
     log_event("model_loaded", model=served.name, path=str(path), context=served.context,
-              seconds=round(time.perf_counter() - t0, 2))
+              kb=None if served.kb is None else str(served.kb), seconds=round(time.perf_counter() - t0, 2))
 
 
 async def _watch_jobs(state) -> None:

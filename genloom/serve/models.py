@@ -13,9 +13,11 @@ from genloom import families
 from genloom.checkpoints import load_model
 from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
+from genloom.knowledge.grounding import Grounding
 from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
+from genloom.serve.retrieval import KbRef, load_grounding
 
 DEFAULT_CHAT_TEMPLATE = {  # how genloom's chatterbot corpus lays out a dialogue ("User: ...\nBot: ...")
     "system": "{content}\n",
@@ -59,10 +61,15 @@ class ChatTemplate:
             raise GenloomError(f"{path}: 'stop' must be a list of strings")
         return cls(**spec)
 
-    def render(self, messages: list[tuple[str, str]]) -> str:
-        """(role, content) pairs to the prompt text, ending with the generation prompt."""
+    def render(self, messages: list[tuple[str, str]], context: str = "") -> str:
+        """(role, content) pairs to the prompt text, ending with the generation prompt; `context` (retrieved
+        passages as genloom.knowledge.grounding lays them out) goes right before the last user turn."""
         roles = {"system": self.system, "developer": self.system, "user": self.user, "assistant": self.assistant}
-        return "".join(roles[r].replace("{content}", c) for r, c in messages) + self.generation_prompt
+        turns = [roles[r].replace("{content}", c) for r, c in messages]
+        if context:
+            last = max((i for i, (r, _) in enumerate(messages) if r == "user"), default=len(turns))
+            turns.insert(last, context)
+        return "".join(turns) + self.generation_prompt
 
 
 @dataclass
@@ -73,6 +80,9 @@ class ServedModel:
     template: ChatTemplate | None
     context: int
     created: int = field(default_factory=lambda: int(time.time()))
+    grounding: Grounding = field(default_factory=Grounding)  # retrieval settings (the folder's grounding.json)
+    kb_ref: str | None = None  # the knowledge base grounding.json names (resolved by the app against its data dir)
+    kb: KbRef | None = None  # the base this model answers from (--kb or kb_ref), None: ungrounded
 
     @property
     def tokenizer(self):
@@ -99,10 +109,13 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedMo
         raise GenloomError(f"{path} is a '{loaded.family}' model; the server serves text models with a tokenizer "
                            f"({', '.join(families.of_kind('text'))}) and image models ({', '.join(families.of_kind('image'))})")
     p = Path(path)
-    template = ChatTemplate.load(p if p.is_dir() else p.parent)
+    folder = p if p.is_dir() else p.parent
+    template = ChatTemplate.load(folder)
+    grounding, kb_ref = load_grounding(folder)
     engine = TextEngine(loaded.model, loaded.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name)
     engine.start()
-    return ServedModel(name, loaded, engine, template, int(loaded.config.block_size))
+    return ServedModel(name, loaded, engine, template, int(loaded.config.block_size), grounding=grounding,
+                       kb_ref=kb_ref)
 
 
 def served_model(state, name: str) -> ServedModel:

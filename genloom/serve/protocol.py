@@ -150,14 +150,28 @@ class ResponseFormat(BaseModel):
     type: Literal["text"]  # genloom models have no JSON mode
 
 
+class FileSearchTool(BaseModel):
+    """OpenAI's file_search tool (its Responses API shape): ground the reply in these vector stores' passages.
+
+    genloom retrieves for the last user message before generating (hybrid search), puts the passages that
+    reach `min_cosine` in the prompt, and returns them as the message's `sources`; with none it answers that
+    the documents do not say."""
+
+    model_config = _STRICT
+    type: Literal["file_search"]
+    vector_store_ids: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(min_length=1, max_length=8)
+    max_num_results: Optional[int] = Field(None, ge=1, le=20)  # passages in the prompt (default: the model's k)
+    min_cosine: Optional[float] = Field(None, ge=-1, le=1)  # genloom: the relevance floor (default: the model's)
+
+
 class ChatCompletionRequest(_SamplingRequest):
     messages: list[ChatMessage] = Field(min_length=1)
     max_completion_tokens: Optional[int] = Field(None, ge=1)  # OpenAI's newer name for max_tokens
     logprobs: Optional[Literal[False]] = None  # genloom returns no log-probabilities
     top_logprobs: Optional[int] = Field(None, ge=0, le=0)
     parallel_tool_calls: Optional[bool] = None
-    tools: Optional[list[dict]] = Field(None, max_length=0)  # genloom models have no tool calling
-    tool_choice: Optional[Literal["none"]] = None
+    tools: Optional[list[FileSearchTool]] = Field(None, max_length=1)  # retrieval only: no function calling
+    tool_choice: Optional[Literal["none", "auto"]] = None  # "none": do not search with the request's tools
     response_format: Optional[ResponseFormat] = None
 
     def max_new_tokens(self) -> tuple[Optional[int], str]:
@@ -244,9 +258,33 @@ class CompletionResponse(BaseModel):
     system_fingerprint: Optional[str] = None
 
 
+class Source(BaseModel):
+    """genloom: a passage a grounded reply was given in its prompt, and where it comes from."""
+
+    vector_store_id: str  # the knowledge base's name (vs_... for a store made through the API)
+    file_id: str  # the uploaded file's id, or the document's key in a base made by `genloom kb create`
+    passage_id: str
+    source: str  # the document's file name
+    heading: Optional[str] = None
+    score: float  # hybrid search: reciprocal rank fusion of BM25 and MiniLM ranks, 1.0 = first in both
+    cosine: float  # MiniLM cosine similarity of the passage to the question (the relevance floor's measure)
+    text: str
+
+
+class FileCitation(BaseModel):
+    """OpenAI's file citation annotation (Responses API shape): `index` is the source's place in `sources`."""
+
+    type: Literal["file_citation"] = "file_citation"
+    file_id: str
+    filename: str
+    index: int
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str
+    annotations: Optional[list[FileCitation]] = None  # grounded replies: one per source
+    sources: Optional[list[Source]] = None  # genloom: grounded replies' passages ([] when nothing was found)
 
 
 class ChatChoice(BaseModel):
@@ -269,6 +307,7 @@ class ChatCompletionResponse(BaseModel):
 class Delta(BaseModel):
     role: Optional[Literal["assistant"]] = None
     content: Optional[str] = None
+    sources: Optional[list[Source]] = None  # genloom: a grounded reply's first chunk carries its sources
 
 
 class ChatChunkChoice(BaseModel):

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from genloom.errors import GenloomError
+from genloom.knowledge.grounding import NOT_FOUND, Grounding, context_block
 from genloom.serve.engine import QueueFull
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -27,9 +29,13 @@ from genloom.serve.protocol import (
     CompletionRequest,
     CompletionResponse,
     Delta,
+    FileCitation,
+    Source,
     Usage,
     new_id,
 )
+from genloom.serve.retrieval import KbRef, retrieve
+from genloom.serve.retrieval import Source as RetrievedSource
 from genloom.serve.routes.deps import v1
 
 router = APIRouter()
@@ -70,25 +76,112 @@ async def completions(body: CompletionRequest, request: Request):
 @router.post("/v1/chat/completions", dependencies=v1, response_model=ChatCompletionResponse,
              responses={**STREAM, **responses(503)})
 async def chat_completions(body: ChatCompletionRequest, request: Request):
+    """A reply to the conversation; grounded (serve/retrieval.py) when the model has a knowledge base or the
+    request a file_search tool: the passages found for the last user message go in the prompt, and with the
+    reply as its `sources` (nothing relevant found: grounding.NOT_FOUND, and nothing is generated)."""
     served = text_model(request.app.state, body.model)
     _unsupported(body.logprobs, "logprobs", ok=lambda v: not v)
     _unsupported(body.top_logprobs, "top_logprobs", ok=lambda v: not v)
-    _unsupported(body.tools, "tools", ok=lambda v: not v)
-    _unsupported(body.tool_choice, "tool_choice", ok=lambda v: v == "none")
     _unsupported(body.response_format, "response_format", ok=lambda v: v == {"type": "text"})
-    def encode():  # off the event loop: a long conversation takes a while to tokenise
-        return [_encode(served, served.template.render([(m.role, m.text()) for m in body.messages]), "messages")]
-
-    ids = await asyncio.to_thread(encode)
+    messages = [(m.role, m.text()) for m in body.messages]
     max_tokens, param = body.max_new_tokens()
-    job = _submit(request, served, body, ids, extra_stop=served.template.stop, max_tokens=max_tokens, param=param)
+    _check(request, body, 1, max_tokens=max_tokens, param=param)
+    refs, grounding = _knowledge(request, served, body)
+    sources: list[Source] | None = None
+    if refs:
+        question = next((c for r, c in reversed(messages) if r == "user"), "")
+        if not question.strip():
+            raise ApiError(400, "A grounded chat needs a user message to search the documents for.", param="messages")
+        try:
+            sources = await asyncio.to_thread(retrieve, refs, question, grounding)
+        except GenloomError as e:
+            raise ApiError(400, f"{e}.", param="messages") from None
+        if not sources:
+            await asyncio.to_thread(_encode, served, served.template.render(messages), "messages")  # still fits?
+            return await _not_found(request, served, body)
+    reserve = min(max_tokens or request.app.state.limits.max_tokens, served.context // 4)  # room for the reply
+
+    def encode():  # off the event loop: a long conversation takes a while to tokenise
+        return _fit(served, messages, sources or [], grounding, reserve)
+
+    ids, used = await asyncio.to_thread(encode)
+    sources = None if sources is None else used
+    job = _submit(request, served, body, [ids], extra_stop=served.template.stop, max_tokens=max_tokens, param=param)
     job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
+    job.sources = None if sources is None else [_source(s) for s in sources]
     if body.stream:
         return _sse(_chat_chunks(request, job, body))
     texts, reasons = await _collect(request, job)
-    choices = [ChatChoice(index=i, message=AssistantMessage(content=t.lstrip()), finish_reason=r)
+    choices = [ChatChoice(index=i, message=_message(t.lstrip(), job.sources), finish_reason=r)
                for i, (t, r) in enumerate(zip(texts, reasons))]
     return ChatCompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage())
+
+
+# ---- grounding ----
+
+
+def _knowledge(request: Request, served: ServedModel, body: ChatCompletionRequest) -> tuple[list[KbRef], Grounding]:
+    """The bases to search and how: the request's file_search tool (its vector stores), else the model's base."""
+    tools = body.tools if body.tool_choice != "none" else None
+    if not tools:
+        return ([served.kb] if served.kb is not None else []), served.grounding
+    tool, kbs = tools[0], request.app.state.kbs
+    refs = []
+    for i, store_id in enumerate(tool.vector_store_ids):
+        if kbs is None or not kbs.exists(store_id):
+            raise ApiError(400, f"No vector store found with id '{store_id}'"
+                           + ("" if kbs is not None else " (this server keeps no data directory)") + ".",
+                           param=f"tools[0].vector_store_ids[{i}]", code="vector_store_not_found")
+        refs.append(KbRef(kbs, store_id))
+    g = served.grounding
+    return refs, replace(g, k=tool.max_num_results or g.k,
+                         min_cosine=g.min_cosine if tool.min_cosine is None else tool.min_cosine)
+
+
+def _fit(served: ServedModel, messages, sources: list[RetrievedSource], grounding: Grounding,
+         reserve: int) -> tuple[list[int], list[RetrievedSource]]:
+    """The prompt's token ids with as many of the passages (best first) as leave `reserve` tokens for the reply
+    (at least one: a grounded prompt that cannot hold one passage is a 400 like any prompt that is too long)."""
+    for n in range(len(sources), 0, -1):
+        prompt = served.template.render(messages, context_block([s.hit.passage.text for s in sources[:n]], grounding))
+        ids = served.tokenizer.encode(prompt)
+        if len(ids) + reserve <= served.context or n == 1:
+            return _encode(served, prompt, "messages"), sources[:n]
+    return _encode(served, served.template.render(messages), "messages"), sources
+
+
+def _source(s: RetrievedSource) -> Source:
+    p = s.hit.passage
+    return Source(vector_store_id=s.store_id, file_id=s.file_id, passage_id=p.id, source=p.source,
+                  heading=p.heading, score=round(s.hit.score, 6), cosine=round(s.hit.cosine, 6), text=p.text)
+
+
+def _message(content: str, sources: list[Source] | None) -> AssistantMessage:
+    if sources is None:
+        return AssistantMessage(content=content)
+    notes = [FileCitation(file_id=s.file_id, filename=s.source, index=i) for i, s in enumerate(sources)]
+    return AssistantMessage(content=content, annotations=notes, sources=sources)
+
+
+async def _not_found(request: Request, served: ServedModel, body: ChatCompletionRequest):
+    """Nothing relevant in the documents: say so (grounding.NOT_FOUND) instead of letting the model invent."""
+    job = _Job(new_id("chatcmpl"), served, [], [], time.perf_counter(), route="/v1/chat/completions",
+               params=body.model_dump(exclude_unset=True, exclude_none=True), texts=[NOT_FOUND] * body.n, sources=[])
+    log_event("grounding_not_found", request_id=request.state.request_id, id=job.id, model=served.name)
+    await _record(request, job)
+    if not body.stream:
+        choices = [ChatChoice(index=i, message=_message(NOT_FOUND, []), finish_reason="stop") for i in range(body.n)]
+        return ChatCompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage())
+
+    async def chunks():
+        for i in range(body.n):
+            yield _chat_chunk(job, i, Delta(role="assistant", content="", sources=[]))
+            yield _chat_chunk(job, i, Delta(content=NOT_FOUND))
+            yield _chat_chunk(job, i, Delta(), "stop")
+        if _include_usage(body):
+            yield ChatCompletionChunk(id=job.id, model=served.name, choices=[], usage=job.usage()).model_dump()
+
+    return _sse(chunks())
 
 
 # ---- submitting ----
@@ -106,6 +199,7 @@ class _Job:
     route: str = ""
     params: dict | None = None  # the request as sent, for the history (and the UI's "regenerate")
     texts: list | None = None
+    sources: list[Source] | None = None  # a grounded chat's passages (None: not grounded)
 
     def usage(self) -> Usage:
         prompt = sum(self.prompt_lens)
@@ -136,9 +230,9 @@ def _encode(served: ServedModel, prompt: str | list[int], param: str = "prompt")
     return ids
 
 
-def _submit(request: Request, served: ServedModel, body, ids: list[list[int]], *, extra_stop: list[str],
-            max_tokens: int | None, param: str) -> _Job:
-    """Check the request against the limits, then submit n engine requests per prompt (seeds seed, seed+1, ...)."""
+def _check(request: Request, body, n_prompts: int, *, max_tokens: int | None,
+           param: str) -> None:
+    """The request against the server's limits (a 400 naming the field), before any work is done for it."""
     limits = request.app.state.limits
     if max_tokens is not None and not 1 <= max_tokens <= limits.max_tokens:
         raise ApiError(400, f"'{param}' must be between 1 and {limits.max_tokens} (got {max_tokens}).", param=param)
@@ -148,13 +242,21 @@ def _submit(request: Request, served: ServedModel, body, ids: list[list[int]], *
     if len(stop) > limits.max_stop:
         raise ApiError(400, f"'stop' takes at most {limits.max_stop} sequences (got {len(stop)}).", param="stop")
     _unsupported(body.logit_bias, "logit_bias", ok=lambda v: not v)
-    if len(ids) * body.n > request.app.state.capacity:  # could never fit: a 400, not a 429 to retry forever
-        raise ApiError(400, f"{len(ids)} prompt(s) x n={body.n} needs {len(ids) * body.n} engine slots; this "
+    if n_prompts * body.n > request.app.state.capacity:  # could never fit: a 400, not a 429 to retry forever
+        raise ApiError(400, f"{n_prompts} prompt(s) x n={body.n} needs {n_prompts * body.n} engine slots; this "
                        f"server holds {request.app.state.capacity} (max_batch + max_queue).", param="n")
     wanted = max_tokens if max_tokens is not None else limits.max_tokens
-    min_tokens = body.min_tokens or 0
-    if min_tokens > wanted:
-        raise ApiError(400, f"'min_tokens' must be at most {param} ({wanted}) (got {min_tokens}).", param="min_tokens")
+    if (body.min_tokens or 0) > wanted:
+        raise ApiError(400, f"'min_tokens' must be at most {param} ({wanted}) (got {body.min_tokens}).",
+                       param="min_tokens")
+
+
+def _submit(request: Request, served: ServedModel, body, ids: list[list[int]], *, extra_stop: list[str],
+            max_tokens: int | None, param: str) -> _Job:
+    """Check the request against the limits, then submit n engine requests per prompt (seeds seed, seed+1, ...)."""
+    _check(request, body, len(ids), max_tokens=max_tokens, param=param)
+    limits = request.app.state.limits
+    wanted = max_tokens if max_tokens is not None else limits.max_tokens
     handles = []
     try:
         for prompt in ids:
@@ -243,10 +345,13 @@ async def _record(request: Request, job: _Job) -> None:
         return
     usage = job.usage()
     texts = [t.lstrip() if job.route.endswith("chat/completions") else t for t in (job.texts or [])]
+    output = {"text": texts[0] if len(texts) == 1 else texts}
+    if job.sources is not None:
+        output["sources"] = [s.model_dump() for s in job.sources]
     try:
         await asyncio.to_thread(
-            db.log_request, route=job.route, model=job.served.name, params=job.params or {},
-            output={"text": texts[0] if len(texts) == 1 else texts}, key_id=getattr(request.state, "key_id", None),
+            db.log_request, route=job.route, model=job.served.name, params=job.params or {}, output=output,
+            key_id=getattr(request.state, "key_id", None),
             prompt_tokens=usage.prompt_tokens, completion_tokens=usage.completion_tokens,
             latency_ms=round(1000 * (time.perf_counter() - job.t0)))
     except Exception as e:  # noqa: BLE001 - a history write must never fail the request
@@ -296,16 +401,18 @@ async def _completion_chunks(request: Request, job: _Job, body: CompletionReques
         yield CompletionResponse(id=job.id, model=job.served.name, choices=[], usage=job.usage()).model_dump()
 
 
-async def _chat_chunks(request: Request, job: _Job, body: ChatCompletionRequest):
-    def chunk(i, delta: Delta, reason=None):
-        out = ChatCompletionChunk(id=job.id, model=job.served.name,
-                                  choices=[ChatChunkChoice(index=i, delta=delta, finish_reason=reason)]).model_dump()
-        out["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
-        return out
+def _chat_chunk(job: _Job, i: int, delta: Delta, reason=None) -> dict:
+    out = ChatCompletionChunk(id=job.id, model=job.served.name,
+                              choices=[ChatChunkChoice(index=i, delta=delta, finish_reason=reason)]).model_dump()
+    out["choices"][0]["delta"] = delta.model_dump(exclude_none=True)
+    return out
 
+
+async def _chat_chunks(request: Request, job: _Job, body: ChatCompletionRequest):
+    chunk = functools.partial(_chat_chunk, job)
     started = [False] * len(job.handles)  # a reply's leading whitespace (after "Bot:") is dropped, as in plain mode
-    for i in range(len(job.handles)):
-        yield chunk(i, Delta(role="assistant", content=""))
+    for i in range(len(job.handles)):  # a grounded reply's sources come first, for a UI to show them at once
+        yield chunk(i, Delta(role="assistant", content="", sources=job.sources))
     async for i, ev in _events(request, job, poll=False):
         text = ev.text if started[i] else ev.text.lstrip()
         started[i] = started[i] or bool(text)

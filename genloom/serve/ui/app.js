@@ -66,6 +66,8 @@ function openTab(name) {
   if (name === "history") loadHistory();
   if (name === "jobs") loadJobs();
   if (name === "models") loadModels();
+loadStores(true);
+  if (name === "knowledge") loadStores();
 }
 
 // ---- models ----------------------------------------------------------------------------------
@@ -118,6 +120,37 @@ function addMessage(role, text) {
   return body;
 }
 
+// The passages a grounded reply was given (the message's `sources`), as collapsible citations under it.
+function showSources(msgDiv, sources) {
+  const old = msgDiv.querySelector(".sources");
+  if (old) old.remove();
+  if (!Array.isArray(sources)) return;
+  const box = document.createElement("details");
+  box.className = "sources";
+  const summary = document.createElement("summary");
+  summary.textContent = sources.length ? `${sources.length} source(s)` : "no source found in the documents";
+  box.appendChild(summary);
+  const list = document.createElement("ol");
+  for (const s of sources) list.appendChild(passageItem(s.source, s.heading, s.text, s.cosine));
+  box.appendChild(list);
+  msgDiv.appendChild(box);
+}
+
+function passageItem(source, heading, text, cosine) {
+  const li = document.createElement("li");
+  const where = document.createElement("span");
+  where.className = "where";
+  where.textContent = source + (heading ? " › " + heading : "");
+  const score = document.createElement("span");
+  score.className = "muted";
+  score.textContent = cosine === undefined || cosine === null ? "" : ` (cosine ${Number(cosine).toFixed(2)})`;
+  const snippet = document.createElement("span");
+  snippet.className = "snippet";
+  snippet.textContent = text.length > 300 ? text.slice(0, 300) + "…" : text;
+  li.append(where, score, snippet);
+  return li;
+}
+
 async function sendChat(text, params) {
   showError("");
   state.chat.push({ role: "user", content: text });
@@ -131,10 +164,14 @@ async function sendChat(text, params) {
   };
   body.messages = state.chat;
   body.stream = true;
+  const kb = $("#chat-kb").value;
+  if (kb && !params) body.tools = [{ type: "file_search", vector_store_ids: [kb] }];
   let reply = "";
   try {
     for await (const chunk of sse("/v1/chat/completions", body)) {
+      if (chunk.error) throw new Error(chunk.error.message);
       const delta = chunk.choices[0].delta || {};
+      if (delta.sources) showSources(out.parentElement, delta.sources);
       if (delta.content) { reply += delta.content; out.textContent = reply; }
     }
     state.chat.push({ role: "assistant", content: reply });
@@ -362,6 +399,7 @@ async function refreshJob() {
       state.jobTimer = null;
       loadJobs();
       loadModels();
+loadStores(true);
     }
   } catch (e) { showError(e.message); }
 }
@@ -395,6 +433,99 @@ async function startJob(ev) {
   } catch (e) { showError(e.message); }
 }
 
+// ---- knowledge bases -------------------------------------------------------------------------
+async function loadStores(quiet = false) {
+  try {
+    const stores = (await (await api("/v1/vector_stores")).json()).data;
+    const body = $("#kb-table tbody");
+    body.innerHTML = "";
+    for (const v of stores) {
+      const tr = document.createElement("tr");
+      for (const x of [v.id, v.name, v.file_counts.total, v.usage_bytes.toLocaleString()]) {
+        const td = document.createElement("td");
+        td.textContent = x;
+        tr.appendChild(td);
+      }
+      const td = document.createElement("td");
+      const del = document.createElement("button");
+      del.className = "secondary";
+      del.textContent = "Delete";
+      del.onclick = async () => {
+        if (!confirm(`Delete knowledge base ${v.name || v.id}?`)) return;
+        try { await api(`/v1/vector_stores/${encodeURIComponent(v.id)}`, { method: "DELETE" }); } catch (e) { showError(e.message); }
+        loadStores();
+      };
+      td.appendChild(del);
+      tr.appendChild(td);
+      body.appendChild(tr);
+    }
+    for (const sel of [$("#kb-select"), $("#chat-kb")]) {
+      const keep = sel.value;
+      sel.querySelectorAll("option[value]:not([value=''])").forEach((o) => o.remove());
+      if (sel.id === "kb-select") sel.innerHTML = "";
+      for (const v of stores) {
+        const o = document.createElement("option");
+        o.value = v.id;
+        o.textContent = v.name && v.name !== v.id ? `${v.name} (${v.id})` : v.id;
+        sel.appendChild(o);
+      }
+      if (keep && stores.some((v) => v.id === keep)) sel.value = keep;
+    }
+  } catch (e) { if (!quiet) showError(e.message); }  // quiet at start: a server with no data dir has no stores
+}
+
+async function createStore(ev) {
+  ev.preventDefault();
+  showError("");
+  const name = $("#kb-name").value.trim();
+  if (!name) { showError("give the new knowledge base a name"); return; }
+  try {
+    const store = await (await api("/v1/vector_stores", { method: "POST", body: JSON.stringify({ name }) })).json();
+    $("#kb-name").value = "";
+    $("#kb-status").textContent = `created ${store.name} (${store.id})`;
+    await loadStores();
+    $("#kb-select").value = store.id;
+  } catch (e) { showError(e.message); }
+}
+
+async function addStoreFile(ev) {
+  ev.preventDefault();
+  showError("");
+  const store = $("#kb-select").value, file = $("#kb-file").files[0];
+  if (!store) { showError("create a knowledge base first"); return; }
+  if (!file) { showError("choose a document to add"); return; }
+  $("#kb-add").disabled = true;
+  $("#kb-status").textContent = `indexing ${file.name}...`;
+  try {
+    const form = new FormData();
+    form.append("file", file);
+    form.append("purpose", "assistants");
+    const uploaded = await (await api("/v1/files", { method: "POST", body: form })).json();
+    const attached = await (await api(`/v1/vector_stores/${encodeURIComponent(store)}/files`, {
+      method: "POST", body: JSON.stringify({ file_id: uploaded.id }) })).json();
+    await loadStores();
+    $("#kb-status").textContent = `${file.name}: ${attached.status}, ${attached.attributes.passages} passage(s)`;
+  } catch (e) { showError(e.message); $("#kb-status").textContent = ""; } finally { $("#kb-add").disabled = false; }
+}
+
+async function searchStore(ev) {
+  ev.preventDefault();
+  showError("");
+  const store = $("#kb-select").value, query = $("#kb-query").value.trim();
+  if (!store || !query) { showError("pick a knowledge base and type a question"); return; }
+  try {
+    const page = await (await api(`/v1/vector_stores/${encodeURIComponent(store)}/search`, {
+      method: "POST", body: JSON.stringify({ query, max_num_results: 5 }) })).json();
+    const list = $("#kb-results");
+    list.innerHTML = "";
+    for (const r of page.data) {
+      list.appendChild(passageItem(r.filename, r.attributes.heading, r.content.map((c) => c.text).join("\n"),
+                                   r.attributes.cosine));
+    }
+    if (!page.data.length) list.textContent = "nothing found";
+  } catch (e) { showError(e.message); }
+}
+
 // ---- wiring ----------------------------------------------------------------------------------
 document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => openTab(b.dataset.tab)));
 $("#chat-form").addEventListener("submit", (ev) => {
@@ -409,6 +540,10 @@ $("#complete-run").addEventListener("click", () => runCompletion());
 $("#images-run").addEventListener("click", () => runImages());
 $("#history-refresh").addEventListener("click", loadHistory);
 $("#job-form").addEventListener("submit", startJob);
+$("#kb-create-form").addEventListener("submit", createStore);
+$("#kb-add-form").addEventListener("submit", addStoreFile);
+$("#kb-search-form").addEventListener("submit", searchStore);
 $("#apikey").value = localStorage.getItem("genloom-key") || "";
 $("#apikey").addEventListener("change", () => { localStorage.setItem("genloom-key", $("#apikey").value); loadModels(); });
 loadModels();
+loadStores(true);
