@@ -3,16 +3,21 @@
 import json
 import os
 import sqlite3
+import subprocess
+import sys
+import time
 import uuid
+from pathlib import Path
 
 import pytest
 from conftest import assert_one_line_error
 from sqlalchemy import create_engine, inspect
 
 from genloom.errors import GenloomError
-from genloom.serve.database import Database
+from genloom.serve.database import Database, database_url, head_revision, migrate, schema_revision
 
 PG = os.environ.get("GENLOOM_TEST_DATABASE_URL")
+ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["sqlite", "postgresql"]  # without a server the postgresql cases skip, named in the summary
 
 
@@ -95,6 +100,43 @@ def test_jobs_survive_a_restart(db):
     assert db.get_job(b.id).finished_at is not None
     with pytest.raises(GenloomError, match="unknown job status 'done'"):
         db.set_job(b.id, "done")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_servers_starting_together_migrate_once(backend, tmp_path):
+    """Replicas started at once on a fresh database (processes): one creates the schema, the others wait for it."""
+    if backend == "sqlite":
+        url = database_url(None, tmp_path)
+    elif not PG:
+        pytest.skip("GENLOOM_TEST_DATABASE_URL is not set: no PostgreSQL server to test against "
+                    "(.ci/run starts one when run as root)")
+    else:
+        url, eng = PG, create_engine(PG)
+        with eng.begin() as c:
+            c.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public;")
+        eng.dispose()
+    assert schema_revision(url) is None
+    go = tmp_path / "go"  # each process imports first, then all migrate at once
+    code = ("import os, sys, time\nfrom genloom.serve.database import migrate\n"
+            "while not os.path.exists(sys.argv[1]): time.sleep(0.005)\nmigrate(sys.argv[2])")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(go), url], env=env, stderr=subprocess.PIPE, text=True)
+             for _ in range(3)]
+    time.sleep(3)
+    go.touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0], errors
+    assert schema_revision(url) == head_revision() == "0002"
+
+
+def test_cancel_is_conditional_on_the_job_still_running(db):
+    """A cancel through one replica and a worker's end racing: whichever comes first holds."""
+    a, b = db.create_job("chat", {}), db.create_job("chat", {})
+    assert db.claim_job("w", 30).id == a.id and db.finish_job(a.id, "w", "succeeded", "done")
+    assert db.cancel_job(a.id) is None and db.get_job(a.id).status == "succeeded"
+    assert db.cancel_job(b.id).status == "cancelled" and db.events(b.id)[-1].message == "cancel requested"
+    assert db.cancel_job(b.id) is None and db.cancel_job("ftjob-none") is None
+    assert db.claim_job("w", 30) is None  # a cancelled job is never claimed
 
 
 def test_file_names_never_become_paths(db):

@@ -191,6 +191,20 @@ def test_persisted_base_reloads_the_same_without_pickle(kb, tmp_path):
     assert len(manifest["documents"]["faq.md"]["sha256"]) == 64
 
 
+def test_a_base_recreated_by_another_process_is_reloaded(tmp_path):
+    """Two server replicas on one data directory: one deletes a base and creates another of the same name (its
+    generation numbering starts over); the other, which had the old one loaded, must answer from the new one."""
+    other, mine = KnowledgeBases(tmp_path / "kb"), KnowledgeBases(tmp_path / "kb")
+    mine.update("shop", read_source(write_docs(tmp_path / "old")), drop_missing=True)
+    assert "nine" in other.search("shop", "office opens", k=1, mode="bm25")[0].passage.text
+    mine.delete("shop")
+    (tmp_path / "new").mkdir()
+    (tmp_path / "new" / "hours.txt").write_text("The office opens at noon on weekdays.\n")
+    mine.update("shop", read_source(tmp_path / "new"), drop_missing=True)
+    assert other.get("shop").generation == "g000001"  # the same generation name as the base it replaced
+    assert "noon" in other.search("shop", "office opens", k=1, mode="bm25")[0].passage.text
+
+
 def test_a_failed_update_leaves_the_base_as_it_was(tmp_path, monkeypatch):
     kbs = KnowledgeBases(tmp_path / "kb")
     kbs.update("s", [Document.from_text("a.txt", "text", "alpha beta gamma")])

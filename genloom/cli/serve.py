@@ -11,10 +11,32 @@ from genloom.cli.base import _threads, cli
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases
 from genloom.serve import app as server
-from genloom.serve.database import Database
+from genloom.serve.database import Database, redacted
+from genloom.serve import jobs
 from genloom.serve.jobs import JobLimits
 from genloom.serve.models import bundled_model_paths, model_name
 from genloom.serve.transport import parse_origins, parse_public_url
+
+
+def _job_limit_options(f):
+    """The --job-max-* options, the same on `genloom serve` and `genloom worker`."""
+    opts = [
+        click.option("--job-max-steps", default=JobLimits.max_steps, show_default=True, type=int,
+                     help="Most training steps one fine-tuning job may ask for."),
+        click.option("--job-max-threads", default=None, type=int, help="Most threads one job may use. Default: the CPU count."),
+        click.option("--job-max-parameters", default=JobLimits.max_parameters, show_default=True, type=int,
+                     help="Largest base model (parameters) a job may fine-tune."),
+        click.option("--job-max-minutes", default=JobLimits.max_minutes, show_default=True, type=float,
+                     help="Wall time after which a job fails."),
+    ]
+    for opt in reversed(opts):
+        f = opt(f)
+    return f
+
+
+def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
+    return JobLimits(max_steps=steps, max_parameters=parameters, max_minutes=minutes,
+                     **({"max_threads": threads} if threads is not None else {}), **kw)
 
 
 @cli.command()
@@ -34,13 +56,7 @@ from genloom.serve.transport import parse_origins, parse_public_url
               "https://gen.example.org behind a proxy. Default: the address a request came in on, http://HOST:PORT.")
 @click.option("--cors-origins", multiple=True, help="Web origins (scheme://host[:port]) allowed to call the API from "
               "a browser (comma-separated or repeated). Default: none; other origins' writes get 403.")
-@click.option("--job-max-steps", default=JobLimits.max_steps, show_default=True, type=int,
-              help="Most training steps one fine-tuning job may ask for.")
-@click.option("--job-max-threads", default=None, type=int, help="Most threads one job may use. Default: the CPU count.")
-@click.option("--job-max-parameters", default=JobLimits.max_parameters, show_default=True, type=int,
-              help="Largest base model (parameters) a job may fine-tune.")
-@click.option("--job-max-minutes", default=JobLimits.max_minutes, show_default=True, type=float,
-              help="Wall time after which a job fails.")
+@_job_limit_options
 @click.option("--kb", "kb_pairs", multiple=True, metavar="MODEL=KB", help="Ground MODEL's chat replies in a knowledge "
               "base: KB is a base's name under DATA_DIR/kb (`genloom kb create`) or a knowledge-base folder; repeat "
               "per model. Default: the base a model folder's grounding.json names, if any.")
@@ -49,8 +65,7 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
           cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
-    limits = JobLimits(max_steps=job_max_steps, max_parameters=job_max_parameters, max_minutes=job_max_minutes,
-                       **({"max_threads": job_max_threads} if job_max_threads is not None else {}))
+    limits = _job_limits(job_max_steps, job_max_threads, job_max_parameters, job_max_minutes)
     paths = list(models) or [str(p) for p in bundled_model_paths()]
     if not paths:
         raise GenloomError("no models to serve: pass --model FOLDER (the bundled models are in models/ of a "
@@ -63,6 +78,41 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
         cors_origins=_split(cors_origins), job_limits=limits, kb=kb)
+
+
+@cli.command()
+@click.option("--db", default=None, help="The SQLAlchemy URL of the servers' database (PostgreSQL when workers and "
+              "replicas run on several machines). Default: SQLite in --data-dir.")
+@click.option("--data-dir", default="genloom-data", show_default=True, help="The servers' data directory (a shared "
+              "mount across machines): uploaded files, job folders, fine-tuned models.")
+@click.option("--model", "-m", "models", multiple=True, help="A base model folder jobs may fine-tune, the same the "
+              "servers serve; repeat. Default: the bundled models.")
+@click.option("--lease-seconds", default=JobLimits.lease_s, show_default=True, type=float, help="The claim on a "
+              "job, renewed while it trains: a worker that dies gives its job to another after this long.")
+@_job_limit_options
+@click.option("--threads", type=int, default=0)
+def worker(db, data_dir, models, lease_seconds, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes,
+           threads):
+    """Run fine-tuning jobs from the database of `genloom serve` replicas (started with --no-jobs), on any machine.
+
+    Each job is trained by exactly one worker (a lease in the database); a worker killed mid-job gives it to
+    another after --lease-seconds, which resumes it from its checkpoint. Ctrl-C or SIGTERM: the job in hand
+    writes a checkpoint and goes back to the queue. The database must have been opened by `genloom serve`
+    once (the server creates and upgrades the schema; a worker never does).
+    """
+    _threads(threads)
+    if not lease_seconds > 0:
+        raise GenloomError(f"--lease-seconds must be > 0, got {lease_seconds:g}")
+    limits = _job_limits(job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, lease_s=lease_seconds)
+    paths = list(models) or [str(p) for p in bundled_model_paths()]
+    missing = [p for p in paths if not Path(p).exists()]
+    if missing or not paths:
+        raise GenloomError(f"model not found: {', '.join(missing)}" if missing else "no base models: pass --model FOLDER")
+    bases = {model_name(p): str(Path(p).resolve()) for p in paths}
+    Database(db, data_dir=data_dir, upgrade=False).close()  # no schema: one line, before anything starts
+    click.echo(f"genloom: worker running fine-tuning jobs from {redacted(db) if db else Path(data_dir) / 'genloom.db'} on "
+               f"{', '.join(bases)} (data: {data_dir}); Ctrl-C stops it after a checkpoint", err=True)
+    jobs.worker_loop(db, data_dir, str(Path(data_dir) / "models"), bases, limits=limits, signals=True)
 
 
 def _kb_pairs(pairs) -> dict[str, str]:

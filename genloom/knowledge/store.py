@@ -311,7 +311,7 @@ def _now() -> int:
 
 class KnowledgeBases:
     """The knowledge bases under one folder (`genloom-data/kb` by default), by name, loaded once and reloaded
-    when an update swaps a generation in; safe to share between threads."""
+    when their manifest changes on disk (by any process); safe to share between threads."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -343,12 +343,13 @@ class KnowledgeBases:
         return self.path(name)
 
     def get(self, name: str) -> KnowledgeBase:
-        """The loaded base (reloaded if its manifest names a newer generation than the one in memory)."""
+        """The loaded base, reloaded whenever its manifest on disk differs from the one in memory: an update or
+        a delete and re-create by any process (another server replica on the same data directory, the CLI)."""
         folder = self.require(name)
-        gen = read_manifest(folder)["generation"]
+        manifest = read_manifest(folder)
         with self._lock:
             kb = self._loaded.get(name)
-        if kb is None or kb.generation != gen:
+        if kb is None or kb.manifest != manifest:  # not the generation alone: a re-created base starts at g000001
             kb = KnowledgeBase.open(folder)
             with self._lock:
                 self._loaded[name] = kb

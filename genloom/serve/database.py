@@ -1,14 +1,18 @@
 """The server's storage: SQLAlchemy tables, Alembic migrations, API keys, history, jobs, files, usage.
 
 SQLite under the data directory by default (WAL mode, so readers never wait for the writer); any
-SQLAlchemy URL otherwise (PostgreSQL in CI). The schema is owned by Alembic: `Database(...)` upgrades the
-database to the newest revision on open. API keys are random 256-bit secrets; only their SHA-256 is
+SQLAlchemy URL otherwise (PostgreSQL in CI, and for several server replicas and job workers on one database).
+The schema is owned by Alembic: a server's `Database(...)` upgrades the database to the newest revision on
+open, one process at a time (a PostgreSQL advisory lock, a lock file beside a SQLite file), so replicas may
+start together; a job worker's (`migrate=False`) only checks that the schema is the one it knows. API keys are random 256-bit secrets; only their SHA-256 is
 stored (a salted slow hash buys nothing for secrets of that entropy) and checks use hmac.compare_digest.
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import hashlib
 import hmac
 import json
@@ -16,6 +20,10 @@ import secrets
 import uuid
 from pathlib import Path
 
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     DateTime,
@@ -32,13 +40,16 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
+from sqlalchemy.pool import NullPool
 
 from genloom.errors import GenloomError
 from genloom.files import atomic_write_bytes
 
 KEY_PREFIX = "gl-"
+MIGRATION_LOCK = 0x67656E6C6F6F6D  # "genloom": the PostgreSQL advisory lock held while one process migrates
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 
 
@@ -146,26 +157,94 @@ def database_url(url: str | None, data_dir: str | Path) -> str:
     return f"sqlite:///{Path(data_dir).resolve() / 'genloom.db'}"
 
 
-def migrate(url: str) -> None:
-    """Bring the schema to Alembic's head revision (the migrations live beside this module)."""
-    from alembic import command
-    from alembic.config import Config
+def redacted(url: str) -> str:
+    """The URL with its password hidden, for messages and logs."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001
+        return "<unparsable URL>"
 
+
+def _alembic_config(url: str):
     cfg = Config()
     cfg.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, "head")
+    return cfg
+
+
+def head_revision() -> str:
+    """The newest schema revision this genloom knows."""
+    return ScriptDirectory.from_config(_alembic_config("sqlite://")).get_current_head()
+
+
+def schema_revision(url: str) -> str | None:
+    """The database's schema revision (None: no genloom schema, or no SQLite file at all); never creates one."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and not Path(parsed.database).exists():
+        return None
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+    finally:
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def _sqlite_file_lock(url: str):
+    """For a SQLite file: an exclusive lock file beside it (PostgreSQL's advisory lock does the same there)."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        yield
+        return
+    with open(f"{parsed.database}.migrate-lock", "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def migrate(url: str) -> None:
+    """Bring the schema to Alembic's head revision (the migrations live beside this module), one process at
+    a time: of servers starting together one migrates, the others then find it done."""
+    cfg = _alembic_config(url)
+    engine = create_engine(url, poolclass=NullPool)
+    try:
+        with _sqlite_file_lock(url), engine.begin() as conn:
+            if conn.dialect.name == "postgresql":
+                conn.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")  # released at commit
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+
+
+def check_schema(url: str, safe_url: str) -> None:
+    """A GenloomError unless the database's schema is this genloom's newest (job workers never migrate)."""
+    have, want = schema_revision(url), head_revision()
+    if have != want:
+        found = f"schema revision {have}" if have else "no genloom schema"
+        raise GenloomError(f"database {safe_url} has {found}, this genloom needs revision {want}: a worker never "
+                           "migrates a database; start `genloom serve` on it once (the server creates and upgrades "
+                           "the schema), then the workers")
 
 
 class Database:
     """One handle on the database: open (and migrate) once at startup, share across requests."""
 
-    def __init__(self, url: str | None = None, data_dir: str | Path = "genloom-data"):
+    def __init__(self, url: str | None = None, data_dir: str | Path = "genloom-data", *, upgrade: bool = True):
+        """`upgrade`: migrate the schema to the newest revision (a server); else require it (a job worker)."""
         self.data_dir = Path(data_dir)
         self.url = database_url(url, data_dir)
         try:
-            migrate(self.url)
+            if upgrade:
+                migrate(self.url)
+            else:
+                check_schema(self.url, self.safe_url)
             self.engine = create_engine(self.url, pool_pre_ping=True)
+        except GenloomError:
+            raise
         except Exception as e:  # noqa: BLE001 - a bad URL or an unreachable server is the user's to fix
             raise GenloomError(f"cannot open database {self.safe_url}: {str(e).splitlines()[0]}") from None
         if self.engine.dialect.name == "sqlite":
@@ -174,12 +253,7 @@ class Database:
 
     @property
     def safe_url(self) -> str:
-        from sqlalchemy.engine import make_url
-
-        try:
-            return make_url(self.url).render_as_string(hide_password=True)
-        except Exception:  # noqa: BLE001
-            return "<unparsable URL>"
+        return redacted(self.url)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -337,6 +411,19 @@ class Database:
             for k, v in fields.items():
                 setattr(job, k, v)
             return job
+
+    def cancel_job(self, jid: str) -> Job | None:
+        """Cancel a queued or running job: one conditional UPDATE with its event, so a job that ended meanwhile
+        stays as it ended. Its worker, in whatever process or machine, sees the status at its next logged step
+        or lease renewal and stops. None when the job had already ended (or does not exist)."""
+        with self.session.begin() as s:
+            res = s.execute(update(Job).where(Job.id == jid, Job.status.in_(("queued", "running")))
+                            .values(status="cancelled", finished_at=now())
+                            .execution_options(synchronize_session=False))
+            if res.rowcount != 1:
+                return None
+            s.add(JobEvent(job_id=jid, message="cancel requested", data={}))
+        return self.get_job(jid)
 
     def add_event(self, jid: str, message: str, data: dict | None = None, level: str = "info",
                   key: str | None = None) -> bool:

@@ -337,17 +337,21 @@ def _watch_parent(parent_pid: int, grace_s: float = 10.0) -> None:
 
 def worker_loop(db_url: str | None, data_dir: str, models_dir: str, base_models: dict[str, str], *,
                 limits: JobLimits | None = None, poll: float = 0.5, once: bool = False,
-                parent_pid: int | None = None) -> None:
+                parent_pid: int | None = None, signals: bool = False) -> None:
     """Claim jobs one at a time, forever (or until none is left, with once=True).
 
-    With `parent_pid` (the server's), the worker stops when that process is gone or on SIGTERM: the job in
-    hand writes its checkpoint and goes back to the queue, and the loop returns.
+    The database must hold this genloom's schema (a worker never migrates: its server, or any `genloom
+    serve` on the database, does). With `parent_pid` (the server's), the worker stops when that process is
+    gone; with it or `signals` (`genloom worker`), on SIGTERM or SIGINT: the job in hand writes its
+    checkpoint and goes back to the queue, and the loop returns.
     """
     limits = limits or JobLimits()
-    db = Database(db_url, data_dir=data_dir)
+    db = Database(db_url, data_dir=data_dir, upgrade=False)
     me, stopping = worker_name(), threading.Event()
+    if parent_pid is not None or signals:
+        for sig in (signal.SIGTERM, signal.SIGINT):  # while training, the trainer's own handler stops the run
+            signal.signal(sig, lambda *_: stopping.set())
     if parent_pid is not None:
-        signal.signal(signal.SIGTERM, lambda *_: stopping.set())  # the trainer's own handler stops a run
         threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True, name="parent-watch").start()
     try:
         while not stopping.is_set():

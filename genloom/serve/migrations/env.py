@@ -17,6 +17,12 @@ def run_migrations_offline() -> None:
 
 
 def run_migrations_online() -> None:
+    conn = config.attributes.get("connection")  # genloom's migrate(): its connection, in its transaction, under its lock
+    if conn is not None:
+        context.configure(connection=conn, target_metadata=target_metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+        return
     engine = engine_from_config(config.get_section(config.config_ini_section, {}), prefix="sqlalchemy.",
                                 poolclass=pool.NullPool)
     with engine.connect() as connection:

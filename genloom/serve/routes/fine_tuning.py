@@ -90,12 +90,12 @@ async def get_job(job_id: str, request: Request) -> FineTuningJob:
 
 @router.post("/v1/fine_tuning/jobs/{job_id}/cancel", dependencies=v1)
 async def cancel_job(job_id: str, request: Request) -> FineTuningJob:
+    """Cancel in the database: the job's worker, on any machine, stops at its next step (checkpoint kept)."""
     db = require_db(request)
-    job = _job_or_404(db, job_id)
-    if job.status in ("succeeded", "failed", "cancelled"):
+    job = await asyncio.to_thread(db.cancel_job, job_id)
+    if job is None:  # gone, or it ended before the cancel (maybe through another replica)
+        job = _job_or_404(db, job_id)
         raise ApiError(400, f"Job {job_id} has already {job.status}.", param="fine_tuning_job_id")
-    job = db.set_job(job_id, "cancelled")
-    db.add_event(job_id, "cancel requested")
     return job_object(job)
 
 
