@@ -4,6 +4,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import threading
 import sys
 import time
 import uuid
@@ -127,6 +128,29 @@ def test_servers_starting_together_migrate_once(backend, tmp_path):
     errors = [p.communicate(timeout=120)[1] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0], errors
     assert schema_revision(url) == head_revision() == "0002"
+
+
+def test_replicas_logging_at_once_lose_no_history_nor_usage(db):
+    """Eight handles (replicas) log a request at the same moment on a fresh day: eight rows, counts exact."""
+    handles = [Database(db.url, data_dir=db.data_dir) for _ in range(8)]
+    barrier, errors = threading.Barrier(8), []
+
+    def log(h, i):
+        barrier.wait()
+        try:
+            h.log_request(route="/v1/completions", model="chat", params={}, output={}, prompt_tokens=i,
+                          completion_tokens=2, images=1)
+        except Exception as e:  # noqa: BLE001 - collected for the assert
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=log, args=(h, i)) for i, h in enumerate(handles)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    [h.close() for h in handles]
+    assert not errors, errors
+    assert len(db.history(100)) == 8
+    (u,) = db.usage()
+    assert (u.requests, u.prompt_tokens, u.completion_tokens, u.images) == (8, sum(range(8)), 16, 8)
 
 
 def test_cancel_is_conditional_on_the_job_still_running(db):

@@ -320,21 +320,27 @@ class Database:
     def log_request(self, *, route: str, model: str, params: dict, output: dict, key_id: str | None = None,
                     prompt_tokens: int = 0, completion_tokens: int = 0, images: int = 0, status: int = 200,
                     latency_ms: int = 0) -> str:
-        rid = new_id("req")
-        day = now().strftime("%Y-%m-%d")
-        with self.session.begin() as s:
-            s.add(Request(id=rid, key_id=key_id, route=route, model=model, params=params, output=output,
-                          prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status,
-                          latency_ms=latency_ms))
-            u = s.get(Usage, (key_id or "", day))
-            if u is None:
-                u = Usage(key_id=key_id or "", day=day, requests=0, prompt_tokens=0, completion_tokens=0, images=0)
-                s.add(u)
-            u.requests += 1
-            u.prompt_tokens += prompt_tokens
-            u.completion_tokens += completion_tokens
-            u.images += images
-        return rid
+        """One history row and the day's usage counters of its key, in one transaction. The counters are
+        incremented in the database (`SET requests = requests + 1`), never read and written back, so replicas
+        and threads logging at once lose no count; two creating the day's row at once: the loser retries."""
+        rid, day = new_id("req"), now().strftime("%Y-%m-%d")
+        add = {"requests": 1, "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "images": images}
+        for attempt in range(3):
+            try:
+                with self.session.begin() as s:
+                    s.add(Request(id=rid, key_id=key_id, route=route, model=model, params=params, output=output,
+                                  prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, status=status,
+                                  latency_ms=latency_ms))
+                    res = s.execute(update(Usage).where(Usage.key_id == (key_id or ""), Usage.day == day)
+                                    .values({getattr(Usage, k): getattr(Usage, k) + v for k, v in add.items()})
+                                    .execution_options(synchronize_session=False))
+                    if res.rowcount == 0:
+                        s.add(Usage(key_id=key_id or "", day=day, **add))
+                return rid
+            except IntegrityError:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def history(self, limit: int = 50, route: str | None = None) -> list[Request]:
         with self.session() as s:
