@@ -144,6 +144,29 @@ def test_worker_on_a_database_without_the_schema_is_one_line(tmp_path, run_main)
 
 
 @pytest.mark.slow
+def test_sigterm_stops_a_worker_mid_job_and_requeues_it(tmp_path):
+    """`genloom worker` on SIGTERM (Ctrl-C alike): the step ends, a checkpoint is written, the job goes back to
+    the queue and the worker exits 0; the next worker resumes from that checkpoint."""
+    data = tmp_path / "data"
+    db = Database(data_dir=data)  # what a server does first: the schema
+    rec = db.add_file("support.txt", TEXT.encode(), "fine-tune")
+    job = db.create_job("chat", {"train": {**TRAIN, "max_steps": 400, "ckpt_interval": 1000}}, rec.id)
+    cluster = Cluster("", data, tmp_path)
+    worker = cluster.start("worker", 0)
+    try:
+        _wait(lambda: len([e for e in db.events(job.id, limit=1000) if "loss" in e.data]) >= 3, 120, cluster.tail)
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(60) == 0, cluster.tail()
+    finally:
+        cluster.stop()
+    done = db.get_job(job.id)
+    events = [e.message for e in db.events(job.id, limit=1000)]
+    assert done.status == "queued" and done.worker_id is None, events
+    assert events[-1].startswith("worker stopped (SIGTERM"), events
+    assert (data / "jobs" / job.id / "run" / "last.pt").is_file()  # written by the stop (none due before step 1000)
+
+
+@pytest.mark.slow
 def test_two_replicas_two_workers_cancel_across_and_kill_9(db_url, tmp_path):
     data, logs = tmp_path / "data", tmp_path / "logs"
     logs.mkdir()

@@ -314,7 +314,7 @@ def _work(db, job, lease: Lease, me: str, models_dir: Path, base_models, limits,
         return
     if name is None:
         stopping.set()
-        db.release_job(job.id, me, "worker stopped (its server is gone or shutting down): job re-queued, "
+        db.release_job(job.id, me, "worker stopped (SIGTERM, Ctrl-C, or its server is gone): job re-queued, "
                                    "it resumes from its checkpoint")
     elif name:  # the model folder is complete now; the server serves it before it shows the job succeeded
         db.finish_job(job.id, me, "succeeded", f"job succeeded: model '{name}' registered", {"model": name},
