@@ -10,7 +10,8 @@ ETA, each step once) and stops for a cancel, a lost lease, the wall-time limit o
 The run's best export, its card naming the job, is copied whole into the models folder before the job is
 marked succeeded, once. A job whose worker died goes back to the queue when its lease runs out and
 resumes from its checkpoint; a worker whose server is gone stops (checkpoint written), gives its job back
-and exits.
+and exits. `genloom worker` runs the same loop as a process of its own on any machine that reaches the
+database and the data directory (beside `genloom serve --no-jobs` replicas); it never migrates the schema.
 """
 
 from __future__ import annotations
