@@ -26,6 +26,7 @@ import math
 import numpy as np
 from scipy import stats
 
+FEATURE_TPQ = 24  # muspy's default resolution: scores are resampled to it before features that count ticks
 GRID_POINTS = 1024
 KL_FLOOR = 1e-10  # density floor inside KL's logarithm: a finite KL when the candidate misses a region
 
