@@ -27,6 +27,7 @@ class DataConfig:
     # Images, text-conditional models: "templates" (class names through a few templates, "a photo of a
     # {label}", ...), or a CSV of `filename,caption` rows for a folder (several rows per image allowed).
     captions: str = ""
+    transpose: int = 3  # music: training pieces also seen shifted -N..+N semitones (validation never)
 
 
 @dataclass(kw_only=True)

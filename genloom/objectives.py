@@ -51,7 +51,7 @@ class LMTask:
         if not d.dir:
             raise GenloomError("data.dir is not set: point it at a folder prepared by `genloom data`")
         if d.source and not (Path(d.dir) / "meta.json").exists():
-            prepare(d.source, d.dir, d.tokenizer, d.vocab_size, d.val_fraction, d.split_seed)
+            prepare(d.source, d.dir, d.tokenizer, d.vocab_size, d.val_fraction, d.split_seed, transpose=d.transpose)
         return cls(TokenData(d.dir), None, cfg.train.batch_size)  # block_size: bind() once the model is built
 
     def model_config(self, mdict: dict) -> dict:
@@ -92,7 +92,8 @@ class LMTask:
         return batch[0].numel()
 
     def card(self) -> dict:
-        return {k: self.data.meta.get(k) for k in ("source", "tokenizer", "vocab_size", "tokens", "documents")}
+        keys = ("source", "tokenizer", "vocab_size", "tokens", "documents", "modality", "corpus", "transpose")
+        return {k: self.data.meta[k] for k in keys if k in self.data.meta}
 
     loss = staticmethod(supervised_loss)
 

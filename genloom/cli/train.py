@@ -19,16 +19,22 @@ from genloom.hf import export_gpt2, import_gpt2
 @cli.command()
 @click.argument("source")
 @click.option("--out", "-o", required=True, help="Folder to write train.bin, val.bin, tokenizer.json, meta.json.")
-@click.option("--tokenizer", "-t", type=click.Choice(["char", "bpe", "gpt2"]), default="char", show_default=True)
+@click.option("--tokenizer", "-t", type=click.Choice(["char", "bpe", "gpt2", "remi", "tsd"]), default=None,
+              help="Text: char (default), bpe, gpt2. Music: remi (default), tsd (miditok).")
 @click.option("--vocab-size", type=int, default=4096, show_default=True, help="For bpe: the vocabulary to train.")
 @click.option("--val-fraction", type=float, default=0.05, show_default=True)
 @click.option("--seed", type=int, default=1337, show_default=True, help="Seed of the document split.")
 @click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
 @click.option("--tokenizer-from", default=None, help="Reuse the tokenizer of a model or data folder (fine-tuning).")
-def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from):
-    """Prepare SOURCE (a file, a folder, or a corpus: tang, song, poems-zh, kjv, fortunes, chatterbot, bible-en-es)."""
+@click.option("--transpose", type=int, default=3, show_default=True,
+              help="Music: training pieces also seen shifted -N..+N semitones (0: off; validation never).")
+def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from, transpose):
+    """Prepare SOURCE: text (a file, a folder, or a corpus: tang, song, poems-zh, kjv, fortunes, chatterbot,
+    bible-en-es) or music (MIDI/MusicXML/ABC files, a folder of them, or a corpus: chorales, folk; NAME:N for
+    its first N pieces)."""
     with disk_full_as_error():
-        meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from)
+        meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from,
+                       transpose)
     click.echo(
         f"{out}: {meta['documents']['train']}+{meta['documents']['val']} documents, "
         f"{meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens, "

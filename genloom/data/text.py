@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from genloom.data import music
 from genloom.data.bible import kjv, parallel_chapters
 from genloom.data.split import SEED, VAL_FRACTION, split_indices  # noqa: F401  (the split's defaults)
 from genloom.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
@@ -147,7 +148,8 @@ def read_documents(source: str, text_field: str = "text") -> list[str]:
     else:
         path = Path(source)
         if not path.exists():
-            raise GenloomError(f"corpus not found: '{source}'; give a file, a folder, or one of {choices(CORPORA)}")
+            raise GenloomError(f"corpus not found: '{source}'; give a file, a folder, or one of "
+                              f"{choices([*CORPORA, *music.CORPORA])}")
         files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
         files = [p for p in files if p.suffix in TEXT_SUFFIXES | {".jsonl"} and not p.name.startswith(".")]
         docs = []
@@ -241,14 +243,24 @@ def encode_documents(tok: Tokenizer, docs: list[str]) -> np.ndarray:
 def prepare(
     source: str,
     out_dir: str | Path,
-    tokenizer: str = "char",
+    tokenizer: str | None = "char",
     vocab_size: int = 4096,
     val_fraction: float = VAL_FRACTION,
     seed: int = SEED,
     text_field: str = "text",
     tokenizer_from: str | None = None,
+    transpose: int = music.TRANSPOSE,
 ) -> dict:
-    """`genloom data`: read, split, train (or reuse) a tokenizer on the train side, write the token files."""
+    """`genloom data`: read, split, train (or reuse) a tokenizer on the train side, write the token files.
+
+    Music (a music tokenizer, or a music corpus/file/folder with no tokenizer named) goes to data.music.prepare."""
+    if tokenizer in music.TOKENIZERS or ((tokenizer is None or tokenizer_from) and music.is_music_source(source)):
+        scheme = tokenizer if tokenizer in music.TOKENIZERS else "remi"
+        return music.prepare(source, out_dir, scheme, val_fraction, seed, transpose, tokenizer_from)
+    if music.is_music_source(source) and not tokenizer_from:
+        raise GenloomError(f"'{source}' is music: tokenise it with one of {choices(music.TOKENIZERS)} "
+                           f"(--tokenizer), not '{tokenizer}'")
+    tokenizer = tokenizer or "char"
     docs = read_documents(source, text_field)
     train_docs, val_docs, how = split_corpus(docs, val_fraction, seed)
     if tokenizer_from:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -200,6 +202,76 @@ class CodeTokenizer(Tokenizer):
         return {"type": self.kind, "codebook_size": self.codebook_size, "classes": self.classes}
 
 
+class MidiTokenizer(Tokenizer):
+    """Symbolic music through miditok (REMI: Huang & Yang 2020; TSD) on symusic scores, one merged track.
+
+    Token ids are miditok's; `encode`/`decode` read and write the token names separated by spaces (as the code
+    tokenizer does), `encode_score`/`decode_score` go between scores and ids. Pieces are framed BOS ... EOS."""
+
+    kind = "midi"
+    SCHEMES = ("remi", "tsd")
+
+    def __init__(self, tok):
+        self.tok = tok
+        self.scheme = type(tok).__name__.lower()
+        self.bos_id, self.eot_id = tok.vocab["BOS_None"], tok.vocab["EOS_None"]
+        self.pad_id = tok.vocab["PAD_None"]
+        self.names = [tok[i] for i in range(len(tok))]
+
+    @classmethod
+    def create(cls, scheme: str = "remi") -> "MidiTokenizer":
+        import miditok
+
+        if scheme not in cls.SCHEMES:
+            raise GenloomError(f"unknown music tokenizer '{scheme}'; choose one of {choices(cls.SCHEMES)}")
+        config = miditok.TokenizerConfig(use_velocities=False, use_programs=False, use_tempos=False,
+                                         use_time_signatures=True, special_tokens=["PAD", "BOS", "EOS"])
+        return cls({"remi": miditok.REMI, "tsd": miditok.TSD}[scheme](config))
+
+    @classmethod
+    def from_dict(cls, params: dict) -> "MidiTokenizer":
+        import miditok
+
+        name = params.get("tokenization", "")
+        if name.lower() not in cls.SCHEMES:
+            raise GenloomError(f"unknown miditok tokenization {name!r}; choose one of {choices(cls.SCHEMES)}")
+        fd, tmp = tempfile.mkstemp(suffix=".json")  # miditok reads its parameters from a file only
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(params, f)
+            return cls(getattr(miditok, name)(params=tmp))
+        finally:
+            os.unlink(tmp)
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.names)
+
+    def encode(self, text: str) -> list[int]:
+        vocab = self.tok.vocab
+        unknown = [name for name in text.split() if name not in vocab]
+        if unknown:
+            raise GenloomError(f"unknown {self.scheme} token '{unknown[0]}' (tokens look like Bar_None, Pitch_60)")
+        return [vocab[name] for name in text.split()]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return " ".join(self.names[int(i)] for i in ids)
+
+    def encode_score(self, score) -> list[int]:
+        """A one-track score -> token ids, without BOS/EOS."""
+        seqs = self.tok.encode(score)
+        seq = seqs[0] if isinstance(seqs, list) else seqs
+        return list(seq.ids)
+
+    def decode_score(self, ids: Iterable[int]):
+        """Token ids (special tokens dropped) -> a symusic score with one piano track."""
+        special = {self.bos_id, self.eot_id, self.pad_id}
+        return self.tok.decode([[int(i) for i in ids if int(i) not in special]])
+
+    def to_json(self) -> dict:
+        return {"type": self.kind, "miditok": self.tok.to_dict()}
+
+
 def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4096) -> Tokenizer:
     if kind not in TOKENIZERS:
         raise GenloomError(f"unknown tokenizer '{kind}'; choose one of {choices(TOKENIZERS)}")
@@ -218,6 +290,8 @@ def tokenizer_from_json(data: dict) -> Tokenizer:
         return GPT2Tokenizer()
     if kind == "codes":
         return CodeTokenizer(data["codebook_size"], data.get("classes"))
+    if kind == "midi":
+        return MidiTokenizer.from_dict(data["miditok"])
     raise GenloomError(f"unknown tokenizer type {kind!r} in tokenizer.json; choose one of {choices(TOKENIZERS)}")
 
 
