@@ -415,18 +415,29 @@ def music_model(model_path: str):
 
 def sample_music(model, tok, n: int, *, seed: int = 0, max_tokens: int = 0, temperature: float = 1.0,
                  top_k: int = 0, top_p: float = 1.0) -> list[list[int]]:
-    """n pieces of token ids from BOS, piece i with seed + i, up to max_tokens (default: the model's context)
-    each or until its EOS."""
-    sp = SamplingParams(max_new_tokens=max_tokens or model.config.block_size - 1, temperature=temperature,
-                        top_k=top_k, top_p=top_p, seed=seed)
-    outs = [[] for _ in range(n)]
-    for i in range(0, n, 16):
+    """n pieces of token ids from BOS, each up to max_tokens (default: the model's context) or its EOS.
+
+    Piece i samples with seed + i whatever the batching. Past the model's context a piece goes on from its
+    last half-context of tokens (a sliding window), chunk c of piece i seeded seed + i + 1,000,000 c."""
+    block = model.config.block_size
+    max_tokens = max_tokens or block - 1
+    sp = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    outs = [[tok.bos_id] for _ in range(n)]
+    for i in range(0, n, 16):  # the first chunk in batches: row r of stream_ids samples with seed + r
         rows_n = min(16, n - i)
-        sp.seed = seed + i
-        for rows, toks in stream_ids(model, [[tok.bos_id]] * rows_n, sp, eot_id=tok.eot_id):
+        first = SamplingParams(max_new_tokens=min(max_tokens, block - 1), seed=seed + i, **sp)
+        for rows, toks in stream_ids(model, [[tok.bos_id]] * rows_n, first, eot_id=tok.eot_id):
             for r, t in zip(rows.tolist(), toks.tolist()):
                 outs[i + r].append(t)
-    return outs
+    for i, ids in enumerate(outs):
+        c = 1
+        while ids[-1] != tok.eot_id and len(ids) - 1 < max_tokens:
+            ctx = ids[-(block // 2):]
+            more = SamplingParams(max_new_tokens=min(max_tokens - len(ids) + 1, block - len(ctx)),
+                                  seed=seed + i + 1_000_000 * c, **sp)
+            ids += [int(t) for _, t in stream_ids(model, [ctx], more, eot_id=tok.eot_id)]
+            c += 1
+    return [ids[1:] for ids in outs]
 
 
 def _plot_histograms(sets: dict[str, dict[str, list[float]]]) -> bytes:
@@ -539,7 +550,8 @@ def music_features_section(name: str, candidates: list, held_out: list, train: l
 
 
 def music_model_section(model_path: str, data_dir: str, *, n: int = MUSIC_SAMPLES, bars: int = MUSIC_BARS,
-                        seed: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> Section:
+                        seed: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                        max_tokens: int = 0) -> Section:
     """A music GPT: validation NLL per token on the prepared folder's held-out tokens, and the features of n
     sampled pieces against the held-out pieces."""
     lm = music_model(model_path)
@@ -547,11 +559,15 @@ def music_model_section(model_path: str, data_dir: str, *, n: int = MUSIC_SAMPLE
     if json.dumps(data.tokenizer.to_json()) != json.dumps(lm.tokenizer.to_json()):
         raise GenloomError(f"{data_dir} was tokenized differently from {model_path}; prepare it with --tokenizer-from")
     nll = perplexity(lm.model, data.split("val"))
-    ids = sample_music(lm.model, lm.tokenizer, n, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p)
+    block = lm.model.config.block_size
+    max_tokens = max_tokens or block - 1
+    ids = sample_music(lm.model, lm.tokenizer, n, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                       max_tokens=max_tokens)
     scores = [lm.tokenizer.decode_score(x) for x in ids]
     what = (f"{n} pieces from BOS, seeds {seed}..{seed + n - 1}, temperature {temperature}"
             + (f", top-k {top_k}" if top_k else "") + (f", top-p {top_p}" if top_p < 1 else "")
-            + f", up to {lm.model.config.block_size - 1} tokens (the model's context) or EOS")
+            + f", up to {max_tokens} tokens or EOS"
+            + (f" (past the context of {block}: a sliding window of {block // 2})" if max_tokens >= block else ""))
     s = music_features_section(str(model_path), scores, held_out_pieces(data_dir, "val"),
                                held_out_pieces(data_dir, "train"), bars=bars, what=what)
     s.kind = "music-model"
