@@ -517,7 +517,7 @@ def music_features_section(name: str, candidates: list, held_out: list, train: l
     s.metrics["mean_kl"] = res["mean_kl"]
     for k, row in res["features"].items():
         s.metrics[f"overlap[{k}]"] = row["overlap"]
-    sets = {name if len(name) < 30 else "samples": f_cand, "held-out": f_ref}
+    sets = {"samples": f_cand, "held-out": f_ref}
     if train:
         tr = [crop_bars(x, bars) for x in train]
         f_tr = mm.set_features(tr)
@@ -528,9 +528,9 @@ def music_features_section(name: str, candidates: list, held_out: list, train: l
         sets["train"] = f_tr
         s.protocols["floor"] = (f"the {len(tr)} training pieces scored as if generated, against the "
                                 f"{len(ref)} held-out pieces (what a model that reproduces the training data scores)")
-    s.protocols["features"] = (f"first {bars} bars of every piece (bars from its first time signature) "
-                               f"on a {mm.FEATURE_TPQ}-ticks-per-quarter grid; " + res["protocol"]
-                               if bars else res["protocol"])
+    s.protocols["features"] = ((f"first {bars} bars of every piece (bars from its first time signature)" if bars
+                                else "whole pieces") + f" on a {mm.FEATURE_TPQ}-ticks-per-quarter grid; "
+                               + res["protocol"])
     if what:
         s.protocols["generation"] = what
     lengths = [c.end() / mm.measure_ticks(c) for c in cand]

@@ -12,10 +12,11 @@ import symusic
 from genloom import evaluate as ev
 from genloom.data import music
 from genloom.data.text import TokenData
+from genloom.errors import GenloomError
 from genloom.metrics.text import perplexity
 from genloom.report import Section, render_html, write_report
 
-from conftest import assert_one_line_error, make_cfg
+from conftest import ROOT, assert_one_line_error, make_cfg
 
 CHORDS = [(48, 55, 64, 72), (53, 57, 65, 72), (55, 59, 62, 71), (45, 57, 64, 72), (50, 57, 65, 69)]
 
@@ -116,6 +117,11 @@ def test_music_model_section(music_model, music_dir, tmp_path):
     assert page.count("<img") >= 3 and "download='sample-0.mid'" in page  # histograms, piano rolls, loss curve
     media = json.loads(json_path.read_text())["sections"][0]["media"]
     assert (tmp_path / "rep" / media[0]["file"]).read_bytes()[:4] == b"MThd"
+
+
+def test_a_text_model_is_not_a_music_model():
+    with pytest.raises(GenloomError, match="not a music model"):
+        ev.music_model(str(ROOT / "models" / "tang"))
 
 
 def test_media_render_as_players_and_links():
