@@ -12,6 +12,7 @@ from genloom.cli.base import _threads, cli
 from genloom.data.images import read_png_parameters
 from genloom.errors import GenloomError
 from genloom.pipelines import images
+from genloom.pipelines import music
 from genloom.sample import SamplingParams, stream_text
 from genloom.sample import generate as generate_text
 
@@ -40,9 +41,14 @@ from genloom.sample import generate as generate_text
 @click.option("--label", "labels", multiple=True, help="Images: class label(s), an index or a class name, cycled over the images.")
 @click.option("--eta", type=float, default=None, help="Diffusion: DDIM eta (0 deterministic).")
 @click.option("--from-png", "from_png", default=None, help="Images: remake the image a genloom PNG holds the parameters of.")
+@click.option("--primer", default=None, help="Music: a MIDI file to continue.")
+@click.option("--bars", type=int, default=None, help=f"Music: length of the new music in bars (default 8, at most {music.MAX_BARS}).")
+@click.option("--seconds", type=float, default=None, help=f"Music: length of the new music in seconds (at most {music.MAX_SECONDS:g}).")
+@click.option("--tempo", type=float, default=None, help="Music: quarter notes per minute (default: the primer's, else 100).")
+@click.option("--mp3", is_flag=True, help="Music: also write an MP3 (LAME).")
 def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir, sampler, steps, guidance,
-             labels, eta, from_png):
+             labels, eta, from_png, primer, bars, seconds, tempo, mp3):
     """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out).
 
     \b
@@ -57,6 +63,7 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
                  "--stop": stop or None}
     image_only = {"--out": out_dir, "--sampler": sampler, "--steps": steps, "--guidance": guidance,
                   "--label": labels or None, "--eta": eta, "--from-png": from_png}
+    music_only = {"--primer": primer, "--bars": bars, "--seconds": seconds, "--tempo": tempo, "--mp3": mp3 or None}
     if from_png:
         given = {"--seed": seed, "-n": num_samples if num_samples != 1 else None, "--prompt": prompts or None,
                  **{k: v for k, v in image_only.items() if k not in ("--out", "--from-png")},
@@ -67,6 +74,28 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
     if not model_path:
         raise GenloomError("give a model with --model (or a genloom PNG with --from-png)")
     lm = load_model(model_path)
+    if music.is_music_model(lm):
+        _refuse({**text_only, **{k: v for k, v in image_only.items() if k != "--out"}, "--prompt": prompts or None,
+                 "-n": num_samples if num_samples != 1 else None, "--stream": stream},
+                "a music model takes --primer, --bars/--seconds, --tempo, --seed, --mp3, --out and the sampling "
+                "options; drop")
+        opts = music.MusicOptions(bars=bars, seconds=seconds, tempo=tempo, seed=seed,
+                                  temperature=1.0 if temperature is None else temperature, top_k=top_k or 0,
+                                  top_p=1.0 if top_p is None else top_p, min_p=min_p or 0.0,
+                                  repetition_penalty=1.0 if repetition_penalty is None else repetition_penalty)
+        opts.check()
+        primer_bytes = music.read_primer(primer) if primer else None
+        music.fluidsynth(), music.soundfont()  # a missing renderer is named before any sampling
+        piece = music.compose(lm, opts, primer_bytes)
+        written = music.write_outputs(piece, out_dir or "outputs", f"music-{piece.seed}", mp3=mp3)
+        if as_json:
+            click.echo(json.dumps({"files": [str(p) for p in written], "seconds": round(piece.seconds, 3),
+                                   "new_tokens": piece.new_tokens, "finish_reason": piece.finish_reason,
+                                   "parameters": piece.parameters}, indent=2))
+        else:
+            click.echo(f"wrote {', '.join(str(p) for p in written)} ({piece.seconds:.1f} s of music, seed {piece.seed})")
+        return
+    _refuse(music_only, "music options need a music model; drop")
     if images.is_image_model(lm):
         _refuse(text_only, "text options do not apply to images; drop")
         if stream:

@@ -98,9 +98,18 @@ def _pitched_or_empty(path: Path) -> symusic.Score:
 
 
 def _music21_to_score(stream) -> symusic.Score:
-    from music21 import midi as m21midi  # music21 is slow to import: only when a score format is read
+    """A music21 stream as MIDI, repeats expanded; badly formed repeats (bwv277) are played once instead."""
+    from music21 import bar, repeat  # music21 is slow to import: only when a score format is read
+    from music21 import midi as m21midi
 
-    return symusic.Score.from_midi(m21midi.translate.streamToMidiFile(stream).writestr())
+    try:
+        return symusic.Score.from_midi(m21midi.translate.streamToMidiFile(stream).writestr())
+    except repeat.ExpanderException:
+        for r in [*stream.recurse().getElementsByClass(bar.Repeat),
+                  *stream.recurse().getElementsByClass(repeat.RepeatExpression)]:
+            if r.activeSite is not None:
+                r.activeSite.remove(r)
+        return symusic.Score.from_midi(m21midi.translate.streamToMidiFile(stream).writestr())
 
 
 def _read_score_file(path: Path) -> list[tuple[str, symusic.Score]]:
