@@ -37,6 +37,7 @@ from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load
 from genloom.metrics.image import fid, image_metrics, psnr, ssim
 from genloom.metrics.text import perplexity
 from genloom.pipelines import images as pipeline
+from genloom.pipelines import music as music_pipe
 from genloom.report import Section, loss_curve_png
 from genloom.sample import SamplingParams, generate, stream_ids
 
@@ -543,8 +544,16 @@ def music_features_section(name: str, candidates: list, held_out: list, train: l
     s.figures.append((f"piano rolls: {k} of {name} (top), {min(2, len(ref))} held-out (bottom)",
                       _plot_piano_rolls(cand[:k] + ref[:2], [f"{name} #{i}" for i in range(k)]
                                         + [f"held-out #{i}" for i in range(min(2, len(ref)))])))
-    for i, c in enumerate(cand[:k]):
-        s.media.append((f"{name} #{i} (MIDI)", f"sample-{i}.mid", c.dumps_midi()))
+    listen = [(f"sample #{i}", f"sample-{i}", c) for i, c in enumerate(cand[:k])]
+    listen += [(f"held-out #{i}", f"held-out-{i}", c) for i, c in enumerate(ref[:1])]
+    try:  # players: FluidSynth with the General MIDI soundfont, as MP3 to keep the page small
+        for cap, stem, c in listen:
+            s.media.append((f"{cap} ({bars} bars)", f"{stem}.mp3", music_pipe.wav_to_mp3(
+                music_pipe.render_wav(c.dumps_midi(), sample_rate=22050), kbps=64)))
+    except GenloomError as e:  # no fluidsynth or soundfont: the MIDI links below still play in any synth
+        s.notes.append(f"no audio players: {e}")
+    for cap, stem, c in listen:
+        s.media.append((f"{cap} (MIDI)", f"{stem}.mid", c.dumps_midi()))
     s.raw = raw
     return s
 

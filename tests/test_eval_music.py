@@ -115,8 +115,10 @@ def test_music_model_section(music_model, music_dir, tmp_path):
     json_path, html_path = write_report(tmp_path / "rep", [s])
     page = html_path.read_text()
     assert page.count("<img") >= 3 and "download='sample-0.mid'" in page  # histograms, piano rolls, loss curve
+    assert page.count("<audio") == 5 and "data:audio/mpeg;base64," in page  # 4 samples + 1 held-out, FluidSynth
     media = json.loads(json_path.read_text())["sections"][0]["media"]
-    assert (tmp_path / "rep" / media[0]["file"]).read_bytes()[:4] == b"MThd"
+    mids = [m for m in media if m["file"].endswith(".mid")]
+    assert len(mids) == 5 and (tmp_path / "rep" / mids[0]["file"]).read_bytes()[:4] == b"MThd"
 
 
 def test_a_text_model_is_not_a_music_model():
