@@ -5,8 +5,10 @@ markov:   a note-level Markov chain over the same miditok ids (genloom.models.ma
           discounting down to uniform), fitted on the training side's token file (train.bin, the same
           transposed pieces the GPT saw) for each --orders; the order with the lowest validation NLL is THE
           baseline (picking it on the validation split favours the baseline, never the starter).
-tenth:    the starter's own run config (its card's run_config: architecture, data, optimiser) trained now
-          for a tenth of its max_steps, with warm-up, eval and checkpoint intervals scaled by the same tenth;
+tenth:    the starter's own run config (its card's run_config: architecture, data, optimiser, batch) trained
+          now for a tenth of the steps that made the starter's weights (the card's `step`: the best checkpoint
+          of a run that may have stopped on its wall-time budget), the whole schedule compressed with it
+          (warm-up, cosine to the last step, eval and checkpoint intervals a tenth too, no time budget);
           its best checkpoint (on the validation loss, as the starter's export was picked).
 All three are scored on the prepared folder's val.bin (every piece framed BOS ... EOS, the pieces the split
 held out): the GPTs with genloom.metrics.text.perplexity (context = block_size, stride = half), the chain
@@ -53,11 +55,12 @@ from genloom.train import Trainer  # noqa: E402
 OUT = Path(__file__).parent / "results"
 
 
-def tenth_config(run_config: dict, out_dir: str, fraction: float = 0.1) -> dict:
-    """The starter's run config with the step budget (and warm-up, eval, checkpoint intervals) cut to a tenth."""
+def tenth_config(run_config: dict, out_dir: str, steps_trained: int | None = None, fraction: float = 0.1) -> dict:
+    """The starter's run config with its steps (default: max_steps) and its warm-up, eval and checkpoint
+    intervals cut to a tenth."""
     cfg = copy.deepcopy(run_config)
     t = cfg["train"]
-    steps = max(1, round(t["max_steps"] * fraction))
+    steps = max(2, round((steps_trained or t["max_steps"]) * fraction))
     t.update(max_steps=steps, warmup_steps=min(steps - 1, round(t.get("warmup_steps", 0) * fraction)),
              eval_interval=max(1, round(t.get("eval_interval", steps) * fraction)),
              ckpt_interval=max(1, round(t.get("ckpt_interval", steps) * fraction)),
@@ -140,7 +143,7 @@ def main() -> None:
         if run_config is None:
             sys.exit(f"{args.model}'s card has no run_config: pass --tenth RUN_DIR")
         tenth_dir = Path(tempfile.mkdtemp(prefix="music-tenth-"))
-        cfg = tenth_config(run_config, str(tenth_dir))
+        cfg = tenth_config(run_config, str(tenth_dir), card.get("step"))
         cfg["data"]["dir"] = str(data_dir)
         Trainer(run_config_from_dict(cfg), callbacks=default_callbacks(progress=False)).fit()
     tenth = load_model(tenth_dir / "best" if (tenth_dir / "best").is_dir() else tenth_dir)
