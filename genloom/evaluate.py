@@ -28,7 +28,6 @@ from genloom.data.images import (
     load_images,
 )
 from genloom.data.text import TokenData
-from genloom.data.tokenizers import MidiTokenizer
 from genloom.errors import GenloomError, choices
 from genloom.metrics import music as mm
 from genloom.metrics import textgen as tg
@@ -408,9 +407,7 @@ def midi_folder(folder: str) -> list:
 
 def music_model(model_path: str):
     lm = load_model(model_path)
-    if not isinstance(lm.tokenizer, MidiTokenizer):
-        raise GenloomError(f"{model_path} is not a music model (its tokenizer is "
-                           f"'{getattr(lm.tokenizer, 'kind', 'none')}'); give a GPT trained on `genloom data` music")
+    music_pipe.require_music_model(lm, str(model_path))
     return lm
 
 
