@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--data", default=None, help="the prepared folder (default: the card's data.dir)")
     ap.add_argument("--orders", type=int, nargs="+", default=[2, 3, 4])
     ap.add_argument("--samples", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=0, help="tokens per sample (default: 2 x the context)")
+    ap.add_argument("--tokens", type=int, default=0, help="tokens per sample (default: 3 x the context)")
     ap.add_argument("--bars", type=int, default=ev.MUSIC_BARS)
     ap.add_argument("--tenth", default=None, help="reuse this run folder's best/ as the tenth-steps model")
     ap.add_argument("--threads", type=int, default=2)
@@ -104,7 +104,7 @@ def main() -> None:
     tok = lm.tokenizer
     train_ids, val_ids = np.asarray(data.split("train")), np.asarray(data.split("val"))
     block = lm.config.block_size
-    n_tokens = args.tokens or 2 * block
+    n_tokens = args.tokens or 3 * block
 
     held = [ev.crop_bars(s, args.bars) for s in ev.held_out_pieces(data_dir, "val")]
     ref_feats = mm.set_features(held)
