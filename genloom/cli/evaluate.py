@@ -52,8 +52,8 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     genloom eval -m models/fmnist-dcgan -n 1000                  an image generator: FID (with its floor), KID, P/R
     genloom eval --recon out/ --originals in/                   PSNR, SSIM of reconstructions
     genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, pocketsphinx WER
-    genloom eval -m models/chorales -d data/chorales --report r/  music: NLL/token, MusPy features vs held-out
-    genloom eval --midi gen/ -d data/chorales                     a folder of MIDI vs the held-out pieces
+    genloom eval -m models/chorales -d data/chorales-remi -n 32   music: NLL/token, MusPy features vs held-out
+    genloom eval --midi gen/ -d data/chorales-remi                a folder of MIDI vs the held-out pieces
     """
 
     _threads(threads)
