@@ -27,14 +27,22 @@ def text_card(folder, card: dict, name: str = "", command: str = "") -> Path:
     source = data.get("source") or "unknown"
     tokens = data.get("tokens") or {}
     secs = card.get("train_seconds")
+    is_music = data.get("modality") == "music"
+    about = (f"{data.get('corpus') or 'user-supplied music'}; split by piece "
+             f"({(data.get('documents') or {}).get('train', '?')} train / {(data.get('documents') or {}).get('val', '?')} "
+             f"held-out pieces), training pieces also transposed -{data.get('transpose', 0)}..+{data.get('transpose', 0)} "
+             f"semitones" if is_music else CORPUS_INFO.get(source, 'user-supplied text'))
     lines = [
         f"# {name or Path(folder).name}",
         "",
-        "A genloom GPT model. Generated text is machine-made: label it as such where you publish it.",
+        "A genloom GPT model over music tokens: `genloom generate` writes MIDI, a WAV rendered by FluidSynth with "
+        "a General MIDI soundfont (TimGM6mb, GPL-2, Debian timgm6mb-soundfont), a piano roll and optionally an MP3. "
+        "The music is machine-made: label it as such where you publish it."
+        if is_music else "A genloom GPT model. Generated text is machine-made: label it as such where you publish it.",
         "",
         "| | |",
         "|---|---|",
-        f"| data | `{source}`: {CORPUS_INFO.get(source, 'user-supplied text')} |",
+        f"| data | `{source}`: {about} |",
         f"| data split | {tokens.get('train', '?'):,} train / {tokens.get('val', '?'):,} validation tokens |"
         if tokens else "| data split | unknown |",
         f"| tokenizer | {data.get('tokenizer', '?')}, {data.get('vocab_size', '?')} ids (tokenizer.json) |",

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Reproduce the bundled models: `bash scripts/train_starters.sh kjv` (or tang, chat, fmnist-features,
+# Reproduce the bundled models: `bash scripts/train_starters.sh kjv` (or tang, chat, chorales, fmnist-features,
 # mnist-features, fmnist-diffusion, fmnist-text2img, fmnist-dcgan, fmnist-vae, fmnist-vqvae; no argument: all). Each trains
 # with configs/NAME.toml (data prepared on first use), exports the best weights with a model card, and
 # writes eval.json, loss.png (and samples.png for image generators) beside them; a text-to-image starter also
@@ -8,7 +8,7 @@
 # Text starters and image generators ship in float16; the feature networks in float32 (FID is sensitive).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for n in ${@:-kjv tang chat fmnist-features mnist-features fmnist-diffusion fmnist-text2img fmnist-dcgan fmnist-vae fmnist-vqvae}; do
+for n in ${@:-kjv tang chat chorales fmnist-features mnist-features fmnist-diffusion fmnist-text2img fmnist-dcgan fmnist-vae fmnist-vqvae}; do
   rm -rf "runs/$n"
   genloom train --config "configs/$n.toml"
   family=$(python3 -c "import tomllib;print(tomllib.load(open('configs/$n.toml','rb')).get('family','gpt'))")
@@ -20,7 +20,13 @@ for n in ${@:-kjv tang chat fmnist-features mnist-features fmnist-diffusion fmni
   case "$family" in
     gpt)
       data=$(python3 -c "import tomllib;print(tomllib.load(open('configs/$n.toml','rb'))['data']['dir'])")
-      genloom eval --model "models/$n" --data "$data" > "models/$n/eval.json" ;;
+      genloom eval --model "models/$n" --data "$data" > "models/$n/eval.json"
+      if python3 -c "import json,sys;sys.exit(json.load(open('$data/meta.json')).get('modality')!='music')"; then
+        # music: an 8-bar sample to hear and see beside the weights (sample.mid, sample.mp3, sample.png)
+        genloom generate --model "models/$n" --bars 8 --seed 0 --temperature 0.9 --out "models/$n" --mp3
+        for f in "models/$n"/music-0.*; do mv "$f" "models/$n/sample.${f##*.}"; done
+        rm -f "models/$n/sample.wav"
+      fi ;;
     classifier)
       genloom eval --model "models/$n" > "models/$n/eval.json" ;;  # held-out accuracy, overall and per class
     *)

@@ -2,6 +2,7 @@
 FluidSynth/LAME/piano-roll renderers, `genloom generate` on a music model and its one-line errors."""
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -91,6 +92,10 @@ def test_primer_is_kept_and_continued(tiny_music_model):
         [(i * 480, p) for i, p in enumerate([60, 62, 64, 65, 67])]
     assert piece.start_tick == 5 * 480 and piece.end_tick == 5 * 480 + 720  # 1 s at 90 bpm = 1.5 quarters
     assert piece.tempo == 90 and piece.prompt_tokens > 5
+    long = make_score([60 + i % 12 for i in range(40)])  # 40 notes: longer than the 32-token context
+    cont = pm.compose(lm, pm.MusicOptions(seconds=0.5, seed=3), long.dumps_midi())
+    assert cont.prompt_tokens > lm.config.block_size and cont.start_tick == 40 * 480
+    assert {(i * 480, 60 + i % 12) for i in range(40)} <= {(n.time, n.pitch) for n in cont.score.tracks[0].notes}
 
 
 @pytest.mark.parametrize("opts, message", [
@@ -179,3 +184,20 @@ def test_starter_writes_exactly_the_asked_bars():
     assert piece.end_tick == 2 * 4 * pm.OUTPUT_TPQ or piece.end_tick == 2 * 3 * pm.OUTPUT_TPQ  # 4/4 or 3/4
     pitches = [n.pitch for t in piece.score.tracks for n in t.notes]
     assert len(pitches) >= 8 and 30 <= min(pitches) and max(pitches) <= 90  # chorale-like: voices, in range
+
+
+def test_chorales_starter_folder_is_slim_documented_and_listenable():
+    weights = STARTER / "model.safetensors"
+    assert weights.is_file() and weights.stat().st_size < 8 * 2**20  # a few MB, float16
+    assert not list(STARTER.glob("*.pt")) and not list(STARTER.glob("*.bin"))  # nothing to unpickle
+    config = json.loads((STARTER / "config.json").read_text())
+    assert config["format"] == "genloom-model" and config["dtype"] == "float16"
+    card = config["card"]
+    assert card["parameters"] > 100_000 and card["train_seconds"] > 0 and card["val_loss"] > 0
+    assert card["data"]["modality"] == "music" and card["data"]["documents"]["val"] == 19
+    readme = (STARTER / "README.md").read_text(encoding="utf-8")
+    assert "bash scripts/train_starters.sh chorales" in readme and "music21" in readme and "TimGM6mb" in readme
+    assert (STARTER / "loss.png").read_bytes().startswith(b"\x89PNG")
+    assert (STARTER / "sample.png").read_bytes().startswith(b"\x89PNG")
+    assert (STARTER / "sample.mid").read_bytes().startswith(b"MThd")
+    assert isinstance(load_model(STARTER).tokenizer, MidiTokenizer)

@@ -148,10 +148,11 @@ def folk(limit: int | None = None) -> list[tuple[str, symusic.Score]]:
 
 CORPORA = {"chorales": chorales, "folk": folk}
 CORPUS_INFO = {  # where each named corpus comes from and its licence, for model cards
-    "chorales": "371 four-part chorales by J. S. Bach, from the music21 corpus (PyPI music21; the encodings are "
-                "public domain / BSD-3-Clause with music21)",
-    "folk": "Essen folk song collection (Schaffrath), ABC files in the music21 corpus (PyPI music21; free for "
-            "research use, see music21's corpus licence)",
+    "chorales": "371 four-part chorales by J. S. Bach (public-domain works), encodings from the music21 corpus "
+                "(PyPI music21, BSD-3-Clause software; the corpus is shipped with the encoders' permission and some "
+                "encodings restrict commercial use: music21/corpus/license.txt)",
+    "folk": "Essen folk song collection (Schaffrath), ABC encodings in the music21 corpus (PyPI music21; see "
+            "music21/corpus/license.txt, some encodings restrict commercial use)",
 }
 
 

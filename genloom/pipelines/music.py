@@ -199,7 +199,7 @@ def compose(lm, opts: MusicOptions, primer: bytes | symusic.Score | None = None)
     try:
         while new < cap and reason != "length":
             ctx = _window(ids, block, bar_id)
-            sp = opts.sampling(min(block - len(ctx) + 1, cap - new), seed + window * WINDOW_SEED_STEP)
+            sp = opts.sampling(min(block - len(ctx) + 1, cap - new), (seed + window * WINDOW_SEED_STEP) % 2**63)
             for _, t in stream_ids(model, [ctx], sp, None, [ban]):
                 ids.append(int(t[0]))
                 new += 1

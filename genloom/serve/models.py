@@ -14,6 +14,7 @@ from genloom.checkpoints import load_model
 from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
+from genloom.pipelines.music import is_music_model
 from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -105,6 +106,9 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedMo
     if kind == "image":
         loaded.lock = threading.Lock()
         return ServedModel(name, loaded, None, None, 0)
+    if is_music_model(loaded):  # a GPT over music tokens: sampled whole by /v1/audio/music, not by the text engine
+        loaded.lock = threading.Lock()
+        return ServedModel(name, loaded, None, None, int(loaded.config.block_size))
     if kind != "text" or loaded.tokenizer is None:
         raise GenloomError(f"{path} is a '{loaded.family}' model; the server serves text models with a tokenizer "
                            f"({', '.join(families.of_kind('text'))}) and image models ({', '.join(families.of_kind('image'))})")
@@ -133,6 +137,8 @@ def served_model(state, name: str) -> ServedModel:
 def text_model(state, name: str) -> ServedModel:
     """The served text model `name` (404 unknown, 503 still loading, 400 an image model)."""
     served = served_model(state, name)
+    if is_music_model(served.loaded):
+        raise ApiError(400, f"`{name}` is a music model; use /v1/audio/music.", param="model")
     if served.engine is None:
         raise ApiError(400, f"`{name}` is an image model ({served.loaded.family}); use /v1/images/generations.",
                        param="model")
@@ -142,8 +148,20 @@ def text_model(state, name: str) -> ServedModel:
 def image_model(state, name: str) -> ServedModel:
     """The served image model `name` (404 unknown, 503 still loading, 400 a text model)."""
     served = served_model(state, name)
+    if is_music_model(served.loaded):
+        raise ApiError(400, f"`{name}` is a music model; use /v1/audio/music.", param="model")
     if served.engine is not None:
         raise ApiError(400, f"`{name}` is a text model; use /v1/completions or /v1/chat/completions.", param="model")
+    return served
+
+
+def music_model(state, name: str) -> ServedModel:
+    """The served music model `name` (404 unknown, 503 still loading, 400 a text or image model)."""
+    served = served_model(state, name)
+    if not is_music_model(served.loaded):
+        kind = families.get(served.loaded.family).kind
+        raise ApiError(400, f"`{name}` is a{'n' if kind == 'image' else ''} {kind} model, not a music model; "
+                       f"serve one such as models/chorales.", param="model")
     return served
 
 
@@ -178,7 +196,7 @@ class FineTuned:
                 log_event("model_registered", model=name, job=job.id)
 
 
-BUNDLED_MODELS = ("chat", "kjv", "tang", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan", "fmnist-vae",
+BUNDLED_MODELS = ("chat", "kjv", "tang", "chorales", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan", "fmnist-vae",
                   "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
 
 

@@ -17,6 +17,7 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
+from genloom.pipelines.music import MAX_BARS, MAX_SECONDS, TEMPO_RANGE
 from genloom.sample import SamplingParams
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -350,6 +351,47 @@ class ImageData(BaseModel):
 class ImagesResponse(BaseModel):
     created: int = Field(default_factory=now)
     data: list[ImageData]
+
+
+class MusicRequest(_Request):
+    """POST /v1/audio/music (a genloom extension): a piece from a music model, continuing an optional primer."""
+
+    model_config = _STRICT
+    model: str
+    primer: Optional[str] = Field(None, description="A MIDI file to continue, base64-encoded")
+    primer_file: Optional[str] = Field(None, description="A MIDI file to continue, as the id of an uploaded file "
+                                                         "(POST /v1/files with purpose 'music')")
+    bars: Optional[int] = Field(None, ge=1, le=MAX_BARS, description="Length of the new music in bars (default 8)")
+    seconds: Optional[float] = Field(None, gt=0, le=MAX_SECONDS, description="Length of the new music in seconds")
+    tempo: Optional[float] = Field(None, ge=TEMPO_RANGE[0], le=TEMPO_RANGE[1],
+                                   description="Quarter notes per minute (default: the primer's, else 100)")
+    seed: Seed = None  # the same seed gives the same notes
+    temperature: float = Field(1.0, ge=0, le=2)
+    top_k: int = Field(0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    min_p: float = Field(0.0, ge=0, lt=1)
+    repetition_penalty: float = Field(1.0, gt=0, le=100)
+    response_format: Literal["mp3", "wav", "midi", "json"] = "mp3"
+    user: Optional[str] = None
+
+
+class MusicResponse(BaseModel):
+    """response_format json: the MIDI, the audio (MP3) and the piano roll (PNG), each base64-encoded."""
+
+    id: str
+    object: Literal["audio.music"] = "audio.music"
+    created: int = Field(default_factory=now)
+    model: str
+    seed: int
+    tempo: float
+    seconds: float  # the whole piece, primer included
+    bars: Optional[int] = None
+    new_tokens: int
+    finish_reason: Literal["length", "token_limit"]
+    midi: str
+    audio: str
+    audio_format: Literal["mp3"] = "mp3"
+    piano_roll: str
 
 
 class FileObject(BaseModel):

@@ -10,8 +10,10 @@ from genloom.serve.routes import (
     images,
     models,
     moderations,
+    music,
     vector_stores,
 )
 
 ROUTERS = [health.router, models.router, completions.router, images.router, files.router, fine_tuning.router,
-           embeddings.router, moderations.router, history.router, vector_stores.router]
+           embeddings.router, moderations.router, history.router, vector_stores.router,
+           music.router]

@@ -1,4 +1,5 @@
-"""POST/GET /v1/files: training corpora (UTF-8 text or JSONL) kept under the data directory.
+"""POST/GET /v1/files: training corpora (UTF-8 text or JSONL) and MIDI primers (purpose "music") under the data
+directory.
 
 An upload is read as it arrives (multipart/form-data, parsed by python-multipart's streaming parser): the
 file part goes into a temporary file beside its final place, counted against the upload limit and checked
@@ -26,7 +27,8 @@ from genloom.serve.routes.deps import require_db, timestamp, v1
 
 router = APIRouter()
 TEXT_SUFFIXES = {".txt", ".jsonl", ".md", ".text"}
-PURPOSES = ("fine-tune", "assistants")  # assistants: documents for /v1/vector_stores
+MIDI_SUFFIXES = {".mid", ".midi"}  # binary: checked for the MIDI header instead of UTF-8
+PURPOSES = ("fine-tune", "assistants", "music")  # assistants: documents for /v1/vector_stores; music: MIDI primers
 MAX_FIELD_BYTES = 1024  # a form field other than the file (purpose)
 UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"],
@@ -47,6 +49,7 @@ class TextUpload:
         self.fields: dict[str, str] = {}
         self.filename: str | None = None
         self.size, self.blank, self.tmp, self._out = 0, True, None, None
+        self.midi, self._head = False, b""
         self._decoder = codecs.getincrementaldecoder("utf-8")()
         self._name = self._field = self._value = None
         self._header, self._headers = [b"", b""], {}
@@ -80,9 +83,11 @@ class TextUpload:
             raise ApiError(400, "Send one file per upload.", param="file")
         self.filename = Path(opts.get(b"filename", b"upload.txt").decode("utf-8", "replace") or "upload.txt").name
         suffix = Path(self.filename).suffix.lower()
-        if suffix not in TEXT_SUFFIXES:
+        self.midi = suffix in MIDI_SUFFIXES
+        if suffix not in TEXT_SUFFIXES and not self.midi:
             raise ApiError(400, f"Unsupported file type '{suffix or self.filename}'; upload one of "
-                           f"{', '.join(sorted(TEXT_SUFFIXES))} (UTF-8 text).", param="file")
+                           f"{', '.join(sorted(TEXT_SUFFIXES))} (UTF-8 text) or {', '.join(sorted(MIDI_SUFFIXES))} "
+                           f"(MIDI, purpose music).", param="file")
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload-", suffix=".tmp")
         self.tmp, self._out = Path(tmp), os.fdopen(fd, "wb")
 
@@ -97,11 +102,16 @@ class TextUpload:
         self.size += len(chunk)
         if self.size > self.limit:
             raise ApiError(413, f"File is larger than the upload limit of {self.limit} bytes.", param="file")
-        self._text(chunk)
+        if self.midi:
+            self._midi(chunk)
+        else:
+            self._text(chunk)
         self._out.write(chunk)
 
     def _part_end(self):
-        if self._name == "file":
+        if self._name == "file" and self.midi:
+            self._midi(b"", final=True)
+        elif self._name == "file":
             self._text(b"", final=True)
         elif self._name:
             self.fields[self._name] = self._value.decode("utf-8", "replace")
@@ -112,6 +122,14 @@ class TextUpload:
         except UnicodeDecodeError:
             raise ApiError(400, "File is not UTF-8 text.", param="file") from None
         self.blank = self.blank and not text.strip()
+
+    def _midi(self, chunk: bytes, final: bool = False):
+        """A MIDI file starts with its header chunk 'MThd' (the rest is read when the file is used)."""
+        if len(self._head) < 4:
+            self._head = (self._head + chunk)[:4]
+        if not b"MThd".startswith(self._head) or final and 0 < len(self._head) < 4:
+            raise ApiError(400, "File is not MIDI (no MThd header).", param="file")
+        self.blank = not self._head
 
     def commit(self, path: Path) -> None:
         """fsync the temporary file and rename it to `path` (the same folder: an atomic rename)."""
@@ -159,8 +177,11 @@ async def upload_file(request: Request) -> FileObject:
             raise ApiError(400, "Missing required parameter: 'file'.", param="file")
         if upload.blank:
             raise ApiError(400, "File is empty.", param="file")
+        if upload.midi != (purpose == "music"):
+            raise ApiError(400, "A MIDI file is uploaded with purpose 'music', and purpose 'music' takes a MIDI "
+                           f"file ({', '.join(sorted(MIDI_SUFFIXES))}).", param="purpose")
         fid = new_id("file")
-        rel = fid + Path(upload.filename).suffix.lower()  # one of TEXT_SUFFIXES: the user's name is never a path
+        rel = fid + Path(upload.filename).suffix.lower()  # one of TEXT/MIDI_SUFFIXES: the user's name is never a path
         await asyncio.to_thread(upload.commit, db.files_dir() / rel)
         rec = File(id=fid, filename=upload.filename[:255], purpose=purpose, bytes=upload.size, path=rel, meta={})
         try:

@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from genloom import families
 from genloom.pipelines.images import image_classes, trait
+from genloom.pipelines.music import is_music_model
 from genloom.serve.models import ServedModel, served_model
 from genloom.serve.openapi import responses
 from genloom.serve.protocol import ModelCard, ModelList
@@ -37,6 +38,13 @@ def model_card(served: ServedModel) -> ModelCard:
         conditioning = "text" if trait(served.loaded.model, "text_conditional") else "class" if k else "none"
         extra = {**facts, "context": None, "sizes": [f"{size}x{size}"], "conditioning": conditioning, "classes": classes,
                  "description": str(data.get("source", "")) + (f"; {card['licence']}" if card.get("licence") else "")}
+        return ModelCard(id=served.name, created=served.created, genloom=extra)
+    if is_music_model(served.loaded):  # a GPT over music tokens: its kind is what it makes
+        facts |= {"kind": "music", "options": ["bars", "seconds", "tempo", "seed", "primer", "temperature", "top_k",
+                                               "top_p", "min_p", "repetition_penalty"]}
+        extra = {**facts, "context": served.context, "formats": ["mp3", "wav", "midi", "json"],
+                 "description": f"{data.get('corpus') or data.get('source', 'unknown data')}, "
+                                f"{data.get('tokenizer', '?')} tokenizer; POST /v1/audio/music"}
         return ModelCard(id=served.name, created=served.created, genloom=extra)
     extra = {**facts, "context": served.context,
              "description": f"{data.get('source', 'unknown data')}, {data.get('tokenizer', '?')} tokenizer"

@@ -75,12 +75,13 @@ async function loadModels() {
   try {
     const data = await (await api("/v1/models")).json();
     state.models = data.data;
-    const isImage = (m) => m.genloom && m.genloom.kind === "image";
-    for (const sel of document.querySelectorAll(".model-select, .image-model-select")) {
+    const kind = (m) => (m.genloom && m.genloom.kind) || "text";
+    for (const sel of document.querySelectorAll(".model-select, .image-model-select, .music-model-select")) {
       const keep = sel.value;
       sel.innerHTML = "";
-      const wantImages = sel.classList.contains("image-model-select");
-      for (const m of state.models.filter((m) => isImage(m) === wantImages)) {
+      const want = sel.classList.contains("image-model-select") ? "image"
+        : sel.classList.contains("music-model-select") ? "music" : "text";
+      for (const m of state.models.filter((m) => kind(m) === want)) {
         const o = document.createElement("option");
         o.value = o.textContent = m.id;
         sel.appendChild(o);
@@ -237,6 +238,43 @@ async function runImages(params) {
       `${body.model} · seed ${body.seed ?? "random"} · #${i} · AI-generated`)));
     $("#images-note").textContent = "Each PNG carries its generation parameters and an AI-generated label in its metadata.";
   } catch (e) { showError(e.message); } finally { $("#images-run").disabled = false; }
+}
+
+// ---- music -----------------------------------------------------------------------------------
+function base64Of(file) {
+  return new Promise((resolve, reject) => {
+    const reader = new FileReader();
+    reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(",") + 1));
+    reader.onerror = () => reject(new Error("cannot read " + file.name));
+    reader.readAsDataURL(file);
+  });
+}
+
+async function runMusic(ev) {
+  if (ev) ev.preventDefault();
+  showError("");
+  const model = $("#music-model").value;
+  if (!model) { showError("no music model is being served (e.g. genloom serve models/chorales)"); return; }
+  const body = { model, bars: numberOrUndefined("#music-bars"), tempo: numberOrUndefined("#music-tempo"),
+                 temperature: numberOrUndefined("#music-temperature"), top_k: numberOrUndefined("#music-top-k"),
+                 seed: numberOrUndefined("#music-seed"), response_format: "json" };
+  $("#music-run").disabled = true;
+  try {
+    const file = $("#music-primer").files[0];
+    if (file) body.primer = await base64Of(file);
+    const res = await (await api("/v1/audio/music", { method: "POST", body: JSON.stringify(body) })).json();
+    const mp3 = "data:audio/mpeg;base64," + res.audio;
+    const midi = "data:audio/midi;base64," + res.midi;
+    $("#music-audio").src = mp3;
+    $("#music-roll").src = "data:image/png;base64," + res.piano_roll;
+    $("#music-dl-mp3").href = mp3;
+    $("#music-dl-mp3").download = `${model}-seed${res.seed}.mp3`;
+    $("#music-dl-midi").href = midi;
+    $("#music-dl-midi").download = `${model}-seed${res.seed}.mid`;
+    $("#music-info").textContent = `${model} · seed ${res.seed} · ${res.seconds.toFixed(1)} s at ${res.tempo} bpm · ` +
+      `${res.new_tokens} tokens (${res.finish_reason}) · AI-generated music`;
+    $("#music-out").hidden = false;
+  } catch (e) { showError(e.message); } finally { $("#music-run").disabled = false; }
 }
 
 // ---- history ---------------------------------------------------------------------------------
@@ -538,6 +576,7 @@ $("#chat-form").addEventListener("submit", (ev) => {
 $("#chat-clear").addEventListener("click", () => { state.chat = []; $("#chat-log").innerHTML = ""; });
 $("#complete-run").addEventListener("click", () => runCompletion());
 $("#images-run").addEventListener("click", () => runImages());
+$("#music-form").addEventListener("submit", runMusic);
 $("#history-refresh").addEventListener("click", loadHistory);
 $("#job-form").addEventListener("submit", startJob);
 $("#kb-create-form").addEventListener("submit", createStore);
