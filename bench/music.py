@@ -104,7 +104,7 @@ def main() -> None:
     tok = lm.tokenizer
     train_ids, val_ids = np.asarray(data.split("train")), np.asarray(data.split("val"))
     block = lm.config.block_size
-    n_tokens = args.tokens or 3 * block
+    n_tokens = args.tokens or ev.MUSIC_CONTEXTS * block
 
     held = [ev.crop_bars(s, args.bars) for s in ev.held_out_pieces(data_dir, "val")]
     ref_feats = mm.set_features(held)

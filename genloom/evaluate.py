@@ -378,6 +378,7 @@ def audio_section(audio: str, texts_path: str | None) -> Section:
 # ---- music --------------------------------------------------------------------------------------
 MUSIC_SAMPLES = 32  # pieces generated for the feature comparison (seeds seed .. seed + n - 1)
 MUSIC_BARS = 8  # every set (samples, held-out, training) is compared on its first bars
+MUSIC_CONTEXTS = 3  # tokens per sample: this many model contexts (a sliding window past the first)
 
 
 def is_music_data(data_dir: str) -> bool:
@@ -566,7 +567,7 @@ def music_model_section(model_path: str, data_dir: str, *, n: int = MUSIC_SAMPLE
         raise GenloomError(f"{data_dir} was tokenized differently from {model_path}; prepare it with --tokenizer-from")
     nll = perplexity(lm.model, data.split("val"))
     block = lm.model.config.block_size
-    max_tokens = max_tokens or block - 1
+    max_tokens = max_tokens or MUSIC_CONTEXTS * block
     ids = sample_music(lm.model, lm.tokenizer, n, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
                        max_tokens=max_tokens)
     scores = [lm.tokenizer.decode_score(x) for x in ids]
