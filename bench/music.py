@@ -13,7 +13,7 @@ tenth:    the starter's own run config (its card's run_config: architecture, dat
 All three are scored on the prepared folder's val.bin (every piece framed BOS ... EOS, the pieces the split
 held out): the GPTs with genloom.metrics.text.perplexity (context = block_size, stride = half), the chain
 with up to `order` tokens of history; every token after the first scored once, in nats.
-Features: --samples pieces from each model, from BOS, seeds 0..N-1, temperature 1, --tokens tokens each or
+Features: --samples pieces from each model, from BOS, seeds --seed .. --seed + N - 1 (default 0), temperature 1, --tokens tokens each or
 until EOS (past a GPT's context a sliding window of half the context), decoded with the data's tokenizer,
 cut to the first --bars bars on a 24-tick grid, against the held-out pieces cut the same way: mgeval's
 OA and KL per MusPy feature (genloom.metrics.music), then the mean. The training pieces against the held-out
@@ -82,6 +82,7 @@ def main() -> None:
     ap.add_argument("--samples", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=0, help="tokens per sample (default: 3 x the context)")
     ap.add_argument("--bars", type=int, default=ev.MUSIC_BARS)
+    ap.add_argument("--seed", type=int, default=0, help="piece i of every model samples with seed + i")
     ap.add_argument("--tenth", default=None, help="reuse this run folder's best/ as the tenth-steps model")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--report", default=str(OUT / "music-report"), help="HTML report of the three sample sets")
@@ -116,7 +117,7 @@ def main() -> None:
     # the starter
     t0 = time.time()
     nll = perplexity(lm.model, val_ids)
-    ids = ev.sample_music(lm.model, tok, args.samples, seed=0, max_tokens=n_tokens)
+    ids = ev.sample_music(lm.model, tok, args.samples, seed=args.seed, max_tokens=n_tokens)
     sets["starter"] = [tok.decode_score(x) for x in ids]
     results["starter"] = {"nll": nll, "seconds": round(time.time() - t0, 1),
                           "train_steps": (run_config or {}).get("train", {}).get("max_steps"),
@@ -130,7 +131,8 @@ def main() -> None:
         chains[order] = (chain, chain.nll(val_ids))
     best = min(chains, key=lambda o: chains[o][1]["nll_nats_per_token"])
     chain = chains[best][0]
-    sets["markov"] = [tok.decode_score(chain.sample([tok.bos_id], n_tokens, seed=i, stop={tok.eot_id}))
+    sets["markov"] = [tok.decode_score(chain.sample([tok.bos_id], n_tokens, seed=args.seed + i,
+                                                    stop={tok.eot_id}))
                       for i in range(args.samples)]
     results["markov"] = {"nll": chains[best][1], "order": best, "seconds": round(time.time() - t0, 1),
                          "nll_by_order": {o: c[1]["nll_nats_per_token"] for o, c in chains.items()}}
@@ -148,7 +150,7 @@ def main() -> None:
         Trainer(run_config_from_dict(cfg), callbacks=default_callbacks(progress=False)).fit()
     tenth = load_model(tenth_dir / "best" if (tenth_dir / "best").is_dir() else tenth_dir)
     tnll = perplexity(tenth.model, val_ids, context=block)
-    ids = ev.sample_music(tenth.model, tok, args.samples, seed=0, max_tokens=n_tokens)
+    ids = ev.sample_music(tenth.model, tok, args.samples, seed=args.seed, max_tokens=n_tokens)
     sets["tenth"] = [tok.decode_score(x) for x in ids]
     tcard = tenth.meta.get("card") or {}
     results["tenth"] = {"nll": tnll, "seconds": round(time.time() - t0, 1),
@@ -158,7 +160,8 @@ def main() -> None:
     for name, scores in sets.items():
         _, res = feature_row(name, scores, ref_feats, args.bars)
         results[name]["features"] = res
-    recipe = (f"{args.samples} pieces per model from BOS, seeds 0..{args.samples - 1}, temperature 1, {n_tokens} "
+    recipe = (f"{args.samples} pieces per model from BOS, seeds {args.seed}..{args.seed + args.samples - 1}, "
+              f"temperature 1, {n_tokens} "
               f"tokens or EOS (GPTs: a sliding window of {block // 2} past the {block}-token context), first "
               f"{args.bars} bars on a {mm.FEATURE_TPQ}-tick grid, against {len(held)} held-out pieces")
     s, m, t = results["starter"], results["markov"], results["tenth"]
@@ -199,7 +202,7 @@ def main() -> None:
         sec.metrics = {"nll_nats_per_token": results[name]["nll"]["nll_nats_per_token"], **sec.metrics}
         sections.append(sec)
     json_path, html_path = write_report(args.report, sections, title="chorales: starter vs Markov vs tenth steps")
-    print(f"report: {html_path}", file=sys.stderr)
+    print(f"report: {html_path}; tenth-steps run: {tenth_dir} (reuse with --tenth)", file=sys.stderr)
 
 
 if __name__ == "__main__":
