@@ -8,6 +8,7 @@ training callbacks and (later) the API call these same functions.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -15,6 +16,7 @@ import torch
 from genloom import families
 from genloom.checkpoints import load_model
 from genloom.data import evalsets
+from genloom.data import music as music_data
 from genloom.data.images import (
     CAPTION_TEMPLATES,
     IMAGE_SOURCES,
@@ -27,14 +29,16 @@ from genloom.data.images import (
 )
 from genloom.data.text import TokenData
 from genloom.errors import GenloomError, choices
+from genloom.metrics import music as mm
 from genloom.metrics import textgen as tg
 from genloom.metrics.audio import audio_report
 from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor, resolve_model_path
 from genloom.metrics.image import fid, image_metrics, psnr, ssim
 from genloom.metrics.text import perplexity
 from genloom.pipelines import images as pipeline
+from genloom.pipelines import music as music_pipe
 from genloom.report import Section, loss_curve_png
-from genloom.sample import SamplingParams, generate
+from genloom.sample import SamplingParams, generate, stream_ids
 
 EVALSETS = ("chat", "translation")
 
@@ -368,4 +372,224 @@ def audio_section(audio: str, texts_path: str | None) -> Section:
                           "output": f"{row['seconds']:.2f} s, "
                                     + (f"{row['lufs']:.1f} LUFS" if row.get("lufs") is not None else "no LUFS (< 400 ms)")
                                     + (f", heard: {row['transcript']!r} (WER {row['wer']:.2f})" if "wer" in row else "")})
+    return s
+
+
+# ---- music --------------------------------------------------------------------------------------
+MUSIC_SAMPLES = 32  # pieces generated for the feature comparison (seeds seed .. seed + n - 1)
+MUSIC_BARS = 8  # every set (samples, held-out, training) is compared on its first bars
+MUSIC_CONTEXTS = 3  # tokens per sample: this many model contexts (a sliding window past the first)
+
+
+def is_music_data(data_dir: str) -> bool:
+    meta = Path(data_dir) / "meta.json"
+    return meta.is_file() and json.loads(meta.read_text(encoding="utf-8")).get("modality") == "music"
+
+
+def held_out_pieces(data_dir: str, split: str = "val") -> list:
+    """The pieces a prepared music folder was split into (pieces/val or pieces/train, before augmentation)."""
+    folder = Path(data_dir) / "pieces" / split
+    files = sorted(folder.glob("*.mid")) if folder.is_dir() else []
+    if not files:
+        raise GenloomError(f"{data_dir} has no {split} pieces ({folder}/*.mid); prepare it with `genloom data` "
+                           "from a music source")
+    return [music_data.read_midi(f, str(f)) for f in files]
+
+
+def midi_folder(folder: str) -> list:
+    p = Path(folder)
+    if not p.is_dir():
+        raise GenloomError(f"MIDI folder not found: {folder}")
+    files = sorted(f for f in p.iterdir() if f.suffix.lower() in music_data.MIDI_SUFFIXES)
+    if not files:
+        raise GenloomError(f"{folder} holds no MIDI files ({', '.join(sorted(music_data.MIDI_SUFFIXES))})")
+    return [music_data.read_midi(f, str(f)) for f in files]
+
+
+def music_model(model_path: str):
+    lm = load_model(model_path)
+    music_pipe.require_music_model(lm, str(model_path))
+    return lm
+
+
+def sample_music(model, tok, n: int, *, seed: int = 0, max_tokens: int = 0, temperature: float = 1.0,
+                 top_k: int = 0, top_p: float = 1.0) -> list[list[int]]:
+    """n pieces of token ids from BOS, each up to max_tokens (default: the model's context) or its EOS.
+
+    Piece i samples with seed + i whatever the batching. Past the model's context a piece goes on from its
+    last half-context of tokens (a sliding window), chunk c of piece i seeded seed + i + 1,000,000 c."""
+    block = model.config.block_size
+    max_tokens = max_tokens or block - 1
+    sp = dict(temperature=temperature, top_k=top_k, top_p=top_p)
+    outs = [[tok.bos_id] for _ in range(n)]
+    for i in range(0, n, 16):  # the first chunk in batches: row r of stream_ids samples with seed + r
+        rows_n = min(16, n - i)
+        first = SamplingParams(max_new_tokens=min(max_tokens, block - 1), seed=seed + i, **sp)
+        for rows, toks in stream_ids(model, [[tok.bos_id]] * rows_n, first, eot_id=tok.eot_id):
+            for r, t in zip(rows.tolist(), toks.tolist()):
+                outs[i + r].append(t)
+    for i, ids in enumerate(outs):
+        c = 1
+        while ids[-1] != tok.eot_id and len(ids) - 1 < max_tokens:
+            ctx = ids[-(block // 2):]
+            more = SamplingParams(max_new_tokens=min(max_tokens - len(ids) + 1, block - len(ctx)),
+                                  seed=seed + i + 1_000_000 * c, **sp)
+            ids += [int(t) for _, t in stream_ids(model, [ctx], more, eot_id=tok.eot_id)]
+            c += 1
+    return [ids[1:] for ids in outs]
+
+
+def _plot_histograms(sets: dict[str, dict[str, list[float]]]) -> bytes:
+    """One panel per feature: the sets' histograms side by side on shared bins (densities)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(mm.FEATURES)
+    cols = 4
+    rows = (len(names) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3 * rows))
+    for ax, name in zip(axes.ravel(), names):
+        data = [[v for v in s[name] if v == v] for s in sets.values()]
+        flat = [v for d in data for v in d]
+        if flat:
+            lo, hi = min(flat), max(flat)
+            bins = min(12, max(1, len(set(flat)))) if hi > lo else 1
+            ax.hist([d or [math.nan] for d in data], bins=bins, range=(lo, hi if hi > lo else lo + 1),
+                    density=True, label=list(sets))
+        ax.set_title(name.replace("_", " "), fontsize=10)
+    for ax in axes.ravel()[len(names):]:
+        ax.axis("off")
+    axes.ravel()[0].legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=80)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _plot_piano_rolls(scores: list, captions: list[str]) -> bytes:
+    """Piano rolls (time in quarters across, MIDI pitch up) of a few pieces, one row each."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(scores), 1, figsize=(10, 1.8 * len(scores)), squeeze=False)
+    for ax, score, cap in zip(axes[:, 0], scores, captions):
+        tpq = score.ticks_per_quarter
+        for t in score.tracks:
+            for note in t.notes:
+                ax.broken_barh([(note.time / tpq, max(note.duration, 1) / tpq)], (note.pitch - 0.4, 0.8))
+        ax.set_ylabel("pitch", fontsize=8)
+        ax.set_title(cap, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("quarter notes")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=70)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def crop_bars(score, bars: int):
+    """The score on muspy's default grid (24 ticks per quarter) and cut to its first `bars` bars (0: whole)."""
+    s = score.resample(mm.FEATURE_TPQ, min_dur=1)
+    return s.clip(0, bars * mm.measure_ticks(s)) if bars else s
+
+
+def music_features_section(name: str, candidates: list, held_out: list, train: list | None = None, *,
+                           bars: int = MUSIC_BARS, what: str = "", show: int = 4) -> Section:
+    """MusPy features of a set of pieces against the held-out pieces (mgeval OA and KL per feature), with the
+    training pieces against the held-out ones as the floor; feature histograms, piano rolls, MIDI files."""
+    cand = [crop_bars(s, bars) for s in candidates]
+    ref = [crop_bars(s, bars) for s in held_out]
+    f_cand, f_ref = mm.set_features(cand), mm.set_features(ref)
+    res = mm.compare_sets(f_cand, f_ref, candidate_name=name, reference_name="held-out pieces")
+    s = Section(name, "music")
+    raw = {"name": name, "pieces": len(cand), "held_out_pieces": len(ref), "bars": bars, "features": res}
+    s.metrics["mean_overlap"] = res["mean_overlap"]
+    s.metrics["mean_kl"] = res["mean_kl"]
+    for k, row in res["features"].items():
+        s.metrics[f"overlap[{k}]"] = row["overlap"]
+    sets = {"samples": f_cand, "held-out": f_ref}
+    if train:
+        tr = [crop_bars(x, bars) for x in train]
+        f_tr = mm.set_features(tr)
+        floor = mm.compare_sets(f_tr, f_ref, candidate_name="training pieces", reference_name="held-out pieces")
+        s.metrics["mean_overlap_floor_train_vs_heldout"] = floor["mean_overlap"]
+        s.metrics["mean_kl_floor_train_vs_heldout"] = floor["mean_kl"]
+        raw["floor"] = floor
+        sets["train"] = f_tr
+        s.protocols["floor"] = (f"the {len(tr)} training pieces scored as if generated, against the "
+                                f"{len(ref)} held-out pieces (what a model that reproduces the training data scores)")
+    s.protocols["features"] = ((f"first {bars} bars of every piece (bars from its first time signature)" if bars
+                                else "whole pieces") + f" on a {mm.FEATURE_TPQ}-ticks-per-quarter grid; "
+                               + res["protocol"])
+    if what:
+        s.protocols["generation"] = what
+    lengths = [c.end() / mm.measure_ticks(c) for c in cand]
+    raw["mean_bars"] = sum(lengths) / max(1, len(lengths))
+    if bars and raw["mean_bars"] < 0.75 * bars:
+        s.notes.append(f"the pieces last {raw['mean_bars']:.1f} bars on average, fewer than the {bars} compared: "
+                       "length-dependent features (pitch range, pitch classes) are biased low")
+    s.figures.append(("feature distributions side by side (densities)", _plot_histograms(sets)))
+    k = min(show, len(cand))
+    s.figures.append((f"piano rolls: {k} of {name} (top), {min(2, len(ref))} held-out (bottom)",
+                      _plot_piano_rolls(cand[:k] + ref[:2], [f"{name} #{i}" for i in range(k)]
+                                        + [f"held-out #{i}" for i in range(min(2, len(ref)))])))
+    listen = [(f"sample #{i}", f"sample-{i}", c) for i, c in enumerate(cand[:k])]
+    listen += [(f"held-out #{i}", f"held-out-{i}", c) for i, c in enumerate(ref[:1])]
+    try:  # players: FluidSynth with the General MIDI soundfont, as MP3 to keep the page small
+        for cap, stem, c in listen:
+            s.media.append((f"{cap} ({bars} bars)", f"{stem}.mp3", music_pipe.wav_to_mp3(
+                music_pipe.render_wav(c.dumps_midi(), sample_rate=22050), kbps=64)))
+    except GenloomError as e:  # no fluidsynth or soundfont: the MIDI links below still play in any synth
+        s.notes.append(f"no audio players: {e}")
+    for cap, stem, c in listen:
+        s.media.append((f"{cap} (MIDI)", f"{stem}.mid", c.dumps_midi()))
+    s.raw = raw
+    return s
+
+
+def music_model_section(model_path: str, data_dir: str, *, n: int = MUSIC_SAMPLES, bars: int = MUSIC_BARS,
+                        seed: int = 0, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+                        max_tokens: int = 0) -> Section:
+    """A music GPT: validation NLL per token on the prepared folder's held-out tokens, and the features of n
+    sampled pieces against the held-out pieces."""
+    lm = music_model(model_path)
+    data = TokenData(data_dir)
+    if json.dumps(data.tokenizer.to_json()) != json.dumps(lm.tokenizer.to_json()):
+        raise GenloomError(f"{data_dir} was tokenized differently from {model_path}; prepare it with --tokenizer-from")
+    nll = perplexity(lm.model, data.split("val"))
+    block = lm.model.config.block_size
+    max_tokens = max_tokens or MUSIC_CONTEXTS * block
+    ids = sample_music(lm.model, lm.tokenizer, n, seed=seed, temperature=temperature, top_k=top_k, top_p=top_p,
+                       max_tokens=max_tokens)
+    scores = [lm.tokenizer.decode_score(x) for x in ids]
+    what = (f"{n} pieces from BOS, seeds {seed}..{seed + n - 1}, temperature {temperature}"
+            + (f", top-k {top_k}" if top_k else "") + (f", top-p {top_p}" if top_p < 1 else "")
+            + f", up to {max_tokens} tokens or EOS"
+            + (f" (past the context of {block}: a sliding window of {block // 2})" if max_tokens >= block else ""))
+    s = music_features_section(str(model_path), scores, held_out_pieces(data_dir, "val"),
+                               held_out_pieces(data_dir, "train"), bars=bars, what=what)
+    s.kind = "music-model"
+    s.metrics = {"nll_nats_per_token": nll["nll_nats_per_token"], "bits_per_token": nll["bits_per_token"],
+                 **s.metrics}
+    s.protocols = {"validation NLL": nll["protocol"], **s.protocols}
+    s.raw = {"model": str(model_path), "data": str(data_dir), "nll": nll, "samples": n, "seed": seed,
+             **{k: v for k, v in s.raw.items() if k != "name"}}
+    _curve(s, model_path)
+    return s
+
+
+def midi_section(folder: str, data_dir: str, *, bars: int = MUSIC_BARS) -> Section:
+    """A folder of MIDI files (any generator's) against a prepared music folder's held-out pieces."""
+    s = music_features_section(str(folder), midi_folder(folder), held_out_pieces(data_dir, "val"),
+                               held_out_pieces(data_dir, "train"), bars=bars)
+    s.raw = {"midi": str(folder), "data": str(data_dir), **{k: v for k, v in s.raw.items() if k != "name"}}
     return s

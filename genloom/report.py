@@ -30,6 +30,7 @@ class Section:
     figures: list = field(default_factory=list)  # (caption, png bytes)
     samples: list = field(default_factory=list)  # dicts: prompt / output / reference
     notes: list = field(default_factory=list)  # warnings a reader must see
+    media: list = field(default_factory=list)  # (caption, file name, bytes): WAV gets a player, others a link
     raw: dict = field(default_factory=dict)  # the metric functions' full results (what the CLI prints)
 
     def add(self, group: str, result: dict, keys=None, prefix: str = "") -> None:
@@ -46,9 +47,10 @@ class Section:
         if result.get("warning"):
             self.notes.append(str(result["warning"]))
 
-    def to_json(self, figure_files: list[str]) -> dict:
+    def to_json(self, figure_files: list[str], media_files: list[str] = ()) -> dict:
         return {"name": self.name, "kind": self.kind, "metrics": self.metrics, "protocols": self.protocols,
                 "figures": [{"caption": c, "file": f} for (c, _), f in zip(self.figures, figure_files)],
+                "media": [{"caption": c, "file": f} for (c, _, _), f in zip(self.media, media_files)],
                 "samples": self.samples, "notes": self.notes, "result": self.raw}
 
 
@@ -96,6 +98,10 @@ img{image-rendering:pixelated;max-width:100%}pre{white-space:pre-wrap;margin:0;f
 """
 
 
+MEDIA_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".mid": "audio/midi", ".midi": "audio/midi"}
+PLAYABLE = {"audio/wav", "audio/mpeg"}  # what a browser's <audio> plays; MIDI gets a download link
+
+
 def render_html(title: str, sections: list[Section], meta: dict) -> str:
     out = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
            f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>",
@@ -127,6 +133,13 @@ def render_html(title: str, sections: list[Section], meta: dict) -> str:
             b64 = base64.b64encode(png).decode()
             out.append(f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{b64}'>"
                        f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        for caption, name, data in s.media:
+            b64 = base64.b64encode(data).decode()
+            mime = MEDIA_TYPES.get(Path(name).suffix.lower(), "application/octet-stream")
+            player = (f"<audio controls preload='none' src='data:{mime};base64,{b64}'></audio><br>"
+                      if mime in PLAYABLE else "")
+            out.append(f"<figure>{player}<a download='{html.escape(name)}' href='data:{mime};base64,{b64}'>"
+                       f"{html.escape(name)}</a><figcaption>{html.escape(caption)}</figcaption></figure>")
         if s.samples:
             cols = [c for c in ("prompt", "output", "reference") if any(c in r for r in s.samples)]
             out.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in cols) + "</tr>")
@@ -140,7 +153,8 @@ def render_html(title: str, sections: list[Section], meta: dict) -> str:
 
 def write_report(out_dir: str | Path, sections: list[Section], title: str = "genloom evaluation",
                  meta: dict | None = None) -> tuple[Path, Path]:
-    """Write report.json, report.html and the figures (fig-<section>-<n>.png) into out_dir."""
+    """Write report.json, report.html, the figures (fig-<section>-<n>.png) and the media (media-<section>-<n>.wav,
+    .mid) into out_dir."""
     import torch
 
 
@@ -155,7 +169,11 @@ def write_report(out_dir: str | Path, sections: list[Section], title: str = "gen
             name = f"fig-{i}-{j}.png"
             atomic_write_bytes(out / name, png)
             files.append(name)
-        data["sections"].append(s.to_json(files))
+        media = []
+        for j, (_, name, blob) in enumerate(s.media):
+            media.append(f"media-{i}-{j}{Path(name).suffix.lower()}")
+            atomic_write_bytes(out / media[-1], blob)
+        data["sections"].append(s.to_json(files, media))
     json_path, html_path = out / "report.json", out / "report.html"
     atomic_write_text(json_path, json.dumps(jsonable(data), indent=2, ensure_ascii=False, allow_nan=False))
     atomic_write_text(html_path, render_html(title, sections, meta))

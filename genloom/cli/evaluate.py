@@ -26,6 +26,10 @@ from genloom.report import jsonable, write_report
 @click.option("--originals", default=None, help="Images: the originals of --recon, same file names (PSNR, SSIM).")
 @click.option("--audio", default=None, help="Audio: a file or folder of WAV/FLAC files.")
 @click.option("--texts", default=None, help="Audio: what each file says, one line per file in name order (WER).")
+@click.option("--midi", "midi_dirs", multiple=True,
+              help="Music: a folder of MIDI files scored against --data's held-out pieces; repeat to compare.")
+@click.option("--bars", type=int, default=ev.MUSIC_BARS, show_default=True,
+              help="Music: compare every set's first N bars (0: whole pieces).")
 @click.option("--split", type=click.Choice(["val", "train"]), default="val", show_default=True)
 @click.option("--context", type=int, default=0, help="Perplexity window (default: the model's block_size).")
 @click.option("--stride", type=int, default=0, help="Perplexity stride (default: context // 2).")
@@ -35,7 +39,7 @@ from genloom.report import jsonable, write_report
 @click.option("--report", "report_dir", default=None, help="Write report.json and a self-contained report.html here.")
 @click.option("--threads", type=int, default=0)
 def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
-          split, context,
+          midi_dirs, bars, split, context,
           stride, max_tokens, limit, seed, report_dir, threads):
     """Evaluate models or generated samples; metrics with their protocols, JSON out, optional HTML report.
 
@@ -48,13 +52,19 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     genloom eval -m models/fmnist-dcgan -n 1000                  an image generator: FID (with its floor), KID, P/R
     genloom eval --recon out/ --originals in/                   PSNR, SSIM of reconstructions
     genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, pocketsphinx WER
+    genloom eval -m models/chorales -d data/chorales-remi -n 32   music: NLL/token, MusPy features vs held-out
+    genloom eval --midi gen/ -d data/chorales-remi                a folder of MIDI vs the held-out pieces
     """
 
     _threads(threads)
+    if bars < 0:
+        raise GenloomError(f"--bars must be >= 0 (0: whole pieces), got {bars}")
     sections = []
     for m in models:
         if evalset:
             sections.append(ev.evalset_section(m, evalset, limit=limit or 100, seed=seed))
+        elif data_dir and ev.is_music_data(data_dir):
+            sections.append(ev.music_model_section(m, data_dir, n=limit or ev.MUSIC_SAMPLES, bars=bars, seed=seed))
         elif data_dir:
             sections.append(ev.perplexity_section(m, data_dir, split=split, context=context, stride=stride,
                                                   max_tokens=max_tokens))
@@ -72,12 +82,16 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
         if not (recon and originals):
             raise GenloomError("--recon and --originals go together (reconstructions and their originals)")
         sections.append(ev.reconstruction_section(recon, originals))
+    for d in midi_dirs:
+        if not data_dir:
+            raise GenloomError("--midi needs --data (a music folder prepared by `genloom data`: its held-out pieces)")
+        sections.append(ev.midi_section(d, data_dir, bars=bars))
     if audio:
         sections.append(ev.audio_section(audio, texts))
     elif texts:
         raise GenloomError("--texts needs --audio (the files that should say them)")
     if not sections:
-        raise GenloomError("nothing to evaluate: give --model, --hyps, --samples, --recon or --audio "
+        raise GenloomError("nothing to evaluate: give --model, --hyps, --samples, --recon, --audio or --midi "
                            "(see genloom eval -h)")
     if report_dir:
         json_path, html_path = write_report(report_dir, sections)
