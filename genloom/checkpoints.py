@@ -129,7 +129,7 @@ def _build(family, model_cfg_dict, state_dict, path) -> tuple[torch.nn.Module, o
     return model, cfg
 
 
-def load_model(path: str | Path) -> Loaded:
+def load_model(path: str | Path, device=None) -> Loaded:
     """One loader: an export folder, a run folder (its best export, else its last checkpoint), or a .pt file.
 
     An export folder with a `prior/` model beside its weights (a VQ-VAE's GPT over its codes) gets that
@@ -142,4 +142,8 @@ def load_model(path: str | Path) -> Loaded:
         prior = load_model(stored.path / "prior")
         object.__setattr__(model, "prior", prior.model)
         object.__setattr__(model, "prior_tokenizer", prior.tokenizer)
+    if device is not None:  # a torch.device or 'cpu' / 'cuda:0' ...; the prior is not a submodule: moved too
+        model.to(device)
+        if getattr(model, "prior", None) is not None:
+            model.prior.to(device)
     return Loaded(model, tok, stored.family, cfg, stored.meta, str(stored.path))

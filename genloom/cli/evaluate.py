@@ -6,6 +6,7 @@ import json
 
 import click
 
+from genloom import devices, distributed
 from genloom import evaluate as ev
 from genloom.cli.base import _threads, cli
 from genloom.data import evalsets
@@ -34,9 +35,10 @@ from genloom.report import jsonable, write_report
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--report", "report_dir", default=None, help="Write report.json and a self-contained report.html here.")
 @click.option("--threads", type=int, default=0)
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps.")
 def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
           split, context,
-          stride, max_tokens, limit, seed, report_dir, threads):
+          stride, max_tokens, limit, seed, report_dir, threads, device):
     """Evaluate models or generated samples; metrics with their protocols, JSON out, optional HTML report.
 
     \b
@@ -48,18 +50,35 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     genloom eval -m models/fmnist-dcgan -n 1000                  an image generator: FID (with its floor), KID, P/R
     genloom eval --recon out/ --originals in/                   PSNR, SSIM of reconstructions
     genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, pocketsphinx WER
+
+    Under torchrun, a model's samples (images, eval-set replies) are split over the ranks; rank 0 scores
+    them and prints the report.
     """
 
     _threads(threads)
+    device = devices.resolve(device)
+    distributed.setup(device)
+    try:
+        _eval(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
+              split, context, stride, max_tokens, limit, seed, report_dir, device)
+    finally:
+        distributed.teardown()
+
+
+def _eval(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
+          split, context, stride, max_tokens, limit, seed, report_dir, device):
     sections = []
     for m in models:
         if evalset:
-            sections.append(ev.evalset_section(m, evalset, limit=limit or 100, seed=seed))
+            sections.append(ev.evalset_section(m, evalset, limit=limit or 100, seed=seed, device=device))
         elif data_dir:
-            sections.append(ev.perplexity_section(m, data_dir, split=split, context=context, stride=stride,
-                                                  max_tokens=max_tokens))
+            if distributed.is_main():
+                sections.append(ev.perplexity_section(m, data_dir, split=split, context=context, stride=stride,
+                                                      max_tokens=max_tokens, device=device))
         else:
-            sections.append(ev.model_section(m, reference, features, n=limit or 1000, seed=seed))
+            sections.append(ev.model_section(m, reference, features, n=limit or 1000, seed=seed, device=device))
+    if not distributed.is_main():  # its share of the samples is on rank 0, which scores the rest alone
+        return
     if hyps:
         sections.append(ev.files_section(hyps, refs))
     elif refs:
