@@ -5,6 +5,10 @@ the batch averaged across ranks (one bucketed all-reduce per optimizer phase) be
 so every rank steps identically. Unlike wrapping the model in DistributedDataParallel, this goes through
 any task's loss, a GAN's two phases and WGAN-GP's double backward alike. Rank 0 alone logs and writes.
 
+With train.parallel = "fsdp" the model is sharded instead (torch's FSDP2 `fully_shard`: each block of a
+ModuleList, then the whole model), for models too big for one device; its full state is gathered for
+checkpoints and exports, which are the same files as a DDP or one-process run writes.
+
 Outside torchrun (no WORLD_SIZE, or 1) everything here is a no-op and `world() == 1`.
 """
 
@@ -19,6 +23,14 @@ import time
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.fsdp import fully_shard, register_fsdp_forward_method
 
 from genloom.errors import GenloomError
 
@@ -188,3 +200,48 @@ def _first_difference(a, b, prefix: str = "") -> str:
             if a.get(k) != b.get(k):
                 return _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
     return f"{prefix.rstrip('.')} ({a!r} vs {b!r})"
+
+
+# ---- FSDP2 ------------------------------------------------------------------------------------------------
+FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def shard_model(model: torch.nn.Module) -> None:
+    """fully_shard every block of the model's ModuleLists, then the model (FSDP2); methods the training loss
+    calls instead of forward (the model's `fsdp_methods`) gather the parameters as forward does."""
+    for module in list(model.modules()):
+        if isinstance(module, torch.nn.ModuleList):
+            for block in module:
+                fully_shard(block)
+    fully_shard(model)
+    for name in getattr(model, "fsdp_methods", ()):
+        register_fsdp_forward_method(model, name)
+
+
+def _names(model, optimizer) -> list[str]:
+    """The parameter names in the order a plain optimizer.state_dict() numbers them (group by group)."""
+    fqn = {id(p): n for n, p in model.named_parameters()}
+    return [fqn[id(p)] for g in optimizer.param_groups for p in g["params"]]
+
+
+def full_state(model, optimizer) -> tuple[dict, dict]:
+    """A sharded model's whole state dict and its optimizer's, in the plain layout (numbered params), on rank 0
+    (every rank must call it: it all-gathers); ({}, {}) on the other ranks."""
+    msd = get_model_state_dict(model, options=FULL)
+    osd = get_optimizer_state_dict(model, optimizer, options=FULL) if optimizer is not None else None
+    if not is_main() or osd is None:
+        return msd, {}
+    index = {n: i for i, n in enumerate(_names(model, optimizer))}
+    plain = {"state": {index[n]: v for n, v in osd["state"].items()},
+             "param_groups": [{**g, "params": [index[n] for n in g["params"]]} for g in osd["param_groups"]]}
+    return msd, plain
+
+
+def load_full_state(model, optimizer, model_state: dict, optimizer_state: dict) -> None:
+    """Load a whole (plain) state into a sharded model and its optimizer, on every rank."""
+    set_model_state_dict(model, model_state, options=StateDictOptions(full_state_dict=True))
+    names = _names(model, optimizer)
+    fqn = {"state": {names[int(i)]: v for i, v in optimizer_state["state"].items()},
+           "param_groups": [{**g, "params": [names[int(i)] for i in g["params"]]}
+                            for g in optimizer_state["param_groups"]]}
+    set_optimizer_state_dict(model, optimizer, fqn, options=StateDictOptions(full_state_dict=True))

@@ -113,6 +113,15 @@ class Trainer:
         self.task.rows = distributed.rows(t.batch_size)  # ... of which this rank reads its own rows
         self.model.to(self.device)
         distributed.broadcast_module(self.model)
+        self.fsdp = t.parallel == "fsdp" and self.world > 1
+        if self.fsdp:
+            if not hasattr(self.model, "fsdp_methods"):
+                raise GenloomError(f"train.parallel = 'fsdp': the {cfg.family} model does not declare how to shard "
+                                   f"it (fsdp_methods); use train.parallel = 'ddp'")
+            if t.metrics:
+                raise GenloomError("train.metrics run on rank 0 alone, which holds a shard of the model under "
+                                   "train.parallel = 'fsdp': drop train.metrics (run `genloom eval` on the export)")
+            distributed.shard_model(self.model)  # FSDP2: parameters, gradients, optimizer state split over ranks
         self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
         self.phases = tuple(getattr(self.task, "phases", None) or (None,))
         self.select_by = getattr(self.task, "select_by", "val_loss")  # the validation figure "best" minimises
@@ -144,8 +153,11 @@ class Trainer:
     def _restore(self, state: dict) -> None:
         if state["family"] != self.cfg.family:
             raise GenloomError(f"{self.last_path} is a '{state['family']}' run, not '{self.cfg.family}'")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            distributed.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best_val, self.elapsed = state["step"], state["best_val"], state["elapsed"]
         torch.set_rng_state(state["rng_torch"])
         self.data_gen.set_state(state["rng_data"])
@@ -155,7 +167,20 @@ class Trainer:
         if self.scaler is not None and state.get("grad_scaler"):
             self.scaler.load_state_dict(json.loads(state["grad_scaler"]))
 
+    def whole(self, optimizer: bool = True):
+        """The model (and optimizer) to write or sample from: this process's own, or under FSDP the full state
+        gathered into a plain copy on rank 0 (every rank must call it then; the others get None)."""
+        if not self.fsdp:
+            return self.model, self.optimizer
+        msd, osd = distributed.full_state(self.model, self.optimizer if optimizer else None)
+        if self.rank != 0:
+            return None, None
+        plain = self.record.build(self.model_config)
+        plain.load_state_dict(msd)
+        return plain, _Frozen(osd)
+
     def save(self) -> Path:
+        model, optimizer = self.whole()
         if self.rank != 0:
             return self.last_path
         np_state = np.random.get_state()
@@ -175,10 +200,10 @@ class Trainer:
         save_checkpoint(
             self.last_path,
             family=self.cfg.family,
-            model=self.model,
+            model=model,
             model_config=self.model_config,
             tokenizer=self.tokenizer,
-            optimizer=self.optimizer,
+            optimizer=optimizer,
             step=self.step,
             extra=extra,
         )
@@ -209,13 +234,14 @@ class Trainer:
         }
 
     def export(self, folder: str = "best", card: dict | None = None) -> Path:
+        model, _ = self.whole(optimizer=False)
         if self.rank != 0:
             return self.out / folder
         card = {**self.card(), **(card or {})}
         return export_model(
             self.out / folder,
             family=self.cfg.family,
-            model=self.model,
+            model=model,
             model_config=self.model_config,
             tokenizer=self.tokenizer,
             card=card,
@@ -325,7 +351,8 @@ class Trainer:
                         units += self.task.tokens(batch) * self.world
                         for k, v in parts.items():  # named terms (ELBO's recon and KL, ...) for the log
                             losses.setdefault(k, []).append(v)
-                    self.comm_s += distributed.all_reduce_grads(params)  # every rank: the global batch's gradient
+                    if not self.fsdp:  # (FSDP reduce-scatters the gradients itself, in backward)
+                        self.comm_s += distributed.all_reduce_grads(params)  # every rank: the global batch's gradient
                     if self.scaler is not None:
                         self.scaler.unscale_(opt)
                     if t.grad_clip > 0:
@@ -363,8 +390,10 @@ class Trainer:
                     self._eval_and_keep_best()
                 if self.step % t.ckpt_interval == 0 and not done:
                     self.save()
-                if t.sample_interval and self.step % t.sample_interval == 0 and self.rank == 0:
-                    self.emit("sample", samples=self.task.sample(self.model))
+                if t.sample_interval and self.step % t.sample_interval == 0:
+                    model, _ = self.whole(optimizer=False)
+                    if self.rank == 0:
+                        self.emit("sample", samples=self.task.sample(model))
         if self.stop_reason == "time budget" and self._last_eval != self.step:
             self._eval_and_keep_best()
         self.save()
@@ -378,8 +407,10 @@ class Trainer:
             "stopped": self.stop_reason or "max_steps",
             "out_dir": str(self.out),
         }
-        if self.stop_reason != "interrupted" and self.rank == 0:
-            summary["samples"] = self.task.sample(self.model)
+        if self.stop_reason != "interrupted":
+            model, _ = self.whole(optimizer=False)
+            if self.rank == 0:
+                summary["samples"] = self.task.sample(model)
         self.emit("train_end", **summary)
         return summary
 
@@ -414,6 +445,16 @@ class Trainer:
             self.best_val = val
             self.export("best", card={k: v for k, v in result.items() if k != self.select_by})
         self.emit("eval_end", step=self.step, best=improved, **result)
+
+
+class _Frozen:
+    """An optimizer's gathered state, handed to save_checkpoint as an optimizer would be."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
 
 
 def run(cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None) -> dict:

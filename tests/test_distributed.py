@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -40,8 +42,15 @@ def sets(data_dir, out, **train) -> list[str]:
     return [a for s in overrides(data_dir, out, GPT, **{**STEPS, **train}) for a in ("--set", s)]
 
 
+def _row(line: str) -> dict:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:  # a line a killed rank 0 left half written
+        return {}
+
+
 def losses(out) -> dict:
-    rows = [json.loads(ln) for ln in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+    rows = [r for r in map(_row, (Path(out) / "metrics.jsonl").read_text().splitlines()) if "step" in r]
     return {(r["step"], k): r[k] for r in rows for k in ("loss", "val_loss") if k in r}
 
 
@@ -58,9 +67,10 @@ def reference(tmp_path_factory, english_dir):
     return out
 
 
-def test_two_processes_of_batch_b_match_one_process_of_batch_2b(reference, english_dir, tmp_path):
-    out = tmp_path / "ddp"
-    r = torchrun("train", "-c", TINY_TOML, *sets(english_dir, out, batch_size=4))
+@pytest.mark.parametrize("parallel", ["ddp", "fsdp"])
+def test_two_processes_of_batch_b_match_one_process_of_batch_2b(reference, english_dir, tmp_path, parallel):
+    out = tmp_path / parallel
+    r = torchrun("train", "-c", TINY_TOML, *sets(english_dir, out, batch_size=4, parallel=parallel))
     assert r.returncode == 0, r.stderr[-3000:]
     assert len([ln for ln in r.stdout.splitlines() if ln.startswith("{")]) == 1  # rank 0 alone prints
     want, got = losses(reference), losses(out)
@@ -71,6 +81,10 @@ def test_two_processes_of_batch_b_match_one_process_of_batch_2b(reference, engli
     assert a["step"] == b["step"] == 6 and b["world_size"] == 2
     for name, t in a["model"].items():
         torch.testing.assert_close(b["model"][name], t, rtol=1e-4, atol=1e-5, msg=name)
+    assert b["optimizer"]["param_groups"] == a["optimizer"]["param_groups"]  # FSDP's state in the plain layout
+    for i, st in a["optimizer"]["state"].items():
+        for k, v in st.items():
+            torch.testing.assert_close(b["optimizer"]["state"][i][k], v, rtol=1e-4, atol=1e-6, msg=f"{i}.{k}")
     assert torch.equal(a["rng_data"], b["rng_data"])  # one data generator, the same on any number of ranks
 
 
@@ -82,6 +96,57 @@ def test_a_two_process_run_resumed_as_one_process_continues_the_curve(reference,
     want, got = losses(reference), losses(out)
     for key in [k for k in want if k[0] > 3]:
         assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+
+
+def test_a_one_process_run_resumed_sharded_over_two_continues_the_curve(reference, english_dir, tmp_path):
+    out = tmp_path / "one"
+    one_process(english_dir, out, batch_size=8, max_steps=3)
+    r = torchrun("train", "-c", TINY_TOML, *sets(english_dir, out, batch_size=4, parallel="fsdp"), "--resume")
+    assert r.returncode == 0, r.stderr[-3000:]
+    want, got = losses(reference), losses(out)
+    for key in [k for k in want if k[0] > 3]:
+        assert got[key] == pytest.approx(want[key], rel=1e-5, abs=1e-6), key
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        kids += [int(k) for k in (task / "children").read_text().split()]
+    return kids
+
+
+def _rank_of(pid: int) -> int | None:
+    env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    ranks = [int(v.split(b"=", 1)[1]) for v in env if v.startswith(b"RANK=")]
+    return ranks[0] if ranks else None
+
+
+def test_a_killed_rank_ends_the_run_and_it_resumes_from_its_last_checkpoint(english_dir, tmp_path):
+    out = tmp_path / "killed"
+    args = sets(english_dir, out, batch_size=4, max_steps=100_000, ckpt_interval=5, eval_interval=100_000)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genloom",
+           "train", "-c", str(TINY_TOML), *args]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "last.pt").exists():
+            assert launcher.poll() is None and time.monotonic() < deadline, "no checkpoint before the kill"
+            time.sleep(0.2)
+        ranks = {_rank_of(p): p for p in _children(launcher.pid)}
+        os.kill(ranks[1], signal.SIGKILL)  # rank 1 dies mid-run; torchrun stops rank 0 too
+        assert launcher.wait(timeout=120) != 0
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    step = safe_torch_load(out / "last.pt")["step"]
+    assert step % 5 == 0 and step >= 5
+    one_process(english_dir, out, resume=True, batch_size=8, max_steps=step + 3, ckpt_interval=5,
+                eval_interval=100_000)
+    one_process(english_dir, tmp_path / "ref", batch_size=8, max_steps=step + 3, ckpt_interval=5,
+                eval_interval=100_000)
+    want, got = losses(tmp_path / "ref"), losses(out)  # the resumed rows come last in metrics.jsonl
+    for s in range(step + 1, step + 4):
+        assert got[(s, "loss")] == pytest.approx(want[(s, "loss")], rel=1e-5, abs=1e-6), s
 
 
 def test_a_gan_trains_in_two_processes_checkpoints_and_resumes_in_one(tmp_path):

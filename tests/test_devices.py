@@ -1,0 +1,93 @@
+"""--device on every command, the mixed precision that fits the device, and models that follow their tensors.
+
+Tests marked `device` need a CUDA GPU and are skipped, with that reason, where there is none (README's
+allowed-skips block lists them for CI's GPU-less machines)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TINY_TOML, assert_one_line_error, overrides
+from genloom import devices
+from genloom.callbacks import default_callbacks
+from genloom.checkpoints import load_model
+from genloom.errors import GenloomError
+from genloom.families import load_run_config
+from genloom.pipelines import images
+from genloom.sample import SamplingParams, generate
+from genloom.train import Trainer
+
+GPU = torch.cuda.is_available()
+MISSING = f"cuda:{torch.cuda.device_count()}" if GPU else "cuda"  # a GPU this machine does not have
+
+
+def test_resolve_names_the_choices_and_auto_takes_what_is_here():
+    assert devices.resolve("cpu") == torch.device("cpu")
+    assert devices.resolve("auto").type == ("cuda" if GPU else "mps" if torch.backends.mps.is_available() else "cpu")
+    with pytest.raises(GenloomError, match="unknown device 'tpu'; choose one of auto, cpu, cuda, cuda:N, mps"):
+        devices.resolve("tpu")
+    with pytest.raises(GenloomError, match="cuda"):
+        devices.resolve(MISSING)
+
+
+def test_mixed_precision_fits_the_device():
+    cpu = torch.device("cpu")
+    assert devices.autocast_dtype("float32", cpu) is None
+    assert devices.autocast_dtype("auto", cpu) is None  # no autocast on a CPU unless asked
+    assert devices.autocast_dtype("bfloat16", cpu) is torch.bfloat16
+    with pytest.raises(GenloomError, match="float16 .* needs a CUDA GPU"):
+        devices.autocast_dtype("float16", cpu)
+
+
+def test_batches_move_whole():
+    batch = (torch.zeros(2), None, [torch.ones(1)], {"a": torch.ones(3)})
+    moved = devices.to(batch, torch.device("meta"))
+    assert moved[0].device.type == "meta" and moved[1] is None and moved[2][0].device.type == "meta"
+    assert moved[3]["a"].device.type == "meta"
+
+
+@pytest.mark.parametrize("command", [["train", "-c", TINY_TOML], ["generate", "-m", "models/tang", "-p", "x"],
+                                     ["eval", "-m", "models/tang", "--evalset", "chat"], ["serve"]])
+def test_a_device_that_is_not_here_is_one_line(run_main, command):
+    code, out, err = run_main(*command, "--device", MISSING)
+    line = assert_one_line_error(code, out, err)
+    assert MISSING in line and "choose" in line
+
+
+@pytest.mark.device
+@pytest.mark.skipif(not GPU, reason="no CUDA GPU here")
+def test_training_on_a_gpu_with_autocast_matches_the_cpu_curve(english_dir, tmp_path):
+    runs = {}
+    for device in ("cpu", "cuda"):
+        cfg = load_run_config(TINY_TOML, overrides(english_dir, tmp_path / device, {"dropout": 0.0}, max_steps=6,
+                                                   device=device, dtype="float32" if device == "cpu" else "auto"))
+        trainer = Trainer(cfg, callbacks=default_callbacks(progress=False))
+        assert next(trainer.model.parameters()).device.type == device
+        runs[device] = trainer.fit()
+    assert runs["cuda"]["train_loss"] == pytest.approx(runs["cpu"]["train_loss"], rel=0.05)  # bf16/fp16 vs fp32
+    assert load_model(tmp_path / "cuda" / "best").model is not None  # the export left the device
+
+
+@pytest.mark.device
+@pytest.mark.skipif(not GPU, reason="no CUDA GPU here")
+def test_samplers_run_on_a_gpu_and_a_seed_means_the_same_text(lm):
+    sp = SamplingParams(max_new_tokens=20, temperature=0.8, top_k=10, repetition_penalty=1.2, seed=3)
+    cpu = [o.text for o in generate(lm.model, lm.tokenizer, ["the cat", "a dog sees"], sp)]
+    lm.model.to("cuda")
+    try:
+        gpu = [o.text for o in generate(lm.model, lm.tokenizer, ["the cat", "a dog sees"], sp)]
+    finally:
+        lm.model.to("cpu")
+    assert gpu == cpu  # each row's draws on its own CPU generator
+
+
+@pytest.mark.device
+@pytest.mark.skipif(not GPU, reason="no CUDA GPU here")
+@pytest.mark.parametrize("model", ["models/fmnist-dcgan", "models/fmnist-vae", "models/fmnist-diffusion"])
+def test_image_models_sample_on_a_gpu_like_on_the_cpu(model):
+    opts = dict(n=3, seed=5, steps=4) if "diffusion" in model else dict(n=3, seed=5)
+    cpu = images.generate(load_model(model), images.ImageOptions(model=model, **opts)).images
+    gpu = images.generate(load_model(model, device="cuda"), images.ImageOptions(model=model, **opts)).images
+    assert gpu.device.type == "cpu" and gpu.shape == cpu.shape
+    assert (gpu.int() - cpu.int()).abs().float().mean() < 2.0  # the same noise; kernels differ by rounding
