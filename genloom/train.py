@@ -407,6 +407,8 @@ class Trainer:
             "stopped": self.stop_reason or "max_steps",
             "out_dir": str(self.out),
         }
+        if self.world > 1:  # rank 0's seconds in collectives (gradients, the step's figures), waits included
+            summary.update(processes=self.world, comm_s=round(self.comm_s, 3))
         if self.stop_reason != "interrupted":
             model, _ = self.whole(optimizer=False)
             if self.rank == 0:
@@ -424,7 +426,9 @@ class Trainer:
         asked to stop (a signal, a cancel): every rank then stops after the same step."""
         keys = sorted(losses)
         stop = 1.0 if self.stop_reason is not None else 0.0
+        t0 = time.perf_counter()
         sums = distributed.sum_floats([loss, *(losses[k] for k in keys), dt, stop], self.device)
+        self.comm_s += time.perf_counter() - t0
         w = self.world
         self._stop_agreed = sums[-1] > 0
         if self._stop_agreed and self.stop_reason is None:
