@@ -317,9 +317,9 @@ class DiffusionTask(ImageTask):
         cond = None
         if c.cond_dim:
             picks = torch.rand(self.batch_size, generator=gen)[rows].tolist()
-            rows = [self.caption_index[split][i][int(r * len(self.caption_index[split][i]))]
-                    for i, r in zip(ix.tolist(), picks)]
-            cond = self.caption_embeddings[rows]  # (B, cond_dim)
+            caption_rows = [self.caption_index[split][i][int(r * len(self.caption_index[split][i]))]
+                            for i, r in zip(ix.tolist(), picks)]
+            cond = self.caption_embeddings[caption_rows]  # (B, cond_dim)
         if c.cond_dropout > 0 and (labels is not None or cond is not None):
             drop = torch.rand(self.batch_size, generator=gen)[rows] < c.cond_dropout
             if labels is not None:

@@ -201,22 +201,25 @@ def test_a_rendezvous_that_never_completes_times_out_with_one_line(english_dir, 
 
 
 # ---- sharded batches: each rank reads its rows of the global batch ----------------------------------------
-FAMILIES = {
-    "gpt": [],
-    "classifier": ["data.source='digits'"],
-    "diffusion": ["data.source='digits'", "model.base=8", "model.mults=[1]", "model.num_classes=10",
-                  "model.cond_dropout=0.5"],
-    "dcgan": ["data.source='digits'", "model.image_size=16", "model.nz=4", "model.ngf=4", "model.ndf=4"],
-    "vae": ["data.source='digits'", "model.image_size=8", "model.latent_dim=4", "model.base=8"],
-    "vqvae": ["data.source='digits'", "model.image_size=8", "model.base=8"],
+CASES = {
+    "gpt": ("gpt", []),
+    "classifier": ("classifier", ["data.source='digits'"]),
+    "diffusion": ("diffusion", ["data.source='digits'", "model.base=8", "model.mults=[1]", "model.num_classes=10",
+                                "model.cond_dropout=0.5"]),
+    "diffusion-text": ("diffusion", ["data.source='digits'", "data.captions='templates'", "model.cond_dim=384",
+                                     "model.base=8", "model.mults=[1]", "model.cond_dropout=0.5"]),
+    "dcgan": ("dcgan", ["data.source='digits'", "model.image_size=16", "model.nz=4", "model.ngf=4", "model.ndf=4"]),
+    "vae": ("vae", ["data.source='digits'", "model.image_size=8", "model.latent_dim=4", "model.base=8"]),
+    "vqvae": ("vqvae", ["data.source='digits'", "model.image_size=8", "model.base=8"]),
 }
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_the_rows_of_every_rank_make_up_the_global_batch(family, english_dir, tmp_path):
+@pytest.mark.parametrize("case", CASES)
+def test_the_rows_of_every_rank_make_up_the_global_batch(case, english_dir, tmp_path):
+    family, extra = CASES[case]
     base = overrides(english_dir, tmp_path, GPT) if family == "gpt" else [f"train.out_dir='{tmp_path}'"]
     cfg = load_run_config(TINY_TOML if family == "gpt" else None,
-                          [*base, f"family='{family}'", "train.batch_size=6", *FAMILIES[family]])
+                          [*base, f"family='{family}'", "train.batch_size=6", *extra])
     task = Trainer(cfg, callbacks=[]).task
     args = ("d",) if family == "dcgan" else ()
 
@@ -229,7 +232,7 @@ def test_the_rows_of_every_rank_make_up_the_global_batch(family, english_dir, tm
     for i, t in enumerate(whole):
         if isinstance(t, torch.Tensor):
             assert len(t) == 6
-            assert torch.equal(torch.cat([h[i] for h in halves]), t), (family, i)
+            assert torch.equal(torch.cat([h[i] for h in halves]), t), (case, i)
 
 
 # ---- generation and evaluation split over ranks ------------------------------------------------------------
