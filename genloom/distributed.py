@@ -160,6 +160,32 @@ def broadcast_module(module: torch.nn.Module) -> None:
         dist.broadcast(t.data, 0)
 
 
+def state_to_sync(module: torch.nn.Module) -> list[torch.Tensor]:
+    """What a step changes outside the optimizer: float buffers (BatchNorm statistics, a VQ codebook's EMA) and
+    parameters that are not trained by gradients (EMA copies)."""
+    return [t for t in [*module.buffers(), *(p for p in module.parameters() if not p.requires_grad)]
+            if t.is_floating_point()]
+
+
+def broadcast_tensors(tensors: list[torch.Tensor]) -> float:
+    """Rank 0's values of these tensors on every rank, as DDP's broadcast_buffers (one flat buffer per dtype);
+    returns the seconds it took."""
+    if not active() or not tensors:
+        return 0.0
+    t0 = time.perf_counter()
+    by_dtype: dict = {}
+    for t in tensors:
+        by_dtype.setdefault((t.dtype, t.device), []).append(t)
+    for group in by_dtype.values():
+        flat = torch.cat([t.detach().reshape(-1) for t in group])
+        dist.broadcast(flat, 0)
+        offset = 0
+        for t in group:
+            t.data.copy_(flat[offset: offset + t.numel()].view_as(t))
+            offset += t.numel()
+    return time.perf_counter() - t0
+
+
 def broadcast_object(obj):
     """Rank 0's object on every rank (torch's pickling between our own ranks; never a user's file)."""
     if not active():

@@ -122,6 +122,7 @@ class Trainer:
                 raise GenloomError("train.metrics run on rank 0 alone, which holds a shard of the model under "
                                    "train.parallel = 'fsdp': drop train.metrics (run `genloom eval` on the export)")
             distributed.shard_model(self.model)  # FSDP2: parameters, gradients, optimizer state split over ranks
+        self._synced = distributed.state_to_sync(self.model)
         self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
         self.phases = tuple(getattr(self.task, "phases", None) or (None,))
         self.select_by = getattr(self.task, "select_by", "val_loss")  # the validation figure "best" minimises
@@ -370,6 +371,8 @@ class Trainer:
                 losses = {k: sum(v) / len(v) for k, v in losses.items()}  # means over micro-batches and phases
                 if hasattr(self.task, "after_step"):  # e.g. the EMA update of a diffusion model
                     self.task.after_step(self.model)
+                if self.world > 1 and not self.fsdp:  # rank 0's BatchNorm statistics, codebook EMA, ... (as DDP)
+                    self.comm_s += distributed.broadcast_tensors(self._synced)
                 dt = time.perf_counter() - t0
                 if self.world > 1:
                     loss_sum, losses, dt = self._sync_step(loss_sum, losses, dt)

@@ -168,6 +168,16 @@ def test_a_gan_trains_in_two_processes_checkpoints_and_resumes_in_one(tmp_path):
     assert summary["step"] == 5
 
 
+def test_buffers_a_step_changes_are_rank_0s_on_every_rank(tmp_path):
+    """BatchNorm statistics and a VQ codebook's EMA move with each rank's own rows; like DDP, rank 0's win."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(ROOT / "tests" / "dist_buffers.py"), str(tmp_path / "vq")]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=240, cwd=ROOT, env=ENV)
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][0])
+    assert result["buffers"] > 0 and result["max_difference"] == 0.0
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
