@@ -94,7 +94,7 @@ def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, 
         if key in seen:
             continue
         seen[key] = name
-        tensors[name] = (t.detach().to(cast) if t.is_floating_point() else t.detach()).contiguous()
+        tensors[name] = (t.detach().to("cpu", cast) if t.is_floating_point() else t.detach().cpu()).contiguous()
     meta = {"format": MODEL_FORMAT, "family": family, "genloom_version": __version__}
     atomic_write(out / "model.safetensors", lambda f: f.write(_safetensors_bytes(tensors, meta)))
     config = {**meta, "model": dataclasses.asdict(model_config), "dtype": dtype, "card": card or {}}

@@ -91,3 +91,38 @@ def test_image_models_sample_on_a_gpu_like_on_the_cpu(model):
     gpu = images.generate(load_model(model, device="cuda"), images.ImageOptions(model=model, **opts)).images
     assert gpu.device.type == "cpu" and gpu.shape == cpu.shape
     assert (gpu.int() - cpu.int()).abs().float().mean() < 2.0  # the same noise; kernels differ by rounding
+
+
+FAMILIES = {
+    "dcgan": ["model.objective='wgan-gp'", "model.n_critic=2", "model.image_size=16", "model.nz=4", "model.ngf=4",
+              "model.ndf=4"],
+    "diffusion": ["model.base=8", "model.mults=[1]", "model.num_classes=10"],
+    "vae": ["model.image_size=8", "model.latent_dim=4", "model.base=8"],
+    "vqvae": ["model.image_size=8", "model.base=8"],
+    "classifier": [],
+}
+
+
+@pytest.mark.device
+@pytest.mark.skipif(not GPU, reason="no CUDA GPU here")
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_image_family_trains_and_samples_on_a_gpu(family, tmp_path):
+    cfg = load_run_config(None, [f"family='{family}'", "data.source='digits'", f"train.out_dir='{tmp_path}'",
+                                 "train.max_steps=3", "train.batch_size=8", "train.eval_interval=3",
+                                 "train.eval_batches=1", "train.device='cuda'", "train.dtype='auto'",
+                                 *FAMILIES[family]])
+    summary = Trainer(cfg, callbacks=default_callbacks(progress=False, cfg=cfg)).fit()
+    assert summary["step"] == 3
+    lm = load_model(tmp_path / "best", device="cuda")
+    if images.is_image_model(lm):
+        out = images.generate(lm, images.ImageOptions(model=str(tmp_path), n=2, seed=1)).images
+        assert out.device.type == "cpu" and out.dtype == torch.uint8
+
+
+@pytest.mark.device
+@pytest.mark.skipif(not GPU, reason="no CUDA GPU here")
+def test_eval_and_generate_run_on_a_gpu(run_main, tmp_path):
+    code, out, err = run_main("eval", "-m", "models/fmnist-dcgan", "-n", 64, "--device", "cuda")
+    assert code == 0, err
+    code, out, err = run_main("generate", "-m", "models/tang", "-p", "春", "-N", 8, "--seed", 1, "--device", "cuda")
+    assert code == 0, err

@@ -178,6 +178,14 @@ def test_buffers_a_step_changes_are_rank_0s_on_every_rank(tmp_path):
     assert result["buffers"] > 0 and result["max_difference"] == 0.0
 
 
+def test_fsdp_of_a_family_without_a_sharding_plan_is_one_line_per_rank(tmp_path):
+    r = torchrun("train", "--set", "family='dcgan'", "--set", "data.source='digits'", "--set", "model.image_size=16",
+                 "--set", "train.parallel='fsdp'", "--set", f"train.out_dir='{tmp_path}'")
+    assert r.returncode != 0
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("genloom: error:")]
+    assert len(lines) == 2 and "train.parallel = 'fsdp': the dcgan model does not declare" in lines[0], r.stderr[-2000:]
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
