@@ -223,7 +223,7 @@ class Trainer:
             **({"generator_parameters": sum(p.numel() for p in self.model.generator.parameters())}
                if hasattr(self.model, "generator") else {}),
             "step": self.step,
-            "tokens_seen" if self.task.unit == "tok" else "images_seen": self.step * t.batch_size * t.grad_accum * getattr(self.model_config, "block_size", 1),
+            "tokens_seen" if self.task.unit == "tok" else "images_seen": self.step * t.batch_size * self.world * t.grad_accum * getattr(self.model_config, "block_size", 1),
             self.select_by: self.best_val if math.isfinite(self.best_val) else None,
             "train_seconds": round(self.elapsed, 1),
             "threads": torch.get_num_threads(),

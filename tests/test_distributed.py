@@ -79,6 +79,8 @@ def test_two_processes_of_batch_b_match_one_process_of_batch_2b(reference, engli
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
     a, b = safe_torch_load(reference / "last.pt"), safe_torch_load(out / "last.pt")
     assert a["step"] == b["step"] == 6 and b["world_size"] == 2
+    card = json.loads((out / "best" / "config.json").read_text())["card"]
+    assert card["processes"] == 2 and card["tokens_seen"] == card["step"] * 8 * 32  # global batch: 2 ranks x 4 rows
     for name, t in a["model"].items():
         torch.testing.assert_close(b["model"][name], t, rtol=1e-4, atol=1e-5, msg=name)
     assert b["optimizer"]["param_groups"] == a["optimizer"]["param_groups"]  # FSDP's state in the plain layout
