@@ -93,7 +93,3 @@ def of(module: torch.nn.Module) -> torch.device:
     """The device a module's parameters live on (CPU for a module without any)."""
     p = next(module.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
-
-
-def has_gpu() -> bool:
-    return torch.cuda.is_available()

@@ -307,7 +307,6 @@ class Trainer:
         return devices.autocast(self.device, self.amp_dtype)
 
     def fit(self) -> dict:
-        t = self.cfg.train
         if self.rank == 0:
             self.out.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.out / "run.json", json.dumps(self.cfg.to_dict(), indent=2))

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import TINY_TOML, assert_one_line_error, overrides
+
 from genloom import devices
 from genloom.callbacks import default_callbacks
 from genloom.checkpoints import load_model
