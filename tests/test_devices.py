@@ -5,6 +5,8 @@ allowed-skips block lists them for CI's GPU-less machines)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from conftest import TINY_TOML, assert_one_line_error, overrides
@@ -14,6 +16,7 @@ from genloom.callbacks import default_callbacks
 from genloom.checkpoints import load_model
 from genloom.errors import GenloomError
 from genloom.families import load_run_config
+from genloom.files import safe_torch_load
 from genloom.pipelines import images
 from genloom.sample import SamplingParams, generate
 from genloom.train import Trainer
@@ -126,3 +129,23 @@ def test_eval_and_generate_run_on_a_gpu(run_main, tmp_path):
     assert code == 0, err
     code, out, err = run_main("generate", "-m", "models/tang", "-p", "春", "-N", 8, "--seed", 1, "--device", "cuda")
     assert code == 0, err
+
+
+def test_fp16_with_a_gradient_scaler_trains_and_resumes_exactly(english_dir, tmp_path, monkeypatch):
+    """The path of a GPU without bf16, on the CPU (torch's CPU autocast and GradScaler take float16 too)."""
+    monkeypatch.setattr(devices, "autocast_dtype", lambda name, device: torch.float16)
+
+    def run(out, steps, resume=False):
+        cfg = load_run_config(TINY_TOML, overrides(english_dir, out, {"dropout": 0.0}, max_steps=steps,
+                                                   ckpt_interval=2, eval_interval=100))
+        trainer = Trainer(cfg, resume=resume, callbacks=[])
+        assert trainer.scaler is not None
+        return trainer.fit()
+
+    full = run(tmp_path / "full", 4)
+    state = safe_torch_load(tmp_path / "full" / "last.pt")
+    scaler = json.loads(state["grad_scaler"])
+    assert scaler["scale"] == 65536.0 and scaler["_growth_tracker"] == 4  # 4 finite steps, scaled by 2^16
+    run(tmp_path / "part", 2)
+    resumed = run(tmp_path / "part", 4, resume=True)
+    assert resumed["train_loss"] == pytest.approx(full["train_loss"], rel=1e-6)
