@@ -90,6 +90,22 @@ def test_two_processes_of_batch_b_match_one_process_of_batch_2b(reference, engli
     assert torch.equal(a["rng_data"], b["rng_data"])  # one data generator, the same on any number of ranks
 
 
+def test_two_nodes_meeting_by_c10d_rendezvous_train_as_one_process(reference, english_dir, tmp_path):
+    """Multi-node as users launch it (--nnodes 2 --rdzv_backend c10d), both "nodes" on this machine."""
+    out, port = tmp_path / "nodes", _free_port()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
+           "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "genloom-test",
+           "-m", "genloom", "train", "-c", str(TINY_TOML), *sets(english_dir, out, batch_size=4)]
+    nodes = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    for node in nodes:
+        _, err = node.communicate(timeout=240)
+        assert node.returncode == 0, err[-3000:]
+    want, got = losses(reference), losses(out)
+    for key, value in want.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
 def test_a_two_process_run_resumed_as_one_process_continues_the_curve(reference, english_dir, tmp_path):
     out = tmp_path / "ddp"
     r = torchrun("train", "-c", TINY_TOML, *sets(english_dir, out, batch_size=4, max_steps=3))
