@@ -167,6 +167,29 @@ def test_a_killed_rank_ends_the_run_and_it_resumes_from_its_last_checkpoint(engl
         assert got[(s, "loss")] == pytest.approx(want[(s, "loss")], rel=1e-5, abs=1e-6), s
 
 
+def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(english_dir, tmp_path):
+    """SIGTERM reaching rank 1 alone: the ranks agree at the step's all-reduce, rank 0 writes last.pt there."""
+    out = tmp_path / "stopped"
+    args = sets(english_dir, out, batch_size=4, max_steps=100_000, ckpt_interval=100_000, eval_interval=100_000)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genloom",
+           "train", "-c", str(TINY_TOML), *args]
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while len(losses(out) if (out / "metrics.jsonl").exists() else {}) < 3:
+            assert launcher.poll() is None and time.monotonic() < deadline, "the run did not start"
+            time.sleep(0.2)
+        ranks = {_rank_of(p): p for p in _children(launcher.pid)}
+        os.kill(ranks[1], signal.SIGTERM)
+        stdout, _ = launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    summary = json.loads([ln for ln in stdout.splitlines() if ln.startswith("{")][-1])
+    assert summary["stopped"] == "interrupted"
+    assert safe_torch_load(out / "last.pt")["step"] == summary["step"] == max(k[0] for k in losses(out))
+
+
 def test_a_gan_trains_in_two_processes_checkpoints_and_resumes_in_one(tmp_path):
     """WGAN-GP: two optimizers, critic and generator phases, the gradient penalty's double backward."""
     out = tmp_path / "gan"
