@@ -94,7 +94,7 @@ def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, 
         if key in seen:
             continue
         seen[key] = name
-        tensors[name] = (t.detach().to(cast) if t.is_floating_point() else t.detach()).contiguous()
+        tensors[name] = (t.detach().to("cpu", cast) if t.is_floating_point() else t.detach().cpu()).contiguous()
     meta = {"format": MODEL_FORMAT, "family": family, "genloom_version": __version__}
     atomic_write(out / "model.safetensors", lambda f: f.write(_safetensors_bytes(tensors, meta)))
     config = {**meta, "model": dataclasses.asdict(model_config), "dtype": dtype, "card": card or {}}
@@ -129,7 +129,7 @@ def _build(family, model_cfg_dict, state_dict, path) -> tuple[torch.nn.Module, o
     return model, cfg
 
 
-def load_model(path: str | Path) -> Loaded:
+def load_model(path: str | Path, device=None) -> Loaded:
     """One loader: an export folder, a run folder (its best export, else its last checkpoint), or a .pt file.
 
     An export folder with a `prior/` model beside its weights (a VQ-VAE's GPT over its codes) gets that
@@ -142,4 +142,8 @@ def load_model(path: str | Path) -> Loaded:
         prior = load_model(stored.path / "prior")
         object.__setattr__(model, "prior", prior.model)
         object.__setattr__(model, "prior_tokenizer", prior.tokenizer)
+    if device is not None:  # a torch.device or 'cpu' / 'cuda:0' ...; the prior is not a submodule: moved too
+        model.to(device)
+        if getattr(model, "prior", None) is not None:
+            model.prior.to(device)
     return Loaded(model, tok, stored.family, cfg, stored.meta, str(stored.path))

@@ -46,7 +46,11 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
-    dtype: str = "float32"  # float32 | bfloat16 (autocast on CPU)
+    dtype: str = "float32"  # float32 | bfloat16 | float16 (GPU, with a gradient scaler) | auto (what fits the device)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps (`genloom train --device`); auto: a GPU when there is one
+    # Under torchrun: "ddp" keeps a whole model on every rank and averages gradients; "fsdp" shards the
+    # parameters, gradients and optimizer state over the ranks (torch's fully_shard, FSDP2).
+    parallel: str = "ddp"
     eval_interval: int = 200
     eval_batches: int = 20
     log_interval: int = 10
@@ -176,8 +180,10 @@ def load_run_config(path: str | Path | None, overrides: list[str] = ()) -> RunCo
 
 def check(cfg: RunConfig) -> RunConfig:
     """The checks a key's type cannot express (the family's model keys: genloom.families.check_run_config)."""
-    if cfg.train.dtype not in ("float32", "bfloat16"):
-        raise GenloomError(f"unknown train.dtype '{cfg.train.dtype}'; choose one of bfloat16, float32")
+    if cfg.train.dtype not in ("auto", "float32", "bfloat16", "float16"):
+        raise GenloomError(f"unknown train.dtype '{cfg.train.dtype}'; choose one of auto, bfloat16, float16, float32")
+    if cfg.train.parallel not in ("ddp", "fsdp"):
+        raise GenloomError(f"unknown train.parallel '{cfg.train.parallel}'; choose one of ddp, fsdp")
     if cfg.train.lr_schedule not in ("cosine", "constant"):
         raise GenloomError(f"unknown train.lr_schedule '{cfg.train.lr_schedule}'; choose one of constant, cosine")
     return cfg

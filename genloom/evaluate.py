@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from genloom import families
+from genloom import distributed, families
 from genloom.checkpoints import load_model
 from genloom.data import evalsets
 from genloom.data import music as music_data
@@ -63,9 +63,9 @@ def _curve(section: Section, model_path: str) -> None:
 
 # ---- text ---------------------------------------------------------------------------------------
 def perplexity_section(model_path: str, data_dir: str, *, split: str = "val", context: int = 0, stride: int = 0,
-                       max_tokens: int = 0) -> Section:
+                       max_tokens: int = 0, device=None) -> Section:
     """Perplexity and bits per token/character of a GPT on a prepared split."""
-    lm = load_model(model_path)
+    lm = load_model(model_path, device=device)
     if families.get(lm.family).kind != "text":
         raise GenloomError(f"{model_path} is a '{lm.family}' model; perplexity needs a 'gpt' model")
     data = TokenData(data_dir)
@@ -147,9 +147,10 @@ def load_evalset(name: str, limit: int, seed: int = 1337) -> tuple[list[dict], l
 
 
 def evalset_section(model_path: str, evalset: str, *, limit: int = 100, max_new_tokens: int = 64,
-                    temperature: float = 0.0, seed: int = 0, similarity: bool = True) -> Section:
-    """Generate a reply to every prompt of a held-out set and score it against the reference."""
-    lm = load_model(model_path)
+                    temperature: float = 0.0, seed: int = 0, similarity: bool = True, device=None) -> Section | None:
+    """Generate a reply to every prompt of a held-out set and score it against the reference. Under torchrun the
+    chunks of 16 prompts are dealt over the ranks and rank 0 scores them all (the other ranks return None)."""
+    lm = load_model(model_path, device=device)
     if families.get(lm.family).kind != "text":
         raise GenloomError(f"{model_path} is a '{lm.family}' model; eval sets need a 'gpt' model")
     pairs, stops = load_evalset(evalset, limit)
@@ -160,9 +161,14 @@ def evalset_section(model_path: str, evalset: str, *, limit: int = 100, max_new_
         prompts.append(lm.tokenizer.decode(ids[-(block - max_new_tokens):]) if len(ids) > block - max_new_tokens
                        else p["prompt"])
     sp = SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed, stop=stops)
-    outs = []
-    for i in range(0, len(prompts), 16):
-        outs += [o.text.strip() for o in generate(lm.model, lm.tokenizer, prompts[i: i + 16], sp)]
+    starts = list(range(0, len(prompts), 16))
+    mine = {i: [o.text.strip() for o in generate(lm.model, lm.tokenizer, prompts[i: i + 16], sp)]
+            for i in starts[distributed.rank()::distributed.world()]}  # a chunk decodes alike on any rank
+    gathered = distributed.gather_objects(mine)
+    if gathered is None:
+        return None
+    done = {i: texts for part in gathered for i, texts in part.items()}
+    outs = [text for i in starts for text in done[i]]
     refs = [p["reference"] for p in pairs]
     s = text_section(f"{model_path} on {evalset}", outs, refs, prompts=[p["prompt"] for p in pairs],
                      similarity=similarity)
@@ -291,7 +297,7 @@ def classifier_section(model_path: str, reference: str | None) -> Section:
 
 
 def generator_section(model_path: str, reference: str | None, features: str | None = None, *, n: int = 1000,
-                      seed: int = 0, sampling: dict | None = None) -> Section:
+                      seed: int = 0, sampling: dict | None = None, device=None) -> Section | None:
     """An image generator: draw n samples through the image pipeline (every class in turn for a conditional
     model, "a photo of a {class}" for a text-conditional one) and score them as a folder of samples against
     the reference (FID with its floor, KID, precision/recall); a model that reconstructs (VAE, VQ-VAE) also
@@ -299,7 +305,7 @@ def generator_section(model_path: str, reference: str | None, features: str | No
     import tempfile
 
 
-    lm = load_model(resolve_model_path(model_path))
+    lm = load_model(resolve_model_path(model_path), device=device)
     reference = reference or ((lm.meta.get("card") or {}).get("data") or {}).get("source")
     if not reference:
         raise GenloomError("which data does the model imitate? pass --reference (fashion-mnist, mnist5k, digits "
@@ -317,8 +323,11 @@ def generator_section(model_path: str, reference: str | None, features: str | No
     with tempfile.TemporaryDirectory() as tmp:
         for i in range(0, n, 250):  # in chunks: bounded memory; image j is the same in any chunk (seed + j)
             part = plan.part(i, min(n, i + 250))
-            result = pipeline.ImageResult(part, pipeline.sample_images(lm, part))
-            pipeline.write_images(result, Path(tmp) / f"{i:05d}", grid=False)
+            drawn = pipeline.sample_sharded(lm, part)  # under torchrun: split over the ranks, gathered on rank 0
+            if drawn is not None:
+                pipeline.write_images(pipeline.ImageResult(part, drawn), Path(tmp) / f"{i:05d}", grid=False)
+        if not distributed.is_main():
+            return None
         s = images_section(tmp, reference, features, seed=seed)
     s.name = f"{model_path} ({n} samples) vs {reference}"
     s.raw = {"model": str(model_path), "samples": n, "sampling": dict(plan.sampling)
@@ -339,14 +348,14 @@ def generator_section(model_path: str, reference: str | None, features: str | No
 
 
 def model_section(model_path: str, reference: str | None, features: str | None = None, n: int = 1000,
-                  seed: int = 0) -> Section:
+                  seed: int = 0, device=None) -> Section | None:
     """A model given without data: a classifier is scored on its test set, an image generator on samples of it;
-    a GPT needs --data or --evalset."""
+    a GPT needs --data or --evalset. Under torchrun, sampling is split over the ranks; rank 0 scores."""
     lm = load_model(resolve_model_path(model_path))
     if families.get(lm.family).kind == "label":
-        return classifier_section(model_path, reference)
+        return classifier_section(model_path, reference) if distributed.is_main() else None
     if families.get(lm.family).kind == "image":
-        return generator_section(model_path, reference, features, n=n, seed=seed)
+        return generator_section(model_path, reference, features, n=n, seed=seed, device=device)
     raise GenloomError(f"{model_path} is a '{lm.family}' model: pass --data DIR (perplexity) or --evalset "
                        f"{'|'.join(EVALSETS)} (generation metrics)")
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from genloom import diffusion
+from genloom import devices, diffusion
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
 from genloom.data.text import TokenData, prepare
 from genloom.embeddings import embed
@@ -31,8 +31,13 @@ def supervised_loss(model, batch) -> torch.Tensor:
 
 
 class LMTask:
-    """Causal language modelling on a prepared token folder: random windows of block_size + 1 tokens."""
+    """Causal language modelling on a prepared token folder: random windows of block_size + 1 tokens.
+
+    Every task draws the random numbers of a whole global batch (`batch_size` rows) and reads only its own
+    `rows` of it: under torchrun each rank reads its shard, and N ranks of B rows see the very batches one
+    process of N * B rows would (genloom.distributed)."""
     unit = "tok"
+    rows = slice(None)
     METRICS = ("perplexity", "distinct", "repetition")
 
     def __init__(self, data, block_size: int | None, batch_size: int):
@@ -81,9 +86,9 @@ class LMTask:
         T = self.block_size
         R = self.data.meta.get("record_len")  # fixed-length records (image codes): windows start at a record
         if R:
-            ix = (torch.randint((len(data) - T - 1) // R + 1, (self.batch_size,), generator=gen) * R).tolist()
+            ix = (torch.randint((len(data) - T - 1) // R + 1, (self.batch_size,), generator=gen) * R)[self.rows].tolist()
         else:
-            ix = torch.randint(len(data) - T - 1, (self.batch_size,), generator=gen).tolist()
+            ix = torch.randint(len(data) - T - 1, (self.batch_size,), generator=gen)[self.rows].tolist()
         x = torch.from_numpy(np.stack([data[i : i + T] for i in ix]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1 : i + 1 + T] for i in ix]).astype(np.int64))
         return x, y
@@ -131,6 +136,7 @@ class ClassifyTask:
     unit = "img"
     tokenizer = None
     METRICS = ("accuracy",)
+    rows = slice(None)  # this rank's rows of the global batch (see LMTask)
 
     def __init__(self, train, test, batch_size: int):
         self.splits = {"train": train, "val": test}
@@ -170,7 +176,7 @@ class ClassifyTask:
 
     def batch(self, split: str, gen: torch.Generator):
         ds = self.splits[split]
-        ix = torch.randint(len(ds), (self.batch_size,), generator=gen)
+        ix = torch.randint(len(ds), (self.batch_size,), generator=gen)[self.rows]
         x = ds.images[ix].float() / 255.0
         return x, ds.labels[ix]
 
@@ -183,10 +189,11 @@ class ClassifyTask:
     def evaluate(self, model, batch_size: int = 500) -> dict:
         """Loss and accuracy on the whole held-out split (not a sample of batches)."""
         ds = self.splits["val"]
+        device = devices.of(model)
         total, correct = 0.0, 0
         for i in range(0, len(ds), batch_size):
-            x = ds.images[i: i + batch_size].float() / 255.0
-            y = ds.labels[i: i + batch_size]
+            x = (ds.images[i: i + batch_size].float() / 255.0).to(device)
+            y = ds.labels[i: i + batch_size].to(device)
             logits, loss = model(x, y)
             total += float(loss) * len(y)
             correct += int((logits.argmax(-1) == y).sum())
@@ -302,20 +309,20 @@ class DiffusionTask(ImageTask):
         self.caption_embeddings, self.caption_texts = table, list(texts)
 
     def batch(self, split: str, gen: torch.Generator):
-        c = self.config
-        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
+        c, rows = self.config, self.rows
+        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)[rows]
         x0 = self.pixels(split, ix)
         labels = self.labels(split, ix)
-        t = torch.randint(c.num_train_timesteps, (self.batch_size,), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(c.num_train_timesteps, (self.batch_size,), generator=gen)[rows]
+        noise = torch.randn((self.batch_size, *x0.shape[1:]), generator=gen)[rows]
         cond = None
         if c.cond_dim:
-            picks = torch.rand(self.batch_size, generator=gen).tolist()
-            rows = [self.caption_index[split][i][int(r * len(self.caption_index[split][i]))]
-                    for i, r in zip(ix.tolist(), picks)]
-            cond = self.caption_embeddings[rows]  # (B, cond_dim)
+            picks = torch.rand(self.batch_size, generator=gen)[rows].tolist()
+            caption_rows = [self.caption_index[split][i][int(r * len(self.caption_index[split][i]))]
+                            for i, r in zip(ix.tolist(), picks)]
+            cond = self.caption_embeddings[caption_rows]  # (B, cond_dim)
         if c.cond_dropout > 0 and (labels is not None or cond is not None):
-            drop = torch.rand(self.batch_size, generator=gen) < c.cond_dropout
+            drop = torch.rand(self.batch_size, generator=gen)[rows] < c.cond_dropout
             if labels is not None:
                 labels = torch.where(drop, torch.full_like(labels, c.num_classes), labels)
             if cond is not None:
@@ -372,11 +379,12 @@ class GANTask(ImageTask):
         self.has_features = self.splits["train"].source in DEFAULT_FEATURES
 
     def batch(self, split: str, gen: torch.Generator, phase: str = "d"):
-        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
+        rows = self.rows
+        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)[rows]
         real = self.pixels(split, ix) if phase == "d" else None
         labels = self.labels(split, ix)
-        z = torch.randn(self.batch_size, self.config.nz, generator=gen)
-        eps = torch.rand(self.batch_size, 1, 1, 1, generator=gen)  # the gradient penalty's interpolation point
+        z = torch.randn(self.batch_size, self.config.nz, generator=gen)[rows]
+        eps = torch.rand(self.batch_size, 1, 1, 1, generator=gen)[rows]  # the gradient penalty's interpolation point
         return real, labels, z, eps
 
     def tokens(self, batch) -> int:
@@ -412,7 +420,9 @@ class GANTask(ImageTask):
         if not self.has_features:  # the discriminator's held-out loss, shown but not used to pick a generator
             gen = torch.Generator().manual_seed(1)  # (a GAN's D loss says how the duel stands, not sample quality)
             with torch.enable_grad():  # WGAN-GP's penalty needs gradients
-                losses = [float(self.loss(model, self.batch("val", gen, "d"))[0].detach()) for _ in range(4)]
+                device = devices.of(model)
+                losses = [float(self.loss(model, devices.to(self.batch("val", gen, "d"), device))[0].detach())
+                          for _ in range(4)]
             return {"val_d_loss": sum(losses) / len(losses)}
 
         n = n or self.config.fid_samples
@@ -441,9 +451,9 @@ class VAETask(ImageTask):
     pixel_range = (0.0, 1.0)
 
     def batch(self, split: str, gen: torch.Generator):
-        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
+        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)[self.rows]
         x = self.pixels(split, ix)
-        return x, torch.randn(self.batch_size, self.config.latent_dim, generator=gen)
+        return x, torch.randn(self.batch_size, self.config.latent_dim, generator=gen)[self.rows]
 
     def loss(self, model, batch):
         x, noise = batch
@@ -456,7 +466,7 @@ class VQVAETask(VAETask):
     codebook's usage perplexity. A GPT prior over the code indices is trained afterwards (`genloom codes`)."""
 
     def batch(self, split: str, gen: torch.Generator):
-        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)
+        ix = torch.randint(len(self.splits[split]), (self.batch_size,), generator=gen)[self.rows]
         return (self.pixels(split, ix),)
 
     def loss(self, model, batch):
@@ -465,4 +475,4 @@ class VQVAETask(VAETask):
     def sample(self, model, n: int = 16, **_) -> torch.Tensor:
         """Reconstructions of the first validation images above the originals (no prior during training)."""
         x = self.splits["val"].images[: n // 2]
-        return torch.cat([x, model.reconstruct(x)])
+        return torch.cat([x, model.reconstruct(x).cpu()])

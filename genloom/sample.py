@@ -196,15 +196,15 @@ def stream_ids(
     if longest > cfg.block_size:
         raise GenloomError(f"prompt of {longest} tokens exceeds the model's context of {cfg.block_size} tokens")
     steps = min(sp.max_new_tokens, cfg.block_size - longest + 1)
-    dtype = next(model.parameters()).dtype
-    cache = KVCache(cfg, B, longest + steps, dtype=dtype)
-    ids, pos, valid, mask = left_pad(prompts)
+    dtype, device = next(model.parameters()).dtype, next(model.parameters()).device
+    cache = KVCache(cfg, B, longest + steps, dtype=dtype, device=device)
+    ids, pos, valid, mask = left_pad(prompts, device)
     procs = list(processors) + build_processors(sp)
     counts = None
     if (sp.repetition_penalty != 1.0 or sp.presence_penalty or sp.frequency_penalty):
-        counts = torch.zeros(B, cfg.vocab_size, dtype=torch.int32)
+        counts = torch.zeros(B, cfg.vocab_size, dtype=torch.int32, device=device)
         for i, p in enumerate(prompts):
-            counts[i].index_add_(0, torch.tensor(p), torch.ones(len(p), dtype=torch.int32))
+            counts[i].index_add_(0, torch.tensor(p, device=device), torch.ones(len(p), dtype=torch.int32, device=device))
     gens = None
     if not sp.greedy:
         base = sp.seed if sp.seed is not None else int(torch.randint(0, 2**62, (1,)))
@@ -213,7 +213,7 @@ def stream_ids(
     logits, _ = model(ids, cache=cache, pos=pos, mask=mask, last_only=True)
     next_pos = pos[:, -1:] + 1 if pos is not None else None
     if valid is not None:  # key validity for every position a step can reach: prompt padding, then all valid
-        valid = torch.cat([valid, torch.ones(B, steps, dtype=torch.bool)], dim=1)  # (B, L + steps)
+        valid = torch.cat([valid, torch.ones(B, steps, dtype=torch.bool, device=device)], dim=1)  # (B, L + steps)
     for step in range(steps):
         logits = logits[:, -1, :].float()  # (B, V)
         if step < sp.min_new_tokens:  # every row has `step` tokens so far
@@ -224,19 +224,21 @@ def stream_ids(
             tok = logits.argmax(-1)
         else:
             probs = logits.softmax(-1)
-            tok = torch.cat([torch.multinomial(probs[j], 1, generator=g) for j, g in enumerate(gens)])
+            # each row's draw on its own CPU generator: the same seed gives the same text on any device
+            cpu = probs.cpu() if probs.device.type != "cpu" else probs
+            tok = torch.cat([torch.multinomial(cpu[j], 1, generator=g) for j, g in enumerate(gens)]).to(probs.device)
         yield rows, tok
         if step == steps - 1:
             return
         if counts is not None:
-            counts[torch.arange(len(rows)), tok] += 1
+            counts[torch.arange(len(rows), device=device), tok] += 1
         if sp.stop_at_eot and eot_id is not None:
             keep = tok != eot_id
             if not bool(keep.all()):
                 if not bool(keep.any()):
                     return
                 cache.select(keep)
-                rows, tok = rows[keep], tok[keep]
+                rows, tok = rows[keep.cpu()], tok[keep]  # rows: CPU indices handed to the caller
                 gens = [g for g, k in zip(gens, keep.tolist()) if k] if gens is not None else None  # one per row
                 counts = counts[keep] if counts is not None else None
                 valid = valid[keep] if valid is not None else None

@@ -1,9 +1,14 @@
 """ONE training loop for every family (minGPT's Trainer, with named events for callbacks).
 
-The loop owns: optimizer, warmup + cosine schedule, gradient accumulation and clipping, bf16 autocast,
-periodic validation, best/last checkpoints, exact resume (model, optimizer, step, RNG and data state),
-and a clean stop on Ctrl-C or SIGTERM. Everything else (progress bar, metrics file, loss curve,
-samples) is a callback.
+The loop owns: optimizer, warmup + cosine schedule, gradient accumulation and clipping, mixed precision
+(bf16 autocast, or fp16 with a gradient scaler on GPUs without bf16), periodic validation, best/last
+checkpoints, exact resume (model, optimizer, step, RNG and data state), and a clean stop on Ctrl-C or
+SIGTERM. Everything else (progress bar, metrics file, loss curve, samples) is a callback.
+
+Under torchrun the same loop is data-parallel (genloom.distributed): train.batch_size rows per rank, one
+data generator drawing the global batch on every rank and each rank reading its own rows, gradients
+averaged before each optimizer step, rank 0 alone running the callbacks and writing files. Checkpoints
+hold the whole model and the one data generator, so a run resumes on any number of processes.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from genloom import families
+from genloom import devices, distributed, families
 from genloom.callbacks import Callback, default_callbacks
 from genloom.checkpoints import export_model, load_model, load_resumable, save_checkpoint
 from genloom.config import RunConfig
@@ -53,9 +58,17 @@ def lr_at(step: int, cfg) -> float:
 class Trainer:
     def __init__(self, cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None):
         self.cfg, t = cfg, cfg.train
+        self.device = devices.resolve(t.device)
+        self.world = distributed.setup(self.device)  # 1 outside torchrun
+        self.rank = distributed.rank()
+        distributed.check_same(cfg.to_dict())
+        self.amp_dtype = devices.autocast_dtype(t.dtype, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type) if self.amp_dtype == torch.float16 else None
+        if t.dtype == "bfloat16" and self.amp_dtype == torch.float16:
+            warnings.warn(f"{self.device} has no bf16: training in float16 with a gradient scaler", stacklevel=2)
         self.out = Path(t.out_dir)
         self.last_path = self.out / "last.pt"
-        saved = self.last_path.exists() or previous_checkpoint(self.last_path).exists()
+        saved = distributed.broadcast_object(self.last_path.exists() or previous_checkpoint(self.last_path).exists())
         if saved and not resume:
             raise GenloomError(f"{self.out} already holds a run; pass --resume to continue it or set train.out_dir")
         if resume and not saved:
@@ -63,7 +76,8 @@ class Trainer:
         if t.threads:
             torch.set_num_threads(t.threads)
         self.record = families.get(cfg.family)
-        self.task = self.record.task_cls.from_config(cfg)
+        with distributed.first_rank0():  # rank 0 prepares data a config names, then the others read it
+            self.task = self.record.task_cls.from_config(cfg)
         self.data = getattr(self.task, "data", None)
         self.tokenizer = self.task.tokenizer
 
@@ -95,6 +109,20 @@ class Trainer:
             self.model_config = self.record.model_config(self.task.model_config(dict(cfg.model)))
             self.model = self.record.build(self.model_config)
         self.task.bind(self.model_config)
+        self.task.batch_size = t.batch_size * self.world  # the global batch, drawn alike on every rank ...
+        self.task.rows = distributed.rows(t.batch_size)  # ... of which this rank reads its own rows
+        self.model.to(self.device)
+        distributed.broadcast_module(self.model)
+        self.fsdp = t.parallel == "fsdp" and self.world > 1
+        if self.fsdp:
+            if not hasattr(self.model, "fsdp_methods"):
+                raise GenloomError(f"train.parallel = 'fsdp': the {cfg.family} model does not declare how to shard "
+                                   f"it (fsdp_methods); use train.parallel = 'ddp'")
+            if t.metrics:
+                raise GenloomError("train.metrics run on rank 0 alone, which holds a shard of the model under "
+                                   "train.parallel = 'fsdp': drop train.metrics (run `genloom eval` on the export)")
+            distributed.shard_model(self.model)  # FSDP2: parameters, gradients, optimizer state split over ranks
+        self._synced = distributed.state_to_sync(self.model)
         self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
         self.phases = tuple(getattr(self.task, "phases", None) or (None,))
         self.select_by = getattr(self.task, "select_by", "val_loss")  # the validation figure "best" minimises
@@ -106,28 +134,56 @@ class Trainer:
                 raise GenloomError(f"unknown train.metrics '{unknown[0]}' for family '{cfg.family}'; "
                                    f"choose from {', '.join(self.task.METRICS)}")
         self.callbacks = default_callbacks(cfg=cfg) if callbacks is None else callbacks
+        if self.rank != 0:  # rank 0 alone logs, draws the progress bar and writes files
+            self.callbacks = []
+        self.comm_s = 0.0  # seconds spent averaging gradients (the communication share of a step)
         self.stop_reason: str | None = None
+        self._stop_agreed = False
         self._last_eval = -1
         if resume:
-            for stale in [*self.out.glob(".*.tmp"), *self.out.glob("best/.*.tmp")]:  # writes a kill cut short
-                stale.unlink(missing_ok=True)
-            state, _ = load_resumable(self.last_path)  # last.pt, or last.prev.pt if it is damaged
-            self._restore(state)
+            state = None
+            if self.rank == 0:
+                for stale in [*self.out.glob(".*.tmp"), *self.out.glob("best/.*.tmp")]:  # writes a kill cut short
+                    stale.unlink(missing_ok=True)
+                state, _ = load_resumable(self.last_path)  # last.pt, or last.prev.pt if it is damaged
+            self._restore(distributed.broadcast_object(state))  # rank 0's reading, on any number of ranks
+        if self.rank:  # each rank its own dropout masks; the data generator is shared
+            torch.manual_seed(t.seed + 7919 * self.rank + self.step)
 
     # ---- state -------------------------------------------------------------------------------
     def _restore(self, state: dict) -> None:
         if state["family"] != self.cfg.family:
             raise GenloomError(f"{self.last_path} is a '{state['family']}' run, not '{self.cfg.family}'")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        if self.fsdp:
+            distributed.load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
+        else:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.best_val, self.elapsed = state["step"], state["best_val"], state["elapsed"]
         torch.set_rng_state(state["rng_torch"])
         self.data_gen.set_state(state["rng_data"])
         keys = state["rng_numpy"].numpy()
         np.random.set_state(("MT19937", keys[:-1].astype(np.uint32), int(keys[-1]), 0, 0.0))
         random.setstate((3, tuple(state["rng_python"].tolist()), None))
+        if self.scaler is not None and state.get("grad_scaler"):
+            self.scaler.load_state_dict(json.loads(state["grad_scaler"]))
+
+    def whole(self, optimizer: bool = True):
+        """The model (and optimizer) to write or sample from: this process's own, or under FSDP the full state
+        gathered into a plain copy on rank 0 (every rank must call it then; the others get None)."""
+        if not self.fsdp:
+            return self.model, self.optimizer
+        msd, osd = distributed.full_state(self.model, self.optimizer if optimizer else None)
+        if self.rank != 0:
+            return None, None
+        plain = self.record.build(self.model_config)
+        plain.load_state_dict(msd)
+        return plain, _Frozen(osd)
 
     def save(self) -> Path:
+        model, optimizer = self.whole()
+        if self.rank != 0:
+            return self.last_path
         np_state = np.random.get_state()
         py_state = random.getstate()
         extra = {
@@ -138,14 +194,17 @@ class Trainer:
             "rng_data": self.data_gen.get_state(),
             "rng_numpy": torch.from_numpy(np.append(np_state[1].astype(np.int64), np_state[2])),
             "rng_python": torch.tensor(py_state[1], dtype=torch.int64),
+            "world_size": self.world,
         }
+        if self.scaler is not None:
+            extra["grad_scaler"] = json.dumps(self.scaler.state_dict())
         save_checkpoint(
             self.last_path,
             family=self.cfg.family,
-            model=self.model,
+            model=model,
             model_config=self.model_config,
             tokenizer=self.tokenizer,
-            optimizer=self.optimizer,
+            optimizer=optimizer,
             step=self.step,
             extra=extra,
         )
@@ -164,21 +223,26 @@ class Trainer:
             **({"generator_parameters": sum(p.numel() for p in self.model.generator.parameters())}
                if hasattr(self.model, "generator") else {}),
             "step": self.step,
-            "tokens_seen" if self.task.unit == "tok" else "images_seen": self.step * t.batch_size * t.grad_accum * getattr(self.model_config, "block_size", 1),
+            "tokens_seen" if self.task.unit == "tok" else "images_seen": self.step * t.batch_size * self.world * t.grad_accum * getattr(self.model_config, "block_size", 1),
             self.select_by: self.best_val if math.isfinite(self.best_val) else None,
             "train_seconds": round(self.elapsed, 1),
             "threads": torch.get_num_threads(),
+            "device": str(self.device),
+            "processes": self.world,
             "torch": torch.__version__,
             "dtype": t.dtype,
             "run_config": self.cfg.to_dict(),
         }
 
     def export(self, folder: str = "best", card: dict | None = None) -> Path:
+        model, _ = self.whole(optimizer=False)
+        if self.rank != 0:
+            return self.out / folder
         card = {**self.card(), **(card or {})}
         return export_model(
             self.out / folder,
             family=self.cfg.family,
-            model=self.model,
+            model=model,
             model_config=self.model_config,
             tokenizer=self.tokenizer,
             card=card,
@@ -218,28 +282,36 @@ class Trainer:
             with self._autocast():
                 out = self.task.evaluate(self.model) if self.task.has_split("val") else {}
             self.model.train()
-            return out
+            return self._mean_over_ranks(out)
         for split in ("val",):
             if not self.task.has_split(split):
                 continue
             losses = []
             for _ in range(t.eval_batches):
                 with self._autocast():
-                    loss = self.task.loss(self.model, self.task.batch(split, gen))
+                    loss = self.task.loss(self.model, devices.to(self.task.batch(split, gen), self.device))
                 losses.append(float(loss[0] if isinstance(loss, tuple) else loss))
             out[f"{split}_loss"] = sum(losses) / len(losses)
         self.model.train()
-        return out
+        return self._mean_over_ranks(out)
+
+    def _mean_over_ranks(self, out: dict) -> dict:
+        """Each rank scored its rows of the validation batches: the mean over ranks is the global batch's."""
+        keys = [k for k, v in out.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if self.world == 1 or not keys:
+            return out
+        sums = distributed.sum_floats([float(out[k]) for k in keys], self.device)
+        return {**out, **{k: v / self.world for k, v in zip(keys, sums)}}
 
     def _autocast(self):
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.cfg.train.dtype == "bfloat16")
+        return devices.autocast(self.device, self.amp_dtype)
 
     def fit(self) -> dict:
-        t = self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out / "run.json", json.dumps(self.cfg.to_dict(), indent=2))
+        if self.rank == 0:
+            self.out.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.out / "run.json", json.dumps(self.cfg.to_dict(), indent=2))
         self.model.train()
-        if t.dtype == "bfloat16" and not cpu_has_native_bf16():
+        if self.amp_dtype == torch.bfloat16 and self.device.type == "cpu" and not cpu_has_native_bf16():
             warnings.warn("train.dtype = bfloat16 on a CPU without native bf16 (avx512_bf16/AMX): "
                           "expect it to be slower than float32 (see bench/RESULTS.md)", stacklevel=2)
         self.emit("train_start")
@@ -254,7 +326,7 @@ class Trainer:
         last_loss = float("nan")
         window_units, window_time = 0, 0.0
         with self._signals():
-            while self.step < t.max_steps and self.stop_reason is None:
+            while self.step < t.max_steps and not self._stopping():
                 if t.max_minutes and self.elapsed >= 60 * t.max_minutes:
                     self.stop_reason = "time budget"
                     break
@@ -267,28 +339,42 @@ class Trainer:
                     opt = self.optimizer if phase is None else self.optimizer.parts[phase]
                     args = () if phase is None else (phase,)
                     phase_loss = 0.0
+                    params = [p for g in opt.param_groups for p in g["params"]]
                     for _ in range(t.grad_accum):
-                        batch = self.task.batch("train", self.data_gen, *args)
+                        batch = devices.to(self.task.batch("train", self.data_gen, *args), self.device)
                         with self._autocast():
                             out = self.task.loss(self.model, batch, *args)
                         loss, parts = out if isinstance(out, tuple) else (out, {})
-                        (loss / t.grad_accum).backward()
+                        scaled = loss / t.grad_accum
+                        (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
                         phase_loss += loss.item() / t.grad_accum
-                        units += self.task.tokens(batch)
+                        units += self.task.tokens(batch) * self.world
                         for k, v in parts.items():  # named terms (ELBO's recon and KL, ...) for the log
                             losses.setdefault(k, []).append(v)
+                    if not self.fsdp:  # (FSDP reduce-scatters the gradients itself, in backward)
+                        self.comm_s += distributed.all_reduce_grads(params)  # every rank: the global batch's gradient
+                    if self.scaler is not None:
+                        self.scaler.unscale_(opt)
                     if t.grad_clip > 0:
-                        params = [p for g in opt.param_groups for p in g["params"]]
                         torch.nn.utils.clip_grad_norm_(params, t.grad_clip)
-                    opt.step()
+                    if self.scaler is not None:
+                        self.scaler.step(opt)
+                    else:
+                        opt.step()
                     self.model.zero_grad(set_to_none=True)  # a GAN's generator step leaves gradients in D too
                     if phase is not None:
                         losses.setdefault(phase, []).append(phase_loss)
                     loss_sum = phase_loss
+                if self.scaler is not None:
+                    self.scaler.update()
                 losses = {k: sum(v) / len(v) for k, v in losses.items()}  # means over micro-batches and phases
                 if hasattr(self.task, "after_step"):  # e.g. the EMA update of a diffusion model
                     self.task.after_step(self.model)
+                if self.world > 1 and not self.fsdp:  # rank 0's BatchNorm statistics, codebook EMA, ... (as DDP)
+                    self.comm_s += distributed.broadcast_tensors(self._synced)
                 dt = time.perf_counter() - t0
+                if self.world > 1:
+                    loss_sum, losses, dt = self._sync_step(loss_sum, losses, dt)
                 self.elapsed += dt
                 self.step += 1
                 last_loss = loss_sum
@@ -307,7 +393,9 @@ class Trainer:
                 if self.step % t.ckpt_interval == 0 and not done:
                     self.save()
                 if t.sample_interval and self.step % t.sample_interval == 0:
-                    self.emit("sample", samples=self.task.sample(self.model))
+                    model, _ = self.whole(optimizer=False)
+                    if self.rank == 0:
+                        self.emit("sample", samples=self.task.sample(model))
         if self.stop_reason == "time budget" and self._last_eval != self.step:
             self._eval_and_keep_best()
         self.save()
@@ -321,10 +409,33 @@ class Trainer:
             "stopped": self.stop_reason or "max_steps",
             "out_dir": str(self.out),
         }
+        if self.world > 1:  # rank 0's seconds in collectives (gradients, the step's figures), waits included
+            summary.update(processes=self.world, comm_s=round(self.comm_s, 3))
         if self.stop_reason != "interrupted":
-            summary["samples"] = self.task.sample(self.model)
+            model, _ = self.whole(optimizer=False)
+            if self.rank == 0:
+                summary["samples"] = self.task.sample(model)
         self.emit("train_end", **summary)
         return summary
+
+    def _stopping(self) -> bool:
+        """Stop before the next step? With several ranks only what they agreed on at the last step counts."""
+        return self.stop_reason is not None if self.world == 1 else self._stop_agreed
+
+    def _sync_step(self, loss: float, losses: dict, dt: float) -> tuple[float, dict, float]:
+        """One small all-reduce per step: the mean loss and named terms over the ranks, the mean step time (the
+        same elapsed time on every rank, so a time budget ends them at the same step), and whether any rank was
+        asked to stop (a signal, a cancel): every rank then stops after the same step."""
+        keys = sorted(losses)
+        stop = 1.0 if self.stop_reason is not None else 0.0
+        t0 = time.perf_counter()
+        sums = distributed.sum_floats([loss, *(losses[k] for k in keys), dt, stop], self.device)
+        self.comm_s += time.perf_counter() - t0
+        w = self.world
+        self._stop_agreed = sums[-1] > 0
+        if self._stop_agreed and self.stop_reason is None:
+            self.stop_reason = "interrupted"  # another rank got the signal or the cancel
+        return sums[0] / w, {k: v / w for k, v in zip(keys, sums[1:-2])}, sums[-2] / w
 
     def _eval_and_keep_best(self) -> None:
         self._last_eval = self.step
@@ -342,10 +453,23 @@ class Trainer:
         self.emit("eval_end", step=self.step, best=improved, **result)
 
 
+class _Frozen:
+    """An optimizer's gathered state, handed to save_checkpoint as an optimizer would be."""
+
+    def __init__(self, state: dict):
+        self.state = state
+
+    def state_dict(self) -> dict:
+        return self.state
+
+
 def run(cfg: RunConfig, *, resume: bool = False, callbacks: list[Callback] | None = None) -> dict:
     """Train one run config to its end (or a clean stop) and return the summary: the one way in for
     `genloom train`, the fine-tuning worker and the tests. A full disk is one GenloomError naming the file;
     the checkpoint saved before it is left whole."""
     with disk_full_as_error("; the last checkpoint saved before it is intact: free some space and continue "
                             "with --resume"):
-        return Trainer(cfg, resume=resume, callbacks=callbacks).fit()
+        try:
+            return Trainer(cfg, resume=resume, callbacks=callbacks).fit()
+        finally:
+            distributed.teardown()

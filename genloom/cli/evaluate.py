@@ -6,6 +6,7 @@ import json
 
 import click
 
+from genloom import devices, distributed
 from genloom import evaluate as ev
 from genloom.cli.base import _threads, cli
 from genloom.data import evalsets
@@ -38,9 +39,10 @@ from genloom.report import jsonable, write_report
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--report", "report_dir", default=None, help="Write report.json and a self-contained report.html here.")
 @click.option("--threads", type=int, default=0)
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps.")
 def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
           midi_dirs, bars, split, context,
-          stride, max_tokens, limit, seed, report_dir, threads):
+          stride, max_tokens, limit, seed, report_dir, threads, device):
     """Evaluate models or generated samples; metrics with their protocols, JSON out, optional HTML report.
 
     \b
@@ -54,22 +56,40 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, pocketsphinx WER
     genloom eval -m models/chorales -d data/chorales-remi -n 32   music: NLL/token, MusPy features vs held-out
     genloom eval --midi gen/ -d data/chorales-remi                a folder of MIDI vs the held-out pieces
+
+    Under torchrun, a model's samples (images, eval-set replies) are split over the ranks; rank 0 scores
+    them and prints the report.
     """
 
     _threads(threads)
     if bars < 0:
         raise GenloomError(f"--bars must be >= 0 (0: whole pieces), got {bars}")
+    device = devices.resolve(device)
+    distributed.setup(device)
+    try:
+        _eval(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
+              midi_dirs, bars, split, context, stride, max_tokens, limit, seed, report_dir, device)
+    finally:
+        distributed.teardown()
+
+
+def _eval(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
+          midi_dirs, bars, split, context, stride, max_tokens, limit, seed, report_dir, device):
     sections = []
     for m in models:
         if evalset:
-            sections.append(ev.evalset_section(m, evalset, limit=limit or 100, seed=seed))
+            sections.append(ev.evalset_section(m, evalset, limit=limit or 100, seed=seed, device=device))
         elif data_dir and ev.is_music_data(data_dir):
-            sections.append(ev.music_model_section(m, data_dir, n=limit or ev.MUSIC_SAMPLES, bars=bars, seed=seed))
+            if distributed.is_main():
+                sections.append(ev.music_model_section(m, data_dir, n=limit or ev.MUSIC_SAMPLES, bars=bars, seed=seed))
         elif data_dir:
-            sections.append(ev.perplexity_section(m, data_dir, split=split, context=context, stride=stride,
-                                                  max_tokens=max_tokens))
+            if distributed.is_main():
+                sections.append(ev.perplexity_section(m, data_dir, split=split, context=context, stride=stride,
+                                                      max_tokens=max_tokens, device=device))
         else:
-            sections.append(ev.model_section(m, reference, features, n=limit or 1000, seed=seed))
+            sections.append(ev.model_section(m, reference, features, n=limit or 1000, seed=seed, device=device))
+    if not distributed.is_main():  # its share of the samples is on rank 0, which scores the rest alone
+        return
     if hyps:
         sections.append(ev.files_section(hyps, refs))
     elif refs:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import click
+import torch
 
-from genloom import families
+from genloom import devices, distributed, families
 from genloom.checkpoints import load_model
 from genloom.cli.base import _threads, cli
 from genloom.data.images import read_png_parameters
@@ -46,18 +48,33 @@ from genloom.sample import generate as generate_text
 @click.option("--seconds", type=float, default=None, help=f"Music: length of the new music in seconds (at most {music.MAX_SECONDS:g}).")
 @click.option("--tempo", type=float, default=None, help="Music: quarter notes per minute (default: the primer's, else 100).")
 @click.option("--mp3", is_flag=True, help="Music: also write an MP3 (LAME).")
+@click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps.")
 def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir, sampler, steps, guidance,
-             labels, eta, from_png, primer, bars, seconds, tempo, mp3):
+             labels, eta, from_png, primer, bars, seconds, tempo, mp3, device):
     """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out).
 
     \b
     Images: every PNG carries its parameters; --from-png FILE remakes that image (bitwise). A prompt is
     the condition of a text-conditional model, names a class of a class-conditional one (or give --label),
     and is an error for an unconditional one (the API accepts it and reports it unused).
+    Under torchrun the images are split over the ranks (image i from seed + i as ever); rank 0 writes them.
     """
 
     _threads(threads)
+    device = devices.resolve(device)
+    distributed.setup(device)
+    try:
+        _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
+                  repetition_penalty, stop, num_samples, seed, stream, as_json, out_dir, sampler, steps, guidance,
+                  labels, eta, from_png, primer, bars, seconds, tempo, mp3, device)
+    finally:
+        distributed.teardown()
+
+
+def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
+              repetition_penalty, stop, num_samples, seed, stream, as_json, out_dir, sampler, steps, guidance,
+              labels, eta, from_png, primer, bars, seconds, tempo, mp3, device):
     prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
     text_only = {"-N/--max-new-tokens": max_new_tokens, "--repetition-penalty": repetition_penalty,
                  "--stop": stop or None}
@@ -73,7 +90,7 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
         model_path = model_path or params.get("model")
     if not model_path:
         raise GenloomError("give a model with --model (or a genloom PNG with --from-png)")
-    lm = load_model(model_path)
+    lm = load_model(model_path, device=device)
     if music.is_music_model(lm):
         _refuse({**text_only, **{k: v for k, v in image_only.items() if k != "--out"}, "--prompt": prompts or None,
                  "-n": num_samples if num_samples != 1 else None, "--stream": stream},
@@ -107,6 +124,8 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
                                        guidance=guidance, eta=eta, temperature=temperature, top_k=top_k, top_p=top_p,
                                        min_p=min_p, labels=list(labels), prompts=prompts)
         result = images.generate(lm, opts, strict=True)
+        if result is None:  # another rank's images went to rank 0, which writes them
+            return
         written = images.write_images(result, out_dir or "outputs", grid=result.plan.n > 1)
         if as_json:
             click.echo(json.dumps([{"file": str(p), "parameters": meta} for p, meta in written], ensure_ascii=False,
@@ -159,14 +178,16 @@ def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_
     if room < sp.max_new_tokens:
         click.echo(f"note: context of {lm.config.block_size} tokens leaves room for {room} new tokens", err=True)
     if stream is None:
-        stream = len(batch) == 1 and not as_json
+        stream = len(batch) == 1 and not as_json and distributed.world() == 1
     if stream:
         click.echo(batch[0], nl=False)
         for _, delta in stream_text(lm.model, lm.tokenizer, batch, sp):
             click.echo(delta, nl=False)
         click.echo()
         return
-    outs = generate_text(lm.model, lm.tokenizer, batch, sp)
+    outs = _sharded_text(lm, batch, sp)
+    if outs is None:  # under torchrun: rank 0 prints every rank's completions
+        return
     if as_json:
         rows = [{"prompt": p, "text": o.text, "prompt_tokens": o.prompt_tokens, "completion_tokens": len(o.token_ids),
                  "finish_reason": o.finish_reason} for p, o in zip(batch, outs)]
@@ -175,3 +196,17 @@ def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_
     for i, (p, o) in enumerate(zip(batch, outs)):
         click.echo(f"--- sample {i + 1} ({o.finish_reason}) ---")
         click.echo(p + o.text)
+
+
+def _sharded_text(lm, batch: list[str], sp: SamplingParams):
+    """The completions of the batch; under torchrun each rank decodes a block of rows (row i seeded seed + i as in
+    one process) and rank 0 gets them all in order (None on the other ranks)."""
+    if distributed.world() == 1:
+        return generate_text(lm.model, lm.tokenizer, batch, sp)
+    if sp.seed is None:
+        sp.seed = distributed.broadcast_object(int(torch.randint(0, 2**62, (1,))))
+    mine = distributed.shard(len(batch))
+    outs = generate_text(lm.model, lm.tokenizer, batch[mine.start: mine.stop], replace(sp, seed=sp.seed + mine.start)) \
+        if len(mine) else []
+    parts = distributed.gather_objects(outs)
+    return [o for part in parts for o in part] if parts is not None else None

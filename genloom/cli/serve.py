@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from genloom import devices
 from genloom.cli.base import _threads, cli
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases
@@ -61,10 +62,13 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
               "base: KB is a base's name under DATA_DIR/kb (`genloom kb create`) or a knowledge-base folder; repeat "
               "per model. Default: the base a model folder's grounding.json names, if any.")
 @click.option("--threads", type=int, default=0)
+@click.option("--device", default="auto", show_default=True, help="Where the models run: auto (a GPU when there is "
+              "one), cpu, cuda, cuda:N or mps.")
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
-          cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads):
+          cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads, device):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
+    devices.resolve(device)  # no such device: one line, before anything starts
     limits = _job_limits(job_max_steps, job_max_threads, job_max_parameters, job_max_minutes)
     paths = list(models) or [str(p) for p in bundled_model_paths()]
     if not paths:
@@ -77,7 +81,7 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
-        cors_origins=_split(cors_origins), job_limits=limits, kb=kb)
+        cors_origins=_split(cors_origins), job_limits=limits, kb=kb, device=device)
 
 
 @cli.command()

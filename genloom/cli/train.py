@@ -7,6 +7,7 @@ import sys
 
 import click
 
+from genloom import distributed
 from genloom import train as training
 from genloom.checkpoints import export_model, load_model, write_model_card
 from genloom.cli.base import cli
@@ -46,12 +47,15 @@ def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tok
 @click.option("--config", "-c", "config_path", default=None, help="A TOML, YAML or JSON run config.")
 @click.option("--set", "-s", "overrides", multiple=True, metavar="KEY=VALUE", help="Override a config key, e.g. train.lr=3e-4.")
 @click.option("--resume", is_flag=True, help="Continue the run in train.out_dir from its last checkpoint.")
-def train(config_path, overrides, resume):
-    """Train a model from a config (one loop for every family)."""
-    cfg = load_run_config(config_path, overrides)
+@click.option("--device", default=None, help="auto, cpu, cuda, cuda:N or mps (default: train.device, auto: a GPU "
+              "when there is one). Under torchrun, cuda is each rank's LOCAL_RANK GPU.")
+def train(config_path, overrides, resume, device):
+    """Train a model from a config (one loop for every family; under torchrun, one process per rank)."""
+    cfg = load_run_config(config_path, [*overrides, *([f"train.device={device}"] if device else [])])
     summary = training.run(cfg, resume=resume)  # a full disk: one line naming the file (GenloomError)
     summary.pop("samples", None)
-    click.echo(json.dumps(summary))
+    if distributed.env_rank() == 0:  # under torchrun, one summary line (rank 0's)
+        click.echo(json.dumps(summary))
     if summary["stopped"] == "interrupted":
         sys.exit(130)
 

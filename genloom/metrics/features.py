@@ -55,8 +55,9 @@ def classifier_accuracy(model, ds, batch_size: int = 500) -> dict:
     model.eval()
     preds = []
     for i in range(0, len(ds), batch_size):
-        logits, _ = model(ds.images[i: i + batch_size].float() / 255.0)
-        preds.append(logits.argmax(-1))
+        x = ds.images[i: i + batch_size].to(next(model.parameters()).device).float() / 255.0
+        logits, _ = model(x)
+        preds.append(logits.argmax(-1).cpu())
     model.train(was_training)
     pred = torch.cat(preds)
     y = ds.labels

@@ -54,8 +54,9 @@ def perplexity(model, ids, *, context: int | None = None, stride: int | None = N
             tgt = seg[1:].clone()
             tgt[: len(tgt) - k] = -1  # already scored by the previous window
             y[j, : e - b - 1] = tgt
-        logits, _ = model(x)
-        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), ignore_index=-1,
+        device = next(model.parameters()).device
+        logits, _ = model(x.to(device))
+        loss = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.to(device).reshape(-1), ignore_index=-1,
                                reduction="sum")
         total_nats += float(loss)
         scored += int((y >= 0).sum())

@@ -34,6 +34,8 @@ def _stage(cin: int, cout: int) -> nn.Sequential:
 
 
 class Classifier(nn.Module):
+    fsdp_methods = ()  # FSDP2 shards each stage, then the whole; training calls forward alone
+
     def __init__(self, config: ClassifierConfig):
         super().__init__()
         self.config = c = config

@@ -137,7 +137,7 @@ class DCGAN(nn.Module):
         device = next(self.generator.parameters()).device
         x = self.generator(z.to(device), labels.to(device) if labels is not None else None)
         self.generator.train(was)
-        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # images leave the device
 
 
 def label_choices(c) -> str:

@@ -185,6 +185,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
+    fsdp_methods = ()  # FSDP2 shards each Block, then the whole; training calls forward alone
+
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.config = cfg

@@ -205,7 +205,7 @@ class DiffusionModel(nn.Module):
         schedule = diffusion.make_schedule(c.schedule, c.num_train_timesteps)
         x0 = diffusion.sample(sampler, model_fn, x, schedule, steps=steps, generator=gens, prediction_type=c.prediction,
                               eta=eta)
-        return ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        return ((x0.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()  # images leave the device
 
 
 def embed_each(prompts: list[str]) -> torch.Tensor:

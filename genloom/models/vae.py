@@ -36,7 +36,7 @@ def _check_images(x: torch.Tensor, channels: int, size: int) -> None:
 
 
 def _to_uint8(logits: torch.Tensor) -> torch.Tensor:
-    return (torch.sigmoid(logits.float()) * 255).round().to(torch.uint8)
+    return (torch.sigmoid(logits.float()) * 255).round().to(torch.uint8).cpu()  # images leave the device
 
 
 def _from_uint8(x: torch.Tensor, channels: int, size: int, device) -> torch.Tensor:

@@ -29,7 +29,8 @@ def records(vqvae, images: torch.Tensor, labels: torch.Tensor | None, tok: CodeT
     vqvae.eval()
     with torch.no_grad():
         for i in range(0, len(images), batch_size):
-            codes = vqvae.encode(images[i: i + batch_size].float() / 255.0).flatten(1)  # (B, h*w)
+            x = images[i: i + batch_size].to(next(vqvae.parameters()).device).float() / 255.0
+            codes = vqvae.encode(x).flatten(1).cpu()  # (B, h*w)
             head = [torch.full((len(codes), 1), tok.eot_id)]
             if labels is not None and tok.classes:
                 head.append(torch.tensor([tok.class_id(y) for y in labels[i: i + batch_size]])[:, None])

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from genloom import families
+from genloom import distributed, families
 from genloom.data.images import grid_png, png_with_metadata, read_png_parameters
 from genloom.diffusion import SAMPLERS
 from genloom.errors import GenloomError, choices
@@ -290,7 +290,7 @@ def sample_prior(vqvae, labels, seed: int, sp: SamplingParams) -> torch.Tensor:
     sp = replace(sp, max_new_tokens=h * w, min_new_tokens=0, stop=[], seed=seed, stop_at_eot=False)
     codes = torch.zeros(len(heads), h * w, dtype=torch.long)  # (n, h w)
     for step, (rows, toks) in enumerate(stream_ids(prior, heads, sp, processors=[allow_only(range(tok.codebook_size))])):
-        codes[rows, step] = toks
+        codes[rows, step] = toks.cpu()
     return vqvae.decode_to_uint8(codes.view(-1, h, w))
 
 
@@ -308,10 +308,23 @@ def sample_images(lm, plan: ImagePlan, lock=None) -> torch.Tensor:
         return model.sample(plan.n, seed=plan.seed, **kw)
 
 
-def generate(lm, opts: ImageOptions, *, strict: bool = False, lock=None) -> ImageResult:
-    """resolve + sample_images: the images of one call, with their parameters and PNGs a call away."""
-    plan = resolve(lm, opts, strict=strict)
-    return ImageResult(plan, sample_images(lm, plan, lock))
+def generate(lm, opts: ImageOptions, *, strict: bool = False, lock=None) -> ImageResult | None:
+    """resolve + sample_images: the images of one call, with their parameters and PNGs a call away. Under
+    torchrun each rank draws its share and rank 0 gets them all (the other ranks get None)."""
+    plan = distributed.broadcast_object(resolve(lm, opts, strict=strict))  # rank 0's seed when none was given
+    images = sample_sharded(lm, plan, lock)
+    return ImageResult(plan, images) if images is not None else None
+
+
+def sample_sharded(lm, plan: ImagePlan, lock=None) -> torch.Tensor | None:
+    """The plan's images split over the ranks (rank r draws a block of indices, image i from seed + i as ever)
+    and gathered on rank 0, equal to one process's; None on the other ranks. One process: sample_images."""
+    if distributed.world() == 1:
+        return sample_images(lm, plan, lock)
+    mine = distributed.shard(plan.n)
+    part = sample_images(lm, plan.part(mine.start, mine.stop), lock) if len(mine) else None
+    parts = distributed.gather_objects(part.cpu() if part is not None else None)
+    return torch.cat([p for p in parts if p is not None]) if parts is not None else None
 
 
 # ---- files --------------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ from fastapi.responses import RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
 
+from genloom import devices
 from genloom.errors import GenloomError, choices
 from genloom.knowledge import KnowledgeBases
 from genloom.serve import openapi
@@ -60,7 +61,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                jobs: bool = True, max_upload_bytes: int = 50 << 20, host: str = "127.0.0.1",
                allowed_hosts: list[str] | None = None, public_url: str | None = None,
                cors_origins: list[str] | None = None, job_limits: JobLimits | None = None,
-               kb: dict[str, str] | None = None) -> FastAPI:
+               kb: dict[str, str] | None = None, device: str = "cpu") -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
@@ -126,6 +127,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     app = FastAPI(title="genloom", summary="OpenAI-compatible API for genloom models", lifespan=lifespan)
     state = app.state
     state.models = {}
+    state.device = devices.resolve(device)  # --device: where the models run
     state.loading, state.load_errors = set(names), {}
     state.limits = Limits(max_tokens=max_tokens, max_n=max_n, max_prompts=max_prompts,
                           max_body_bytes=max_body_bytes, retry_after_s=retry_after_s)
@@ -176,7 +178,7 @@ class NoCacheFiles(StaticFiles):
 
 def _load_grounded(state, path, max_batch: int, max_queue: int, kb_refs: dict[str, KbRef]):
     """load_served, then the knowledge base the model answers from: --kb's, else its grounding.json's."""
-    served = load_served(path, max_batch=max_batch, max_queue=max_queue)
+    served = load_served(path, max_batch=max_batch, max_queue=max_queue, device=state.device)
     try:
         served.kb = kb_refs.get(served.name)
         if served.kb is None and served.kb_ref is not None:

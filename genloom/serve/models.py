@@ -98,9 +98,10 @@ def model_name(path: str | Path) -> str:
     return p.parent.name if p.name == "best" else p.name
 
 
-def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedModel:
-    """Load a model; a text model gets its decode engine started and its chat template read."""
-    loaded = load_model(path)
+def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None) -> ServedModel:
+    """Load a model (onto `device`, default the CPU); a text model gets its decode engine started and its chat
+    template read."""
+    loaded = load_model(path, device=device)
     name = model_name(path)
     kind = families.get(loaded.family).kind
     if kind == "image":
