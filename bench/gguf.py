@@ -4,7 +4,7 @@ Every bundled text starter (models/kjv, models/tang, models/chat) is written wit
 (f32) and run by llama.cpp; greedy, a 32-token prompt, 128 new tokens (fewer where the model's context is
 shorter: prompt + new <= block_size, as neither side may run past the trained positions), 2 threads.
 Batch 1, and batch 8 through llama.cpp's batch API: one llama_batch holding 8 sequences (seq_id 0..7,
-one token each per step) in one context of n_seq_max 8. The llama.cpp side is a plain ctypes loop over
+one token each per step) in one context of n_seq_max 8; the KV cache is f32 on both sides. The llama.cpp side is a plain ctypes loop over
 llama_decode and an argmax of llama_get_logits (no sampler chain); genloom runs stream_ids (what
 `genloom generate` drives). Before timing, each case checks that greedy ids agree (batch 1: must be equal).
 Calls interleave (bench.common.interleaved); genloom/peer = best, *_median = median. Metric: new tokens * batch / s.
@@ -22,7 +22,10 @@ import tempfile
 import warnings
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+HERE = Path(__file__).resolve().parent
+# run as a script, bench/ is sys.path[0], and this file would shadow the `gguf` package genloom imports
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
+sys.path.insert(0, str(HERE.parent))
 
 import llama_cpp as lc
 import numpy as np
@@ -46,11 +49,17 @@ STARTERS = {  # starter -> text its prompts are cut from (32 tokens each, 8 diff
 PROMPT_LEN = 32
 
 
+@lc.llama_log_callback
+def _quiet(level, text, user_data):  # llama.cpp's load log, dropped (llama-cpp-python's own callback chokes on
+    pass  # a log line cut inside a UTF-8 character, the Tang vocabulary's)
+
+
 class LlamaCpp:
     """One llama.cpp model and context of n_seq_max = batch, driven through llama_batch / llama_decode."""
 
     def __init__(self, path: Path, batch: int, n_ctx: int, threads: int = 2):
         lc.llama_backend_init()
+        lc.llama_log_set(_quiet, ctypes.c_void_p(0))
         mp = lc.llama_model_default_params()
         self.model = lc.llama_model_load_from_file(str(path).encode(), mp)
         cp = lc.llama_context_default_params()
@@ -58,6 +67,7 @@ class LlamaCpp:
         cp.n_batch = cp.n_ubatch = max(PROMPT_LEN * batch, 512)
         cp.n_seq_max = batch
         cp.n_threads = cp.n_threads_batch = threads
+        cp.type_k = cp.type_v = lc.GGML_TYPE_F32  # an f32 KV cache, as genloom's (llama.cpp's default is f16)
         self.ctx = lc.llama_init_from_model(self.model, cp)
         self.n_vocab = lc.llama_vocab_n_tokens(lc.llama_model_get_vocab(self.model))
         self.batch = lc.llama_batch_init(PROMPT_LEN * batch, 0, batch)
@@ -125,7 +135,7 @@ def main(argv=None) -> None:
             rows.append({
                 **pair(f"gguf-{name}-b{B}", "tokens/s", new * B, t["genloom"], t["peer"]),
                 "peer_name": f"llama.cpp via llama-cpp-python {lc.__version__}, f32 GGUF from genloom export-gguf",
-                "peer_settings": "llama_decode + argmax of llama_get_logits; " + (
+                "peer_settings": "llama_decode + argmax of llama_get_logits, f32 KV cache; " + (
                     "one llama_batch of 8 sequences (seq_id 0..7) per step" if B > 1 else "one token per step"),
                 "params": lm.model.num_params(non_embedding=False),
                 "arch": lm.config.arch,

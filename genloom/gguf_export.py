@@ -40,6 +40,7 @@ DTYPES = {  # --dtype -> (the type of 2-D weights, the file type llama.cpp repor
     "f16": (Q.F16, gguf.LlamaFileType.MOSTLY_F16),
     "q8_0": (Q.Q8_0, gguf.LlamaFileType.MOSTLY_Q8_0),
 }
+ARCHES = {"gpt2": "gpt2", "llama": "llama"}  # genloom's GPTConfig.arch -> llama.cpp's general.architecture
 PRE_TOKENIZER = "gpt-2"  # llama.cpp's name for GPT-2's split regex, which genloom's bpe and gpt2 tokenizers use
 
 
@@ -184,7 +185,7 @@ def write_gguf(model: GPT, tokenizer: Tokenizer | None, out: str | Path, dtype: 
     qtype, ftype = DTYPES[dtype]
     out = Path(out)
 
-    w = gguf.GGUFWriter(path=None, arch=model.config.arch)
+    w = gguf.GGUFWriter(path=None, arch=ARCHES[model.config.arch])
     w.add_name(name or out.stem)
     w.add_file_type(int(ftype))
     _add_hparams(w, model)
