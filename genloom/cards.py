@@ -126,3 +126,41 @@ def classifier_card(folder, card: dict, name: str, command: str) -> Path:
         f"| test loss | {card['val_loss']:.4f} nats |" if card.get("val_loss") is not None else "",
     ]
     return _write(folder, lines, command)
+
+
+def gguf_card(path, card: dict, name: str, modelfile: str, dtype: str, block_size: int) -> Path:
+    """The card beside a GGUF export (`<stem>.README.md`): what the file is and the llama.cpp and Ollama commands."""
+    path = Path(path)
+    data = card.get("data") or {}
+    source = data.get("source") or "unknown"
+    tag = name.lower().replace(" ", "-") or path.stem
+    lines = [
+        f"# {name or path.stem} (GGUF)",
+        "",
+        "A genloom GPT model as one GGUF file for llama.cpp and Ollama. Generated text is machine-made: "
+        "label it as such where you publish it.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| file | `{path.name}`, {dtype} weights |",
+        f"| data | `{source}`: {CORPUS_INFO.get(source, 'user-supplied text')} |",
+        f"| tokenizer | {data.get('tokenizer', '?')}, {data.get('vocab_size', '?')} ids, as llama.cpp's gpt2 BPE |",
+        f"| context | {block_size} tokens (the model was trained on no longer context) |",
+        f"| parameters | {card.get('parameters', 0):,} |" if card.get("parameters") else "| parameters | see config |",
+        "",
+        "Run it with Ollama:",
+        "",
+        "```",
+        f"ollama create {tag} -f {modelfile}",
+        f"ollama run {tag}",
+        "```",
+        "",
+        "or with llama.cpp:",
+        "",
+        "```",
+        f"llama-cli -m {path.name} -c {block_size} -p \"...\"",
+        "```",
+    ]
+    out = path.with_name(f"{path.stem}.README.md")
+    atomic_write_text(out, "\n".join(lines) + "\n")
+    return out

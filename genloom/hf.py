@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 from genloom.checkpoints import export_model, load_model
-from genloom.data.tokenizers import ByteBPETokenizer, GPT2Tokenizer, Tokenizer, load_tokenizer
+from genloom.data.tokenizers import EOT, ByteBPETokenizer, GPT2Tokenizer, Tokenizer, bpe_tables, load_tokenizer
 from genloom.errors import GenloomError
 from genloom.files import atomic_write_text, safe_torch_load
 from genloom.models.gpt import GPT, GPTConfig
@@ -49,6 +49,7 @@ def hf_config_from_gpt2(cfg: GPTConfig, eot_id: int | None = None) -> dict:
         "model_type": "gpt2",
         "vocab_size": cfg.vocab_size,
         "n_positions": cfg.block_size,
+        "n_ctx": cfg.block_size,  # GPT-2's own config.json has it, and llama.cpp's converter reads it
         "n_embd": cfg.n_embd,
         "n_layer": cfg.n_layer,
         "n_head": cfg.n_head,
@@ -152,4 +153,29 @@ def export_gpt2(model_path: str | Path, out_dir: str | Path) -> Path:
     lm.tokenizer.save(out / "genloom_tokenizer.json")
     if isinstance(lm.tokenizer, ByteBPETokenizer):  # the same JSON is a Hugging Face fast tokenizer
         atomic_write_text(out / "tokenizer.json", lm.tokenizer.tok.to_str())
+    if isinstance(lm.tokenizer, (ByteBPETokenizer, GPT2Tokenizer)):
+        write_gpt2_tokenizer_files(out, lm.tokenizer, lm.config.block_size)
     return out
+
+
+def write_gpt2_tokenizer_files(out: Path, tok: ByteBPETokenizer | GPT2Tokenizer, block_size: int) -> None:
+    """GPT-2's own tokenizer files: vocab.json, merges.txt and a tokenizer_config.json naming GPT2Tokenizer, so
+    transformers' AutoTokenizer and third-party converters read the folder as they read GPT-2's."""
+    tokens, merges, special = bpe_tables(tok)
+    vocab = {t: i for i, t in enumerate(tokens)}
+    atomic_write_text(out / "vocab.json", json.dumps(vocab, ensure_ascii=False))
+    atomic_write_text(out / "merges.txt", "#version: 0.2\n" + "\n".join(merges) + "\n")
+    eot = EOT if tok.eot_id is not None and tokens[tok.eot_id] == EOT else None
+    config = {
+        "tokenizer_class": "GPT2Tokenizer",
+        "model_max_length": block_size,
+        "add_prefix_space": False,
+        "bos_token": eot,
+        "eos_token": eot,
+        "unk_token": eot,
+        "added_tokens_decoder": {
+            str(i): {"content": tokens[i], "special": True, "lstrip": False, "rstrip": False,
+                     "normalized": False, "single_word": False} for i in sorted(special)
+        },
+    }
+    atomic_write_text(out / "tokenizer_config.json", json.dumps(config, indent=2, ensure_ascii=False))

@@ -8,7 +8,7 @@ extras=""
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=""
   for p in fortunes-zh fortunes bible-kjv bible-kjv-text dataset-fashion-mnist diatheke sword-text-sparv \
-           sword-text-web espeak-ng pocketsphinx-testdata fluidsynth timgm6mb-soundfont ${extras:+chromium}; do
+           sword-text-web espeak-ng pocketsphinx-testdata fluidsynth timgm6mb-soundfont ${extras:+chromium cmake g++}; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
   done
   if [ -n "$need" ]; then
@@ -21,6 +21,17 @@ else
 fi
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}" chatterbot-corpus
+# --test: llama.cpp's own Hugging Face -> GGUF converter (in the llama-cpp-python sdist that the test extra
+# builds, ~5.5 min on 2 cores) for tests/test_gguf.py; only convert_hf_to_gguf.py and what it imports are kept.
+conv="${GENLOOM_LLAMA_CPP_DIR:-$HOME/.cache/genloom/llama.cpp-0.3.36}"
+if [ -n "$extras" ] && [ ! -f "$conv/convert_hf_to_gguf.py" ]; then
+  tmp="$(mktemp -d)"
+  python3 -m pip download -q --disable-pip-version-check --no-deps --no-binary :all: llama-cpp-python==0.3.36 -d "$tmp"
+  tar -xzf "$tmp"/llama*cpp*python-0.3.36.tar.gz -C "$tmp"
+  mkdir -p "$conv"
+  cp -r "$tmp"/llama*cpp*python-0.3.36/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py} "$conv"/
+  rm -rf "$tmp"
+fi
 if python3 -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "warning: CUDA packages got installed; torch must stay pinned to 2.13.0 (CPU)" >&2
 fi

@@ -9,6 +9,7 @@ import torch
 
 COMMANDS = {  # command -> the module of genloom.cli that defines it (imported when the command is used)
     "data": "train", "train": "train", "export": "train", "import-hf": "train", "export-hf": "train",
+    "export-gguf": "train",
     "generate": "generate", "eval": "evaluate", "evalset": "evaluate", "import-gan": "images", "codes": "images",
     "reconstruct": "images", "decode": "images", "attach-prior": "images", "serve": "serve", "keys": "serve", "worker": "serve",
     "kb": "kb",

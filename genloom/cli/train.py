@@ -1,4 +1,4 @@
-"""`genloom data`, `train`, `export`, `import-hf`, `export-hf`: from text to a trained model folder."""
+"""`genloom data`, `train`, `export`, `import-hf`, `export-hf`, `export-gguf`: from text to a trained model folder."""
 
 from __future__ import annotations
 
@@ -14,6 +14,8 @@ from genloom.cli.base import cli
 from genloom.data.text import prepare
 from genloom.families import load_run_config
 from genloom.files import disk_full_as_error
+from genloom.gguf_export import DTYPES as GGUF_DTYPES
+from genloom.gguf_export import export_gguf
 from genloom.hf import export_gpt2, import_gpt2
 
 
@@ -93,3 +95,15 @@ def export_hf(model, out):
     """Export a genloom gpt2-arch model to a folder transformers.GPT2LMHeadModel.from_pretrained loads."""
     path = export_gpt2(model, out)
     click.echo(f"exported {model} -> {path} (Hugging Face GPT-2 format)")
+
+
+@cli.command("export-gguf")
+@click.argument("model")
+@click.option("--out", "-o", required=True, help="The GGUF file to write (an Ollama Modelfile and a card go beside it).")
+@click.option("--dtype", type=click.Choice(sorted(GGUF_DTYPES)), default="f32", show_default=True,
+              help="Weight type of the matrices (vectors stay f32).")
+def export_gguf_cmd(model, out, dtype):
+    """Export a genloom GPT model (gpt2 or llama arch) with its tokenizer as one GGUF file for llama.cpp / Ollama."""
+    with disk_full_as_error():
+        path, mf, card = export_gguf(model, out, dtype)
+    click.echo(f"exported {model} -> {path} ({dtype}); Ollama: ollama create NAME -f {mf} (see {card})")

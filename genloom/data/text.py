@@ -84,6 +84,14 @@ def bible_en_es() -> list[str]:
     return parallel_chapters("train")
 
 
+DEFAULT_CHAT_TEMPLATE = {  # how genloom's chatterbot corpus lays out a dialogue ("User: ...\nBot: ...")
+    "system": "{content}\n",
+    "user": "User: {content}\n",
+    "assistant": "Bot: {content}\n",
+    "generation_prompt": "Bot:",
+    "stop": ["\nUser:"],
+}
+
 CORPUS_INFO = {  # where each named corpus comes from and its licence, for model cards
     "tang": "313 Tang poems, Debian package fortunes-zh (tang300); GPL-3+",
     "song": "95 Song ci, Debian package fortunes-zh (song100); GPL-3+",

@@ -272,6 +272,62 @@ class MidiTokenizer(Tokenizer):
         return {"type": self.kind, "miditok": self.tok.to_dict()}
 
 
+def byte_alphabet() -> dict[int, str]:
+    """GPT-2's bytes_to_unicode: each byte as a printable character (Radford et al. 2019, encoder.py)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
+def bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """BPE of `token` using only merges ranked below max_rank: for a vocabulary token, its last merge's two sides."""
+    parts = [bytes([b]) for b in token]
+    while True:
+        best = None
+        for i in range(len(parts) - 1):
+            r = ranks.get(parts[i] + parts[i + 1])
+            if r is not None and r < max_rank and (best is None or r < best[1]):
+                best = (i, r)
+        if best is None:
+            return parts
+        i = best[0]
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+
+
+def bpe_tables(tok: "ByteBPETokenizer | GPT2Tokenizer") -> tuple[list[str], list[str], set[int]]:
+    """A byte-level BPE as GPT-2's own files hold it: tokens by id spelled in the byte alphabet (vocab.json),
+    merges in rank order as "left right" (merges.txt), and the ids of special tokens. For tiktoken's GPT-2 the
+    merges are recovered from the ranks: each token's last merge is its BPE over the ranks below its own
+    (the recovery llama.cpp's converter applies to tiktoken vocabularies)."""
+    if isinstance(tok, ByteBPETokenizer):
+        data = json.loads(tok.tok.to_str())
+        tokens = [""] * tok.vocab_size
+        for text, i in data["model"]["vocab"].items():
+            tokens[i] = text
+        special = set()
+        for added in data.get("added_tokens", []):
+            tokens[added["id"]] = added["content"]
+            special.add(added["id"])
+        merges = [m if isinstance(m, str) else " ".join(m) for m in data["model"]["merges"]]
+        return tokens, merges, special
+    ranks = tok.enc._mergeable_ranks
+    alpha = byte_alphabet()
+    tokens, merges = [""] * tok.vocab_size, []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        tokens[rank] = "".join(alpha[b] for b in token)
+        if len(token) > 1:
+            left, right = bpe_split(ranks, token, rank)
+            merges.append("".join(alpha[b] for b in left) + " " + "".join(alpha[b] for b in right))
+    tokens[tok.eot_id] = EOT
+    return tokens, merges, {tok.eot_id}
+
+
 def train_tokenizer(kind: str, texts: list[str], vocab_size: int = 4096) -> Tokenizer:
     if kind not in TOKENIZERS:
         raise GenloomError(f"unknown tokenizer '{kind}'; choose one of {choices(TOKENIZERS)}")

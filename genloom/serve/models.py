@@ -11,6 +11,7 @@ from pathlib import Path
 
 from genloom import families
 from genloom.checkpoints import load_model
+from genloom.data.text import DEFAULT_CHAT_TEMPLATE
 from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
@@ -19,14 +20,6 @@ from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
 from genloom.serve.retrieval import KbRef, load_grounding
-
-DEFAULT_CHAT_TEMPLATE = {  # how genloom's chatterbot corpus lays out a dialogue ("User: ...\nBot: ...")
-    "system": "{content}\n",
-    "user": "User: {content}\n",
-    "assistant": "Bot: {content}\n",
-    "generation_prompt": "Bot:",
-    "stop": ["\nUser:"],
-}
 
 
 @dataclass
