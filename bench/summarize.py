@@ -9,7 +9,7 @@ RESULTS = Path(__file__).parent / "results"
 def main():
     print("| case | unit | genloom | peer | ratio (best) | ratio (median) | load (1 min) |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for name in ("decode", "gguf", "train_step", "quality", "metrics", "serve", "serve_replicas"):
+    for name in ("decode", "llamacpp", "train_step", "quality", "metrics", "serve", "serve_replicas"):
         path = RESULTS / f"{name}.jsonl"
         if not path.exists():
             continue

@@ -9,8 +9,8 @@ llama_decode and an argmax of llama_get_logits (no sampler chain); genloom runs 
 `genloom generate` drives). Before timing, each case checks that greedy ids agree (batch 1: must be equal).
 Calls interleave (bench.common.interleaved); genloom/peer = best, *_median = median. Metric: new tokens * batch / s.
 
-    python bench/gguf.py            # -> bench/results/gguf.jsonl
-    python bench/gguf.py --quick    # 32 new tokens, 2 rounds
+    python bench/llamacpp.py            # -> bench/results/llamacpp.jsonl
+    python bench/llamacpp.py --quick    # 32 new tokens, 2 rounds
 """
 
 from __future__ import annotations
@@ -23,8 +23,6 @@ import warnings
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-# run as a script, bench/ is sys.path[0], and this file would shadow the `gguf` package genloom imports
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 import llama_cpp as lc
@@ -153,7 +151,7 @@ def main(argv=None) -> None:
             lc.llama_batch_free(peer.batch)
             lc.llama_free(peer.ctx)
             lc.llama_model_free(peer.model)
-    report("gguf-quick" if args.quick else "gguf", rows)
+    report("llamacpp-quick" if args.quick else "llamacpp", rows)
 
 
 if __name__ == "__main__":
