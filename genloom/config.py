@@ -46,6 +46,7 @@ class TrainConfig:
     beta2: float = 0.95
     grad_clip: float = 1.0  # 0 disables clipping
     dtype: str = "float32"  # float32 | bfloat16 (autocast on CPU)
+    compile: bool = False  # torch.compile the model's forward for training steps (compile time in metrics.jsonl)
     eval_interval: int = 200
     eval_batches: int = 20
     log_interval: int = 10

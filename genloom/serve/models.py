@@ -14,6 +14,7 @@ from genloom.checkpoints import load_model
 from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
+from genloom.models.runtime import default_dtype, prepare
 from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -97,8 +98,10 @@ def model_name(path: str | Path) -> str:
     return p.parent.name if p.name == "best" else p.name
 
 
-def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedModel:
-    """Load a model; a text model gets its decode engine started and its chat template read."""
+def load_served(path: str | Path, *, max_batch: int, max_queue: int, dtype: str | None = None,
+                compile: bool = False) -> ServedModel:
+    """Load a model; a text model runs in `dtype` (default: genloom.models.runtime.default_dtype), its decode step
+    compiled if asked, and gets its decode engine started and its chat template read."""
     loaded = load_model(path)
     name = model_name(path)
     kind = families.get(loaded.family).kind
@@ -108,6 +111,7 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int) -> ServedMo
     if kind != "text" or loaded.tokenizer is None:
         raise GenloomError(f"{path} is a '{loaded.family}' model; the server serves text models with a tokenizer "
                            f"({', '.join(families.of_kind('text'))}) and image models ({', '.join(families.of_kind('image'))})")
+    loaded.model = prepare(loaded.model, dtype or default_dtype(loaded.meta), compile)
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     template = ChatTemplate.load(folder)
