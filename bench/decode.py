@@ -1,16 +1,22 @@
-"""Decoding speed: genloom's KV-cached generate against transformers' GPT2LMHeadModel.generate.
+"""Decoding speed: genloom's KV-cached generate against transformers' generate, on the same weights.
 
-Both sides run the SAME fp32 weights (a random-init genloom GPT converted with genloom.hf), greedy,
-a 32-token prompt and exactly N new tokens (default 128), batch 1 and batch 8, 2 threads,
-model.eval() and torch.inference_mode(). Before timing, each case checks that the logits agree to
-1e-4, that both sides produce the same number of tokens and that greedy ids match at batch 1.
-genloom and transformers runs are interleaved (the check run is the warmup, then 3 rounds, the order
-alternating) so machine noise hits both; genloom/peer = best, *_median = median. Metric: new tokens * batch / seconds. genloom runs stream_ids (what generate
-drives) with stop_at_eot off; transformers keeps GPT-2's eos (50256) on the 124M shape (none on the char
-model) and is held to the full length by min_new_tokens. lm_head_share: the output projection's part of genloom's time (profiled).
+Cases: the 10.7M char-shaped model and the GPT-2-small shape (random init), and the bundled text starters
+(models/kjv, tang, chat, their trained weights). Both sides run the SAME float32 weights (GPT-2-style
+models through genloom.hf into GPT2LMHeadModel, llama-style ones into LlamaForCausalLM); before timing,
+logits must agree to 1e-4 and greedy ids at batch 1 must be equal. Greedy, a 32-token prompt, 128 new tokens
+(fewer where the context is shorter: the starters' 128-token contexts leave 96), 2 threads, eval mode and
+inference_mode; transformers is held to the full length by min_new_tokens. All sides of a case are
+interleaved (the check run is the warm-up, then 3 rounds, the order rotating); best and median reported.
 
-    python bench/decode.py            # full run -> bench/results/decode.jsonl
-    python bench/decode.py --quick    # fewer tokens and repeats, for a fast check
+Extra genloom sides: `--compile` (the compiled decode step; compile_s = its first run minus its best) and
+`--dtypes` bfloat16,int8 on `--dtype-cases` (dtypes this CPU cannot run are named and skipped). Every row
+states the memory-bandwidth bound: the weight bytes one decode step reads (step_bytes) over the copy
+bandwidth this script measures (copy_gbps, STREAM's count: bytes read + written, 256 MiB buffers), times
+the batch; fraction_of_bound = tokens/s over that bound.
+
+    python bench/decode.py                                   # every case at batch 1, dtypes on GPT-2-small
+    python bench/decode.py --cases char10M,kjv,tang,chat --dtype-cases char10M --compile
+    python bench/decode.py --quick                           # fewer tokens and repeats, for a fast check
 """
 
 from __future__ import annotations
@@ -179,9 +185,10 @@ def main(argv=None) -> None:
     ap.add_argument("--dtypes", default="bfloat16,int8", help="extra genloom weight dtypes, timed on --dtype-cases")
     ap.add_argument("--dtype-cases", default="gpt2-124M")
     ap.add_argument("--compile", action="store_true", help="also time genloom with its compiled decode step")
+    ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--profile", action="store_true", help="lm_head_share: profile one genloom run per case")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     N = 32 if args.quick else 128
     repeat = 2 if args.quick else 3
@@ -244,10 +251,11 @@ def main(argv=None) -> None:
                 print(f"# {row['case']}: genloom {row['genloom']} vs transformers {row['peer']} tokens/s "
                       f"({row['ratio']:.2f}x; {row['fraction_of_bound']:.0%} of the {bound:.0f} tokens/s bound)",
                       flush=True)
+        report("decode-quick" if args.quick else "decode", rows, keep_others=True)  # saved case by case
+        rows = []
         del ours, theirs, variants
     if skipped:
         print(f"# dtypes not supported on this machine, not timed: {', '.join(skipped)}")
-    report("decode-quick" if args.quick else "decode", rows)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from genloom.models import runtime
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.sample import SamplingParams, stream_ids
 from genloom.serve.engine import TextEngine
+from genloom.serve.models import load_served
 from genloom.train import Trainer
 
 from conftest import assert_one_line_error, make_cfg, random_gpt, run_cli
@@ -212,3 +213,19 @@ def test_compiled_training_step_matches_eager_losses(english_dir, tmp_path):
                 summary["compile_s"]]
     assert len(losses[True]) == 4
     assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-4)
+
+
+def test_served_model_runs_in_the_asked_dtype(tmp_path):
+    tok = CharTokenizer.train(["abcdefghij"])
+    m = random_gpt(vocab_size=tok.vocab_size)
+    export_model(tmp_path / "m", family="gpt", model=m, model_config=m.config, tokenizer=tok, dtype="int8")
+    served = load_served(tmp_path / "m", max_batch=2, max_queue=2)  # an int8 export runs as int8 by default
+    try:
+        assert isinstance(served.loaded.model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+        text, reason = served.engine.submit("abc", SamplingParams(max_new_tokens=5, temperature=0.0)).result(60)
+        assert reason == "length" and len(text) == 5
+    finally:
+        served.engine.stop()
+    served = load_served(tmp_path / "m", max_batch=2, max_queue=2, dtype="float32")
+    served.engine.stop()
+    assert type(served.loaded.model.lm_head) is torch.nn.Linear
