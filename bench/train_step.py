@@ -135,8 +135,9 @@ def build(cfg: GPTConfig, seed: int):
 
 
 def measure(sides: dict, batches, bf16: bool, warmup: int, steps: int) -> dict:
-    """Per-step wall times of every side, interleaved (order rotated each round); the matmul rate too."""
-    times = {name: [] for name in sides} | {"matmul": []}
+    """Per-step wall times of every side, interleaved (order rotated each round); the matmul rate too; "first":
+    each side's first (warm-up) step, which holds a compiled side's compile."""
+    times = {name: [] for name in sides} | {"matmul": [], "first": {}}
     names = list(sides)
     dtype = torch.bfloat16 if bf16 else torch.float32
     for i in range(warmup + steps):
@@ -151,6 +152,8 @@ def measure(sides: dict, batches, bf16: bool, warmup: int, steps: int) -> dict:
                 raise RuntimeError(f"{name} loss became {loss}")
             if i >= warmup:
                 times[name].append(dt)
+            else:
+                times["first"].setdefault(name, dt)
     return times
 
 
@@ -163,6 +166,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--dropout", type=float, default=0.0)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--dtypes", default="fp32,bf16")
+    ap.add_argument("--compile", action="store_true", help="also time genloom with train.compile (torch.compile of "
+                    "the model; its own copy and optimizer); compile_s = its first step minus its best")
     args = ap.parse_args(argv)
     import transformers
 
@@ -185,6 +190,11 @@ def main(argv=None) -> list[dict]:
     ours_step = GenloomStep(ours, tcfg)
     sides = {"genloom": ours_step, "peer": HFStep(theirs, tcfg.grad_clip, fused=True),
              "peer_default": HFStep(theirs_default, tcfg.grad_clip, fused=False)}
+    if args.compile:  # what train.compile does: the loss through torch.compile(model), same parameters
+        twin = copy.deepcopy(ours)
+        compiled_step = GenloomStep(twin, tcfg)
+        compiled_step.model = torch.compile(twin)
+        sides["genloom_compiled"] = compiled_step
     opt = ours_step.optimizer
     genloom_opt = (f"torch.optim.AdamW(fused={bool(opt.defaults.get('fused'))}), decay on matrices only "
                    f"(nanoGPT grouping), lr {tcfg.lr}, betas ({tcfg.beta1}, {tcfg.beta2}), weight decay {tcfg.weight_decay}")
@@ -232,6 +242,14 @@ def main(argv=None) -> list[dict]:
                 "start_logit_diff": float(f"{diff:.2e}"),
             }
         )
+        if "genloom_compiled" in times:
+            c = times["genloom_compiled"]
+            c_tps = tok / min(c)
+            rows[-1].update(genloom_compiled=round(c_tps, 1), genloom_compiled_median=round(tok / statistics.median(c), 1),
+                            ratio_compiled=round(c_tps / theirs_tps, 3),
+                            ratio_compiled_median=round(statistics.median(times["peer"]) / statistics.median(c), 3),
+                            mfu_compiled=round(flops_per_token * c_tps / 1e9 / mm, 3),
+                            compile_s=round(times["first"]["genloom_compiled"] - min(c), 1))
     report("train_step", rows)
     return rows
 

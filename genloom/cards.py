@@ -53,7 +53,19 @@ def text_card(folder, card: dict, name: str = "", command: str = "") -> Path:
         f"| validation loss | {card['val_loss']:.4f} nats/token (best checkpoint, {card.get('run_config', {}).get('train', {}).get('eval_batches', '?')} fixed validation batches) |"
         if card.get("val_loss") is not None else "| validation loss | not measured |",
     ]
+    if card.get("export_dtype"):
+        lines.append(dtype_row(card["export_dtype"]))
     return _write(folder, lines, command)
+
+
+def dtype_row(d: dict) -> str:
+    """The weights' dtype and the perplexity change it costs on the validation split (measured at export)."""
+    head = f"| weights | {d['dtype']}"
+    if d.get("perplexity") is None:
+        return f"{head}; perplexity change not measured ({d.get('why', 'no validation split')}) |"
+    return (f"{head}, run as {d['run_as']}: validation perplexity {d['perplexity']:.3f} vs {d['perplexity_float32']:.3f} "
+            f"in float32 ({100 * (d['perplexity'] / d['perplexity_float32'] - 1):+.2f}%; {d['tokens']:,} tokens of "
+            f"`{d['data']}` {d['split']}, context {d['context']}, stride {d['stride']}) |")
 
 
 def image_card(folder, card: dict, name: str, command: str) -> Path:

@@ -1,7 +1,8 @@
 """Checkpoints: a full resumable `.pt` (read back with weights_only=True) and a slim safetensors export.
 
 Export folder layout (what `load_model` reads, what the starter models ship as):
-    model.safetensors   the weights (float32, or float16/bfloat16 to keep starters small)
+    model.safetensors   the weights (float32, or float16/bfloat16 to keep starters small, or int8 with per-row
+                        `<name>_scale` tensors: genloom.models.runtime)
     config.json         {"format": "genloom-model", "family": ..., "model": {...}, "card": {...}}
     tokenizer.json      the tokenizer, as JSON
 """
@@ -30,6 +31,7 @@ from genloom.files import (
     previous_checkpoint,
     read_stored_model,
 )
+from genloom.models.runtime import int8_state
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, 
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cast = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+    cast = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "int8": torch.float32}[dtype]
     tensors, seen = {}, {}
     for name, t in model.state_dict().items():  # shared (tied) tensors are stored once
         key = t.data_ptr()
@@ -95,6 +97,8 @@ def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, 
             continue
         seen[key] = name
         tensors[name] = (t.detach().to("cpu", cast) if t.is_floating_point() else t.detach().cpu()).contiguous()
+    if dtype == "int8":  # every Linear weight (and a tied embedding) as int8 + per-row float32 scales
+        tensors = {k: v.contiguous() for k, v in int8_state(model, tensors).items()}
     meta = {"format": MODEL_FORMAT, "family": family, "genloom_version": __version__}
     atomic_write(out / "model.safetensors", lambda f: f.write(_safetensors_bytes(tensors, meta)))
     config = {**meta, "model": dataclasses.asdict(model_config), "dtype": dtype, "card": card or {}}
@@ -102,6 +106,13 @@ def export_model(out_dir, *, family, model, model_config, tokenizer, card=None, 
     if tokenizer is not None:
         tokenizer.save(out / "tokenizer.json")
     return out
+
+
+def update_card(folder, card: dict) -> None:
+    """Replace the card an export's config.json holds (e.g. with figures measured on the written weights)."""
+    path = Path(folder) / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    atomic_write_text(path, json.dumps({**config, "card": card}, indent=2, ensure_ascii=False))
 
 
 def write_model_card(folder, card: dict, name: str = "", command: str = "") -> Path:

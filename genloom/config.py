@@ -51,6 +51,7 @@ class TrainConfig:
     # Under torchrun: "ddp" keeps a whole model on every rank and averages gradients; "fsdp" shards the
     # parameters, gradients and optimizer state over the ranks (torch's fully_shard, FSDP2).
     parallel: str = "ddp"
+    compile: bool = False  # torch.compile the model's forward for training steps (compile time in metrics.jsonl)
     eval_interval: int = 200
     eval_batches: int = 20
     log_interval: int = 10

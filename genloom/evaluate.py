@@ -35,6 +35,7 @@ from genloom.metrics.audio import audio_report
 from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor, resolve_model_path
 from genloom.metrics.image import fid, image_metrics, psnr, ssim
 from genloom.metrics.text import perplexity
+from genloom.models.runtime import supported_dtypes, to_dtype
 from genloom.pipelines import images as pipeline
 from genloom.pipelines import music as music_pipe
 from genloom.report import Section, loss_curve_png
@@ -77,6 +78,34 @@ def perplexity_section(model_path: str, data_dir: str, *, split: str = "val", co
     s.add("perplexity", res)
     _curve(s, model_path)
     return s
+
+
+def dtype_change(reference, exported: str, dtype: str, data_dir: str | None, *, split: str = "val",
+                 max_tokens: int = 65536) -> dict:
+    """The validation perplexity of an export in its dtype against the float32 model it came from.
+
+    `reference` is the loaded float32 model (genloom.checkpoints.Loaded); the export is loaded from its folder and
+    run as it would be: int8 through dynamic quantisation, bfloat16 in bf16 where the CPU has native bf16
+    (else in float32 with bf16-rounded weights), float16 in float32. Same windows for both (context = block
+    size, stride half of it), at most `max_tokens` tokens of the split. {"perplexity": None, "why": ...} when
+    there is no such split."""
+    out = {"dtype": dtype}
+    folder = Path(data_dir) if data_dir else None
+    if folder is None or not (folder / "meta.json").exists():
+        return {**out, "perplexity": None, "why": f"no prepared data at {data_dir}" if data_dir else "no data folder"}
+    data = TokenData(folder)
+    if json.dumps(data.tokenizer.to_json()) != json.dumps(reference.tokenizer.to_json()):
+        return {**out, "perplexity": None, "why": f"{data_dir} was tokenized differently"}
+    ids = data.split(split)
+    run_as = dtype if dtype in supported_dtypes() and dtype in ("bfloat16", "int8") else "float32"
+    exp = load_model(exported)
+    model = to_dtype(exp.model, run_as)
+    context = reference.model.config.block_size
+    ref = perplexity(reference.model, ids, context=context, max_tokens=max_tokens)
+    new = perplexity(model, ids, context=context, max_tokens=max_tokens)
+    return {**out, "run_as": run_as, "perplexity": new["perplexity"], "perplexity_float32": ref["perplexity"],
+            "tokens": min(len(ids), max_tokens) if max_tokens else len(ids), "data": str(data_dir), "split": split,
+            "context": context, "stride": max(1, context // 2)}
 
 
 def text_section(name: str, hyps: list[str], refs: list[str] | None, prompts: list[str] | None = None,

@@ -188,8 +188,18 @@ class StoredModel:
     tokenizer: dict | None = None  # the tokenizer's JSON, if one was saved
 
     def float_state(self) -> dict:
-        """The tensors with floating ones in float32 (exports may be float16/bfloat16), ready to load."""
-        return {k: v.float() if v.is_floating_point() else v for k, v in self.state.items()}
+        """The tensors with floating ones in float32 (exports may be float16/bfloat16), ready to load. An int8
+        export's tensors (int8 `name` and float32 per-row `name_scale`, genloom.models.runtime) come back
+        dequantised: name = int8 * scale[:, None]."""
+        out = {}
+        for k, v in self.state.items():
+            if k.endswith("_scale") and k[: -len("_scale")] in self.state:
+                continue
+            if v.dtype == torch.int8 and f"{k}_scale" in self.state:
+                out[k] = v.float() * self.state[f"{k}_scale"].float()[:, None]
+            else:
+                out[k] = v.float() if v.is_floating_point() else v
+        return out
 
 
 def load_checkpoint(path) -> dict:

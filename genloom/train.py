@@ -33,16 +33,8 @@ from genloom.checkpoints import export_model, load_model, load_resumable, save_c
 from genloom.config import RunConfig
 from genloom.errors import GenloomError
 from genloom.files import atomic_write_text, disk_full_as_error, previous_checkpoint
+from genloom.models.runtime import cpu_has_native_bf16
 from genloom.optim import Optimizers  # noqa: F401  (re-exported: the Trainer steps them)
-
-
-def cpu_has_native_bf16() -> bool:
-    """AVX512-BF16 or AMX: without them bf16 matmuls are emulated and slower than fp32."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def lr_at(step: int, cfg) -> float:
@@ -124,6 +116,11 @@ class Trainer:
             distributed.shard_model(self.model)  # FSDP2: parameters, gradients, optimizer state split over ranks
         self._synced = distributed.state_to_sync(self.model)
         self.optimizer = self.model.configure_optimizer(t.weight_decay, t.lr, (t.beta1, t.beta2))
+        # train.compile: training losses go through torch.compile(model) (the same parameters); a compile that
+        # fails falls back to the eager model with one warning. compile_s: the first step's extra time.
+        self.train_model = torch.compile(self.model) if t.compile else self.model
+        self.compile_s: float | None = None
+        self._first_step_s: float | None = None
         self.phases = tuple(getattr(self.task, "phases", None) or (None,))
         self.select_by = getattr(self.task, "select_by", "val_loss")  # the validation figure "best" minimises
         self.data_gen = torch.Generator().manual_seed(t.seed)
@@ -343,7 +340,7 @@ class Trainer:
                     for _ in range(t.grad_accum):
                         batch = devices.to(self.task.batch("train", self.data_gen, *args), self.device)
                         with self._autocast():
-                            out = self.task.loss(self.model, batch, *args)
+                            out = self._train_loss(batch, args)
                         loss, parts = out if isinstance(out, tuple) else (out, {})
                         scaled = loss / t.grad_accum
                         (self.scaler.scale(scaled) if self.scaler is not None else scaled).backward()
@@ -377,6 +374,7 @@ class Trainer:
                     loss_sum, losses, dt = self._sync_step(loss_sum, losses, dt)
                 self.elapsed += dt
                 self.step += 1
+                self._note_compile(dt)
                 last_loss = loss_sum
                 if not math.isfinite(last_loss):
                     raise GenloomError(f"loss became {last_loss} at step {self.step}; lower train.lr")
@@ -396,6 +394,7 @@ class Trainer:
                     model, _ = self.whole(optimizer=False)
                     if self.rank == 0:
                         self.emit("sample", samples=self.task.sample(model))
+        self._note_compile(None)
         if self.stop_reason == "time budget" and self._last_eval != self.step:
             self._eval_and_keep_best()
         self.save()
@@ -411,6 +410,8 @@ class Trainer:
         }
         if self.world > 1:  # rank 0's seconds in collectives (gradients, the step's figures), waits included
             summary.update(processes=self.world, comm_s=round(self.comm_s, 3))
+        if self.compile_s is not None:
+            summary["compile_s"] = round(self.compile_s, 2)
         if self.stop_reason != "interrupted":
             model, _ = self.whole(optimizer=False)
             if self.rank == 0:
@@ -436,6 +437,31 @@ class Trainer:
         if self._stop_agreed and self.stop_reason is None:
             self.stop_reason = "interrupted"  # another rank got the signal or the cancel
         return sums[0] / w, {k: v / w for k, v in zip(keys, sums[1:-2])}, sums[-2] / w
+
+    def _train_loss(self, batch, args):
+        """The task's loss through the compiled model (train.compile), or the eager one after a failed compile."""
+        if self.train_model is self.model:
+            return self.task.loss(self.model, batch, *args)
+        try:
+            return self.task.loss(self.train_model, batch, *args)
+        except Exception as e:  # noqa: BLE001 - a compile that fails: train eagerly, say so once
+            if self._first_step_s is not None:
+                raise  # compiled steps already ran: this is the model's error, not the compiler's
+            warnings.warn(f"train.compile: compiling the model failed ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0][:200] if str(e) else ''}); training eagerly", stacklevel=2)
+            self.train_model = self.model
+            return self.task.loss(self.model, batch, *args)
+
+    def _note_compile(self, dt: float | None) -> None:
+        """compile_s = the first compiled step's time minus the second's (the compile, paid once and amortised over
+        the run: elapsed_s includes it), written to metrics.jsonl after step 2 (or at the end of a 1-step run)."""
+        if self.train_model is self.model or self.compile_s is not None:
+            return
+        if self._first_step_s is None:
+            self._first_step_s = dt
+            return
+        self.compile_s = max(0.0, self._first_step_s - (dt or 0.0))
+        self.emit("metrics", step=self.step, compile_s=round(self.compile_s, 2))
 
     def _eval_and_keep_best(self) -> None:
         self._last_eval = self.step

@@ -13,6 +13,7 @@ from genloom.checkpoints import load_model
 from genloom.cli.base import _threads, cli
 from genloom.data.images import read_png_parameters
 from genloom.errors import GenloomError
+from genloom.models.runtime import DTYPES, default_dtype, prepare
 from genloom.pipelines import images
 from genloom.pipelines import music
 from genloom.sample import SamplingParams, stream_text
@@ -36,6 +37,10 @@ from genloom.sample import generate as generate_text
 @click.option("--stream/--no-stream", default=None, help="Text: print tokens as they come (default: on for one sample).")
 @click.option("--json", "as_json", is_flag=True, help="Print the completions, or the image files with their parameters, as JSON.")
 @click.option("--threads", type=int, default=0, help="Torch threads (0: default).")
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Text: run the weights in this dtype (default: int8 for an int8 export, else float32).")
+@click.option("--compile/--no-compile", "compile_", default=None,
+              help="Text: compile the decode step (torch.compile, cached on disk; default off).")
 @click.option("--out", "out_dir", default=None, help="Images: the folder for the PNGs (default outputs).")
 @click.option("--sampler", default=None, help="Diffusion: ddpm, ddim, dpmpp_2m (default ddim).")
 @click.option("--steps", type=int, default=None, help="Diffusion: sampling steps (default 50).")
@@ -50,8 +55,8 @@ from genloom.sample import generate as generate_text
 @click.option("--mp3", is_flag=True, help="Music: also write an MP3 (LAME).")
 @click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps.")
 def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
-             repetition_penalty, stop, num_samples, seed, stream, as_json, threads, out_dir, sampler, steps, guidance,
-             labels, eta, from_png, primer, bars, seconds, tempo, mp3, device):
+             repetition_penalty, stop, num_samples, seed, stream, as_json, threads, dtype, compile_, out_dir, sampler,
+             steps, guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device):
     """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out).
 
     \b
@@ -66,18 +71,18 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
     distributed.setup(device)
     try:
         _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
-                  repetition_penalty, stop, num_samples, seed, stream, as_json, out_dir, sampler, steps, guidance,
-                  labels, eta, from_png, primer, bars, seconds, tempo, mp3, device)
+                  repetition_penalty, stop, num_samples, seed, stream, as_json, dtype, compile_, out_dir, sampler, steps,
+                  guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device)
     finally:
         distributed.teardown()
 
 
 def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
-              repetition_penalty, stop, num_samples, seed, stream, as_json, out_dir, sampler, steps, guidance,
-              labels, eta, from_png, primer, bars, seconds, tempo, mp3, device):
+              repetition_penalty, stop, num_samples, seed, stream, as_json, dtype, compile_, out_dir, sampler, steps,
+              guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device):
     prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
     text_only = {"-N/--max-new-tokens": max_new_tokens, "--repetition-penalty": repetition_penalty,
-                 "--stop": stop or None}
+                 "--stop": stop or None, "--dtype": dtype, "--compile": compile_}
     image_only = {"--out": out_dir, "--sampler": sampler, "--steps": steps, "--guidance": guidance,
                   "--label": labels or None, "--eta": eta, "--from-png": from_png}
     music_only = {"--primer": primer, "--bars": bars, "--seconds": seconds, "--tempo": tempo, "--mp3": mp3 or None}
@@ -135,6 +140,7 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
         else:
             click.echo(f"wrote {len(written) - 1} images and {written[-1][0]} (parameters in each PNG)")
         return
+    lm.model = prepare(lm.model, dtype or default_dtype(lm.meta), bool(compile_), device=str(device))
     _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json,
                    max_new_tokens=200 if max_new_tokens is None else max_new_tokens,
                    temperature=0.8 if temperature is None else temperature, top_k=top_k or 0,

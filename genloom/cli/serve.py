@@ -11,6 +11,7 @@ from genloom import devices
 from genloom.cli.base import _threads, cli
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases
+from genloom.models.runtime import DTYPES, check_dtype
 from genloom.serve import app as server
 from genloom.serve.database import Database, redacted
 from genloom.serve import jobs
@@ -62,13 +63,19 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
               "base: KB is a base's name under DATA_DIR/kb (`genloom kb create`) or a knowledge-base folder; repeat "
               "per model. Default: the base a model folder's grounding.json names, if any.")
 @click.option("--threads", type=int, default=0)
+@click.option("--dtype", type=click.Choice(DTYPES), default=None,
+              help="Text models run in this dtype (default: int8 for an int8 export, else float32).")
+@click.option("--compile", "compile_decode", is_flag=True, help="Compile text models' decode step (torch.compile).")
 @click.option("--device", default="auto", show_default=True, help="Where the models run: auto (a GPU when there is "
               "one), cpu, cuda, cuda:N or mps.")
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
-          cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads, device):
+          cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads, dtype,
+          compile_decode, device):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
     devices.resolve(device)  # no such device: one line, before anything starts
+    if dtype is not None:
+        check_dtype(dtype)  # a dtype this machine cannot run: one line, before anything starts
     limits = _job_limits(job_max_steps, job_max_threads, job_max_parameters, job_max_minutes)
     paths = list(models) or [str(p) for p in bundled_model_paths()]
     if not paths:
@@ -81,7 +88,8 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
-        cors_origins=_split(cors_origins), job_limits=limits, kb=kb, device=device)
+        cors_origins=_split(cors_origins), job_limits=limits, kb=kb, device=device, dtype=dtype,
+        compile_decode=compile_decode)
 
 
 @cli.command()

@@ -7,11 +7,13 @@ import sys
 
 import click
 
-from genloom import distributed
+from genloom import distributed, families
 from genloom import train as training
-from genloom.checkpoints import export_model, load_model, write_model_card
+from genloom.checkpoints import export_model, load_model, update_card, write_model_card
 from genloom.cli.base import cli
 from genloom.data.text import prepare
+from genloom.errors import GenloomError
+from genloom.evaluate import dtype_change
 from genloom.families import load_run_config
 from genloom.files import disk_full_as_error
 from genloom.gguf_export import DTYPES as GGUF_DTYPES
@@ -65,18 +67,32 @@ def train(config_path, overrides, resume, device):
 @cli.command()
 @click.argument("run")
 @click.option("--out", "-o", required=True, help="Folder for the slim safetensors export.")
-@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32", show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16", "int8"]), default="float32",
+              show_default=True, help="int8: text models, per-row int8 weights with scales (run by dynamic quantisation).")
 @click.option("--name", default="", help="Title of the model card (README.md) written beside the weights.")
 @click.option("--command", "repro", default="", help="The command that reproduces the model, for its card.")
-def export(run, out, dtype, name, repro):
+@click.option("--data", "data_dir", default=None, help="Text: the prepared data whose validation split measures the "
+              "perplexity change of --dtype for the card (default: the run's data.dir).")
+def export(run, out, dtype, name, repro, data_dir):
     """Export a run (its best weights, else its last checkpoint) or a model to a slim safetensors folder."""
     lm = load_model(run)
-    card = lm.meta.get("card", {})
+    text = families.get(lm.family).kind == "text"
+    if dtype == "int8" and not text:
+        raise GenloomError(f"--dtype int8 is for text models; {run} is a '{lm.family}' model: choose one of "
+                           "float32, float16, bfloat16")
+    card = dict(lm.meta.get("card", {}))
     with disk_full_as_error():
         export_model(out, family=lm.family, model=lm.model, model_config=lm.config, tokenizer=lm.tokenizer,
                      card=card, dtype=dtype)
+        if text and dtype != "float32":
+            data_dir = data_dir or card.get("run_config", {}).get("data", {}).get("dir")
+            card["export_dtype"] = dtype_change(lm, out, dtype, data_dir)
+            update_card(out, card)
         write_model_card(out, card, name, repro)
-    click.echo(f"exported {run} -> {out} ({dtype})")
+    change = card.get("export_dtype", {})
+    note = f", validation perplexity {change['perplexity_float32']:.3f} -> {change['perplexity']:.3f}" \
+        if change.get("perplexity") is not None else ""
+    click.echo(f"exported {run} -> {out} ({dtype}{note})")
 
 
 @cli.command("import-hf")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.nn as nn
@@ -184,8 +185,17 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
+def linear_fn(m: nn.Module):
+    """A Linear as the cheapest callable: F.linear with its tensors bound; any other module (a quantised
+    Linear of genloom.models.runtime) as itself."""
+    if type(m) is nn.Linear:
+        return partial(F.linear, weight=m.weight, bias=m.bias)
+    return m
+
+
 class GPT(nn.Module):
     fsdp_methods = ()  # FSDP2 shards each Block, then the whole; training calls forward alone
+    decode_step = None  # set by genloom.models.runtime.compile_decode: a compiled _step
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -231,7 +241,7 @@ class GPT(nn.Module):
         """idx (B, T) -> (logits, loss). pos (B, T) per-row positions and mask (B, 1, T, S) for decoding."""
         B, T = idx.size()
         if T == 1 and cache is not None and targets is None and not self.training:
-            return self._step(idx, cache, pos, mask), None  # decoding: one new token per row
+            return (self.decode_step or self._step)(idx, cache, pos, mask), None  # decoding: one new token per row
         if pos is None:
             start = cache.length if cache is not None else 0
             if start + T > self.config.block_size:
@@ -258,12 +268,14 @@ class GPT(nn.Module):
         return logits, loss
 
     def _decode_weights(self) -> list[tuple]:
-        """Per layer: (norm_1 w, b, c_attn w, b, attn.c_proj w, b, norm_2 w, b, c_fc w, b, mlp.c_proj w, b)."""
+        """Per layer: (norm_1 w, b, c_attn, attn.c_proj, norm_2 w, b, c_fc, mlp.c_proj), the linears as callables
+        (linear_fn), and the output head last."""
         out = []
         for blk in self.transformer.h:
-            mods = (blk.ln_1, blk.attn.c_attn, blk.attn.c_proj, blk.ln_2, blk.mlp.c_fc, blk.mlp.c_proj)
-            out.append(tuple(t for m in mods for t in (m.weight, getattr(m, "bias", None))))
-        return out
+            n1, n2 = blk.ln_1, blk.ln_2
+            out.append((n1.weight, getattr(n1, "bias", None), linear_fn(blk.attn.c_attn), linear_fn(blk.attn.c_proj),
+                        n2.weight, getattr(n2, "bias", None), linear_fn(blk.mlp.c_fc), linear_fn(blk.mlp.c_proj)))
+        return out + [linear_fn(self.lm_head)]
 
     def _step(self, idx, cache: KVCache, pos=None, mask=None):
         """Decode one token per row (idx (B, 1)) against the cache, in eval mode: logits (B, 1, V).
@@ -293,9 +305,9 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos[start], self.rope_sin[start]  # (hs,), broadcast over rows and heads
         else:
             cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B, 1, 1, hs)
-        for kv, (n1w, n1b, aw, ab, pw, pb, n2w, n2b, fw, fb, mw, mb) in zip(cache.kv, cache.weights):
+        for kv, (n1w, n1b, attn, proj, n2w, n2b, fc, mproj) in zip(cache.kv, cache.weights):
             h = F.rms_norm(x, (C,), n1w, eps) if llama else F.layer_norm(x, (C,), n1w, n1b, eps)
-            qkv = F.linear(h, aw, ab).view(B, nh + 2 * nkv, 1, hs)
+            qkv = attn(h).view(B, nh + 2 * nkv, 1, hs)
             if llama:
                 qk = apply_rope(qkv[:, : nh + nkv], cos, sin)  # q and k rotated in one go
                 q = qk[:, :nh]
@@ -306,17 +318,17 @@ class GPT(nn.Module):
                 kv[:, :, :, start:S] = qkv[:, nh:].view(B, 2, nkv, 1, hs)
             k, v = kv.narrow(3, 0, S).unbind(1)  # (B, nkv, S, hs) each
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
-            x = x + F.linear(y.view(B, C), pw, pb)  # (B, nh, 1, hs) is already (B, C) in memory
-            h = F.linear(F.rms_norm(x, (C,), n2w, eps) if llama else F.layer_norm(x, (C,), n2w, n2b, eps), fw, fb)
+            x = x + proj(y.view(B, C))  # (B, nh, 1, hs) is already (B, C) in memory
+            h = fc(F.rms_norm(x, (C,), n2w, eps) if llama else F.layer_norm(x, (C,), n2w, n2b, eps))
             if llama:
                 gate, up = h.chunk(2, dim=-1)
                 h = F.silu(gate) * up
             else:
                 h = F.gelu(h, approximate="tanh")
-            x = x + F.linear(h, mw, mb)
+            x = x + mproj(h)
         cache.length = S
         x = F.rms_norm(x, (C,), tr.ln_f.weight, eps) if llama else tr.ln_f(x)
-        return F.linear(x, self.lm_head.weight).unsqueeze(1)  # (B, 1, V)
+        return cache.weights[-1](x).unsqueeze(1)  # (B, 1, V)
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
         """AdamW with decay on matrices only (nanoGPT's grouping); fused kernel where available."""

@@ -61,7 +61,8 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                jobs: bool = True, max_upload_bytes: int = 50 << 20, host: str = "127.0.0.1",
                allowed_hosts: list[str] | None = None, public_url: str | None = None,
                cors_origins: list[str] | None = None, job_limits: JobLimits | None = None,
-               kb: dict[str, str] | None = None, device: str = "cpu") -> FastAPI:
+               kb: dict[str, str] | None = None, device: str = "cpu", dtype: str = "float32",
+               compile_decode: bool = False) -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
@@ -132,6 +133,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     state.limits = Limits(max_tokens=max_tokens, max_n=max_n, max_prompts=max_prompts,
                           max_body_bytes=max_body_bytes, retry_after_s=retry_after_s)
     state.capacity = max_batch + max_queue  # engine requests one API request may need at most
+    state.inference = {"dtype": dtype, "compile": compile_decode}  # how text models run (genloom.models.runtime)
     state.metrics = Metrics()
     state.max_upload_bytes = max_upload_bytes
     state.job_limits = job_limits or JobLimits()
@@ -178,7 +180,7 @@ class NoCacheFiles(StaticFiles):
 
 def _load_grounded(state, path, max_batch: int, max_queue: int, kb_refs: dict[str, KbRef]):
     """load_served, then the knowledge base the model answers from: --kb's, else its grounding.json's."""
-    served = load_served(path, max_batch=max_batch, max_queue=max_queue, device=state.device)
+    served = load_served(path, max_batch=max_batch, max_queue=max_queue, device=state.device, **state.inference)
     try:
         served.kb = kb_refs.get(served.name)
         if served.kb is None and served.kb_ref is not None:

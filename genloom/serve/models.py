@@ -16,6 +16,7 @@ from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
 from genloom.pipelines.music import is_music_model
+from genloom.models.runtime import default_dtype, prepare
 from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -91,9 +92,11 @@ def model_name(path: str | Path) -> str:
     return p.parent.name if p.name == "best" else p.name
 
 
-def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None) -> ServedModel:
-    """Load a model (onto `device`, default the CPU); a text model gets its decode engine started and its chat
-    template read."""
+def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None, dtype: str | None = None,
+                compile: bool = False) -> ServedModel:
+    """Load a model (onto `device`, default the CPU); a text model runs in `dtype` (default:
+    genloom.models.runtime.default_dtype), its decode step compiled if asked, and gets its decode engine started
+    and its chat template read."""
     loaded = load_model(path, device=device)
     name = model_name(path)
     kind = families.get(loaded.family).kind
@@ -106,6 +109,7 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None
     if kind != "text" or loaded.tokenizer is None:
         raise GenloomError(f"{path} is a '{loaded.family}' model; the server serves text models with a tokenizer "
                            f"({', '.join(families.of_kind('text'))}) and image models ({', '.join(families.of_kind('image'))})")
+    loaded.model = prepare(loaded.model, dtype or default_dtype(loaded.meta), compile, device=str(device or "cpu"))
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     template = ChatTemplate.load(folder)

@@ -1,0 +1,231 @@
+"""Inference dtypes (bfloat16, int8), int8 exports, the compiled decode step and the compiled training step."""
+
+import copy
+import json
+import warnings
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from genloom.checkpoints import export_model, load_model
+from genloom.cli import main as cli_main
+from genloom.data.tokenizers import CharTokenizer
+from genloom.errors import GenloomError
+from genloom.models import runtime
+from genloom.models.gpt import GPT, GPTConfig
+from genloom.sample import SamplingParams, stream_ids
+from genloom.serve.engine import TextEngine
+from genloom.serve.models import load_served
+from genloom.train import Trainer
+
+from conftest import assert_one_line_error, make_cfg, random_gpt, run_cli
+
+PROMPTS = [[1, 2, 3, 4, 5], [6, 7]]  # different lengths: the left-padded, masked decode path too
+
+
+def greedy(model, prompts=PROMPTS, n=12):
+    sp = SamplingParams(max_new_tokens=n, temperature=0.0, stop_at_eot=False)
+    return torch.stack([t for _, t in stream_ids(model, prompts, sp)], dim=1)  # (B, n)
+
+
+def last_logits(model, ids):
+    with torch.inference_mode():
+        return model(torch.tensor(ids))[0][:, -1].float()
+
+
+class FakeTokenizer:
+    eot_id = None
+
+    def encode(self, s):
+        return [int(c) % 50 for c in s.encode()]
+
+    def decode(self, ids):
+        return " ".join(map(str, ids))
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_int8_weights_per_channel_and_close_to_float32(arch):
+    m = random_gpt(arch, sharpen=4.0, boost=2.0)
+    ref = last_logits(m, [PROMPTS[0]])
+    q = runtime.to_dtype(copy.deepcopy(m), "int8")
+    linears = [mod for mod in q.modules() if isinstance(mod, torch.ao.nn.quantized.dynamic.Linear)]
+    assert len(linears) == 4 * m.config.n_layer + 1  # every block linear and the (tied) output head
+    assert not any(type(mod) is torch.nn.Linear for mod in q.modules())
+    w = q.lm_head.weight()  # the quantised head: one scale per output row, symmetric
+    assert w.qscheme() == torch.per_channel_affine and w.q_per_channel_axis() == 0
+    assert torch.all(w.q_per_channel_zero_points() == 0) and w.int_repr().abs().max() <= 127
+    assert q.transformer.wte.weight.dtype == torch.float32  # the embedding stays float
+    out = last_logits(q, [PROMPTS[0]])
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max()
+    assert not torch.equal(out, ref)  # really quantised
+    assert (greedy(q) == greedy(m)).float().mean() >= 0.75  # the decode step takes the quantised path too
+
+
+def test_bfloat16_runs_in_bf16(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: True)
+    m = random_gpt("gpt2", sharpen=4.0, boost=2.0)
+    b = runtime.to_dtype(copy.deepcopy(m), "bfloat16")
+    assert all(p.dtype == torch.bfloat16 for p in b.parameters())
+    ref, out = last_logits(m, [PROMPTS[0]]), last_logits(b, [PROMPTS[0]])
+    assert (out - ref).abs().max() < 0.05 * ref.abs().max() and not torch.equal(out, ref)
+    assert greedy(b).shape == (2, 12)
+
+
+def test_unsupported_dtype_is_one_clear_error(monkeypatch):
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(GenloomError, match="bfloat16 is not supported on cpu.*avx512_bf16.*choose one of float32"):
+        runtime.check_dtype("bfloat16")
+    monkeypatch.setattr(runtime, "int8_engine", lambda: None)
+    with pytest.raises(GenloomError, match="int8 is not supported.*choose one of float32$"):
+        runtime.check_dtype("int8")
+    with pytest.raises(GenloomError, match="unknown dtype 'float8'; choose one of float32, bfloat16, int8"):
+        runtime.check_dtype("float8")
+
+
+def test_generate_refuses_bf16_on_a_cpu_without_it(tmp_path, monkeypatch, capsys):
+    tok = CharTokenizer.train(["abcdefghij"])
+    m = random_gpt(vocab_size=tok.vocab_size)
+    export_model(tmp_path / "m", family="gpt", model=m, model_config=m.config, tokenizer=tok)
+    monkeypatch.setattr(runtime, "cpu_has_native_bf16", lambda: False)
+    with pytest.raises(SystemExit) as e:
+        cli_main(["generate", "-m", str(tmp_path / "m"), "-p", "ab", "-N", "3", "--dtype", "bfloat16"])
+    err = capsys.readouterr().err
+    assert_one_line_error(e.value.code, "", err)
+    assert "bfloat16 is not supported on cpu" in err and "choose one of float32, int8" in err
+
+
+def test_int8_export_stores_int8_with_scales_and_reloads_exactly(tmp_path):
+    m = random_gpt("gpt2", sharpen=4.0, boost=2.0)
+    export_model(tmp_path / "q", family="gpt", model=m, model_config=m.config, tokenizer=None, dtype="int8")
+    t = load_file(tmp_path / "q" / "model.safetensors")
+    w = "transformer.h.0.attn.c_attn.weight"
+    assert t[w].dtype == torch.int8 and t[w + "_scale"].shape == (t[w].size(0),)
+    assert t["transformer.wte.weight"].dtype == torch.int8  # tied to the head: stored once, as int8
+    assert "lm_head.weight" not in t and t["transformer.wpe.weight"].dtype == torch.float32
+    assert t["transformer.h.0.ln_1.weight"].dtype == torch.float32
+    assert sum(v.numel() * v.element_size() for v in t.values()) < 0.35 * sum(
+        p.numel() * 4 for p in m.parameters())
+    lm = load_model(tmp_path / "q")
+    assert lm.meta["dtype"] == "int8" and runtime.default_dtype(lm.meta) == "int8"
+    deq = lm.model.transformer.h[0].attn.c_attn.weight
+    assert torch.allclose(deq, t[w].float() * t[w + "_scale"][:, None])
+    assert lm.model.lm_head.weight is lm.model.transformer.wte.weight
+    q = runtime.to_dtype(lm.model, "int8")  # quantising the dequantised export gives back the stored integers
+    assert torch.equal(q.transformer.h[0].attn.c_attn.weight().int_repr(), t[w])
+    assert torch.equal(q.lm_head.weight().int_repr(), t["transformer.wte.weight"])
+
+
+def test_export_int8_card_states_the_perplexity_change(trained_run, tmp_path):
+    run, _ = trained_run
+    out = tmp_path / "int8"
+    r = run_cli("export", run, "--out", out, "--dtype", "int8", "--name", "tiny int8")
+    assert r.returncode == 0, r.stderr
+    assert "validation perplexity" in r.stdout
+    change = json.loads((out / "config.json").read_text())["card"]["export_dtype"]
+    assert change["dtype"] == "int8" and change["run_as"] == "int8" and change["split"] == "val"
+    assert 1 < change["perplexity"] and abs(change["perplexity"] / change["perplexity_float32"] - 1) < 0.05
+    assert change["perplexity"] != change["perplexity_float32"]
+    card = (out / "README.md").read_text()
+    assert "| weights | int8, run as int8: validation perplexity" in card and "in float32 (" in card
+    gen = run_cli("generate", "-m", out, "-p", "the ", "-N", "8", "-T", "0", "--json")
+    assert gen.returncode == 0, gen.stderr
+    assert json.loads(gen.stdout)[0]["completion_tokens"] == 8
+
+
+def test_export_int8_refuses_an_image_model(tmp_path):
+    r = run_cli("export", "models/fmnist-dcgan", "--out", tmp_path / "x", "--dtype", "int8")
+    assert_one_line_error(r.returncode, r.stdout, r.stderr)
+    assert "--dtype int8 is for text models" in r.stderr and "float32, float16, bfloat16" in r.stderr
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+    m = random_gpt("gpt2", sharpen=4.0, boost=2.0)
+    ref = greedy(m)
+
+    def broken(fn, **kw):
+        def f(*a, **k):
+            raise RuntimeError("inductor exploded\nsecond line")
+        return f
+
+    monkeypatch.setattr(torch, "compile", broken)
+    runtime.compile_decode(m)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = greedy(m)
+        out2 = greedy(m)
+    msgs = [str(w.message) for w in caught if "decode step" in str(w.message)]
+    assert len(msgs) == 1 and "inductor exploded" in msgs[0] and "second line" not in msgs[0]
+    assert torch.equal(out, ref) and torch.equal(out2, ref)
+
+
+@pytest.mark.slow
+def test_compiled_decode_is_token_identical_in_generate_and_engine():
+    m = random_gpt("gpt2", sharpen=4.0, boost=2.0)
+    ref = greedy(m)
+    c = runtime.compile_decode(copy.deepcopy(m))
+    assert torch.equal(greedy(c), ref)  # prompts of two lengths: the per-row positions and key mask path
+    assert not c.decode_step.failed
+    # the serving engine's batched step goes through the same compiled step
+    calls = []
+    step = c.decode_step
+    c.decode_step = lambda *a, **k: calls.append(1) or step(*a, **k)
+    eng = TextEngine(c, FakeTokenizer(), max_batch=4)
+    sp = SamplingParams(max_new_tokens=12, temperature=0.0, stop_at_eot=False)
+    hs = [eng.submit(p, sp) for p in PROMPTS]
+    while not all(h.finished for h in hs):
+        eng.step()
+    for h, row in zip(hs, ref):
+        assert [e.token for e in h._events if e.token is not None] == row.tolist()
+    assert calls and not step.failed
+
+
+def test_train_compile_failure_falls_back_with_one_warning(english_dir, tmp_path, monkeypatch):
+    def broken(model, **kw):
+        def f(*a, **k):
+            raise RuntimeError("no compiler here")
+        return f
+
+    monkeypatch.setattr(torch, "compile", broken)
+    cfg = make_cfg(english_dir, tmp_path / "run", max_steps=3, eval_interval=3, compile=True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = Trainer(cfg, callbacks=[]).fit()
+    msgs = [str(w.message) for w in caught if "train.compile" in str(w.message)]
+    assert len(msgs) == 1 and "no compiler here" in msgs[0]
+    assert summary["step"] == 3 and "compile_s" not in summary
+
+
+@pytest.mark.slow
+def test_compiled_training_step_matches_eager_losses(english_dir, tmp_path):
+    losses = {}
+    for comp in (False, True):
+        torch.manual_seed(0)
+        cfg = make_cfg(english_dir, tmp_path / f"run{comp}", model={"dropout": 0.0}, max_steps=4, eval_interval=4,
+                       log_interval=1, compile=comp)
+        tr = Trainer(cfg)
+        summary = tr.fit()
+        rows = [json.loads(ln) for ln in (tmp_path / f"run{comp}" / "metrics.jsonl").read_text().splitlines()]
+        losses[comp] = [r["loss"] for r in rows if "loss" in r]
+        if comp:
+            assert tr.train_model is not tr.model  # it really ran compiled
+            assert summary["compile_s"] > 0 and [r["compile_s"] for r in rows if "compile_s" in r] == [
+                summary["compile_s"]]
+    assert len(losses[True]) == 4
+    assert losses[True] == pytest.approx(losses[False], rel=1e-4, abs=1e-4)
+
+
+def test_served_model_runs_in_the_asked_dtype(tmp_path):
+    tok = CharTokenizer.train(["abcdefghij"])
+    m = random_gpt(vocab_size=tok.vocab_size)
+    export_model(tmp_path / "m", family="gpt", model=m, model_config=m.config, tokenizer=tok, dtype="int8")
+    served = load_served(tmp_path / "m", max_batch=2, max_queue=2)  # an int8 export runs as int8 by default
+    try:
+        assert isinstance(served.loaded.model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+        text, reason = served.engine.submit("abc", SamplingParams(max_new_tokens=5, temperature=0.0)).result(60)
+        assert reason == "length" and len(text) == 5
+    finally:
+        served.engine.stop()
+    served = load_served(tmp_path / "m", max_batch=2, max_queue=2, dtype="float32")
+    served.engine.stop()
+    assert type(served.loaded.model.lm_head) is torch.nn.Linear
