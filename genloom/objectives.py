@@ -13,9 +13,10 @@ import torch
 
 from genloom import diffusion
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
-from genloom.data.text import TokenData, prepare
+from genloom.data.text import TokenData
 from genloom.embeddings import embed
 from genloom.errors import GenloomError, choices
+from genloom.knowledge.examples import prepare  # every source, grounded ones included
 from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor
 from genloom.metrics.image import fid
 from genloom.metrics.text import perplexity

@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Reproduce the bundled models: `bash scripts/train_starters.sh kjv` (or tang, chat, fmnist-features,
+# Reproduce the bundled models: `bash scripts/train_starters.sh kjv` (or tang, chat, chat-kb, fmnist-features,
 # mnist-features, fmnist-diffusion, fmnist-text2img, fmnist-dcgan, fmnist-vae, fmnist-vqvae; no argument: all). Each trains
 # with configs/NAME.toml (data prepared on first use), exports the best weights with a model card, and
 # writes eval.json, loss.png (and samples.png for image generators) beside them; a text-to-image starter also
 # class_following.json (scripts/class_following.py) and its section of the card. fmnist-vqvae also encodes
 # Fashion-MNIST into code records, trains its GPT prior (configs/fmnist-vqprior.toml) and attaches it.
 # Text starters and image generators ship in float16; the feature networks in float32 (FID is sensitive).
+# chat-kb (grounded chat) also builds the knowledge base it is served with: all chatterbot dialogues, in
+# genloom-data/kb/chatterbot (`genloom serve --kb chat-kb=chatterbot`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-for n in ${@:-kjv tang chat fmnist-features mnist-features fmnist-diffusion fmnist-text2img fmnist-dcgan fmnist-vae fmnist-vqvae}; do
+for n in ${@:-kjv tang chat chat-kb fmnist-features mnist-features fmnist-diffusion fmnist-text2img fmnist-dcgan fmnist-vae fmnist-vqvae}; do
   rm -rf "runs/$n"
   genloom train --config "configs/$n.toml"
   family=$(python3 -c "import tomllib;print(tomllib.load(open('configs/$n.toml','rb')).get('family','gpt'))")
@@ -20,7 +22,32 @@ for n in ${@:-kjv tang chat fmnist-features mnist-features fmnist-diffusion fmni
   case "$family" in
     gpt)
       data=$(python3 -c "import tomllib;print(tomllib.load(open('configs/$n.toml','rb'))['data']['dir'])")
-      genloom eval --model "models/$n" --data "$data" > "models/$n/eval.json" ;;
+      genloom eval --model "models/$n" --data "$data" > "models/$n/eval.json"
+      if [ "$n" = chat-kb ]; then
+        genloom kb create chatterbot --from chatterbot
+        cat >> "models/$n/README.md" <<'CARD'
+
+## Grounded chat
+
+Trained on prompts laid out as `genloom.knowledge.grounding` lays them out for the server: the earlier turns,
+three `Doc: ...` lines (retrieved passages, each cut to 240 characters), then `User: question` and `Bot: reply`.
+Examples (`genloom data chatterbot-grounded`, genloom/knowledge/examples.py): every user turn of the 1,925
+training-side chatterbot dialogues is searched (hybrid BM25 + MiniLM) in a knowledge base of those training-side
+dialogues only; its own dialogue goes in among the 2 best other ones at a random position, or (20% of examples)
+is left out so that 3 distractors stand alone; 3 renderings per turn; loss on the whole text. The 101
+validation-side dialogues give the validation examples (own passage among training-side distractors).
+
+Serve it with the knowledge base of all chatterbot dialogues (built by the command above, or by hand):
+
+```
+genloom kb create chatterbot --from chatterbot
+genloom serve --kb chat-kb=chatterbot
+```
+
+Figures (retrieval recall, BLEU, chrF, MiniLM similarity vs the plain chat starter and the top passage
+verbatim): bench/RESULTS.md, section "Grounded chat", `python3 bench/grounded.py`.
+CARD
+      fi ;;
     classifier)
       genloom eval --model "models/$n" > "models/$n/eval.json" ;;  # held-out accuracy, overall and per class
     *)

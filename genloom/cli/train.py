@@ -10,10 +10,10 @@ import click
 from genloom import train as training
 from genloom.checkpoints import export_model, load_model, write_model_card
 from genloom.cli.base import cli
-from genloom.data.text import prepare
 from genloom.families import load_run_config
 from genloom.files import disk_full_as_error
 from genloom.hf import export_gpt2, import_gpt2
+from genloom.knowledge.examples import prepare
 
 
 @cli.command()
@@ -26,7 +26,8 @@ from genloom.hf import export_gpt2, import_gpt2
 @click.option("--text-field", default="text", show_default=True, help="JSONL field holding the text.")
 @click.option("--tokenizer-from", default=None, help="Reuse the tokenizer of a model or data folder (fine-tuning).")
 def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from):
-    """Prepare SOURCE (a file, a folder, or a corpus: tang, song, poems-zh, kjv, fortunes, chatterbot, bible-en-es)."""
+    """Prepare SOURCE (a file, a folder, or a corpus: tang, song, poems-zh, kjv, fortunes, chatterbot, bible-en-es;
+    chatterbot-grounded: its dialogues with retrieved passages in the prompt, genloom.knowledge.examples)."""
     with disk_full_as_error():
         meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from)
     click.echo(

@@ -90,6 +90,8 @@ CORPUS_INFO = {  # where each named corpus comes from and its licence, for model
     "kjv": "King James Bible, Debian packages bible-kjv and bible-kjv-text; public domain",
     "fortunes": "English fortune cookies, Debian package fortunes (offensive sets excluded); BSD-style",
     "chatterbot": "chatterbot-corpus English dialogues (PyPI chatterbot-corpus); BSD-3-Clause",
+    "chatterbot-grounded": "chatterbot-corpus English dialogues (PyPI chatterbot-corpus; BSD-3-Clause), each user "
+                           "turn with 3 retrieved dialogues in the prompt (genloom.knowledge.examples)",
     "bible-en-es": "verse-aligned English (KJV, public domain) and Spanish (Reina-Valera 1909, public domain) "
                    "Bible, train-side chapters only; Debian packages bible-kjv, diatheke and sword-text-sparv",
 }
