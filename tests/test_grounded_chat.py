@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import openai
 import pytest
@@ -16,10 +17,11 @@ from test_api_text import CHAT, Server
 
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases, read_source
+from genloom.knowledge.documents import CORPORA
 from genloom.knowledge.grounding import NOT_FOUND, Grounding, doc_line
 from genloom.serve.app import create_app
 from genloom.serve.models import DEFAULT_CHAT_TEMPLATE, ChatTemplate
-from genloom.serve.retrieval import load_grounding
+from genloom.serve.retrieval import load_grounding, resolve_model_kb
 
 try:
     import httpx2 as httpx
@@ -36,6 +38,7 @@ Error ZX-4411 means the licence server cannot be reached; open port 7070 in the 
 """
 SHIPPING = '{"question": "Do you ship abroad?", "answer": "Yes, we deliver to forty countries."}\n'
 QUESTION = "How do I reset my password?"
+CHAT_KB = Path(__file__).resolve().parent.parent / "models" / "chat-kb"
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +256,18 @@ def _faq_dir(tmp_path):
     folder.mkdir(exist_ok=True)
     (folder / "faq.md").write_text(FAQ, encoding="utf-8")
     return folder
+
+
+def test_a_grounding_json_naming_a_bundled_corpus_builds_its_base_on_first_load(tmp_path, monkeypatch):
+    """models/chat-kb's grounding.json names `chatterbot`: on a fresh data directory the base is built from the
+    corpus when the model loads (not an error); any other missing name is still one."""
+    monkeypatch.setitem(CORPORA, "tinychat", lambda: ["User: Do you ship abroad?\nBot: Yes, to forty countries.",
+                                                      "User: hi\nBot: Hello!"])
+    kbs = KnowledgeBases(tmp_path / "kb")
+    ref = resolve_model_kb("tinychat", kbs=kbs, base=tmp_path)
+    assert ref.name == "tinychat" and kbs.exists("tinychat")
+    assert "forty countries" in kbs.search("tinychat", "ship abroad", k=1)[0].passage.text
+    assert resolve_model_kb("tinychat", kbs=kbs, base=tmp_path).name == "tinychat"  # there now: not rebuilt
+    with pytest.raises(GenloomError, match="no knowledge base named 'nosuch'"):
+        resolve_model_kb("nosuch", kbs=kbs, base=tmp_path)
+    assert CHAT_KB.joinpath("grounding.json").is_file() and load_grounding(CHAT_KB)[1] == "chatterbot"

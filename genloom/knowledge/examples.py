@@ -12,8 +12,13 @@ hold the answer. The example is rendered with genloom.knowledge.grounding's layo
     Bot: <reply>
 
 Validation dialogues get the same treatment, with their own passage (which is not in the training base) put in
-among distractors from the training base. Loss is on the whole text (LMTask has no mask): the model also learns
-to copy the question's words from the matching passage, which is the same skill as copying the reply.
+among distractors from the training base. The data folder marks the reply tokens (and the end-of-text after
+each) as the only training targets ({split}.mask.bin, with {split}.starts.bin: where each example starts) for
+LMTask's `data.loss_mask`: the prompt and the passages are context, not something to predict.
+
+`support-grounded` adds documentation questions to the dialogues: for installed man pages outside the
+benchmark's (genloom.knowledge.manpages.HELD_OUT), "What does the --NAME option of CMD do?" answered by the
+option's first sentence, with the option's own section among distractors from a base of those pages.
 Deterministic given the seed: one numpy generator, consumed in dialogue order.
 """
 
@@ -27,20 +32,33 @@ from pathlib import Path
 import numpy as np
 
 from genloom.data.split import split_indices
-from genloom.data.text import encode_documents, prepare as prepare_text, read_documents
+from genloom.data.text import prepare as prepare_text
+from genloom.data.text import read_documents
 from genloom.data.tokenizers import load_tokenizer, train_tokenizer
 from genloom.embeddings import embed
 from genloom.errors import GenloomError
 from genloom.files import atomic_write_bytes, atomic_write_text
 from genloom.knowledge.documents import Document
+from genloom.knowledge.documents import split as split_passages
 from genloom.knowledge.grounding import Grounding, context_block
+from genloom.knowledge.manpages import (
+    HELD_OUT,
+    markdown,
+    option_questions,
+    parse,
+    render_many,
+    same_page,
+    training_pages,
+)
 from genloom.knowledge.store import KnowledgeBase, update
 
 TURN_PREFIXES = ("User: ", "Bot: ")
-DROP = 0.2  # share of examples whose own passage is left out (distractors only)
+DROP = 0.1  # share of examples whose own passage is left out (distractors only)
 COPIES = 3  # renderings of each turn (fresh shuffles and drops): the data are small, the positions vary
 # Grounded training sources: name -> the dialogue corpus its examples are built from (genloom.data.text.CORPORA).
-GROUNDED_SOURCES = {"chatterbot-grounded": "chatterbot"}
+GROUNDED_SOURCES = {"chatterbot-grounded": "chatterbot", "support-grounded": "chatterbot"}
+MAN_PAGES = 300  # support-grounded: at most this many installed man pages of commands (HELD_OUT excluded)
+MAN_QUESTIONS = 6  # per page: its first options with a usable long name
 
 
 @dataclass(frozen=True)
@@ -130,45 +148,120 @@ def grounded_examples(dialogues: list[str], val_fraction: float, seed: int, kb_f
             "kb_passages": len(kb.passages)}
 
 
+def manpage_examples(pages: dict[str, dict], val_fraction: float, seed: int, kb_folder: str | Path, *,
+                     grounding: Grounding = Grounding(), drop: float = DROP, copies: int = COPIES,
+                     per_page: int = MAN_QUESTIONS) -> dict:
+    """Option questions over man pages ({page: genloom.knowledge.manpages.parse(...)}), split by page; the base
+    (kb_folder) holds the training-side pages; each answer's own passage is its option's section."""
+    names = sorted(pages)
+    train_ids, val_ids = split_indices(len(names), val_fraction, seed)
+    docs = {n: Document.from_text(f"{n}.md", "markdown", markdown(n, pages[n])) for n in names}
+    own, turns = {}, {"train": [], "val": []}
+    for side, ids in (("train", train_ids), ("val", val_ids)):
+        for i in ids:
+            sections = {p.heading: p.text for p in split_passages(docs[names[i]])}
+            for q in option_questions(names[i], pages[names[i]])[:per_page]:
+                if q["heading"] in sections:
+                    own[q["id"]] = sections[q["heading"]]
+                    turns[side].append(Turn(q["id"], (), q["question"], q["reference"]))
+    update(kb_folder, [docs[names[i]] for i in train_ids], drop_missing=True)
+    kb = KnowledgeBase.open(kb_folder)
+    return {"train": build_examples(turns["train"], own, kb, grounding=grounding, drop=drop, copies=copies,
+                                    seed=seed + 2),
+            "val": build_examples(turns["val"], own, kb, grounding=grounding, drop=drop, copies=1, seed=seed + 3),
+            "pages": {"train": len(train_ids), "val": len(val_ids)}, "kb_passages": len(kb.passages)}
+
+
+def installed_manpages(limit: int = MAN_PAGES) -> dict[str, dict]:
+    """Parsed installed section-1 man pages of commands that have options: renders an even spread of twice
+    `limit` candidates and keeps the first `limit` with a usable option question. A page that is a held-out one
+    under another name (gunzip is gzip's page, vdir shares ls's options) is left out too (manpages.same_page)."""
+    held = [parse(t) for t in render_many(HELD_OUT).values() if t]
+    out = {}
+    for name, text in render_many(training_pages(2 * limit)).items():
+        info = parse(text) if text else None
+        if info and option_questions(name, info) and len(out) < limit and not same_page(info, held):
+            out[name] = info
+    return out
+
+
+def encode_examples(tok, examples: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids of the examples joined by end-of-text (as encode_documents joins texts), the per-token target
+    marks (1 on the reply's tokens and the end-of-text after it, 0 on the prompt) and each example's start.
+    Prompt and reply are encoded apart, as at inference, where the prompt ends at the `Bot:` cue."""
+    sep = [tok.eot_id] if tok.eot_id is not None else tok.encode("\n\n")
+    ids: list[int] = []
+    mask: list[int] = []
+    starts: list[int] = []
+    for e in examples:
+        p, r = tok.encode(e["prompt"]), tok.encode(" " + e["reply"])
+        starts.append(len(ids))
+        ids += p + r + sep
+        mask += [0] * len(p) + [1] * (len(r) + len(sep))
+    dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
+    return np.asarray(ids, dtype=dtype), np.asarray(mask, dtype=np.uint8), np.asarray(starts, dtype=np.int64)
+
+
 def prepare_grounded(source: str, out_dir: str | Path, tokenizer: str = "bpe", vocab_size: int = 1024,
                      val_fraction: float = 0.05, seed: int = 1337, *, grounding: Grounding = Grounding(),
-                     drop: float = DROP, copies: int = COPIES, tokenizer_from: str | None = None) -> dict:
-    """`genloom data chatterbot-grounded`: grounded examples -> train.bin / val.bin, like genloom.data.text.prepare
-    (examples joined by end-of-text), plus examples.jsonl (the validation examples, for inspection)."""
+                     drop: float = DROP, copies: int = COPIES, tokenizer_from: str | None = None,
+                     manpages: dict[str, dict] | None = None) -> dict:
+    """`genloom data chatterbot-grounded` (or support-grounded: also man-page questions; `manpages` overrides
+    the installed pages): grounded examples -> train.bin / val.bin with their masks and starts (see the module
+    doc), examples joined by end-of-text, plus examples.jsonl (the validation examples, for inspection)."""
     if source not in GROUNDED_SOURCES:
         raise GenloomError(f"unknown grounded source '{source}'; choose one of {', '.join(GROUNDED_SOURCES)}")
     corpus = GROUNDED_SOURCES[source]
     dialogues = read_documents(corpus)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    docs = None
     with tempfile.TemporaryDirectory(dir=out) as tmp:
         ex = grounded_examples(dialogues, val_fraction, seed, Path(tmp) / "kb", grounding=grounding, drop=drop,
                                copies=copies)
-    train_texts = [e["text"] for e in ex["train"]]
-    val_texts = [e["text"] for e in ex["val"]]
+        if source == "support-grounded":
+            pages = installed_manpages() if manpages is None else manpages
+            if not pages:
+                raise GenloomError("support-grounded needs man pages: install man-db and manpages "
+                                   "(apt-get install man-db manpages coreutils), or use chatterbot-grounded")
+            docs = manpage_examples(pages, val_fraction, seed, Path(tmp) / "kb-man", grounding=grounding,
+                                    drop=drop, copies=copies)
+    train, val = ex["train"] + (docs["train"] if docs else []), ex["val"] + (docs["val"] if docs else [])
+    if docs:  # interleave the two kinds (seeded), so that every stretch of training sees both
+        rng = np.random.default_rng(seed + 4)
+        train = [train[i] for i in rng.permutation(len(train))]
+    train_texts = [e["text"] for e in train]
     tok = load_tokenizer(tokenizer_from) if tokenizer_from else train_tokenizer(tokenizer, train_texts, vocab_size)
-    train_ids = encode_documents(tok, train_texts)
-    val_ids = encode_documents(tok, val_texts) if val_texts else np.zeros(0, dtype=train_ids.dtype)
-    atomic_write_bytes(out / "train.bin", train_ids.tobytes())
-    atomic_write_bytes(out / "val.bin", val_ids.tobytes())
+    parts = {"train": encode_examples(tok, train), "val": encode_examples(tok, val)}
+    for split, (ids, mask, starts) in parts.items():
+        atomic_write_bytes(out / f"{split}.bin", ids.tobytes())
+        atomic_write_bytes(out / f"{split}.mask.bin", mask.tobytes())
+        atomic_write_bytes(out / f"{split}.starts.bin", starts.tobytes())
     tok.save(out / "tokenizer.json")
-    atomic_write_text(out / "examples.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in ex["val"]))
+    atomic_write_text(out / "examples.jsonl", "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in val))
+    kb_note = f"{ex['kb_passages']} training-side dialogues, a passage each"
+    if docs:
+        kb_note += (f"; man pages: {docs['pages']['train']} training-side pages ({docs['kb_passages']} passages), "
+                    f"{docs['pages']['val']} validation-side, the benchmark's {len(HELD_OUT)} left out")
     meta = {
         "source": source,
-        "built_from": corpus,
+        "built_from": corpus + (" + installed man pages" if docs else ""),
         "grounding": {"k": grounding.k, "passage_chars": grounding.passage_chars, "drop": drop, "copies": copies,
-                      "search": "hybrid", "kb": f"{ex['kb_passages']} training-side dialogues, a passage each",
-                      "loss": "whole text"},
+                      "search": "hybrid", "kb": kb_note, "loss": "reply tokens only (loss_mask)"},
+        "loss_mask": True,
         "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
-        "dtype": str(train_ids.dtype),
+        "dtype": str(parts["train"][0].dtype),
         "seed": seed,
         "val_fraction": val_fraction,
-        "split": {"by": "document", "units": ex["dialogues"]},
-        "documents": {"train": len(train_texts), "val": len(val_texts)},
-        "tokens": {"train": int(train_ids.size), "val": int(val_ids.size)},
-        "chars": {"train": sum(map(len, train_texts)), "val": sum(map(len, val_texts))},
+        "split": {"by": "document", "units": ex["dialogues"], **({"pages": docs["pages"]} if docs else {})},
+        "documents": {"train": len(train), "val": len(val)},
+        "tokens": {"train": int(parts["train"][0].size), "val": int(parts["val"][0].size),
+                   "targets": int(parts["train"][1].sum())},
+        "chars": {"train": sum(map(len, train_texts)), "val": sum(len(e["text"]) for e in val)},
     }
+    if docs:
+        meta["man_pages"] = sorted(pages)
     atomic_write_text(out / "meta.json", json.dumps(meta, indent=2, ensure_ascii=False))
     return meta
 

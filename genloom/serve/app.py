@@ -31,7 +31,7 @@ from genloom.serve.jobs import JobLimits, start_worker
 from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
 from genloom.serve.models import FineTuned, load_served, model_name
-from genloom.serve.retrieval import KbRef, resolve_kb
+from genloom.serve.retrieval import KbRef, resolve_kb, resolve_model_kb
 from genloom.serve.routes import ROUTERS
 from genloom.serve.transport import add_transport, parse_origins, parse_public_url
 
@@ -181,7 +181,7 @@ def _load_grounded(state, path, max_batch: int, max_queue: int, kb_refs: dict[st
         served.kb = kb_refs.get(served.name)
         if served.kb is None and served.kb_ref is not None:
             folder = Path(path) if Path(path).is_dir() else Path(path).parent
-            served.kb = resolve_kb(served.kb_ref, kbs=state.kbs, base=folder)
+            served.kb = resolve_model_kb(served.kb_ref, kbs=state.kbs, base=folder)  # builds a named corpus
         if served.kb is not None and served.engine is None:
             raise GenloomError(f"{served.name} is an image model: only a chat model can answer from a knowledge base")
     except Exception:

@@ -178,8 +178,8 @@ class FineTuned:
                 log_event("model_registered", model=name, job=job.id)
 
 
-BUNDLED_MODELS = ("chat", "kjv", "tang", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan", "fmnist-vae",
-                  "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
+BUNDLED_MODELS = ("chat", "chat-kb", "kjv", "tang", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan",
+                  "fmnist-vae", "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
 
 
 def bundled_model_paths() -> list[Path]:

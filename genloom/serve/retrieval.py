@@ -5,7 +5,8 @@ A chat model answers from a knowledge base when `genloom serve --kb MODEL=KB` na
 model's own retrieval settings, and the base it answers from by default), or when a request carries a
 `file_search` tool naming vector stores. KB is a base's name under the data directory's kb/ folder (what
 `genloom kb create` and /v1/vector_stores make) or the path of a knowledge-base folder (for grounding.json,
-relative to the model folder). Retrieval is hybrid search (BM25 + MiniLM); a passage counts only when its
+relative to the model folder; a bundled corpus's name, e.g. `chatterbot`, that no base holds yet is built into the
+data directory's kb/ from the corpus when the model loads). Retrieval is hybrid search (BM25 + MiniLM); a passage counts only when its
 MiniLM cosine to the question reaches `min_cosine`, and with none the server answers `NOT_FOUND`.
 """
 
@@ -16,7 +17,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from genloom.errors import GenloomError, choices
-from genloom.knowledge import Hit, KnowledgeBases, check_name
+from genloom.knowledge import Hit, KnowledgeBases, check_name, read_source
+from genloom.knowledge.documents import CORPORA
 from genloom.knowledge.grounding import Grounding
 
 GROUNDING_FILE = "grounding.json"
@@ -58,6 +60,18 @@ def resolve_kb(ref: str, *, kbs: KnowledgeBases | None, base: Path | None = None
     raise GenloomError(f"{where} and no knowledge-base folder at {path}; "
                        + (f"choose one of {choices(known)} or " if known else "")
                        + "create one with `genloom kb create NAME --from FOLDER`")
+
+
+def resolve_model_kb(ref: str, *, kbs: KnowledgeBases | None, base: Path | None = None) -> KbRef:
+    """grounding.json's base: as resolve_kb, but a bundled corpus's name (CORPORA: chatterbot, ...) that neither
+    `kbs` nor a folder holds yet is built into `kbs` from the corpus (embedding it: seconds to a minute)."""
+    try:
+        return resolve_kb(ref, kbs=kbs, base=base)
+    except GenloomError:
+        if kbs is None or ref not in CORPORA:
+            raise
+    kbs.update(ref, read_source(ref))
+    return KbRef(kbs, ref)
 
 
 def load_grounding(folder: Path) -> tuple[Grounding, str | None]:
