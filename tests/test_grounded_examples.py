@@ -80,6 +80,31 @@ def test_examples_are_deterministic_given_the_seed_and_drop_leaves_the_answer_ou
         assert row["prompt"].count("Doc: ") == 3
 
 
+def test_copy_warmup_examples_hold_only_the_own_passage_and_no_distractor_repeats_the_question(tmp_path):
+    """The copy warm-up (easy): the answer's own passage as the only Doc line, the reply a span of it; and a
+    passage holding the same user turn with another reply (chatterbot repeats questions) is never a distractor:
+    the question must single out the passage to copy from."""
+    twin = "User: Do you ship abroad?\nBot: Only within the country, sorry."
+    dialogues = DIALOGUES + [twin]
+    kb = ex.dialogue_base(tmp_path / "kb", dialogues)
+    turns = ex.dialogue_turns(DIALOGUES)
+    rows = ex.build_examples(turns, dict(enumerate(dialogues)), kb, drop=0.0, copies=2, seed=3, easy=1)
+    assert len(rows) == 3 * len(turns)
+    for i, t in enumerate(turns):
+        easy, *hard = rows[3 * i: 3 * i + 3]
+        own = " ".join(DIALOGUES[t.dialogue].split())
+        docs = [line[len("Doc: "):] for line in easy["prompt"].splitlines() if line.startswith("Doc: ")]
+        assert docs == [own] and easy["answer_at"] == 0 and t.reply in docs[0]
+        for row in hard:
+            assert row["prompt"].count("Doc: ") == 3 and row["answer_at"] is not None
+            if t.question == "Do you ship abroad?":  # the twin never stands in for its answer
+                assert " ".join(twin.split()) not in row["prompt"]
+    shipping = [r for r in rows if r["prompt"].endswith("User: Do you ship abroad?\nBot:")]
+    assert shipping and all(r["prompt"].count("Do you ship abroad?") == 2 for r in shipping)  # own Doc + question
+    plain = ex.build_examples(turns, dict(enumerate(dialogues)), kb, drop=0.0, seed=3)  # easy=0: no warm-up
+    assert len(plain) == len(turns) and all(r["prompt"].count("Doc: ") == 3 for r in plain)
+
+
 def test_a_tiny_grounded_run_trains_from_the_data_config(tmp_path, monkeypatch):
     """`source = "chatterbot-grounded"`: the training run builds the examples (here from a handful of dialogues,
     the knowledge base of the training side only) and trains on them through the one loop."""
@@ -93,7 +118,7 @@ def test_a_tiny_grounded_run_trains_from_the_data_config(tmp_path, monkeypatch):
     assert meta["source"] == "chatterbot-grounded" and meta["grounding"]["k"] == 3
     assert meta["split"]["units"] == {"train": 12, "val": 4}
     train_side = [(DIALOGUES * 2)[i] for i in ex.split_indices(16, 0.25, 1337)[0]]
-    assert meta["documents"]["train"] == ex.COPIES * sum(d.count("User:") for d in train_side)
+    assert meta["documents"]["train"] == (ex.COPIES + ex.EASY) * sum(d.count("User:") for d in train_side)
     val = [json.loads(x) for x in (data / "examples.jsonl").read_text().splitlines()]
     assert val and all("Doc: " in r["prompt"] for r in val)
     task = LMTask(TokenData(data), 64, 4, loss_mask=True)
@@ -176,7 +201,9 @@ def test_manpage_examples_put_the_options_own_section_in_the_prompt_and_split_by
     out = ex.manpage_examples(pages, 0.25, 7, tmp_path / "kb", drop=0.0, copies=1)
     assert out["pages"] == {"train": 6, "val": 2}
     rows = out["train"] + out["val"]
-    assert len(rows) == 16
+    assert len(rows) == 16 + 12 * ex.EASY  # the copy warm-up: training side only
+    assert sum(r["prompt"].count("Doc: ") == 1 for r in out["train"]) == 12 * ex.EASY
+    assert all(r["prompt"].count("Doc: ") == 3 for r in out["val"])
     for r in rows:
         m = re.match(r"What does the --(alpha|beta)(\d) option of tool(\d) do\?", r["prompt"].split("User: ")[-1])
         assert m and m.group(2) == m.group(3)

@@ -55,6 +55,10 @@ from genloom.knowledge.store import KnowledgeBase, update
 TURN_PREFIXES = ("User: ", "Bot: ")
 DROP = 0.1  # share of examples whose own passage is left out (distractors only)
 COPIES = 3  # renderings of each turn (fresh shuffles and drops): the data are small, the positions vary
+# Copy warm-up: per turn, this many extra examples whose only Doc line is the answer's own passage (short, so many
+# fit a training window, and the reply is a span of that line): the model learns to copy before it must also
+# find the passage among distractors. Training side only.
+EASY = 1
 # Grounded training sources: name -> the dialogue corpus its examples are built from (genloom.data.text.CORPORA).
 GROUNDED_SOURCES = {"chatterbot-grounded": "chatterbot", "support-grounded": "chatterbot"}
 MAN_PAGES = 300  # support-grounded: at most this many installed man pages of commands (HELD_OUT excluded)
@@ -108,18 +112,31 @@ def dialogue_base(folder: str | Path, dialogues: list[str]) -> KnowledgeBase:
     return KnowledgeBase.open(folder)
 
 
+def _flat(text: str) -> str:
+    return " ".join(text.lower().split())
+
+
 def build_examples(turns: list[Turn], own: dict[int, str], kb: KnowledgeBase, *, grounding: Grounding = Grounding(),
-                   drop: float = DROP, copies: int = 1, seed: int = 1337, mode: str = "hybrid") -> list[dict]:
+                   drop: float = DROP, copies: int = 1, seed: int = 1337, mode: str = "hybrid",
+                   easy: int = 0) -> list[dict]:
     """Rendered examples {"text", "prompt", "reply", "dialogue", "answer_at"} (answer_at: the own passage's
     position among the Doc lines, None when dropped). `own[d]` is dialogue d's own passage text; a retrieved
-    passage with the same text counts as the own one and is not used as a distractor."""
+    passage with the same text counts as the own one and is not used as a distractor, nor is one that holds the
+    same user turn (`User: <question>`, as the chatterbot corpus repeats a question with other replies): the
+    question must single out the passage to copy from. `easy` extra examples per turn have the own passage as
+    their only Doc line (the copy warm-up, EASY)."""
     rng = np.random.default_rng(seed)
     vectors = embed([t.question for t in turns]) if mode != "bm25" and turns else [None] * len(turns)
     out = []
     for t, v in zip(turns, vectors):
         mine = own[t.dialogue].strip()
-        hits = kb.search(t.question, k=grounding.k + 1, mode=mode, vector=v)
-        others = [h.passage.text for h in hits if h.passage.text.strip() != mine]
+        hits = kb.search(t.question, k=grounding.k + 4, mode=mode, vector=v)
+        same = _flat(f"User: {t.question}")
+        others = [h.passage.text for h in hits if h.passage.text.strip() != mine and same not in _flat(h.passage.text)]
+        for _ in range(easy):
+            prompt = grounded_prompt(t.history, t.question, [mine], grounding)
+            out.append({"text": f"{prompt} {t.reply}", "prompt": prompt, "reply": t.reply, "dialogue": t.dialogue,
+                        "answer_at": 0})
         for _ in range(copies):
             if rng.random() < drop:
                 passages, at = others[: grounding.k], None
@@ -134,14 +151,15 @@ def build_examples(turns: list[Turn], own: dict[int, str], kb: KnowledgeBase, *,
 
 
 def grounded_examples(dialogues: list[str], val_fraction: float, seed: int, kb_folder: str | Path, *,
-                      grounding: Grounding = Grounding(), drop: float = DROP, copies: int = COPIES) -> dict:
+                      grounding: Grounding = Grounding(), drop: float = DROP, copies: int = COPIES,
+                      easy: int = EASY) -> dict:
     """Train and validation examples of a dialogue corpus, split by dialogue as `genloom data` splits documents;
     the knowledge base (written to kb_folder) holds the training-side dialogues only."""
     train_ids, val_ids = split_indices(len(dialogues), val_fraction, seed)
     kb = dialogue_base(kb_folder, [dialogues[i] for i in train_ids])
     own = dict(enumerate(dialogues))
     train = build_examples(dialogue_turns([dialogues[i] for i in train_ids], train_ids), own, kb,
-                           grounding=grounding, drop=drop, copies=copies, seed=seed)
+                           grounding=grounding, drop=drop, copies=copies, seed=seed, easy=easy)
     val = build_examples(dialogue_turns([dialogues[i] for i in val_ids], val_ids), own, kb, grounding=grounding,
                          drop=drop, copies=1, seed=seed + 1)
     return {"train": train, "val": val, "dialogues": {"train": len(train_ids), "val": len(val_ids)},
@@ -150,7 +168,7 @@ def grounded_examples(dialogues: list[str], val_fraction: float, seed: int, kb_f
 
 def manpage_examples(pages: dict[str, dict], val_fraction: float, seed: int, kb_folder: str | Path, *,
                      grounding: Grounding = Grounding(), drop: float = DROP, copies: int = COPIES,
-                     per_page: int = MAN_QUESTIONS) -> dict:
+                     per_page: int = MAN_QUESTIONS, easy: int = EASY) -> dict:
     """Option questions over man pages ({page: genloom.knowledge.manpages.parse(...)}), split by page; the base
     (kb_folder) holds the training-side pages; each answer's own passage is its option's section."""
     names = sorted(pages)
@@ -167,7 +185,7 @@ def manpage_examples(pages: dict[str, dict], val_fraction: float, seed: int, kb_
     update(kb_folder, [docs[names[i]] for i in train_ids], drop_missing=True)
     kb = KnowledgeBase.open(kb_folder)
     return {"train": build_examples(turns["train"], own, kb, grounding=grounding, drop=drop, copies=copies,
-                                    seed=seed + 2),
+                                    seed=seed + 2, easy=easy),
             "val": build_examples(turns["val"], own, kb, grounding=grounding, drop=drop, copies=1, seed=seed + 3),
             "pages": {"train": len(train_ids), "val": len(val_ids)}, "kb_passages": len(kb.passages)}
 
@@ -247,6 +265,8 @@ def prepare_grounded(source: str, out_dir: str | Path, tokenizer: str = "bpe", v
         "source": source,
         "built_from": corpus + (" + installed man pages" if docs else ""),
         "grounding": {"k": grounding.k, "passage_chars": grounding.passage_chars, "drop": drop, "copies": copies,
+                      "copy_warmup": f"{EASY} example(s) per training turn with its own passage as the only Doc line",
+                      "distractors": "never a passage holding the same user turn",
                       "search": "hybrid", "kb": kb_note, "loss": "reply tokens only (loss_mask)"},
         "loss_mask": True,
         "tokenizer": tok.kind,

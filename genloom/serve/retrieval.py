@@ -6,7 +6,8 @@ model's own retrieval settings, and the base it answers from by default), or whe
 `file_search` tool naming vector stores. KB is a base's name under the data directory's kb/ folder (what
 `genloom kb create` and /v1/vector_stores make) or the path of a knowledge-base folder (for grounding.json,
 relative to the model folder; a bundled corpus's name, e.g. `chatterbot`, that no base holds yet is built into the
-data directory's kb/ from the corpus when the model loads). Retrieval is hybrid search (BM25 + MiniLM); a passage counts only when its
+data directory's kb/ from the corpus in the background once the model serves; its grounded requests get a 503
+meanwhile). Retrieval is hybrid search (BM25 + MiniLM); a passage counts only when its
 MiniLM cosine to the question reaches `min_cosine`, and with none the server answers `NOT_FOUND`.
 """
 
@@ -62,14 +63,19 @@ def resolve_kb(ref: str, *, kbs: KnowledgeBases | None, base: Path | None = None
                        + "create one with `genloom kb create NAME --from FOLDER`")
 
 
-def resolve_model_kb(ref: str, *, kbs: KnowledgeBases | None, base: Path | None = None) -> KbRef:
-    """grounding.json's base: as resolve_kb, but a bundled corpus's name (CORPORA: chatterbot, ...) that neither
-    `kbs` nor a folder holds yet is built into `kbs` from the corpus (embedding it: seconds to a minute)."""
+def resolve_model_kb(ref: str, *, kbs: KnowledgeBases | None, base: Path | None = None) -> KbRef | None:
+    """grounding.json's base: as resolve_kb, but None for a bundled corpus's name (CORPORA: chatterbot, ...) that
+    neither `kbs` nor a folder holds yet: build_corpus_kb builds it (the server does so in the background)."""
     try:
         return resolve_kb(ref, kbs=kbs, base=base)
     except GenloomError:
         if kbs is None or ref not in CORPORA:
             raise
+    return None
+
+
+def build_corpus_kb(ref: str, kbs: KnowledgeBases) -> KbRef:
+    """Build the base of bundled corpus `ref` into `kbs` (embedding it: a minute or more on a busy machine)."""
     kbs.update(ref, read_source(ref))
     return KbRef(kbs, ref)
 
