@@ -28,6 +28,10 @@ class DataConfig:
     # {label}", ...), or a CSV of `filename,caption` rows for a folder (several rows per image allowed).
     captions: str = ""
     transpose: int = 3  # music: training pieces also seen shifted -N..+N semitones (validation never)
+    # Language models: train on the tokens the data marks as targets only ({split}.mask.bin, written by example
+    # sources such as chatterbot-grounded: the replies), each window starting at an example ({split}.starts.bin);
+    # the prompt is context, not a target. Off: every token is a target (plain text).
+    loss_mask: bool = False
 
 
 @dataclass(kw_only=True)

@@ -13,9 +13,10 @@ import torch
 
 from genloom import devices, diffusion
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
-from genloom.data.text import TokenData, prepare
+from genloom.data.text import TokenData
 from genloom.embeddings import embed
 from genloom.errors import GenloomError, choices
+from genloom.knowledge.examples import prepare  # every source, grounded ones included
 from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor
 from genloom.metrics.image import fid
 from genloom.metrics.text import perplexity
@@ -40,10 +41,20 @@ class LMTask:
     rows = slice(None)
     METRICS = ("perplexity", "distinct", "repetition")
 
-    def __init__(self, data, block_size: int | None, batch_size: int):
+    def __init__(self, data, block_size: int | None, batch_size: int, *, loss_mask: bool = False):
         self.data, self.block_size, self.batch_size = data, block_size, batch_size
         self.tokenizer = data.tokenizer
         self.splits = {name: data.split(name) for name in ("train", "val")}
+        self.loss_mask = loss_mask
+        if loss_mask:  # per-token targets and example starts, written beside the tokens (genloom.data.text)
+            self.masks = {name: data.split(name, "mask") for name in ("train", "val")}
+            self.starts = {name: data.split(name, "starts") for name in ("train", "val")}
+            for name, ids in self.splits.items():
+                if len(ids) and (len(self.masks[name]) != len(ids) or not len(self.starts[name])):
+                    raise GenloomError(
+                        f"data.loss_mask is on but {data.folder} has no {name}.mask.bin / {name}.starts.bin "
+                        f"matching {name}.bin; prepare an example source (chatterbot-grounded) or set "
+                        "data.loss_mask = false")
         if block_size is not None:
             self.bind(block_size)
 
@@ -57,7 +68,8 @@ class LMTask:
             raise GenloomError("data.dir is not set: point it at a folder prepared by `genloom data`")
         if d.source and not (Path(d.dir) / "meta.json").exists():
             prepare(d.source, d.dir, d.tokenizer, d.vocab_size, d.val_fraction, d.split_seed, transpose=d.transpose)
-        return cls(TokenData(d.dir), None, cfg.train.batch_size)  # block_size: bind() once the model is built
+        # block_size: bind() once the model is built
+        return cls(TokenData(d.dir), None, cfg.train.batch_size, loss_mask=d.loss_mask)
 
     def model_config(self, mdict: dict) -> dict:
         if mdict.get("vocab_size", 0) in (0, None):
@@ -82,6 +94,8 @@ class LMTask:
         return len(self.splits[split]) > self.block_size + 1
 
     def batch(self, split: str, gen: torch.Generator):
+        if self.loss_mask:
+            return self._masked_batch(split, gen)
         data = self.splits[split]
         T = self.block_size
         R = self.data.meta.get("record_len")  # fixed-length records (image codes): windows start at a record
@@ -92,6 +106,30 @@ class LMTask:
         x = torch.from_numpy(np.stack([data[i : i + T] for i in ix]).astype(np.int64))
         y = torch.from_numpy(np.stack([data[i + 1 : i + 1 + T] for i in ix]).astype(np.int64))
         return x, y
+
+    def _masked_batch(self, split: str, gen: torch.Generator):
+        """Windows that start at a random example and hold as many whole examples as fit; the targets are their
+        marked tokens (-1 elsewhere: the prompts and the example the window cuts, whose context may be gone).
+        An example longer than the window keeps its last block_size + 1 tokens (the reply and the prompt's end,
+        as generation keeps the end of a long prompt)."""
+        data, mask, starts, T = self.splits[split], self.masks[split], self.starts[split], self.block_size
+        bounds = np.append(np.asarray(starts, dtype=np.int64), len(data))
+        pick = torch.randint(len(starts), (self.batch_size,), generator=gen).tolist()
+        x = np.zeros((self.batch_size, T), dtype=np.int64)
+        y = np.full((self.batch_size, T), -1, dtype=np.int64)
+        for row, j in enumerate(pick):
+            i = int(bounds[j])
+            last = int(bounds[np.searchsorted(bounds, i + T + 1, side="right") - 1])  # end of the last whole one
+            if last > i:
+                cut = last
+            else:  # longer than the window: its end
+                cut = int(bounds[j + 1])
+                i = cut - T - 1
+            ids = data[i: min(i + T + 1, len(data))].astype(np.int64)
+            x[row, : len(ids) - 1] = ids[:-1]
+            n = min(cut, i + len(ids)) - i - 1
+            y[row, :n] = np.where(mask[i + 1: i + 1 + n] > 0, ids[1: 1 + n], -1)
+        return torch.from_numpy(x), torch.from_numpy(y)
 
     def tokens(self, batch) -> int:
         return batch[0].numel()

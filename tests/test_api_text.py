@@ -497,7 +497,7 @@ def test_serve_defaults_to_the_bundled_models(monkeypatch):
     from genloom.serve.models import bundled_model_paths
 
     names = [p.name for p in bundled_model_paths()]
-    assert {"chat", "kjv", "tang", "fmnist-diffusion"} <= set(names)
+    assert {"chat", "chat-kb", "kjv", "tang", "fmnist-diffusion"} <= set(names)
     seen = {}
     monkeypatch.setattr(serve_cli.server, "serve", lambda paths, **kw: seen.update(paths=paths, **kw))
     from genloom.cli import main

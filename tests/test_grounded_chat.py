@@ -8,18 +8,24 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
+from pathlib import Path
 
 import openai
 import pytest
 from conftest import assert_one_line_error
+from fastapi.testclient import TestClient
 from test_api_text import CHAT, Server
 
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases, read_source
+from genloom.knowledge.documents import CORPORA
 from genloom.knowledge.grounding import NOT_FOUND, Grounding, doc_line
+from genloom.serve import retrieval
 from genloom.serve.app import create_app
 from genloom.serve.models import DEFAULT_CHAT_TEMPLATE, ChatTemplate
-from genloom.serve.retrieval import load_grounding
+from genloom.serve.retrieval import build_corpus_kb, load_grounding, resolve_model_kb
 
 try:
     import httpx2 as httpx
@@ -36,6 +42,7 @@ Error ZX-4411 means the licence server cannot be reached; open port 7070 in the 
 """
 SHIPPING = '{"question": "Do you ship abroad?", "answer": "Yes, we deliver to forty countries."}\n'
 QUESTION = "How do I reset my password?"
+CHAT_KB = Path(__file__).resolve().parent.parent / "models" / "chat-kb"
 
 
 @pytest.fixture(scope="module")
@@ -253,3 +260,55 @@ def _faq_dir(tmp_path):
     folder.mkdir(exist_ok=True)
     (folder / "faq.md").write_text(FAQ, encoding="utf-8")
     return folder
+
+
+def test_a_grounding_json_naming_a_bundled_corpus_builds_its_base_apart(tmp_path, monkeypatch):
+    """models/chat-kb's grounding.json names `chatterbot`: on a fresh data directory that is not an error but a
+    base to build (build_corpus_kb; the server does it in the background); any other missing name is one."""
+    monkeypatch.setitem(CORPORA, "tinychat", lambda: ["User: Do you ship abroad?\nBot: Yes, to forty countries.",
+                                                      "User: hi\nBot: Hello!"])
+    kbs = KnowledgeBases(tmp_path / "kb")
+    assert resolve_model_kb("tinychat", kbs=kbs, base=tmp_path) is None and not kbs.exists("tinychat")
+    assert build_corpus_kb("tinychat", kbs).name == "tinychat" and kbs.exists("tinychat")
+    assert "forty countries" in kbs.search("tinychat", "ship abroad", k=1)[0].passage.text
+    assert resolve_model_kb("tinychat", kbs=kbs, base=tmp_path).name == "tinychat"  # there now: not rebuilt
+    with pytest.raises(GenloomError, match="no knowledge base named 'nosuch'"):
+        resolve_model_kb("nosuch", kbs=kbs, base=tmp_path)
+    assert CHAT_KB.joinpath("grounding.json").is_file() and load_grounding(CHAT_KB)[1] == "chatterbot"
+
+
+def test_the_server_is_healthy_while_a_bundled_base_builds_and_grounded_requests_get_503(tmp_path, monkeypatch):
+    """Start-up does not wait for the base (CI gives /health 120 s): the model serves at once, its grounded
+    requests get a 503 naming the base until the background build finishes, then they are grounded."""
+    monkeypatch.setitem(CORPORA, "tinychat", lambda: ["User: Do you ship abroad?\nBot: Yes, to forty countries.",
+                                                      "User: hi\nBot: Hello!"])
+    release = threading.Event()
+
+    def slow_source(ref):
+        assert release.wait(60)
+        return read_source(ref)
+
+    monkeypatch.setattr(retrieval, "read_source", slow_source)
+    model = tmp_path / "tchat"
+    shutil.copytree(CHAT, model)
+    (model / "grounding.json").write_text(json.dumps({"kb": "tinychat", "min_cosine": -1.0}))
+    app = create_app([str(model)], max_batch=2, max_queue=4, max_tokens=8, data_dir=str(tmp_path / "data"),
+                     jobs=False)
+    ask = {"model": "tchat", "messages": [{"role": "user", "content": "Do you ship abroad?"}], "max_tokens": 4}
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        t0 = time.monotonic()
+        while c.get("/health").status_code != 200:
+            assert time.monotonic() - t0 < 30
+            time.sleep(0.05)
+        r = c.post("/v1/chat/completions", json=ask)
+        assert r.status_code == 503, r.text
+        err = r.json()["error"]
+        assert err["code"] == "knowledge_base_building" and "'tinychat'" in err["message"] and "built" in err["message"]
+        release.set()
+        t0 = time.monotonic()
+        while (r := c.post("/v1/chat/completions", json=ask)).status_code == 503:
+            assert time.monotonic() - t0 < 60
+            time.sleep(0.1)
+        assert r.status_code == 200, r.text
+        assert "forty countries" in json.dumps(r.json())  # the reply cites the base's passage
+        assert KnowledgeBases(tmp_path / "data" / "kb").exists("tinychat")

@@ -11,7 +11,6 @@ from genloom import distributed, families
 from genloom import train as training
 from genloom.checkpoints import export_model, load_model, update_card, write_model_card
 from genloom.cli.base import cli
-from genloom.data.text import prepare
 from genloom.errors import GenloomError
 from genloom.evaluate import dtype_change
 from genloom.families import load_run_config
@@ -19,6 +18,7 @@ from genloom.files import disk_full_as_error
 from genloom.gguf_export import DTYPES as GGUF_DTYPES
 from genloom.gguf_export import export_gguf
 from genloom.hf import export_gpt2, import_gpt2
+from genloom.knowledge.examples import prepare
 
 
 @cli.command()
@@ -36,7 +36,8 @@ from genloom.hf import export_gpt2, import_gpt2
 def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from, transpose):
     """Prepare SOURCE: text (a file, a folder, or a corpus: tang, song, poems-zh, kjv, fortunes, chatterbot,
     bible-en-es) or music (MIDI/MusicXML/ABC files, a folder of them, or a corpus: chorales, folk; NAME:N for
-    its first N pieces)."""
+    its first N pieces); chatterbot-grounded / support-grounded: dialogues (and man-page questions)
+    with retrieved passages in the prompt (genloom.knowledge.examples)."""
     with disk_full_as_error():
         meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from,
                        transpose)

@@ -99,6 +99,8 @@ CORPUS_INFO = {  # where each named corpus comes from and its licence, for model
     "kjv": "King James Bible, Debian packages bible-kjv and bible-kjv-text; public domain",
     "fortunes": "English fortune cookies, Debian package fortunes (offensive sets excluded); BSD-style",
     "chatterbot": "chatterbot-corpus English dialogues (PyPI chatterbot-corpus); BSD-3-Clause",
+    "chatterbot-grounded": "chatterbot-corpus English dialogues (PyPI chatterbot-corpus; BSD-3-Clause), each user "
+                           "turn with 3 retrieved dialogues in the prompt (genloom.knowledge.examples)",
     "bible-en-es": "verse-aligned English (KJV, public domain) and Spanish (Reina-Valera 1909, public domain) "
                    "Bible, train-side chapters only; Debian packages bible-kjv, diatheke and sword-text-sparv",
 }
@@ -313,8 +315,11 @@ class TokenData:
         self.tokenizer = load_tokenizer(self.folder)
         self.dtype = np.dtype(self.meta["dtype"])
 
-    def split(self, name: str) -> np.ndarray:
-        path = self.folder / f"{name}.bin"
+    def split(self, name: str, part: str = "tokens") -> np.ndarray:
+        """A split's token ids, or (part "mask") its per-token target marks (uint8, 1: a training target) or
+        (part "starts") the offsets its examples start at (int64): what example sources write (LMTask loss_mask)."""
+        path = self.folder / (f"{name}.bin" if part == "tokens" else f"{name}.{part}.bin")
+        dtype = {"tokens": self.dtype, "mask": np.dtype(np.uint8), "starts": np.dtype(np.int64)}[part]
         if not path.is_file() or path.stat().st_size == 0:
-            return np.zeros(0, dtype=self.dtype)
-        return np.memmap(path, dtype=self.dtype, mode="r")
+            return np.zeros(0, dtype=dtype)
+        return np.memmap(path, dtype=dtype, mode="r")

@@ -145,8 +145,9 @@ class KnowledgeBase:
             return cls(folder, manifest, passages, vectors, bm25)
         raise AssertionError("unreachable")
 
-    def search(self, query: str, k: int = 5, mode: str = "hybrid") -> list[Hit]:
-        """The k passages that best match `query`, best first (fewer when the base is smaller)."""
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", vector: np.ndarray | None = None) -> list[Hit]:
+        """The k passages that best match `query`, best first (fewer when the base is smaller). `vector`: the
+        query's unit MiniLM embedding when the caller has it already (many queries embedded in one batch)."""
         if mode not in MODES:
             raise GenloomError(f"unknown search mode '{mode}'; choose one of {choices(MODES)}")
         if not isinstance(query, str) or not query.strip():
@@ -167,7 +168,7 @@ class KnowledgeBase:
             top = np.argsort(-bm25, kind="stable")[:depth]
             sparse = [int(i) for i in top if bm25[i] > 0]
         if mode != "bm25":
-            qv = embed([query])[0]
+            qv = embed([query])[0] if vector is None else np.asarray(vector, dtype=np.float32)
             _, idx = self._index.search(qv[None, :], depth)
             dense = [int(i) for i in idx[0] if i >= 0]
         if mode == "hybrid":

@@ -32,7 +32,7 @@ from genloom.serve.jobs import JobLimits, start_worker
 from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
 from genloom.serve.models import FineTuned, load_served, model_name
-from genloom.serve.retrieval import KbRef, resolve_kb
+from genloom.serve.retrieval import KbRef, build_corpus_kb, resolve_kb, resolve_model_kb
 from genloom.serve.routes import ROUTERS
 from genloom.serve.transport import add_transport, parse_origins, parse_public_url
 
@@ -185,7 +185,9 @@ def _load_grounded(state, path, max_batch: int, max_queue: int, kb_refs: dict[st
         served.kb = kb_refs.get(served.name)
         if served.kb is None and served.kb_ref is not None:
             folder = Path(path) if Path(path).is_dir() else Path(path).parent
-            served.kb = resolve_kb(served.kb_ref, kbs=state.kbs, base=folder)
+            served.kb = resolve_model_kb(served.kb_ref, kbs=state.kbs, base=folder)
+            if served.kb is None:  # a bundled corpus not built yet: _load builds it after the model serves
+                served.kb_building = served.kb_ref
         if served.kb is not None and served.engine is None:
             raise GenloomError(f"{served.name} is an image model: only a chat model can answer from a knowledge base")
     except Exception:
@@ -209,6 +211,24 @@ async def _load(state, path, max_batch: int, max_queue: int, kb_refs: dict[str, 
     state.models = {**state.models, served.name: served}
     log_event("model_loaded", model=served.name, path=str(path), context=served.context,
               kb=None if served.kb is None else str(served.kb), seconds=round(time.perf_counter() - t0, 2))
+    if served.kb_building is not None:
+        await _build_kb(state, served)
+
+
+async def _build_kb(state, served) -> None:
+    """Build the bundled corpus's base a grounded model answers from, in a thread, after the model serves (and
+    /health says ok): until it is ready the model's grounded requests get a 503 (routes/completions.py)."""
+    t0, ref = time.perf_counter(), served.kb_building
+    log_event("kb_build_started", model=served.name, kb=ref)
+    try:
+        served.kb = await asyncio.to_thread(build_corpus_kb, ref, state.kbs)
+    except Exception as e:  # noqa: BLE001 - reported by the model's grounded requests and the log
+        served.kb_error = f"{type(e).__name__}: {e}"
+        log_event("kb_build_failed", model=served.name, kb=ref, error=served.kb_error)
+    else:
+        log_event("kb_built", model=served.name, kb=str(served.kb), seconds=round(time.perf_counter() - t0, 2))
+    finally:
+        served.kb_building = None
 
 
 async def _watch_jobs(state) -> None:

@@ -34,7 +34,7 @@ class ChatTemplate:
     stop: list[str]
 
     @classmethod
-    def load(cls, folder: Path) -> "ChatTemplate":
+    def load(cls, folder: Path) -> ChatTemplate:
         """The folder's chat_template.json over the default; unknown keys and wrong types are errors."""
         spec = dict(DEFAULT_CHAT_TEMPLATE)
         path = folder / "chat_template.json"
@@ -78,6 +78,8 @@ class ServedModel:
     grounding: Grounding = field(default_factory=Grounding)  # retrieval settings (the folder's grounding.json)
     kb_ref: str | None = None  # the knowledge base grounding.json names (resolved by the app against its data dir)
     kb: KbRef | None = None  # the base this model answers from (--kb or kb_ref), None: ungrounded
+    kb_building: str | None = None  # the bundled corpus whose base is being built in the background (then kb)
+    kb_error: str | None = None  # why building that base failed
 
     @property
     def tokenizer(self):
@@ -194,8 +196,8 @@ class FineTuned:
                 log_event("model_registered", model=name, job=job.id)
 
 
-BUNDLED_MODELS = ("chat", "kjv", "tang", "chorales", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan", "fmnist-vae",
-                  "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
+BUNDLED_MODELS = ("chat", "chat-kb", "kjv", "tang", "chorales", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan",
+                  "fmnist-vae", "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
 
 
 def bundled_model_paths() -> list[Path]:

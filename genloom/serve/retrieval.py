@@ -5,7 +5,9 @@ A chat model answers from a knowledge base when `genloom serve --kb MODEL=KB` na
 model's own retrieval settings, and the base it answers from by default), or when a request carries a
 `file_search` tool naming vector stores. KB is a base's name under the data directory's kb/ folder (what
 `genloom kb create` and /v1/vector_stores make) or the path of a knowledge-base folder (for grounding.json,
-relative to the model folder). Retrieval is hybrid search (BM25 + MiniLM); a passage counts only when its
+relative to the model folder; a bundled corpus's name, e.g. `chatterbot`, that no base holds yet is built into the
+data directory's kb/ from the corpus in the background once the model serves; its grounded requests get a 503
+meanwhile). Retrieval is hybrid search (BM25 + MiniLM); a passage counts only when its
 MiniLM cosine to the question reaches `min_cosine`, and with none the server answers `NOT_FOUND`.
 """
 
@@ -16,7 +18,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from genloom.errors import GenloomError, choices
-from genloom.knowledge import Hit, KnowledgeBases, check_name
+from genloom.knowledge import Hit, KnowledgeBases, check_name, read_source
+from genloom.knowledge.documents import CORPORA
 from genloom.knowledge.grounding import Grounding
 
 GROUNDING_FILE = "grounding.json"
@@ -58,6 +61,23 @@ def resolve_kb(ref: str, *, kbs: KnowledgeBases | None, base: Path | None = None
     raise GenloomError(f"{where} and no knowledge-base folder at {path}; "
                        + (f"choose one of {choices(known)} or " if known else "")
                        + "create one with `genloom kb create NAME --from FOLDER`")
+
+
+def resolve_model_kb(ref: str, *, kbs: KnowledgeBases | None, base: Path | None = None) -> KbRef | None:
+    """grounding.json's base: as resolve_kb, but None for a bundled corpus's name (CORPORA: chatterbot, ...) that
+    neither `kbs` nor a folder holds yet: build_corpus_kb builds it (the server does so in the background)."""
+    try:
+        return resolve_kb(ref, kbs=kbs, base=base)
+    except GenloomError:
+        if kbs is None or ref not in CORPORA:
+            raise
+    return None
+
+
+def build_corpus_kb(ref: str, kbs: KnowledgeBases) -> KbRef:
+    """Build the base of bundled corpus `ref` into `kbs` (embedding it: a minute or more on a busy machine)."""
+    kbs.update(ref, read_source(ref))
+    return KbRef(kbs, ref)
 
 
 def load_grounding(folder: Path) -> tuple[Grounding, str | None]:

@@ -124,6 +124,13 @@ def _knowledge(request: Request, served: ServedModel, body: ChatCompletionReques
     """The bases to search and how: the request's file_search tool (its vector stores), else the model's base."""
     tools = body.tools if body.tool_choice != "none" else None
     if not tools:
+        if served.kb_building is not None:
+            raise ApiError(503, f"The knowledge base '{served.kb_building}' that `{served.name}` answers from is "
+                           "being built; retry shortly.", type="server_error", code="knowledge_base_building",
+                           headers={"Retry-After": "10"})
+        if served.kb_error is not None:
+            raise ApiError(503, f"The knowledge base that `{served.name}` answers from could not be built "
+                           f"({served.kb_error}).", type="server_error", code="knowledge_base_unavailable")
         return ([served.kb] if served.kb is not None else []), served.grounding
     tool, kbs = tools[0], request.app.state.kbs
     refs = []
