@@ -28,7 +28,7 @@ import torch
 
 from genloom.cards import gguf_card
 from genloom.checkpoints import load_model
-from genloom.data.text import DEFAULT_CHAT_TEMPLATE
+from genloom.data.text import DEFAULT_CHAT_TEMPLATE, read_chat_template
 from genloom.data.tokenizers import ByteBPETokenizer, CharTokenizer, GPT2Tokenizer, Tokenizer, bpe_tables, byte_alphabet
 from genloom.errors import GenloomError, choices
 from genloom.files import atomic_write_text
@@ -213,14 +213,8 @@ def write_gguf(model: GPT, tokenizer: Tokenizer | None, out: str | Path, dtype: 
 def _chat_layout(folder: Path, card: dict) -> dict | None:
     """The chat layout a model was trained on: its folder's chat_template.json, or genloom's default for a model
     of the chatterbot corpus; None for a plain text model (Ollama then passes the prompt as it is)."""
-    path = folder / "chat_template.json"
-    if path.is_file():
-        try:
-            given = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as e:
-            raise GenloomError(f"{path} is not valid JSON ({e})") from None
-        if not isinstance(given, dict):
-            raise GenloomError(f"{path} must hold a JSON object")
+    given = read_chat_template(folder)
+    if given is not None:
         return {**DEFAULT_CHAT_TEMPLATE, **given}
     return dict(DEFAULT_CHAT_TEMPLATE) if (card.get("data") or {}).get("source") == "chatterbot" else None
 

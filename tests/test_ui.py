@@ -5,6 +5,7 @@ Screenshots of each page land in test-artifacts/ui/ (CI keeps them with the run)
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import shutil
 from pathlib import Path
@@ -34,8 +35,9 @@ def server(tmp_path_factory):
     s.close()
 
 
-@pytest.fixture(scope="module")
-def page(server):
+@contextlib.contextmanager
+def browser_page(url: str, *, height: int = 800, timeout_ms: int = 30_000, args: tuple[str, ...] = ()):
+    """A headless Chromium page on `url` (the UI test files share it)."""
     from playwright import sync_api  # the test extra installs it: missing, this fails, never skips
     if not Path(CHROMIUM).exists():
         pytest.fail("chromium is missing: apt-get install chromium (CI installs it)")
@@ -43,12 +45,20 @@ def page(server):
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        pg = browser.new_page(viewport={"width": 1100, "height": 800})
-        pg.set_default_timeout(30_000)
-        pg.goto(f"{server.url}/ui/")
+            "--disable-component-update", "--disable-sync", *args])
+        pg = browser.new_page(viewport={"width": 1100, "height": height})
+        pg.set_default_timeout(timeout_ms)
+        pg.goto(url)
+        try:
+            yield pg
+        finally:
+            browser.close()
+
+
+@pytest.fixture(scope="module")
+def page(server):
+    with browser_page(f"{server.url}/ui/") as pg:
         yield pg
-        browser.close()
 
 
 def shot(page, name: str) -> Path:

@@ -3,12 +3,10 @@ see a reply's sources under it. Screenshots land in test-artifacts/ui/."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from test_api_text import CHAT, Server
 from test_grounded_chat import FAQ
-from test_ui import CHROMIUM, SHOTS, shot
+from test_ui import browser_page, shot
 
 from genloom.serve.app import create_app
 
@@ -23,19 +21,8 @@ def server(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright import sync_api  # the test extra installs it: missing, this fails, never skips
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is missing: apt-get install chromium (CI installs it)")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync"])
-        pg = browser.new_page(viewport={"width": 1100, "height": 800})
-        pg.set_default_timeout(30_000)
-        pg.goto(f"{server.url}/ui/")
+    with browser_page(f"{server.url}/ui/") as pg:
         yield pg
-        browser.close()
 
 
 def test_create_a_base_add_a_file_and_search_it(page, server):

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from test_api_text import CHAT, Server
 from test_music_generate import make_score, tiny_music_model  # noqa: F401  (a fixture)
-from test_ui import CHROMIUM, SHOTS, shot
+from test_ui import browser_page, shot
 
 from genloom.serve.app import create_app
 
@@ -22,19 +22,9 @@ def server(tiny_music_model):  # noqa: F811
 
 @pytest.fixture(scope="module")
 def page(server):
-    from playwright import sync_api  # the test extra installs it: missing, this fails, never skips
-    if not Path(CHROMIUM).exists():
-        pytest.fail("chromium is missing: apt-get install chromium (CI installs it)")
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-            "--disable-component-update", "--disable-sync", "--autoplay-policy=no-user-gesture-required"])
-        pg = browser.new_page(viewport={"width": 1100, "height": 900})
-        pg.set_default_timeout(60_000)
-        pg.goto(f"{server.url}/ui/")
+    with browser_page(f"{server.url}/ui/", height=900, timeout_ms=60_000,
+                      args=("--autoplay-policy=no-user-gesture-required",)) as pg:
         yield pg
-        browser.close()
 
 
 def test_compose_hear_see_and_download(page, tiny_music_model):  # noqa: F811

@@ -92,6 +92,20 @@ DEFAULT_CHAT_TEMPLATE = {  # how genloom's chatterbot corpus lays out a dialogue
     "stop": ["\nUser:"],
 }
 
+
+def read_chat_template(folder: str | Path) -> dict | None:
+    """A model folder's chat_template.json (a JSON object), or None when it has none; unreadable -> GenloomError."""
+    path = Path(folder) / "chat_template.json"
+    if not path.is_file():
+        return None
+    try:
+        given = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise GenloomError(f"{path} is not valid JSON ({e})") from None
+    if not isinstance(given, dict):
+        raise GenloomError(f"{path} must hold a JSON object")
+    return given
+
 CORPUS_INFO = {  # where each named corpus comes from and its licence, for model cards
     "tang": "313 Tang poems, Debian package fortunes-zh (tang300); GPL-3+",
     "song": "95 Song ci, Debian package fortunes-zh (song100); GPL-3+",

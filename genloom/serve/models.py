@@ -11,7 +11,7 @@ from pathlib import Path
 
 from genloom import families
 from genloom.checkpoints import load_model
-from genloom.data.text import DEFAULT_CHAT_TEMPLATE
+from genloom.data.text import DEFAULT_CHAT_TEMPLATE, read_chat_template
 from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
@@ -38,13 +38,8 @@ class ChatTemplate:
         """The folder's chat_template.json over the default; unknown keys and wrong types are errors."""
         spec = dict(DEFAULT_CHAT_TEMPLATE)
         path = folder / "chat_template.json"
-        if path.is_file():
-            try:
-                given = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, json.JSONDecodeError) as e:
-                raise GenloomError(f"{path} is not valid JSON ({e})") from None
-            if not isinstance(given, dict):
-                raise GenloomError(f"{path} must hold a JSON object")
+        given = read_chat_template(folder)
+        if given is not None:
             unknown = set(given) - set(spec)
             if unknown:
                 raise GenloomError(f"{path}: unknown keys {sorted(unknown)}; choose from {choices(spec)}")
