@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import pytest
 
-from genloom.data.tokenizers import CharTokenizer
 from genloom.sample import SamplingParams, generate
 from genloom.serve.engine import Event, TextEngine
 
-from conftest import random_gpt
-from test_engine import LETTERS, drive, tokens
+from test_engine import drive, model_tok, tokens  # noqa: F401  (model_tok: a fixture)
 
 PROMPTS = ["abc", "helloWorld", "q", "mnopqrSTU", "xyzXab"]
 
@@ -28,24 +26,14 @@ def params(i: int) -> SamplingParams:
             SamplingParams(max_new_tokens=21, temperature=0.0)][i % 5]
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def model_tok(request):
-    if request.param == "llama":
-        model = random_gpt("llama", vocab_size=50, n_head=4, n_kv_head=2, bias=False, seed=3, tie_weights=False,
-                           boost=5.0, sharpen=30.0)
-    else:
-        model = random_gpt("gpt2", vocab_size=50, seed=4, tie_weights=False, boost=5.0, sharpen=30.0)
-    return model, CharTokenizer(LETTERS)
-
-
 @pytest.fixture(scope="module")
-def solo(model_tok):
+def solo(model_tok):  # noqa: F811
     model, tok = model_tok
     return [generate(model, tok, [p], params(i))[0] for i, p in enumerate(PROMPTS)]
 
 
 @pytest.mark.parametrize("victims, after", [([0], 5), ([1], 3), ([2], 8), ([4], 4), ([0, 2], 6), ([1, 3], 1)])
-def test_cancel_mid_batch_keeps_neighbours_token_for_token(model_tok, solo, victims, after):
+def test_cancel_mid_batch_keeps_neighbours_token_for_token(model_tok, solo, victims, after):  # noqa: F811
     model, tok = model_tok
     engine = TextEngine(model, tok, max_batch=len(PROMPTS))
     hs = [engine.submit(p, params(i)) for i, p in enumerate(PROMPTS)]
@@ -67,7 +55,7 @@ def test_cancel_mid_batch_keeps_neighbours_token_for_token(model_tok, solo, vict
     assert engine.stats()["cancelled"] == len(victims)
 
 
-def test_cancel_then_join_reuses_the_slot_without_disturbing_the_others(model_tok, solo):
+def test_cancel_then_join_reuses_the_slot_without_disturbing_the_others(model_tok, solo):  # noqa: F811
     """A cancelled row's slot goes to a waiting request in the same step; everyone still matches solo."""
     model, tok = model_tok
     engine = TextEngine(model, tok, max_batch=3)

@@ -21,9 +21,10 @@ LETTERS = list(string.ascii_letters[:50])
 PROMPTS = ["abc", "q", "helloWorldAgain", "xyzXabcdefghijklmAB", "mnop", "AAAAAAAAAAAAAAAAAAAAAAAAAA"]
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
-def model_tok(request):
-    if request.param == "llama":
+def tiny_model(arch: str):
+    """A random 50-letter model of `arch` with sharp, distinct logits (LLaMA with GQA and no biases, or GPT-2),
+    and its tokenizer; the engine tests and the cancel-in-a-batch tests share them."""
+    if arch == "llama":
         model = random_gpt("llama", vocab_size=50, n_head=4, n_kv_head=2, bias=False, seed=3, tie_weights=False,
                            boost=5.0, sharpen=30.0)
     else:
@@ -31,11 +32,14 @@ def model_tok(request):
     return model, CharTokenizer(LETTERS)
 
 
+@pytest.fixture(scope="module", params=["llama", "gpt2"])
+def model_tok(request):
+    return tiny_model(request.param)
+
+
 @pytest.fixture(scope="module")
 def llama():
-    model = random_gpt("llama", vocab_size=50, n_head=4, n_kv_head=2, bias=False, seed=3, tie_weights=False,
-                       boost=5.0, sharpen=30.0)
-    return model, CharTokenizer(LETTERS)
+    return tiny_model("llama")
 
 
 class Slow(torch.nn.Module):
