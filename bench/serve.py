@@ -113,29 +113,24 @@ def mem(pid: int) -> dict:
     return out
 
 
-class ServerProcess:
-    """`genloom.serve.app.serve` in a child process on a free loopback port; ready once /health says ok."""
-
-    def __init__(self, *, max_batch: int, max_queue: int, log_dir: Path):
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
-        self.port = sock.getsockname()[1]
-        sock.close()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.settings = dict(max_batch=max_batch, max_queue=max_queue, jobs=False, threads=SERVER_THREADS)
-        code = (
-            "import torch; torch.set_num_threads(%d)\n"
-            "from genloom.serve.app import serve\n"
-            "serve([%r], port=%d, log_level='warning', max_batch=%d, max_queue=%d, jobs=False)\n"
-            % (SERVER_THREADS, str(MODEL), self.port, max_batch, max_queue)
-        )
-        self.log = log_dir / f"server-b{max_batch}-q{max_queue}.log"
-        env = {**os.environ, "OMP_NUM_THREADS": str(SERVER_THREADS), "PYTHONPATH": str(ROOT)}
-        self.proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env,
-                                     stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
+        return sock.getsockname()[1]
+
+
+class ChildServer:
+    """A genloom server in a child process on `port`, its output in `log`; ready once /health says ok."""
+
+    def __init__(self, cmd: list[str], *, port: int, threads: int, log: Path):
+        self.port, self.log = port, log
+        self.url = f"http://127.0.0.1:{port}"
+        env = {**os.environ, "OMP_NUM_THREADS": str(threads), "PYTHONPATH": str(ROOT)}
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT)
         self.pid = self.proc.pid
 
     def wait_ready(self, timeout: float = 120.0) -> float:
+        """Seconds until /health answered ok; exits the benchmark with the log's tail if it never does."""
         t0 = time.perf_counter()
         while time.perf_counter() - t0 < timeout:
             if self.proc.poll() is not None:
@@ -163,6 +158,22 @@ class ServerProcess:
                 self.proc.kill()
                 self.proc.wait()
         return self.proc.returncode
+
+
+class ServerProcess(ChildServer):
+    """`genloom.serve.app.serve` with one batch size and queue bound, on a free loopback port."""
+
+    def __init__(self, *, max_batch: int, max_queue: int, log_dir: Path):
+        port = free_port()
+        self.settings = dict(max_batch=max_batch, max_queue=max_queue, jobs=False, threads=SERVER_THREADS)
+        code = (
+            "import torch; torch.set_num_threads(%d)\n"
+            "from genloom.serve.app import serve\n"
+            "serve([%r], port=%d, log_level='warning', max_batch=%d, max_queue=%d, jobs=False)\n"
+            % (SERVER_THREADS, str(MODEL), port, max_batch, max_queue)
+        )
+        super().__init__([sys.executable, "-c", code], port=port, threads=SERVER_THREADS,
+                         log=log_dir / f"server-b{max_batch}-q{max_queue}.log")
 
 
 def chat_body(text: str, max_tokens: int, min_tokens: int = 0) -> dict:

@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,50 +39,21 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import report  # noqa: E402
 from genloom.serve.database import Database  # noqa: E402
-from bench.serve import MODEL, ROOT, chat, cpu_seconds, httpx, new_client, ok, pct, prompt  # noqa: E402
+from bench.serve import MODEL, ChildServer, chat, cpu_seconds, free_port, new_client, ok, pct, prompt  # noqa: E402
 
 
-class Replica:
+class Replica(ChildServer):
     """`genloom serve --no-jobs` pinned to one core by taskset, on a free loopback port."""
 
     def __init__(self, core: int, data_dir: Path, db: str | None, max_batch: int, log_dir: Path):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url, self.core = f"http://127.0.0.1:{self.port}", core
+        port, self.core = free_port(), core
         cmd = ["taskset", "-c", str(core), sys.executable, "-m", "genloom.cli", "serve", "--model", str(MODEL),
-               "--data-dir", str(data_dir), "--no-jobs", "--port", str(self.port), "--threads", "1",
+               "--data-dir", str(data_dir), "--no-jobs", "--port", str(port), "--threads", "1",
                "--max-batch", str(max_batch), "--max-queue", "64", *(["--db", db] if db else [])]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-        self.log = log_dir / f"replica-{core}.log"
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        self.pid = self.proc.pid
-
-    def wait_ready(self, timeout: float = 180.0) -> None:
-        t0 = time.perf_counter()
-        while time.perf_counter() - t0 < timeout:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"replica on core {self.core} exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        raise SystemExit(f"replica on core {self.core} did not answer /health:\n{self.log.read_text()[-3000:]}")
+        super().__init__(cmd, port=port, threads=1, log=log_dir / f"replica-{core}.log")
 
     def affinity(self) -> list[int]:
         return sorted(os.sched_getaffinity(self.pid))
-
-    def close(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
 
 
 async def block(client, urls: list[str], clients: int, rounds: range, max_tokens: int, min_tokens: int):
@@ -157,12 +126,12 @@ def main(argv=None) -> None:
         data, logs = Path(tmp) / "data", Path(tmp) / "logs"
         logs.mkdir()
         first = Replica(0, data, args.db, args.clients, logs)  # the first migrates; the second finds it done
-        first.wait_ready()
+        first.wait_ready(180)
         replicas = [first, Replica(1, data, args.db, args.clients, logs)]
         db = Database(args.db, data_dir=data, upgrade=False)
         rows_before = len(db.history(10**7))
         try:
-            replicas[1].wait_ready()
+            replicas[1].wait_ready(180)
             pinned = [r.affinity() for r in replicas]
             print(f"# {args.clients} clients x {rounds} rounds of {max_tokens} tokens, blocks of {size}, alternating "
                   f"1 replica (core 0) and 2 replicas (cores 0 and 1)", flush=True)
