@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import soundfile as sf
+from conftest import assert_one_line_error
 
 from genloom.errors import GenloomError
 from genloom.importers import import_voice
@@ -122,3 +124,46 @@ def test_speed_scales_the_length(joe):
 def test_bad_input(joe, text, speed, match):
     with pytest.raises(GenloomError, match=match):
         joe.synthesize(text, speed=speed)
+
+
+# ---- genloom import-voice / speak ----
+
+
+def test_speak_writes_the_format_of_the_extension(run_main, joe_dir, tmp_path):
+    code, out, err = run_main("speak", "-m", joe_dir, "Hello there. Good morning!", "--out", tmp_path / "a.flac")
+    assert code == 0, err
+    assert "2 sentences, flac, 22050 Hz, voice joe" in out
+    audio, rate = sf.read(tmp_path / "a.flac")
+    assert rate == 22050 and 0.6 < len(audio) / rate < 5.0
+    code, out, err = run_main("speak", "-m", joe_dir, "Hi.", "--out", tmp_path / "b.bin", "--format", "mp3",
+                              "--speed", "2")
+    assert code == 0, err
+    data = (tmp_path / "b.bin").read_bytes()
+    assert data[0] == 0xFF and data[1] & 0xE0 == 0xE0  # an MPEG audio frame's sync word
+
+
+def test_speak_reads_a_file_with_a_progress_bar(run_main, joe_dir, tmp_path):
+    (tmp_path / "t.txt").write_text("One. Two. Three.")
+    code, out, err = run_main("speak", "-m", joe_dir, "--file", tmp_path / "t.txt", "--out", tmp_path / "a.wav")
+    assert code == 0 and "3 sentences" in out and "3/3" in err
+
+
+@pytest.mark.parametrize("args,words", [
+    (["", "--out", "x.wav"], "input text is empty"),
+    (["hi", "--out", "x.aac"], "x.aac'; use an extension (.flac, .mp3, .ogg, .opus, .pcm, .raw, .wav) or --format"),
+    (["hi", "--out", "x.wav", "--format", "aac"], "unsupported audio format 'aac'; choose one of flac, mp3, opus, pcm, wav"),
+    (["hi", "--out", "x.wav", "--speed", "5"], "choose a value from 0.25 to 4.0"),
+    (["hi", "--out", "x.wav", "--voice", "alloy"], "unknown voice 'alloy'; choose one of joe"),
+    (["x" * 4097, "--out", "x.wav"], "at most 4096"),
+    (["--out", "x.wav"], "give the text to speak"),
+])
+def test_speak_bad_input_is_one_line(run_main, joe_dir, tmp_path, args, words):
+    args = [str(tmp_path / a) if a.startswith("x.") else a for a in args]
+    code, out, err = run_main("speak", "-m", joe_dir, *args)
+    assert words in assert_one_line_error(code, out, err)
+    assert not list(tmp_path.iterdir())
+
+
+def test_import_voice_bad_name_is_one_line(run_main, tmp_path):
+    code, out, err = run_main("import-voice", "bob", "--out", tmp_path / "v")
+    assert "unknown voice 'bob'; choose one of joe" in assert_one_line_error(code, out, err)

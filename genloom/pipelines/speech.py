@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from genloom.errors import GenloomError, choices
 
@@ -147,12 +148,17 @@ class Voice:
             raise GenloomError(f"unknown voice '{voice}'; choose one of {choices(self.voices)}")
         return voice
 
-    def stream(self, text: str, *, speed: float = 1.0, voice: str | None = None) -> Iterator[np.ndarray]:
-        """Float32 mono audio, one array per sentence, each made when asked for."""
+    def stream(self, text: str, *, speed: float = 1.0, voice: str | None = None,
+               progress: bool = False) -> Iterator[np.ndarray]:
+        """Float32 mono audio, one array per sentence, each made when asked for (a bar on stderr with progress)."""
         check_text(text)
         speed, voice = check_speed(speed), self.check_voice(voice)
-        for sentence in self.sentences(text):
-            yield self.render(sentence, speed=speed, voice=voice)
+        sentences = self.sentences(text)
+        with tqdm(total=len(sentences), unit="sentence", disable=not progress or len(sentences) < 3,
+                  dynamic_ncols=True) as bar:
+            for sentence in sentences:
+                yield self.render(sentence, speed=speed, voice=voice)
+                bar.update(1)
 
     def synthesize(self, text: str, *, speed: float = 1.0, voice: str | None = None) -> np.ndarray:
         """The whole text as one float32 mono array at `sample_rate`."""
