@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -39,6 +41,22 @@ def test_a_clause_espeak_splits_itself_keeps_its_place():
     # espeak breaks the clause at the unspaced dash: the per-clause fallback keeps the words in order
     out = speech.phonemize("one–two three, four.")
     assert len(out) == 1 and out[0].endswith("fˈoːɹ.") and ", " in out[0]
+
+
+def test_one_espeak_program_serves_many_texts_and_restarts_when_gone():
+    first = speech.phonemize("Good morning.")
+    program = speech._PROGRAMS[(os.getpid(), "en-us")]
+    assert speech.phonemize("Good evening.") != first and speech._PROGRAMS[(os.getpid(), "en-us")] is program
+    program.proc.kill()
+    program.proc.wait()
+    assert speech.phonemize("Good morning.") == first  # a fresh program took over
+    assert speech._PROGRAMS[(os.getpid(), "en-us")] is not program
+
+
+def test_a_clause_holding_the_sentinel_is_spoken_by_a_one_off_program():
+    assert speech.phonemize(f"Say {speech._Espeak.SENTINEL} twice.") == [
+        speech.phonemize("Say")[0] + " " + speech.phonemize(speech._Espeak.SENTINEL)[0] + " "
+        + speech.phonemize("twice.")[0]]
 
 
 def test_phoneme_ids_layout():

@@ -15,9 +15,13 @@ so a voice trained by genloom registers its own loader beside the Piper one.
 from __future__ import annotations
 
 import json
+import os
 import re
+import select
 import shutil
 import subprocess
+import threading
+import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -36,6 +40,10 @@ ESPEAK = "espeak-ng"
 MAX_INPUT = 4096  # characters: OpenAI's limit for /v1/audio/speech, also the CLI's
 SPEED_RANGE = (0.25, 4.0)
 DEFAULT_THREADS = 2
+# onnxruntime's worker threads spin while waiting for work by default: on a machine shared with other jobs that
+# burns the cores the next operator needs (bench/tts.py: real-time factor 0.16 without spinning, 0.26 with, at
+# load 9 on 2 cores), so genloom's sessions do not spin.
+SPIN = False
 BOS, EOS, PAD = "^", "$", "_"
 _CLAUSE_END = re.compile(r"([.!?;:,]+|\s[\u2013\u2014]|\s--)(?=\s|$)")  # punctuation then a space or the end
 _LANG_SWITCH = re.compile(r"\([^)]+\)")  # espeak's (en) ... (cmn) markers around foreign words
@@ -62,19 +70,91 @@ def clauses(text: str) -> list[tuple[str, str]]:
     return [(c, t) for c, t in pairs if any(ch.isalnum() for ch in c)]
 
 
+class _Espeak:
+    """One espeak-ng program kept running per voice, fed a line at a time (its line mode flushes after each line).
+
+    After each clause a sentinel line is written; everything espeak prints before the sentinel's phonemes belongs
+    to that clause, however many lines espeak breaks it into. Starting the program costs more than phonemizing a
+    sentence, so it is started once (per process: a forked child starts its own). A lock keeps threads in turn.
+    """
+
+    SENTINEL = "zugzwang quixotry"  # a clause no text is split into (clauses holding it go through run_once)
+    MAX_LINE = 900  # bytes; espeak reads lines of at most 1000
+
+    def __init__(self, exe: str, voice: str):
+        self.voice, self.lock, self.pid = voice, threading.Lock(), os.getpid()
+        self.proc = subprocess.Popen([exe, "-q", "--ipa", "-b", "1", "-v", voice], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.buffer = b""
+        self.proc.stdin.write(f"{self.SENTINEL}\n".encode())
+        self.proc.stdin.flush()
+        self.end = self._readline()  # the sentinel's own phonemes (and: did the voice load?)
+
+    def _readline(self, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
+                self.proc.kill()
+                raise GenloomError(f"espeak-ng did not answer within {timeout:.0f} s")
+            chunk = os.read(self.proc.stdout.fileno(), 65536)
+            if not chunk:
+                self.proc.wait(5)
+                err = self.proc.stderr.read().decode(errors="replace").strip()
+                raise GenloomError(f"espeak-ng failed for voice '{self.voice}': "
+                                   f"{err or f'exit code {self.proc.returncode}'}")
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line.decode(errors="replace").strip()
+
+    def _clause(self, clause: str) -> str:
+        """Write one clause and the sentinel; read back the clause's phonemes."""
+        data = clause.encode()[: self.MAX_LINE].decode(errors="ignore")
+        self.proc.stdin.write(f"{data}\n{self.SENTINEL}\n".encode())
+        self.proc.stdin.flush()
+        out = []
+        while (line := self._readline()) != self.end:
+            if line:
+                out.append(line)
+        return " ".join(out)
+
+    def phonemize(self, lines: list[str]) -> list[str]:
+        with self.lock:
+            try:
+                return [self._clause(line) for line in lines]
+            except (OSError, GenloomError):
+                self.proc.kill()
+                raise
+
+
+_PROGRAMS: dict[tuple[int, str], _Espeak] = {}
+_PROGRAMS_LOCK = threading.Lock()
+
+
 def _espeak(lines: list[str], voice: str) -> list[str]:
-    """Run espeak-ng once over `lines` (one clause a line): its IPA output lines, language markers removed."""
+    """IPA phonemes of each clause line (espeak-ng's output lines for it joined), language markers removed."""
     exe = shutil.which(ESPEAK)
     if exe is None:
         raise GenloomError("espeak-ng is not installed; install the Debian package espeak-ng "
                            "(apt-get install espeak-ng)")
-    proc = subprocess.run([exe, "-q", "--ipa", "-b", "1", "-v", voice], input="\n".join(lines).encode(),
-                          capture_output=True, timeout=120)
+    if any(_Espeak.SENTINEL in line or len(line.encode()) > _Espeak.MAX_LINE for line in lines):
+        return [_run_once(exe, line, voice) for line in lines]
+    key = (os.getpid(), voice)
+    with _PROGRAMS_LOCK:
+        program = _PROGRAMS.get(key)
+        if program is None or program.proc.poll() is not None:
+            program = _PROGRAMS[key] = _Espeak(exe, voice)
+    return [_LANG_SWITCH.sub("", out).strip() for out in program.phonemize(lines)]
+
+
+def _run_once(exe: str, text: str, voice: str) -> str:
+    """espeak-ng started for one text (a clause the line mode cannot take): its output lines joined."""
+    proc = subprocess.run([exe, "-q", "--ipa", "-b", "1", "-v", voice], input=text.encode(), capture_output=True,
+                          timeout=120)
     err = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0 or err:
         raise GenloomError(f"espeak-ng failed for voice '{voice}': {err or f'exit code {proc.returncode}'}")
-    out = proc.stdout.decode()
-    return [_LANG_SWITCH.sub("", line).strip() for line in out.splitlines() if line.strip()]
+    return _LANG_SWITCH.sub("", " ".join(line.strip() for line in proc.stdout.decode().splitlines())).strip()
 
 
 def phonemize(text: str, espeak_voice: str = "en-us") -> list[str]:
@@ -83,8 +163,6 @@ def phonemize(text: str, espeak_voice: str = "en-us") -> list[str]:
     if not parts:
         return []
     lines = _espeak([c for c, _ in parts], espeak_voice)
-    if len(lines) != len(parts):  # espeak broke a clause itself (a dash, an abbreviation): one call each
-        lines = [" ".join(_espeak([c], espeak_voice)) for c, _ in parts]
     sentences, current = [], ""
     for phonemes, (_, mark) in zip(lines, parts):
         current += phonemes + mark + (" " if mark in ",:;" else "")
@@ -197,6 +275,7 @@ class PiperVoice(Voice):
         self.voices = sorted(self.speaker_ids, key=self.speaker_ids.get) or [self.name]
         opts = ort.SessionOptions()
         opts.intra_op_num_threads, opts.inter_op_num_threads = int(threads), 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if SPIN else "0")
         try:
             self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own types for a damaged file
