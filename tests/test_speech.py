@@ -185,3 +185,9 @@ def test_speak_bad_input_is_one_line(run_main, joe_dir, tmp_path, args, words):
 def test_import_voice_bad_name_is_one_line(run_main, tmp_path):
     code, out, err = run_main("import-voice", "bob", "--out", tmp_path / "v")
     assert "unknown voice 'bob'; choose one of joe" in assert_one_line_error(code, out, err)
+
+
+def test_speak_names_a_missing_onnxruntime(run_main, joe_dir, tmp_path, monkeypatch):
+    monkeypatch.setattr(speech, "ort", None)
+    code, out, err = run_main("speak", "-m", joe_dir, "Hi.", "--out", tmp_path / "a.wav")
+    assert "onnxruntime is not installed; pip install onnxruntime" in assert_one_line_error(code, out, err)

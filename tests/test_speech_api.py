@@ -24,8 +24,9 @@ HELLO = "Hello there."
 
 
 @pytest.fixture(scope="module")
-def server(joe_dir):  # noqa: F811
-    s = Server(create_app([CHAT, joe_dir], max_batch=1, max_queue=4, jobs=False))
+def server(joe_dir, tmp_path_factory):  # noqa: F811
+    s = Server(create_app([CHAT, joe_dir], max_batch=1, max_queue=4, jobs=False,
+                          data_dir=str(tmp_path_factory.mktemp("speech-data"))))
     yield s
     s.close()
 
@@ -109,6 +110,28 @@ def test_sse_deltas_then_done_with_usage(raw):
     usage = done["usage"]
     assert usage["output_tokens"] == len(audio) // 256 and usage["input_tokens"] > 5
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
+    row = next(h for h in raw.get("/ui/api/history").json()["data"] if h["params"].get("input") == "Yes. No.")
+    assert row["route"] == "/v1/audio/speech" and row["model"] == "voice-joe" and row["output"]["sentences"] == 2
+    assert row["usage"] == {"prompt_tokens": usage["input_tokens"], "completion_tokens": usage["output_tokens"]}
+
+
+def test_a_failure_mid_stream_is_an_error_event(raw, server, monkeypatch):
+    voice = server.app.state.models["voice-joe"].voice
+    real = voice.render
+    calls = []
+
+    def second_fails(sentence, **kw):
+        calls.append(sentence)
+        if len(calls) == 2:
+            raise RuntimeError("the voice failed")
+        return real(sentence, **kw)
+
+    monkeypatch.setattr(voice, "render", second_fails)
+    with raw.stream("POST", "/v1/audio/speech", json={"model": "voice-joe", "voice": "joe", "input": "One. Two.",
+                                                      "stream_format": "sse"}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events] == ["speech.audio.delta", "error"]
+    assert events[-1]["error"]["message"] == "the voice failed"
 
 
 def test_synthesis_does_not_block_other_requests(server, raw):

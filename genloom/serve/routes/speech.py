@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
@@ -57,12 +58,23 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
     if not sentences:
         raise ApiError(400, "input has nothing to speak (no letters or digits).", param="input")
     enc = Encoder(body.response_format, voice.sample_rate)
+    t0, symbols, db = time.perf_counter(), sum(len(s) for s in sentences), request.app.state.db
 
     async def chunks():
+        samples = 0
         for sentence in sentences:
             data, n = await asyncio.to_thread(_encode, voice, sentence, body, enc)
+            samples += n
             yield data, n
         yield await asyncio.to_thread(enc.finish), 0
+        if db is not None:  # the History tab's row, once the whole text was spoken
+            await asyncio.to_thread(db.log_request, route="/v1/audio/speech", model=body.model,
+                                    params=body.model_dump(exclude_none=True),
+                                    output={"seconds": round(samples / voice.sample_rate, 3),
+                                            "sentences": len(sentences)},
+                                    key_id=getattr(request.state, "key_id", None), prompt_tokens=symbols,
+                                    completion_tokens=samples // FRAME,
+                                    latency_ms=round(1000 * (time.perf_counter() - t0)))
 
     headers = {"X-Sample-Rate": str(voice.sample_rate), "Cache-Control": "no-cache"}
     if body.stream_format == "audio":
@@ -74,11 +86,16 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
 
     async def events():
         samples = 0
-        async for data, n in chunks():
-            samples += n
-            if data:
-                yield f"data: {json.dumps({'type': 'speech.audio.delta', 'audio': base64.b64encode(data).decode()})}\n\n"
-        symbols = sum(len(s) for s in sentences)
+        try:
+            async for data, n in chunks():
+                samples += n
+                if data:
+                    delta = {"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()}
+                    yield f"data: {json.dumps(delta)}\n\n"
+        except (GenloomError, OSError, RuntimeError) as e:  # the status line is gone: the error travels as an event
+            err = {"message": str(e), "type": "server_error", "param": None, "code": None}
+            yield f"data: {json.dumps({'type': 'error', 'error': err})}\n\n"
+            return
         usage = {"input_tokens": symbols, "output_tokens": samples // FRAME, "total_tokens": symbols + samples // FRAME}
         yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n"
     return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "X-Accel-Buffering": "no"})
