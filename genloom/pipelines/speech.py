@@ -20,6 +20,7 @@ import re
 import select
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import unicodedata
@@ -83,8 +84,9 @@ class _Espeak:
 
     def __init__(self, exe: str, voice: str):
         self.voice, self.lock, self.pid = voice, threading.Lock(), os.getpid()
+        self.errors = tempfile.TemporaryFile()  # a file, not a pipe: warnings can never fill it and stall espeak
         self.proc = subprocess.Popen([exe, "-q", "--ipa", "-b", "1", "-v", voice], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                                     stdout=subprocess.PIPE, stderr=self.errors)
         self.buffer = b""
         self.proc.stdin.write(f"{self.SENTINEL}\n".encode())
         self.proc.stdin.flush()
@@ -95,12 +97,12 @@ class _Espeak:
         while b"\n" not in self.buffer:
             left = deadline - time.monotonic()
             if left <= 0 or not select.select([self.proc.stdout], [], [], left)[0]:
-                self.proc.kill()
                 raise GenloomError(f"espeak-ng did not answer within {timeout:.0f} s")
             chunk = os.read(self.proc.stdout.fileno(), 65536)
             if not chunk:
                 self.proc.wait(5)
-                err = self.proc.stderr.read().decode(errors="replace").strip()
+                self.errors.seek(0)
+                err = self.errors.read().decode(errors="replace").strip()
                 raise GenloomError(f"espeak-ng failed for voice '{self.voice}': "
                                    f"{err or f'exit code {self.proc.returncode}'}")
             self.buffer += chunk
@@ -123,7 +125,8 @@ class _Espeak:
             try:
                 return [self._clause(line) for line in lines]
             except (OSError, GenloomError):
-                self.proc.kill()
+                self.proc.kill()  # the next call starts a fresh program
+                self.proc.wait(5)
                 raise
 
 
