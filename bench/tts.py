@@ -38,13 +38,13 @@ try:  # openai >= 3 ships its HTTP client as httpx2
     import httpx2 as httpx
 except ImportError:  # pragma: no cover
     import httpx
-import uvicorn  # noqa: E402
-from piper import PiperVoice as PeerVoice  # noqa: E402  (GPL-3.0; the peer only)
-from piper.config import PiperConfig  # noqa: E402
+import uvicorn
+from piper import PiperVoice as PeerVoice  # GPL-3.0: the peer only
+from piper.config import PiperConfig
 
-from bench.common import report  # noqa: E402
-from genloom.pipelines import speech  # noqa: E402
-from genloom.serve.app import create_app  # noqa: E402
+from bench.common import report
+from genloom.pipelines import speech
+from genloom.serve.app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 SENTENCES = [

@@ -106,7 +106,7 @@ def test_sse_deltas_then_done_with_usage(raw):
     deltas, done = events[:-1], events[-1]
     assert {e["type"] for e in deltas} == {"speech.audio.delta"} and len(deltas) >= 2
     assert done["type"] == "speech.audio.done"
-    audio, rate = sf.read(io.BytesIO(b"".join(base64.b64decode(e["audio"]) for e in deltas)))
+    audio, _ = sf.read(io.BytesIO(b"".join(base64.b64decode(e["audio"]) for e in deltas)))
     usage = done["usage"]
     assert usage["output_tokens"] == len(audio) // 256 and usage["input_tokens"] > 5
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
@@ -140,11 +140,10 @@ def test_synthesis_does_not_block_other_requests(server, raw):
     done = {}
 
     def long_read():
-        with httpx.Client(base_url=server.url, timeout=120) as c:
-            with c.stream("POST", "/v1/audio/speech", json={"model": "voice-joe", "voice": "joe", "input": text,
-                                                             "response_format": "pcm"}) as r:
-                for _ in r.iter_raw():
-                    first.set()
+        body = {"model": "voice-joe", "voice": "joe", "input": text, "response_format": "pcm"}
+        with httpx.Client(base_url=server.url, timeout=120) as c, c.stream("POST", "/v1/audio/speech", json=body) as r:
+            for _ in r.iter_raw():
+                first.set()
         done["t"] = time.perf_counter()
 
     th = threading.Thread(target=long_read)

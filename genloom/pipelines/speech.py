@@ -84,7 +84,7 @@ class _Espeak:
 
     def __init__(self, exe: str, voice: str):
         self.voice, self.lock, self.pid = voice, threading.Lock(), os.getpid()
-        self.errors = tempfile.TemporaryFile()  # a file, not a pipe: warnings can never fill it and stall espeak
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the program; a file, not a pipe: warnings can never fill it and stall espeak
         self.proc = subprocess.Popen([exe, "-q", "--ipa", "-b", "1", "-v", voice], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=self.errors)
         self.buffer = b""
@@ -153,7 +153,7 @@ def _espeak(lines: list[str], voice: str) -> list[str]:
 def _run_once(exe: str, text: str, voice: str) -> str:
     """espeak-ng started for one text (a clause the line mode cannot take): its output lines joined."""
     proc = subprocess.run([exe, "-q", "--ipa", "-b", "1", "-v", voice], input=text.encode(), capture_output=True,
-                          timeout=120)
+                          timeout=120, check=False)
     err = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0 or err:
         raise GenloomError(f"espeak-ng failed for voice '{voice}': {err or f'exit code {proc.returncode}'}")
