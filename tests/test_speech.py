@@ -68,6 +68,25 @@ def test_phoneme_ids_layout():
     assert speech.phoneme_ids("ç", {**id_map, "c": [16], "\u0327": [140]}) == [1, 0, 16, 0, 140, 0, 2]
 
 
+# piper-tts 1.8.0's ids for these texts (its phonemize + phonemes_to_ids on the joe voice; the bench compares all 20
+# of bench/tts.py's sentences): recorded, since piper-tts (GPL-3.0) is only the benchmark's peer
+PIPER_IDS = {
+    "Hello, world. How are you?": [
+        [1, 0, 20, 0, 59, 0, 24, 0, 120, 0, 27, 0, 100, 0, 8, 0, 3, 0, 35, 0, 120, 0, 62, 0, 122, 0, 24, 0, 17, 0, 10, 0,
+         2],
+        [1, 0, 20, 0, 120, 0, 14, 0, 100, 0, 3, 0, 51, 0, 122, 0, 88, 0, 3, 0, 22, 0, 33, 0, 122, 0, 13, 0, 2]],
+    "Thank you for listening; have a wonderful day!": [
+        [1, 0, 126, 0, 120, 0, 39, 0, 44, 0, 23, 0, 3, 0, 22, 0, 33, 0, 122, 0, 3, 0, 19, 0, 54, 0, 122, 0, 88, 0, 3, 0,
+         24, 0, 120, 0, 74, 0, 31, 0, 59, 0, 26, 0, 74, 0, 44, 0, 12, 0, 3, 0, 20, 0, 39, 0, 34, 0, 3, 0, 50, 0, 3, 0, 35,
+         0, 120, 0, 102, 0, 26, 0, 17, 0, 60, 0, 19, 0, 59, 0, 24, 0, 3, 0, 17, 0, 120, 0, 18, 0, 74, 0, 4, 0, 2]],
+}
+
+
+@pytest.mark.parametrize("text", sorted(PIPER_IDS))
+def test_ids_match_piper_tts(joe, text):
+    assert [speech.phoneme_ids(p, joe.id_map) for p in joe.sentences(text)] == PIPER_IDS[text]
+
+
 def test_missing_espeak_names_the_debian_package(monkeypatch):
     monkeypatch.setattr(speech.shutil, "which", lambda name: None)
     with pytest.raises(GenloomError, match="Debian package espeak-ng"):
