@@ -43,7 +43,7 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
 
 @cli.command()
 @click.option("--model", "-m", "models", multiple=True, help="A model folder to serve; repeat. Default: the bundled "
-              "models (chat, kjv, tang, the fmnist-* image starters, and dcgan-faces / cdcgan-eyes once setup imported them).")
+              "models (chat, kjv, tang, the fmnist-* image starters, and dcgan-faces / cdcgan-eyes / voice-joe once setup imported them).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind (0.0.0.0 exposes it).")
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--data-dir", default="genloom-data", show_default=True, help="History, files, jobs, keys, fine-tuned models.")

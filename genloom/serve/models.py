@@ -1,4 +1,4 @@
-"""The models a server holds: loading one (text engine or image model), its chat template, finding it by name."""
+"""The models a server holds: loading one (text engine, image model or voice), its chat template, finding it by name."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
 from genloom.pipelines.music import is_music_model
+from genloom.pipelines.speech import Voice, load_voice, voice_kind
 from genloom.models.runtime import default_dtype, prepare
 from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
@@ -75,6 +76,7 @@ class ServedModel:
     kb: KbRef | None = None  # the base this model answers from (--kb or kb_ref), None: ungrounded
     kb_building: str | None = None  # the bundled corpus whose base is being built in the background (then kb)
     kb_error: str | None = None  # why building that base failed
+    voice: Voice | None = None  # a text-to-speech voice (loaded is None then): spoken by /v1/audio/speech
 
     @property
     def tokenizer(self):
@@ -94,8 +96,10 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None
     """Load a model (onto `device`, default the CPU); a text model runs in `dtype` (default:
     genloom.models.runtime.default_dtype), its decode step compiled if asked, and gets its decode engine started
     and its chat template read."""
-    loaded = load_model(path, device=device)
     name = model_name(path)
+    if voice_kind(path) is not None:  # a voice folder (genloom.pipelines.speech.LOADERS knows its kind)
+        return ServedModel(name, None, None, None, 0, voice=load_voice(path))
+    loaded = load_model(path, device=device)
     kind = families.get(loaded.family).kind
     if kind == "image":
         loaded.lock = threading.Lock()
@@ -129,9 +133,25 @@ def served_model(state, name: str) -> ServedModel:
     return models[name]
 
 
+def _not_a_voice(served: ServedModel) -> ServedModel:
+    if served.voice is not None:
+        raise ApiError(400, f"`{served.name}` is a speech model (a voice); use /v1/audio/speech.", param="model")
+    return served
+
+
+def speech_model(state, name: str) -> ServedModel:
+    """The served voice `name` (404 unknown, 503 still loading, 400 a model that is not a voice)."""
+    served = served_model(state, name)
+    if served.voice is None:
+        voices = sorted(n for n, m in state.models.items() if m.voice is not None)
+        raise ApiError(400, f"`{name}` is not a speech model; the voices served here: {', '.join(voices) or 'none'}.",
+                       param="model")
+    return served
+
+
 def text_model(state, name: str) -> ServedModel:
     """The served text model `name` (404 unknown, 503 still loading, 400 an image model)."""
-    served = served_model(state, name)
+    served = _not_a_voice(served_model(state, name))
     if is_music_model(served.loaded):
         raise ApiError(400, f"`{name}` is a music model; use /v1/audio/music.", param="model")
     if served.engine is None:
@@ -142,7 +162,7 @@ def text_model(state, name: str) -> ServedModel:
 
 def image_model(state, name: str) -> ServedModel:
     """The served image model `name` (404 unknown, 503 still loading, 400 a text model)."""
-    served = served_model(state, name)
+    served = _not_a_voice(served_model(state, name))
     if is_music_model(served.loaded):
         raise ApiError(400, f"`{name}` is a music model; use /v1/audio/music.", param="model")
     if served.engine is not None:
@@ -152,7 +172,7 @@ def image_model(state, name: str) -> ServedModel:
 
 def music_model(state, name: str) -> ServedModel:
     """The served music model `name` (404 unknown, 503 still loading, 400 a text or image model)."""
-    served = served_model(state, name)
+    served = _not_a_voice(served_model(state, name))
     if not is_music_model(served.loaded):
         kind = families.get(served.loaded.family).kind
         raise ApiError(400, f"`{name}` is a{'n' if kind == 'image' else ''} {kind} model, not a music model; "
@@ -193,9 +213,11 @@ class FineTuned:
 
 BUNDLED_MODELS = ("chat", "chat-kb", "kjv", "tang", "chorales", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan",
                   "fmnist-vae", "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
+BUNDLED_VOICES = ("voice-joe",)  # imported by scripts/setup.sh
 
 
 def bundled_model_paths() -> list[Path]:
     """What `genloom serve` serves by default: the bundled models that are present (the two pretrained GANs
     appear once scripts/setup.sh has imported them)."""
-    return [ROOT / "models" / n for n in BUNDLED_MODELS if (ROOT / "models" / n / "model.safetensors").exists()]
+    return ([ROOT / "models" / n for n in BUNDLED_MODELS if (ROOT / "models" / n / "model.safetensors").exists()]
+            + [ROOT / "models" / n for n in BUNDLED_VOICES if voice_kind(ROOT / "models" / n) is not None])

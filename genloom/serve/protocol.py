@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic_core import PydanticCustomError
 
 from genloom.pipelines.music import MAX_BARS, MAX_SECONDS, TEMPO_RANGE
+from genloom.pipelines.speech import MAX_INPUT, SPEED_RANGE
 from genloom.sample import SamplingParams
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
@@ -373,6 +374,23 @@ class MusicRequest(_Request):
     repetition_penalty: float = Field(1.0, gt=0, le=100)
     response_format: Literal["mp3", "wav", "midi", "json"] = "mp3"
     user: Optional[str] = None
+
+
+class SpeechRequest(_Request):
+    """POST /v1/audio/speech in OpenAI's shape; `instructions` is accepted and ignored (the voices take no prompt)."""
+
+    model_config = _CLOSED
+    model: str
+    input: str = Field(max_length=MAX_INPUT, description=f"The text to speak, at most {MAX_INPUT} characters")
+    voice: str = Field(description="A speaker of the voice model (GET /v1/models lists them under genloom.voices)")
+    instructions: Optional[str] = Field(None, description="Accepted for OpenAI's clients; genloom voices ignore it")
+    response_format: Literal["mp3", "opus", "flac", "wav", "pcm"] = Field(
+        "mp3", description="pcm: raw 16-bit little-endian mono samples at the voice's rate (22050 Hz for joe; "
+                           "the X-Sample-Rate header says it)")
+    speed: float = Field(1.0, ge=SPEED_RANGE[0], le=SPEED_RANGE[1])
+    stream_format: Literal["audio", "sse"] = Field(
+        "audio", description="audio: the bytes as they are made, sentence by sentence; sse: speech.audio.delta "
+                             "events (base64 audio) then speech.audio.done with usage")
 
 
 class MusicResponse(BaseModel):

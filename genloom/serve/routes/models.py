@@ -6,6 +6,7 @@ from fastapi import APIRouter, Request
 
 from genloom import families
 from genloom.pipelines.images import image_classes, trait
+from genloom.pipelines.audio_encode import FORMATS
 from genloom.pipelines.music import is_music_model
 from genloom.serve.models import ServedModel, served_model
 from genloom.serve.openapi import responses
@@ -26,6 +27,8 @@ async def get_model(model_id: str, request: Request) -> ModelCard:
 
 
 def model_card(served: ServedModel) -> ModelCard:
+    if served.voice is not None:
+        return speech_card(served)
     card = served.loaded.meta.get("card", {}) or {}
     data = card.get("data") or {}
     parameters = sum(p.numel() for p in served.loaded.model.parameters())
@@ -50,3 +53,13 @@ def model_card(served: ServedModel) -> ModelCard:
              "description": f"{data.get('source', 'unknown data')}, {data.get('tokenizer', '?')} tokenizer"
                             + (f", fine-tuned from {card['fine_tuned_from']}" if card.get("fine_tuned_from") else "")}
     return ModelCard(id=served.name, created=served.created, max_model_len=served.context, genloom=extra)
+
+
+def speech_card(served: ServedModel) -> ModelCard:
+    """A voice: what it speaks (genloom.pipelines.speech), its speakers, rate and formats."""
+    voice = served.voice
+    extra = {"family": type(voice).__name__, "kind": "speech", "parameters": None, "context": None,
+             "options": ["voice", "speed", "response_format", "stream_format"], "voices": voice.voices,
+             "sample_rate": voice.sample_rate, "formats": list(FORMATS),
+             "description": f"text-to-speech voice ({voice.name}); POST /v1/audio/speech"}
+    return ModelCard(id=served.name, created=served.created, genloom=extra)

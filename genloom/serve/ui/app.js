@@ -76,11 +76,12 @@ async function loadModels() {
     const data = await (await api("/v1/models")).json();
     state.models = data.data;
     const kind = (m) => (m.genloom && m.genloom.kind) || "text";
-    for (const sel of document.querySelectorAll(".model-select, .image-model-select, .music-model-select")) {
+    for (const sel of document.querySelectorAll(".model-select, .image-model-select, .music-model-select, .speech-model-select")) {
       const keep = sel.value;
       sel.innerHTML = "";
       const want = sel.classList.contains("image-model-select") ? "image"
-        : sel.classList.contains("music-model-select") ? "music" : "text";
+        : sel.classList.contains("music-model-select") ? "music"
+        : sel.classList.contains("speech-model-select") ? "speech" : "text";
       for (const m of state.models.filter((m) => kind(m) === want)) {
         const o = document.createElement("option");
         o.value = o.textContent = m.id;
@@ -89,6 +90,7 @@ async function loadModels() {
       if (keep) sel.value = keep;
     }
     if (state.models.some((m) => m.id === "chat")) $("#chat-model").value = "chat";
+    showVoices();
     const body = $("#models-table tbody");
     body.innerHTML = "";
     for (const m of state.models) {
@@ -278,6 +280,43 @@ async function runMusic(ev) {
 }
 
 // ---- history ---------------------------------------------------------------------------------
+// ---- speech ----------------------------------------------------------------------------------
+function showVoices() {
+  const m = state.models.find((m) => m.id === $("#speech-model").value);
+  const sel = $("#speech-voice"), keep = sel.value;
+  sel.innerHTML = "";
+  for (const v of (m && m.genloom && m.genloom.voices) || []) {
+    const o = document.createElement("option");
+    o.value = o.textContent = v;
+    sel.appendChild(o);
+  }
+  if (keep) sel.value = keep;
+}
+
+async function runSpeech(ev) {
+  if (ev) ev.preventDefault();
+  showError("");
+  const model = $("#speech-model").value;
+  if (!model) { showError("no voice is being served (e.g. genloom serve models/voice-joe)"); return; }
+  const fmt = $("#speech-format").value;
+  const body = { model, voice: $("#speech-voice").value, input: $("#speech-input").value,
+                 speed: numberOrUndefined("#speech-speed"), response_format: fmt };
+  $("#speech-run").disabled = true;
+  try {
+    const t0 = performance.now();
+    const blob = await (await api("/v1/audio/speech", { method: "POST", body: JSON.stringify(body) })).blob();
+    const url = URL.createObjectURL(blob);
+    if ($("#speech-audio").src.startsWith("blob:")) URL.revokeObjectURL($("#speech-audio").src);
+    $("#speech-audio").src = url;
+    $("#speech-dl").href = url;
+    $("#speech-dl").download = `${model}-${body.voice}.${fmt === "opus" ? "ogg" : fmt}`;
+    $("#speech-dl").textContent = `Download ${fmt.toUpperCase()} (${(blob.size / 1024).toFixed(0)} KB)`;
+    $("#speech-info").textContent = `${model} · voice ${body.voice} · speed ${body.speed ?? 1} · made in ` +
+      `${((performance.now() - t0) / 1000).toFixed(1)} s · AI-generated speech`;
+    $("#speech-out").hidden = false;
+  } catch (e) { showError(e.message); } finally { $("#speech-run").disabled = false; }
+}
+
 async function loadHistory() {
   try {
     const rows = (await (await api("/ui/api/history?limit=50")).json()).data;
@@ -577,6 +616,8 @@ $("#chat-clear").addEventListener("click", () => { state.chat = []; $("#chat-log
 $("#complete-run").addEventListener("click", () => runCompletion());
 $("#images-run").addEventListener("click", () => runImages());
 $("#music-form").addEventListener("submit", runMusic);
+$("#speech-form").addEventListener("submit", runSpeech);
+$("#speech-model").addEventListener("change", showVoices);
 $("#history-refresh").addEventListener("click", loadHistory);
 $("#job-form").addEventListener("submit", startJob);
 $("#kb-create-form").addEventListener("submit", createStore);
