@@ -44,9 +44,9 @@ from PIL import Image, ImageDraw, ImageFont
 from PIL.PngImagePlugin import PngInfo
 
 from genloom.errors import GenloomError, choices
-from genloom.files import atomic_write_bytes
+from genloom.files import append_text, atomic_write_bytes
 from genloom.safety import manifests
-from genloom.safety.keys import SigningIdentity
+from genloom.safety.keys import CERT_NAME, SigningIdentity, keys_dir, load_identity
 
 TC260_NS = "http://www.tc260.org.cn/ns/AIGC/1.0/"
 FIELDS = ("Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator", "PropagateID",
@@ -60,6 +60,9 @@ FONT_PACKAGE = "fonts-wqy-microhei"
 FONT_PATHS = ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
               "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
 TEXT_NOTICE = "【AI生成 / AI-generated】"
+SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".wav": "wav", ".mp3": "mp3",
+            ".flac": "flac", ".ogg": "ogg", ".opus": "ogg", ".mid": "midi", ".midi": "midi", ".md": "text",
+            ".txt": "text"}
 
 
 class LabelError(GenloomError):
@@ -381,8 +384,9 @@ def visible_mark(img: Image.Image, text: str, position: str = "bottom-right") ->
     font = ImageFont.truetype(cjk_font_path(), size)
     lines = [text]
     draw = ImageDraw.Draw(base)
-    if draw.textlength(text, font=font) > w - 2 and " " in text.strip():
-        lines = text.split()
+    if draw.textlength(text, font=font) > w - 2:  # too wide: its words on lines, those that fit (the first always)
+        words = text.split()
+        lines = [wd for wd in words if draw.textlength(wd, font=font) <= w - 2] or words[:1]
     pad = max(1, size // 5)
     box_w = int(max(draw.textlength(ln, font=font) for ln in lines)) + 2 * pad
     line_h = size + pad
@@ -489,3 +493,39 @@ def label_file(path, fmt: str | None, meta: OutputMeta, labeler: Labeler) -> Pat
         raise LabelError(f"{path}: not an image, audio, MIDI or text file; cannot label it")
     atomic_write_bytes(path, label_bytes(data, fmt, meta, labeler))
     return path
+
+
+def make_labeler(policy: LabelPolicy, data_dir=None, *, cert: str | None = None, key: str | None = None) -> Labeler:
+    """The policy checked and, unless C2PA is off, the signing identity: the operator's cert/key or the
+    installation's chain in DATA/keys (mode auto: none there means no manifests; mode on: an error)."""
+    policy.check()
+    if policy.c2pa == "off":
+        if cert or key:
+            raise LabelError("--c2pa-cert/--c2pa-key given with C2PA manifests off: drop them or use --c2pa on")
+        return Labeler(policy, None)
+    if policy.c2pa == "auto" and not (cert or key) and not (keys_dir(data_dir or ".") / CERT_NAME).is_file():
+        return Labeler(policy, None)
+    return Labeler(policy, load_identity(data_dir, cert=cert, key=key))
+
+
+def log_output(path, meta: OutputMeta, fmt: str) -> None:
+    """The CLI's history record: one JSON line per output in `aigc-log.jsonl` beside it, keyed by ProduceID."""
+    path = Path(path)
+    row = {"ProduceID": meta.produce_id, "file": path.name, "format": fmt, "model": meta.model,
+           "parameters_sha256": parameters_hash(meta.parameters), "parameters": meta.parameters}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    append_text(path.parent / "aigc-log.jsonl", json.dumps(row, ensure_ascii=False, default=str) + "\n")
+
+
+def finisher(labeler: Labeler, model: str, parameters: dict | None = None):
+    """`finish(data, params_or_suffix, path) -> data` for the pipelines' file writers: each file gets its own
+    ProduceID, its labels, and its line in the folder's aigc-log.jsonl."""
+    def finish(data: bytes, extra, path) -> bytes:
+        path = Path(path)
+        fmt = SUFFIXES.get(path.suffix.lower()) or detect_format(data)
+        params = extra if isinstance(extra, dict) else (parameters or {})
+        meta = OutputMeta(new_produce_id("gl"), model=model, parameters=params, title=path.name)
+        out = label_bytes(data, fmt, meta, labeler)
+        log_output(path, meta, fmt)
+        return out
+    return finish
