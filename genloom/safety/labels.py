@@ -529,3 +529,10 @@ def finisher(labeler: Labeler, model: str, parameters: dict | None = None):
         log_output(path, meta, fmt)
         return out
     return finish
+
+
+def aigc_object(produce_id: str, model: str, parameters: dict, labeler: Labeler) -> dict | None:
+    """The `aigc` object of an API response (None when implicit labels are switched off)."""
+    if not labeler.policy.implicit:
+        return None
+    return aigc_record(OutputMeta(produce_id, model=model, parameters=parameters), labeler.policy)
