@@ -99,8 +99,8 @@ def load_identity(data_dir=None, *, cert: str | None = None, key: str | None = N
         paths, root = (folder / CERT_NAME, folder / KEY_NAME), folder / ROOT_NAME
     for p in paths:
         if not p.is_file():
-            raise GenloomError(f"no C2PA signing certificate: {p} is missing; run `genloom keys init` (or give "
-                               "--c2pa-cert/--c2pa-key, or switch manifests off with --no-c2pa)")
+            raise GenloomError(f"no C2PA signing certificate: {p} is missing; run `genloom signing init` (or give "
+                               "--c2pa-cert/--c2pa-key, or switch manifests off with --c2pa off)")
     chain, pkey = paths[0].read_bytes(), paths[1].read_bytes()
     try:
         certs = x509.load_pem_x509_certificates(chain)
@@ -109,5 +109,5 @@ def load_identity(data_dir=None, *, cert: str | None = None, key: str | None = N
         raise GenloomError(f"{paths[0]} / {paths[1]}: not a PEM certificate chain and unencrypted PEM key ({e})") from None
     if certs[0].issuer == certs[0].subject:
         raise GenloomError(f"{paths[0]}: the signing certificate is self-signed; C2PA needs one issued by a CA "
-                           "(`genloom keys init` makes a root and a leaf)")
+                           "(`genloom signing init` makes a root and a leaf)")
     return SigningIdentity(chain=chain, key=pkey, root=root.read_bytes() if root and root.is_file() else None)

@@ -205,6 +205,7 @@ def detect_format(data: bytes) -> str | None:
 
 
 def _png_write(data: bytes, xmp: str | None, mark=None) -> bytes:
+    """Re-encode (lossless) with every text chunk kept, the XMP packet as iTXt `XML:com.adobe.xmp`."""
     with Image.open(io.BytesIO(data)) as img:
         img.load()
         info = PngInfo()
@@ -242,12 +243,14 @@ def _jpeg_write(data: bytes, xmp: str) -> bytes:
     return b"".join(kept) + segment + data[pos:]
 
 
-def _webp_write(data: bytes, xmp: str, mark=None) -> bytes:
+def _webp_write(data: bytes, xmp: str | None, mark=None) -> bytes:
+    """Pillow writes the `XMP ` chunk and the VP8X flag; the image is re-encoded losslessly (decoded pixels kept)."""
     with Image.open(io.BytesIO(data)) as img:
         img.load()
+        keep = img.info.get("xmp") if xmp is None else xmp.encode("utf-8")
         out = mark(img) if mark else img
         buf = io.BytesIO()
-        out.save(buf, format="WEBP", lossless=True, exact=True, xmp=xmp.encode("utf-8"))
+        out.save(buf, format="WEBP", lossless=True, exact=True, **({"xmp": keep} if keep else {}))
     return buf.getvalue()
 
 
@@ -441,16 +444,14 @@ def add_tone_cue_wav(wav_bytes: bytes) -> bytes:
 
 # -- the hook ---------------------------------------------------------------------------------------------------
 
-def implicit_label(data: bytes, fmt: str, record: dict, mark=None) -> bytes:
-    """The bytes with the AIGC record embedded where `fmt` keeps metadata (and the image `mark` drawn)."""
+def implicit_label(data: bytes, fmt: str, record: dict) -> bytes:
+    """The bytes with the AIGC record embedded where `fmt` keeps metadata."""
     if fmt == "png":
-        return _png_write(data, xmp_packet(record), mark)
+        return _png_write(data, xmp_packet(record))
     if fmt == "jpeg":
-        if mark:
-            raise LabelError("a visible mark on a JPEG would re-encode it: mark the pixels before encoding")
         return _jpeg_write(data, xmp_packet(record))
     if fmt == "webp":
-        return _webp_write(data, xmp_packet(record), mark)
+        return _webp_write(data, xmp_packet(record))
     if fmt in AUDIO_FORMATS:
         return _mutagen_write(data, fmt, json.dumps(record, ensure_ascii=False, separators=(",", ":")))
     if fmt == "midi":
@@ -460,24 +461,31 @@ def implicit_label(data: bytes, fmt: str, record: dict, mark=None) -> bytes:
     raise LabelError(f"no label for format '{fmt}'; choose one of {choices(FORMATS)}")
 
 
+def mark_image(data: bytes, fmt: str, policy: LabelPolicy) -> bytes:
+    """The encoded image with the visible mark drawn: PNG (its text chunks kept) and WebP losslessly re-encoded,
+    JPEG re-encoded at quality 95 (a caller that keeps JPEG pixels dear marks them with `visible_mark` first)."""
+    def mark(img):
+        return visible_mark(img, policy.mark_text, policy.mark_position)
+    if fmt == "png":
+        return _png_write(data, None, mark)
+    if fmt == "webp":
+        return _webp_write(data, None, mark)
+    with Image.open(io.BytesIO(data)) as img:
+        buf = io.BytesIO()
+        mark(img).convert("RGB").save(buf, "JPEG", quality=95)
+    return buf.getvalue()
+
+
 def label_bytes(data: bytes, fmt: str, meta: OutputMeta, labeler: Labeler) -> bytes:
     """Visible mark (images) -> implicit AIGC label -> C2PA manifest (signed last, over the final bytes)."""
     policy = labeler.policy
     if fmt not in FORMATS:
         raise LabelError(f"no label for format '{fmt}'; choose one of {choices(FORMATS)}")
-    mark = None
-    if policy.visible_mark and fmt in IMAGE_FORMATS:
-        def mark(img):
-            return visible_mark(img, policy.mark_text, policy.mark_position)
+    out = mark_image(data, fmt, policy) if policy.visible_mark and fmt in IMAGE_FORMATS else data
     if policy.implicit:
-        out = implicit_label(data, fmt, aigc_record(meta, policy), mark)
+        out = implicit_label(out, fmt, aigc_record(meta, policy))
         if read_label(out, fmt) is None:
             raise LabelError(f"the {fmt} label did not read back after writing")
-    elif mark:
-        out = _png_write(data, None, mark) if fmt == "png" else _webp_write(data, "", mark) if fmt == "webp" \
-            else implicit_label(data, fmt, {}, mark)
-    else:
-        out = data
     if labeler.identity is not None and fmt in manifests.FORMATS:
         out = manifests.sign(out, fmt, labeler.identity, model=meta.model,
                              parameters_sha256=parameters_hash(meta.parameters), title=meta.title or meta.produce_id)
