@@ -9,7 +9,8 @@ import click
 
 from genloom.cli.base import cli
 from genloom.errors import GenloomError
-from genloom.safety import keys, labels, provenance as prov
+from genloom.safety import keys, labels
+from genloom.safety import provenance as prov
 
 
 def label_options(f):

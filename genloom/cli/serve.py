@@ -76,10 +76,6 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
     labeler = labeler_from_options(data_dir, **label_kw)  # a bad switch or a missing certificate: one line, first
-    for line in labeler.policy.describe(labeler.identity is not None):
-        click.echo(f"genloom: {line}", err=True)
-    for line in labeler.warnings():
-        click.echo(f"genloom: warning: {line}", err=True)
     devices.resolve(device)  # no such device: one line, before anything starts
     if dtype is not None:
         check_dtype(dtype)  # a dtype this machine cannot run: one line, before anything starts
@@ -91,6 +87,10 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     parse_public_url(public_url), parse_origins(_split(cors_origins))  # a bad value is one line, before anything starts
     kb = _kb_pairs(kb_pairs)
     server.resolve_kbs([model_name(p) for p in paths], kb, KnowledgeBases(Path(data_dir) / "kb"))  # fail early
+    for line in labeler.policy.describe(labeler.identity is not None):  # every label switch, at start-up
+        click.echo(f"genloom: {line}", err=True)
+    for line in labeler.warnings():
+        click.echo(f"genloom: warning: {line}", err=True)
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,

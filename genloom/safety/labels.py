@@ -96,8 +96,8 @@ class LabelPolicy:
         on = {True: "on", False: "OFF"}
         return [f"labels: implicit AIGC metadata {on[self.implicit]}",
                 f"labels: visible image mark {on[self.visible_mark]} ({self.mark_position}, '{self.mark_text}')",
-                f"labels: text notice {'on' if self.text_notice else 'off'}; audio tone cue "
-                f"{'on' if self.audio_cue else 'off'}",
+                (f"labels: text notice {'on' if self.text_notice else 'off'}; audio tone cue "
+                 f"{'on' if self.audio_cue else 'off'}"),
                 f"labels: C2PA manifests {'on' if signing else 'OFF'} (mode {self.c2pa})"]
 
 
@@ -334,7 +334,7 @@ def _text_read(data: bytes) -> dict | None:
     if not text.startswith("---\n"):
         return None
     end = text.find("\n---", 4)
-    for line in text[4:end if end > 0 else 0].splitlines():
+    for line in text[4:max(0, end)].splitlines():
         if line.startswith("aigc:"):
             return _parse_record(line[5:].strip())
     return None
@@ -365,7 +365,8 @@ def cjk_font_path() -> str:
         if Path(p).is_file():
             return p
     if shutil.which("fc-match"):
-        out = subprocess.run(["fc-match", "-f", "%{file}", ":lang=zh-cn"], capture_output=True, text=True).stdout
+        out = subprocess.run(["fc-match", "-f", "%{file}", ":lang=zh-cn"], capture_output=True, text=True,
+                             check=False).stdout
         if out and Path(out).is_file() and Path(out).suffix.lower() in (".ttc", ".ttf", ".otf"):
             return out
     raise LabelError(f"the visible mark needs a CJK font: apt-get install {FONT_PACKAGE} (or fonts-noto-cjk), "

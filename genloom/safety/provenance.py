@@ -4,8 +4,8 @@ section another module registers, e.g. a watermark detector), the same for `genl
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Callable
 
 from genloom.errors import GenloomError
 from genloom.safety import labels, manifests
