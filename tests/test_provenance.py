@@ -21,6 +21,8 @@ import yaml
 from conftest import ROOT, assert_one_line_error
 from fastapi.testclient import TestClient
 from PIL import Image
+from test_api_text import Server
+from test_ui import browser_page, shot
 
 from genloom.errors import GenloomError
 from genloom.safety import keys, labels, manifests, provenance
@@ -277,3 +279,28 @@ def test_api_provenance_bad_input(api):
     assert r.status_code == 400
     r = api.post("/v1/provenance", files={"other": ("a.txt", b"hi", "text/plain")})
     assert r.status_code == 400 and "file" in r.json()["error"]["message"]
+
+
+def test_ui_provenance_tab_reports_a_dropped_file(tmp_path):
+    data = tmp_path / "data"
+    ident_dir = keys.init_keys(data)
+    png = labels.label_bytes(_png((96, 96)), "png", META,
+                             labels.Labeler(labels.LabelPolicy(), keys.load_identity(data)))
+    (tmp_path / "made.png").write_bytes(png)
+    (tmp_path / "junk.bin").write_bytes(bytes(range(256)))
+    assert (ident_dir / keys.ROOT_NAME).is_file()
+    s = Server(create_app([DCGAN], data_dir=str(data), jobs=False))
+    try:
+        with browser_page(f"{s.url}/ui/") as page:
+            page.click("nav button[data-tab=provenance]")
+            page.set_input_files("#prov-file", str(tmp_path / "made.png"))
+            page.wait_for_selector("#prov-table tbody tr")
+            rows = page.inner_text("#prov-table tbody")
+            assert "AI-generated" in rows and "gl-test-0001" in rows and "Trusted" in rows
+            assert "made.png: image (png" in page.inner_text("#prov-title")
+            shot(page, "provenance")
+            page.set_input_files("#prov-file", str(tmp_path / "junk.bin"))
+            page.wait_for_selector("#error:not([hidden])")
+            assert "not an image" in page.inner_text("#error")
+    finally:
+        s.close()
