@@ -374,13 +374,14 @@ def cjk_font_path() -> str:
 
 
 def mark_height(width: int, height: int) -> int:
-    """Text height of the mark: at least 5% of the shorter side (GB 45438-2025, 4.1 b), and at least 6 px."""
-    return max(6, math.ceil(0.05 * min(width, height)))
+    """Text height of the mark: at least 5% of the shorter side (GB 45438-2025, 4.1 b), and at least 8 px (legible
+    on the 28-64 px images small models make)."""
+    return max(8, math.ceil(0.05 * min(width, height)))
 
 
 def visible_mark(img: Image.Image, text: str, position: str = "bottom-right") -> Image.Image:
     """The image with `text` drawn in a corner on a translucent dark box, letters at least 5% of the shorter side;
-    a long text on a small image wraps to its words' lines rather than shrink below that."""
+    on a small image too narrow for all of it, its first word alone rather than smaller letters."""
     mode = img.mode
     base = img.convert("RGBA")
     w, h = base.size
@@ -388,9 +389,8 @@ def visible_mark(img: Image.Image, text: str, position: str = "bottom-right") ->
     font = ImageFont.truetype(cjk_font_path(), size)
     lines = [text]
     draw = ImageDraw.Draw(base)
-    if draw.textlength(text, font=font) > w - 2:  # too wide: its words on lines, those that fit (the first always)
-        words = text.split()
-        lines = [wd for wd in words if draw.textlength(wd, font=font) <= w - 2] or words[:1]
+    if draw.textlength(text, font=font) > w - 2:  # too wide: its first word alone ("AI生成", the standard's words)
+        lines = text.split()[:1]
     pad = max(1, size // 5)
     box_w = int(max(draw.textlength(ln, font=font) for ln in lines)) + 2 * pad
     line_h = size + pad
