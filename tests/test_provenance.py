@@ -172,10 +172,15 @@ def test_signing_chain_files_and_bad_identities(tmp_path, ident):
     (tmp_path / "self.pem").write_bytes(ident.root)
     with pytest.raises(GenloomError, match="self-signed"):
         keys.load_identity(cert=str(tmp_path / "self.pem"), key=str(folder / keys.KEY_NAME))
+    other = keys.make_chain()
+    (tmp_path / "other.pem").write_bytes(other.chain)
+    with pytest.raises(GenloomError, match="not the private key"):
+        keys.load_identity(cert=str(tmp_path / "other.pem"), key=str(folder / keys.KEY_NAME))
     with pytest.raises(GenloomError, match="genloom signing init"):
         labels.make_labeler(labels.LabelPolicy(c2pa="on"), tmp_path / "empty")
     assert labels.make_labeler(labels.LabelPolicy(), tmp_path / "empty").identity is None  # auto: none, unsigned
     assert labels.make_labeler(labels.LabelPolicy(), tmp_path).identity is not None  # auto: the installation's
+    assert labels.make_labeler(labels.LabelPolicy(), None).identity is None  # no data directory: never the cwd's
 
 
 def test_provenance_report_sections_and_registry(ident):

@@ -104,10 +104,13 @@ def load_identity(data_dir=None, *, cert: str | None = None, key: str | None = N
     chain, pkey = paths[0].read_bytes(), paths[1].read_bytes()
     try:
         certs = x509.load_pem_x509_certificates(chain)
-        serialization.load_pem_private_key(pkey, password=None)
-    except ValueError as e:
+        private = serialization.load_pem_private_key(pkey, password=None)
+    except (ValueError, TypeError) as e:
         raise GenloomError(f"{paths[0]} / {paths[1]}: not a PEM certificate chain and unencrypted PEM key ({e})") from None
     if certs[0].issuer == certs[0].subject:
         raise GenloomError(f"{paths[0]}: the signing certificate is self-signed; C2PA needs one issued by a CA "
                            "(`genloom signing init` makes a root and a leaf)")
+    pem, spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    if certs[0].public_key().public_bytes(pem, spki) != private.public_key().public_bytes(pem, spki):
+        raise GenloomError(f"{paths[1]} is not the private key of the first certificate in {paths[0]}")
     return SigningIdentity(chain=chain, key=pkey, root=root.read_bytes() if root and root.is_file() else None)

@@ -512,7 +512,7 @@ def make_labeler(policy: LabelPolicy, data_dir=None, *, cert: str | None = None,
         if cert or key:
             raise LabelError("--c2pa-cert/--c2pa-key given with C2PA manifests off: drop them or use --c2pa on")
         return Labeler(policy, None)
-    if policy.c2pa == "auto" and not (cert or key) and not (keys_dir(data_dir or ".") / CERT_NAME).is_file():
+    if policy.c2pa == "auto" and not (cert or key) and (data_dir is None or not (keys_dir(data_dir) / CERT_NAME).is_file()):
         return Labeler(policy, None)
     return Labeler(policy, load_identity(data_dir, cert=cert, key=key))
 
