@@ -13,6 +13,7 @@ import pytest
 import symusic
 from fastapi.testclient import TestClient
 
+from genloom.safety import labels
 from genloom.serve.app import create_app
 from test_music_generate import make_score, notes_of, tiny_music_model  # noqa: F401  (a fixture)
 
@@ -65,6 +66,8 @@ def test_audio_bytes_in_each_format(client, tiny_music_model, fmt, media, magic)
     r = post(client, model=name(tiny_music_model), seconds=0.5, seed=1, response_format=fmt)
     assert r.status_code == 200 and r.headers["content-type"] == media and r.content.startswith(magic)
     assert r.headers["x-genloom-seed"] == "1"
+    aigc = labels.read_label(r.content, fmt)  # each format's GB 45438 label (ID3 in WAV/MP3, a MIDI text event)
+    assert aigc["Label"] == "1" and aigc["ProduceID"] == r.headers["x-genloom-produce-id"]
     if fmt == "wav":
         with wave.open(io.BytesIO(r.content)) as w:
             assert w.getnframes() > 0

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import wave
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -255,7 +256,7 @@ def api(tmp_path_factory):
     app = create_app([DCGAN, CHAT], data_dir=str(data), jobs=False, max_tokens=16)
     app.state.max_provenance_bytes = 200_000
     with TestClient(app, base_url="http://127.0.0.1") as c:
-        yield c
+        yield _ready(c)
 
 
 def test_api_outputs_carry_labels_traceable_to_history(api):
@@ -309,3 +310,26 @@ def test_ui_provenance_tab_reports_a_dropped_file(tmp_path):
             assert "not an image" in page.inner_text("#error")
     finally:
         s.close()
+
+
+def _ready(c: TestClient) -> TestClient:
+    for _ in range(600):  # models load in the lifespan, in the background
+        if c.get("/health").status_code == 200:
+            return c
+        time.sleep(0.05)
+    raise AssertionError("models did not load")
+
+
+def test_api_text_notice_and_stream_label_when_switched_on():
+    app = create_app([CHAT], max_tokens=8, labeler=labels.Labeler(labels.LabelPolicy(text_notice=True)))
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        _ready(c)
+        body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
+        r = c.post("/v1/chat/completions", json=body).json()
+        assert r["choices"][0]["message"]["content"].startswith(labels.TEXT_NOTICE) and r["aigc"]["Label"] == "1"
+        with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
+            first = json.loads(next(ln for ln in s.iter_lines() if ln.startswith("data: "))[6:])
+        assert first["aigc"]["ProduceID"] == first["id"] and first["choices"][0]["delta"]["content"].startswith(
+            labels.TEXT_NOTICE)
+        r = c.post("/v1/completions", json={"model": "chat", "prompt": "User: hi\nBot:", "max_tokens": 4}).json()
+        assert r["choices"][0]["text"].startswith(labels.TEXT_NOTICE) and r["aigc"]["ProduceID"] == r["id"]
