@@ -16,8 +16,8 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.common import interleaved, report  # noqa: E402
-from genloom.safety import keys, labels  # noqa: E402
+from bench.common import interleaved, report
+from genloom.safety import keys, labels
 
 
 def png(a: np.ndarray) -> bytes:
