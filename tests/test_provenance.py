@@ -23,6 +23,7 @@ from conftest import ROOT, assert_one_line_error
 from fastapi.testclient import TestClient
 from PIL import Image
 from test_api_text import Server
+from test_music_generate import tiny_music_model  # noqa: F401  (a fixture)
 from test_ui import browser_page, shot
 
 from genloom.errors import GenloomError
@@ -333,3 +334,16 @@ def test_api_text_notice_and_stream_label_when_switched_on():
             labels.TEXT_NOTICE)
         r = c.post("/v1/completions", json={"model": "chat", "prompt": "User: hi\nBot:", "max_tokens": 4}).json()
         assert r["choices"][0]["text"].startswith(labels.TEXT_NOTICE) and r["aigc"]["ProduceID"] == r["id"]
+
+
+def test_cli_music_files_labelled_and_audio_cue(tiny_music_model, tmp_path, run_main):  # noqa: F811
+    frames = {}
+    for cue in ("--no-audio-cue", "--audio-cue"):
+        code, _, err = run_main("generate", "-m", tiny_music_model, "--seconds", 1, "--seed", 4, "--mp3", "--out",
+                                tmp_path / cue, cue)
+        assert code == 0, err
+        for suffix, fmt in ((".mid", "midi"), (".wav", "wav"), (".mp3", "mp3"), (".png", "png")):
+            assert labels.read_label((tmp_path / cue / f"music-4{suffix}").read_bytes(), fmt)["Label"] == "1", suffix
+        with wave.open(str(tmp_path / cue / "music-4.wav")) as w:
+            frames[cue], rate = w.getnframes(), w.getframerate()
+    assert frames["--audio-cue"] - frames["--no-audio-cue"] == len(labels.tone_cue(rate))
