@@ -347,3 +347,16 @@ def test_cli_music_files_labelled_and_audio_cue(tiny_music_model, tmp_path, run_
         with wave.open(str(tmp_path / cue / "music-4.wav")) as w:
             frames[cue], rate = w.getnframes(), w.getframerate()
     assert frames["--audio-cue"] - frames["--no-audio-cue"] == len(labels.tone_cue(rate))
+
+
+@needs_exiftool
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])  # Debian 12's exiftool 12.57 reads C2PA in these, not WAV/WebP
+def test_c2pa_manifest_read_by_exiftool(fmt, ident, tmp_path):
+    data = _image(fmt) if fmt in labels.IMAGE_FORMATS else _audio(fmt)
+    path = tmp_path / f"x.{fmt}"
+    path.write_bytes(labels.label_bytes(data, fmt, META, labels.Labeler(labels.LabelPolicy(), ident)))
+    tags = json.loads(subprocess.run([EXIFTOOL, "-j", "-G1", "-a", str(path)], capture_output=True, text=True,
+                                     check=True).stdout)[0]
+    assert tags["CBOR:ActionsAction"] == "c2pa.created"  # exiftool's own JUMBF/CBOR parser, not c2pa-rs
+    assert tags["CBOR:ActionsDigitalSourceType"] == manifests.DIGITAL_SOURCE_TYPE
+    assert tags["CBOR:ActionsParametersParameters_Sha256"] == labels.parameters_hash({"seed": 3})
