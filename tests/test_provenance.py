@@ -360,3 +360,11 @@ def test_c2pa_manifest_read_by_exiftool(fmt, ident, tmp_path):
     assert tags["CBOR:ActionsAction"] == "c2pa.created"  # exiftool's own JUMBF/CBOR parser, not c2pa-rs
     assert tags["CBOR:ActionsDigitalSourceType"] == manifests.DIGITAL_SOURCE_TYPE
     assert tags["CBOR:ActionsParametersParameters_Sha256"] == labels.parameters_hash({"seed": 3})
+
+
+@pytest.mark.parametrize("data, fmt", [(b"MThd\x00\x00\x00\x06garbage", "midi"), (b"fLaC" + bytes(40), "flac"),
+                                       (b"OggS" + bytes(40), "ogg"), (b"\x89PNG\r\n\x1a\n" + bytes(20), "png"),
+                                       (b"abc", "tiff")])
+def test_a_label_that_cannot_be_written_is_an_error(data, fmt):
+    with pytest.raises(GenloomError):
+        labels.label_bytes(data, fmt, META, labels.Labeler(labels.LabelPolicy(visible_mark=False)))

@@ -482,11 +482,14 @@ def label_bytes(data: bytes, fmt: str, meta: OutputMeta, labeler: Labeler) -> by
     policy = labeler.policy
     if fmt not in FORMATS:
         raise LabelError(f"no label for format '{fmt}'; choose one of {choices(FORMATS)}")
-    out = mark_image(data, fmt, policy) if policy.visible_mark and fmt in IMAGE_FORMATS else data
-    if policy.implicit:
-        out = implicit_label(out, fmt, aigc_record(meta, policy))
-        if read_label(out, fmt) is None:
-            raise LabelError(f"the {fmt} label did not read back after writing")
+    try:
+        out = mark_image(data, fmt, policy) if policy.visible_mark and fmt in IMAGE_FORMATS else data
+        if policy.implicit:
+            out = implicit_label(out, fmt, aigc_record(meta, policy))
+    except (OSError, ValueError, EOFError, struct.error) as e:  # Pillow, mutagen, mido on a damaged file
+        raise LabelError(f"could not label the {fmt} file: {e}") from None
+    if policy.implicit and read_label(out, fmt) is None:
+        raise LabelError(f"the {fmt} label did not read back after writing")
     if labeler.identity is not None and fmt in manifests.FORMATS:
         out = manifests.sign(out, fmt, labeler.identity, model=meta.model,
                              parameters_sha256=parameters_hash(meta.parameters), title=meta.title or meta.produce_id)
