@@ -27,7 +27,7 @@ from test_music_generate import tiny_music_model  # noqa: F401  (a fixture)
 from test_ui import browser_page, shot
 
 from genloom.errors import GenloomError
-from genloom.safety import keys, labels, manifests, provenance
+from genloom.safety import keys, labels, manifests, marks, provenance
 from genloom.serve.app import create_app
 
 EXIFTOOL = shutil.which("exiftool")
@@ -121,27 +121,27 @@ def test_visible_mark_is_at_least_5_percent_and_goes_where_asked():
     img = Image.new("RGB", (400, 200), (255, 255, 255))
     for pos, (ys, xs) in {"bottom-right": (slice(150, 200), slice(300, 400)),
                           "top-left": (slice(0, 50), slice(0, 100))}.items():
-        a = np.asarray(labels.visible_mark(img, "AI生成", pos)).astype(int)
+        a = np.asarray(marks.visible_mark(img, "AI生成", pos)).astype(int)
         dark = (a.sum(axis=2) < 600)
         rows = np.where(dark.any(axis=1))[0]
         assert dark[ys, xs].sum() == dark.sum() > 0, pos  # every marked pixel in the chosen corner
         assert rows.max() - rows.min() + 1 >= 0.05 * 200  # the mark is at least 5% of the shorter side tall
-    assert labels.mark_height(28, 28) >= 0.05 * 28 and labels.mark_height(1024, 512) == 26
+    assert marks.mark_height(28, 28) >= 0.05 * 28 and marks.mark_height(1024, 512) == 26
 
 
 def test_missing_cjk_font_names_the_package(monkeypatch):
-    monkeypatch.setattr(labels, "FONT_PATHS", ("/nonexistent.ttc",))
-    monkeypatch.setattr(labels.shutil, "which", lambda name: None)
+    monkeypatch.setattr(marks, "FONT_PATHS", ("/nonexistent.ttc",))
+    monkeypatch.setattr(marks.shutil, "which", lambda name: None)
     with pytest.raises(GenloomError, match="fonts-wqy-microhei"):
         labels.label_bytes(_png(), "png", META, labels.Labeler())
 
 
 def test_tone_cue_prepends_a_beep():
     wav = _audio("wav")
-    out = labels.add_tone_cue_wav(wav)
+    out = marks.add_tone_cue_wav(wav)
     with wave.open(io.BytesIO(out)) as w:
         pcm = np.frombuffer(w.readframes(w.getnframes()), "<i2")
-    cue = len(labels.tone_cue(8000))
+    cue = len(marks.tone_cue(8000))
     spectrum = np.abs(np.fft.rfft(pcm[:cue // 3]))
     assert len(pcm) == 8000 + cue and abs(np.argmax(spectrum) * 8000 / (cue // 3) - 880) < 30
 
@@ -246,7 +246,7 @@ def test_cli_text_saved_with_front_matter_and_notice(tmp_path, run_main):
     assert code == 0, err
     text = out.read_text(encoding="utf-8")
     front = yaml.safe_load(text.split("---\n")[1])["aigc"]
-    assert front["Label"] == "1" and labels.TEXT_NOTICE in text
+    assert front["Label"] == "1" and marks.TEXT_NOTICE in text
     assert json.loads((tmp_path / "aigc-log.jsonl").read_text())["ProduceID"] == front["ProduceID"]
 
 
@@ -327,13 +327,13 @@ def test_api_text_notice_and_stream_label_when_switched_on():
         _ready(c)
         body = {"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}
         r = c.post("/v1/chat/completions", json=body).json()
-        assert r["choices"][0]["message"]["content"].startswith(labels.TEXT_NOTICE) and r["aigc"]["Label"] == "1"
+        assert r["choices"][0]["message"]["content"].startswith(marks.TEXT_NOTICE) and r["aigc"]["Label"] == "1"
         with c.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as s:
             first = json.loads(next(ln for ln in s.iter_lines() if ln.startswith("data: "))[6:])
         assert first["aigc"]["ProduceID"] == first["id"] and first["choices"][0]["delta"]["content"].startswith(
-            labels.TEXT_NOTICE)
+            marks.TEXT_NOTICE)
         r = c.post("/v1/completions", json={"model": "chat", "prompt": "User: hi\nBot:", "max_tokens": 4}).json()
-        assert r["choices"][0]["text"].startswith(labels.TEXT_NOTICE) and r["aigc"]["ProduceID"] == r["id"]
+        assert r["choices"][0]["text"].startswith(marks.TEXT_NOTICE) and r["aigc"]["ProduceID"] == r["id"]
 
 
 def test_cli_music_files_labelled_and_audio_cue(tiny_music_model, tmp_path, run_main):  # noqa: F811
@@ -346,7 +346,7 @@ def test_cli_music_files_labelled_and_audio_cue(tiny_music_model, tmp_path, run_
             assert labels.read_label((tmp_path / cue / f"music-4{suffix}").read_bytes(), fmt)["Label"] == "1", suffix
         with wave.open(str(tmp_path / cue / "music-4.wav")) as w:
             frames[cue], rate = w.getnframes(), w.getframerate()
-    assert frames["--audio-cue"] - frames["--no-audio-cue"] == len(labels.tone_cue(rate))
+    assert frames["--audio-cue"] - frames["--no-audio-cue"] == len(marks.tone_cue(rate))
 
 
 @needs_exiftool

@@ -121,7 +121,7 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
         piece = music.compose(lm, opts, primer_bytes)
         written = music.write_outputs(piece, out_dir or "outputs", f"music-{piece.seed}", mp3=mp3,
                                       finish=_labels.finisher(labeler, str(model_path), piece.parameters),
-                                      wav_filter=_labels.add_tone_cue_wav if labeler.policy.audio_cue else None)
+                                      wav_filter=_labels.wav_cue(labeler))
         if as_json:
             click.echo(json.dumps({"files": [str(p) for p in written], "seconds": round(piece.seconds, 3),
                                    "new_tokens": piece.new_tokens, "finish_reason": piece.finish_reason,
@@ -201,8 +201,7 @@ def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_
     if stream is None:
         stream = len(batch) == 1 and not as_json and not out_file and distributed.world() == 1
     if stream:
-        if labeler.policy.text_notice:
-            click.echo(_labels.TEXT_NOTICE)
+        click.echo(_labels.text_notice("", labeler.policy), nl=False)
         click.echo(batch[0], nl=False)
         for _, delta in stream_text(lm.model, lm.tokenizer, batch, sp):
             click.echo(delta, nl=False)

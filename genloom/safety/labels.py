@@ -13,8 +13,9 @@ Where it goes:
     MIDI  a text meta event (FF 01) "AIGC {...}" at the start of the first track (mido)
     text  YAML front matter `aigc:` (files) or an `aigc` object (API responses)
 
-`label_file(data, fmt, meta, labeler)` is the one hook every output site calls: visible mark (images), implicit
-label, then the C2PA manifest last (it hashes the final bytes). A label that cannot be written raises.
+`label_bytes(data, fmt, meta, labeler)` is the one hook every output site calls: the visible mark on images
+(genloom.safety.marks), the implicit label, then the C2PA manifest last (genloom.safety.manifests: it hashes the
+final bytes). A label that cannot be written raises.
 """
 
 from __future__ import annotations
@@ -22,12 +23,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
-import shutil
 import struct
-import subprocess
 import uuid
-import wave
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,18 +32,18 @@ from xml.sax.saxutils import escape
 
 import mido
 import mutagen
-import numpy as np
 from mutagen.flac import FLAC
 from mutagen.id3 import ID3, TXXX
 from mutagen.mp3 import MP3
 from mutagen.wave import WAVE
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 from PIL.PngImagePlugin import PngInfo
 
 from genloom.errors import GenloomError, choices
 from genloom.files import append_text, atomic_write_bytes
 from genloom.safety import manifests
 from genloom.safety.keys import CERT_NAME, SigningIdentity, keys_dir, load_identity
+from genloom.safety.marks import TEXT_NOTICE, add_tone_cue_wav, visible_mark
 
 TC260_NS = "http://www.tc260.org.cn/ns/AIGC/1.0/"
 FIELDS = ("Label", "ContentProducer", "ProduceID", "ReservedCode1", "ContentPropagator", "PropagateID",
@@ -56,10 +53,6 @@ AUDIO_FORMATS = ("wav", "mp3", "flac", "ogg")
 FORMATS = (*IMAGE_FORMATS, *AUDIO_FORMATS, "midi", "text")
 POSITIONS = ("bottom-right", "bottom-left", "top-right", "top-left")
 C2PA_MODES = ("auto", "on", "off")
-FONT_PACKAGE = "fonts-wqy-microhei"
-FONT_PATHS = ("/usr/share/fonts/truetype/wqy/wqy-microhei.ttc", "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
-              "/usr/share/fonts/opentype/noto/NotoSansCJK-Regular.ttc")
-TEXT_NOTICE = "【AI生成 / AI-generated】"
 SUFFIXES = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp", ".wav": "wav", ".mp3": "mp3",
             ".flac": "flac", ".ogg": "ogg", ".opus": "ogg", ".mid": "midi", ".midi": "midi", ".md": "text",
             ".txt": "text"}
@@ -358,92 +351,12 @@ def read_label(data: bytes, fmt: str) -> dict | None:
     return None
 
 
-# -- explicit labels --------------------------------------------------------------------------------------------
-
-def cjk_font_path() -> str:
-    for p in FONT_PATHS:
-        if Path(p).is_file():
-            return p
-    if shutil.which("fc-match"):
-        out = subprocess.run(["fc-match", "-f", "%{file}", ":lang=zh-cn"], capture_output=True, text=True,
-                             check=False).stdout
-        if out and Path(out).is_file() and Path(out).suffix.lower() in (".ttc", ".ttf", ".otf"):
-            return out
-    raise LabelError(f"the visible mark needs a CJK font: apt-get install {FONT_PACKAGE} (or fonts-noto-cjk), "
-                     "or switch the mark off with --no-visible-mark")
-
-
-def mark_height(width: int, height: int) -> int:
-    """Text height of the mark: at least 5% of the shorter side (GB 45438-2025, 4.1 b), and at least 8 px (legible
-    on the 28-64 px images small models make)."""
-    return max(8, math.ceil(0.05 * min(width, height)))
-
-
-def visible_mark(img: Image.Image, text: str, position: str = "bottom-right") -> Image.Image:
-    """The image with `text` drawn in a corner on a translucent dark box, letters at least 5% of the shorter side;
-    on a small image too narrow for all of it, its first word alone rather than smaller letters."""
-    mode = img.mode
-    base = img.convert("RGBA")
-    w, h = base.size
-    size = mark_height(w, h)
-    font = ImageFont.truetype(cjk_font_path(), size)
-    lines = [text]
-    draw = ImageDraw.Draw(base)
-    if draw.textlength(text, font=font) > w - 2:  # too wide: its first word alone ("AI生成", the standard's words)
-        lines = text.split()[:1]
-    pad = max(1, size // 5)
-    box_w = int(max(draw.textlength(ln, font=font) for ln in lines)) + 2 * pad
-    line_h = size + pad
-    box_h = line_h * len(lines) + pad
-    x = w - box_w if position.endswith("right") else 0
-    y = h - box_h if position.startswith("bottom") else 0
-    overlay = Image.new("RGBA", base.size, (0, 0, 0, 0))
-    od = ImageDraw.Draw(overlay)
-    od.rectangle([x, y, x + box_w, y + box_h], fill=(0, 0, 0, 140))
-    for i, ln in enumerate(lines):
-        od.text((x + pad, y + pad + i * line_h), ln, font=font, fill=(255, 255, 255, 255), anchor="la")
-    out = Image.alpha_composite(base, overlay)
-    return out.convert(mode if mode in ("RGB", "RGBA", "L") else "RGB")
-
+# -- the hook ---------------------------------------------------------------------------------------------------
 
 def text_notice(text: str, policy: LabelPolicy) -> str:
     """The text with the explicit notice before it, when the operator switched notices on."""
     return f"{TEXT_NOTICE}\n{text}" if policy.text_notice else text
 
-
-def tone_cue(sample_rate: int, seconds: float = 0.4) -> np.ndarray:
-    """Two short sine beeps (880 Hz then 1320 Hz) with faded edges: the audible AIGC cue, float32 in [-0.3, 0.3]."""
-    n = int(sample_rate * seconds / 2)
-    t = np.arange(n) / sample_rate
-    fade = np.minimum(1.0, np.minimum(t, t[::-1]) / 0.01)
-    beeps = [0.3 * np.sin(2 * np.pi * f * t) * fade for f in (880.0, 1320.0)]
-    return np.concatenate([*beeps, np.zeros(n // 2)]).astype(np.float32)
-
-
-def add_tone_cue(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Samples (T,) or (T, C) float with the cue before them (what speech routes call before encoding)."""
-    cue = tone_cue(sample_rate)
-    if samples.ndim == 2:
-        cue = np.repeat(cue[:, None], samples.shape[1], axis=1)
-    return np.concatenate([cue.astype(samples.dtype), samples])
-
-
-def add_tone_cue_wav(wav_bytes: bytes) -> bytes:
-    """A 16-bit PCM WAV with the cue before its samples (the music renderer's WAV, before MP3 encoding)."""
-    with wave.open(io.BytesIO(wav_bytes)) as w:
-        ch, rate, width = w.getnchannels(), w.getframerate(), w.getsampwidth()
-        pcm = np.frombuffer(w.readframes(w.getnframes()), dtype="<i2").reshape(-1, ch)
-    if width != 2:
-        raise LabelError(f"the audio cue needs 16-bit PCM WAV, got {8 * width}-bit")
-    cue = (add_tone_cue(np.zeros((0, ch), np.float32), rate) * 32767).astype("<i2")
-    buf = io.BytesIO()
-    with wave.open(buf, "wb") as w:
-        w.setnchannels(ch), w.setsampwidth(2), w.setframerate(rate)
-        w.writeframes(np.concatenate([cue, pcm]).tobytes())
-    return buf.getvalue()
-
-
-# -- the hook ---------------------------------------------------------------------------------------------------
 
 def implicit_label(data: bytes, fmt: str, record: dict) -> bytes:
     """The bytes with the AIGC record embedded where `fmt` keeps metadata."""
@@ -548,3 +461,8 @@ def aigc_object(produce_id: str, model: str, parameters: dict, labeler: Labeler)
     if not labeler.policy.implicit:
         return None
     return aigc_record(OutputMeta(produce_id, model=model, parameters=parameters), labeler.policy)
+
+
+def wav_cue(labeler: Labeler):
+    """The WAV filter that puts the audible cue before rendered audio, or None when the cue is off."""
+    return add_tone_cue_wav if labeler.policy.audio_cue else None

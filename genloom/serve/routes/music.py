@@ -58,7 +58,7 @@ LABEL_FORMATS = {"midi": "midi", "audio": "mp3", "png": "png", "mp3": "mp3", "wa
 
 def _render(piece: music.Music, fmt: str, produce_id: str, model: str, labeler: labels.Labeler) -> dict:
     """The bytes the response needs, each labelled (worker thread: FluidSynth, LAME and signing are CPU work)."""
-    cue = labels.add_tone_cue_wav if labeler.policy.audio_cue else None
+    cue = labels.wav_cue(labeler)
     if fmt == "json":
         out = {"midi": piece.midi(), "audio": music.audio(piece, "mp3", cue), "png": music.piano_roll_png(piece)}
     else:
