@@ -8,7 +8,7 @@ extras=""
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   need=""
   for p in fortunes-zh fortunes bible-kjv bible-kjv-text dataset-fashion-mnist diatheke sword-text-sparv \
-           sword-text-web espeak-ng pocketsphinx-testdata fluidsynth timgm6mb-soundfont ${extras:+chromium cmake g++}; do
+           sword-text-web espeak-ng pocketsphinx-testdata fluidsynth timgm6mb-soundfont fonts-wqy-microhei ${extras:+chromium cmake g++ libimage-exiftool-perl}; do
     dpkg -s "$p" >/dev/null 2>&1 || need="$need $p"
   done
   if [ -n "$need" ]; then
@@ -17,7 +17,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   fi
 else
   echo "note: not root; install the Debian data yourself: apt-get install fortunes-zh fortunes bible-kjv" \
-    "bible-kjv-text dataset-fashion-mnist diatheke sword-text-sparv sword-text-web espeak-ng pocketsphinx-testdata fluidsynth timgm6mb-soundfont" >&2
+    "bible-kjv-text dataset-fashion-mnist diatheke sword-text-sparv sword-text-web espeak-ng pocketsphinx-testdata fluidsynth timgm6mb-soundfont fonts-wqy-microhei (tests: libimage-exiftool-perl)" >&2
 fi
 python3 -m pip install -q --disable-pip-version-check torch==2.13.0
 python3 -m pip install -q --disable-pip-version-check -e ".${extras}" chatterbot-corpus

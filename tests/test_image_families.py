@@ -15,6 +15,7 @@ from genloom.callbacks import default_callbacks
 from genloom.families import load_run_config
 from genloom.errors import GenloomError
 from genloom.checkpoints import load_model
+from genloom.safety import labels
 from genloom.train import Trainer
 
 
@@ -180,8 +181,10 @@ def test_vae_reconstructs_a_folder_and_saves_latents(run_main, vae_run, tmp_path
     assert res["images"] == 5 and res["psnr"] > psnr(torch.full_like(x, float(x.mean())), x)["psnr"]  # beats a flat guess
     assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == [f"d{i}.png" for i in range(5)]
     assert load_file(tmp_path / "z.safetensors")["latents"].shape == (5, 4)
-    code, out, err = run_main("decode", "-m", vae_run, "--latents", tmp_path / "z.safetensors", "--out", tmp_path / "dec")
+    code, out, err = run_main("decode", "-m", vae_run, "--latents", tmp_path / "z.safetensors", "--out", tmp_path / "dec",
+                              "--no-visible-mark")  # the pixels compared below; the implicit label stays on
     assert code == 0, err
+    assert labels.read_label((tmp_path / "dec" / "00000.png").read_bytes(), "png")["Label"] == "1"
     from genloom.data.images import image_folder
 
     assert torch.equal(image_folder(tmp_path / "dec", channels=1).images, image_folder(tmp_path / "rec", channels=1).images)

@@ -13,8 +13,9 @@ import pytest
 import symusic
 from fastapi.testclient import TestClient
 
+from genloom.safety import labels
 from genloom.serve.app import create_app
-from test_music_generate import make_score, tiny_music_model  # noqa: F401  (a fixture)
+from test_music_generate import make_score, notes_of, tiny_music_model  # noqa: F401  (a fixture)
 
 CHAT = str(Path(__file__).resolve().parents[1] / "models" / "chat")
 
@@ -51,7 +52,9 @@ def test_json_holds_midi_mp3_and_piano_roll_and_seeds_repeat(client, tiny_music_
     assert a.status_code == 200, a.text
     ja, jb = a.json(), b.json()
     assert ja["seed"] == 9 and ja["object"] == "audio.music" and ja["audio_format"] == "mp3"
-    assert base64.b64decode(ja["midi"]).startswith(b"MThd") and ja["midi"] == jb["midi"]
+    midi = base64.b64decode(ja["midi"])
+    assert midi.startswith(b"MThd") and notes_of(midi) == notes_of(base64.b64decode(jb["midi"]))
+    assert ja["aigc"]["ProduceID"] == ja["id"] and b"AIGC" in midi
     assert base64.b64decode(ja["piano_roll"]).startswith(b"\x89PNG")
     mp3 = base64.b64decode(ja["audio"])
     assert mp3[:3] == b"ID3" or mp3[0] == 0xFF
@@ -63,6 +66,8 @@ def test_audio_bytes_in_each_format(client, tiny_music_model, fmt, media, magic)
     r = post(client, model=name(tiny_music_model), seconds=0.5, seed=1, response_format=fmt)
     assert r.status_code == 200 and r.headers["content-type"] == media and r.content.startswith(magic)
     assert r.headers["x-genloom-seed"] == "1"
+    aigc = labels.read_label(r.content, fmt)  # each format's GB 45438 label (ID3 in WAV/MP3, a MIDI text event)
+    assert aigc["Label"] == "1" and aigc["ProduceID"] == r.headers["x-genloom-produce-id"]
     if fmt == "wav":
         with wave.open(io.BytesIO(r.content)) as w:
             assert w.getnframes() > 0
@@ -76,7 +81,7 @@ def test_primer_as_base64_and_as_an_uploaded_file(client, tiny_music_model):  # 
     assert up.status_code == 200, up.text
     by_file = post(client, model=name(tiny_music_model), primer_file=up.json()["id"], seconds=0.5, seed=2,
                    response_format="midi")
-    assert by_b64.status_code == by_file.status_code == 200 and by_b64.content == by_file.content
+    assert by_b64.status_code == by_file.status_code == 200 and notes_of(by_b64.content) == notes_of(by_file.content)
     score = symusic.Score.from_midi(by_b64.content)
     notes = {(n.time * 480 // score.ticks_per_quarter, n.pitch) for n in score.tracks[0].notes}
     assert {(i * 480, p) for i, p in enumerate([60, 64, 67, 72])} <= notes  # the primer opens the piece

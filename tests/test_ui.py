@@ -18,6 +18,10 @@ from genloom.serve.app import create_app
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "ui"
+PIXELS = """[...document.querySelectorAll('#images-out img')].map(i => {
+    const c = document.createElement('canvas'); c.width = i.naturalWidth; c.height = i.naturalHeight;
+    const x = c.getContext('2d'); x.drawImage(i, 0, 0);
+    return Array.from(x.getImageData(0, 0, c.width, c.height).data).join(','); })"""
 TEXT = "\n".join(f"User: is the shop open on day {i}?\nBot: Yes, from nine to five." for i in range(60))
 
 
@@ -145,7 +149,7 @@ def test_images_tab_generates_and_regenerates(page):
     page.click("#images-run")
     page.wait_for_function("document.querySelectorAll('#images-out img').length === 3 && "
                            "[...document.querySelectorAll('#images-out img')].every(i => i.complete && i.naturalWidth === 64)")
-    first = page.evaluate("[...document.querySelectorAll('#images-out img')].map(i => i.src)")
+    first = page.evaluate(PIXELS)
     assert "seed 11" in page.inner_text("#images-out figcaption")
     shot(page, "images")
     page.click("nav button[data-tab=history]")
@@ -153,8 +157,9 @@ def test_images_tab_generates_and_regenerates(page):
     row = page.locator("#history-table tbody tr", has_text="/v1/images/generations").first
     assert "3 image(s)" in row.inner_text()
     row.locator("button.regenerate").click()
-    page.wait_for_function("document.querySelectorAll('#images-out img').length === 3")
-    assert page.evaluate("[...document.querySelectorAll('#images-out img')].map(i => i.src)") == first
+    page.wait_for_function("document.querySelectorAll('#images-out img').length === 3 && "
+                           "[...document.querySelectorAll('#images-out img')].every(i => i.complete && i.naturalWidth)")
+    assert page.evaluate(PIXELS) == first  # the same pixels (each PNG has its own ProduceID, so not the same bytes)
 
 
 def test_fine_tuning_job_with_live_progress(page, tmp_path):

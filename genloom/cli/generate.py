@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import click
 import torch
@@ -11,11 +12,14 @@ import torch
 from genloom import devices, distributed, families
 from genloom.checkpoints import load_model
 from genloom.cli.base import _threads, cli
+from genloom.cli.provenance import label_options, labeler_from_options
 from genloom.data.images import read_png_parameters
 from genloom.errors import GenloomError
+from genloom.files import atomic_write_bytes
 from genloom.models.runtime import DTYPES, default_dtype, prepare
 from genloom.pipelines import images
 from genloom.pipelines import music
+from genloom.safety import labels as _labels
 from genloom.sample import SamplingParams, stream_text
 from genloom.sample import generate as generate_text
 
@@ -41,7 +45,8 @@ from genloom.sample import generate as generate_text
               help="Text: run the weights in this dtype (default: int8 for an int8 export, else float32).")
 @click.option("--compile/--no-compile", "compile_", default=None,
               help="Text: compile the decode step (torch.compile, cached on disk; default off).")
-@click.option("--out", "out_dir", default=None, help="Images: the folder for the PNGs (default outputs).")
+@click.option("--out", "out_dir", default=None, help="Images, music: the folder for the files (default outputs); "
+              "text: a file (.md/.txt) to save the completions in, with the AIGC label as YAML front matter.")
 @click.option("--sampler", default=None, help="Diffusion: ddpm, ddim, dpmpp_2m (default ddim).")
 @click.option("--steps", type=int, default=None, help="Diffusion: sampling steps (default 50).")
 @click.option("--guidance", type=float, default=None, help="Diffusion: classifier-free guidance scale (needs a condition).")
@@ -54,9 +59,11 @@ from genloom.sample import generate as generate_text
 @click.option("--tempo", type=float, default=None, help="Music: quarter notes per minute (default: the primer's, else 100).")
 @click.option("--mp3", is_flag=True, help="Music: also write an MP3 (LAME).")
 @click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps.")
+@label_options
+@click.option("--data-dir", default="genloom-data", show_default=True, help="Where the C2PA signing key is (keys/).")
 def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, stop, num_samples, seed, stream, as_json, threads, dtype, compile_, out_dir, sampler,
-             steps, guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device):
+             steps, guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, data_dir, **label_kw):
     """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out).
 
     \b
@@ -67,28 +74,31 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
     """
 
     _threads(threads)
+    labeler = labeler_from_options(data_dir, **label_kw)  # a bad switch or a missing certificate: one line, first
+    for line in labeler.warnings():
+        click.echo(f"genloom: warning: {line}", err=True)
     device = devices.resolve(device)
     distributed.setup(device)
     try:
         _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
                   repetition_penalty, stop, num_samples, seed, stream, as_json, dtype, compile_, out_dir, sampler, steps,
-                  guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device)
+                  guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, labeler)
     finally:
         distributed.teardown()
 
 
 def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
               repetition_penalty, stop, num_samples, seed, stream, as_json, dtype, compile_, out_dir, sampler, steps,
-              guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device):
+              guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, labeler):
     prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
     text_only = {"-N/--max-new-tokens": max_new_tokens, "--repetition-penalty": repetition_penalty,
                  "--stop": stop or None, "--dtype": dtype, "--compile": compile_}
-    image_only = {"--out": out_dir, "--sampler": sampler, "--steps": steps, "--guidance": guidance,
+    image_only = {"--sampler": sampler, "--steps": steps, "--guidance": guidance,
                   "--label": labels or None, "--eta": eta, "--from-png": from_png}
     music_only = {"--primer": primer, "--bars": bars, "--seconds": seconds, "--tempo": tempo, "--mp3": mp3 or None}
     if from_png:
         given = {"--seed": seed, "-n": num_samples if num_samples != 1 else None, "--prompt": prompts or None,
-                 **{k: v for k, v in image_only.items() if k not in ("--out", "--from-png")},
+                 **{k: v for k, v in image_only.items() if k != "--from-png"},
                  "--temperature": temperature, "--top-k": top_k, "--top-p": top_p, "--min-p": min_p}
         _refuse(given, "--from-png takes every option from the PNG's parameters; drop")
         params = _png_parameters(from_png)
@@ -97,7 +107,7 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
         raise GenloomError("give a model with --model (or a genloom PNG with --from-png)")
     lm = load_model(model_path, device=device)
     if music.is_music_model(lm):
-        _refuse({**text_only, **{k: v for k, v in image_only.items() if k != "--out"}, "--prompt": prompts or None,
+        _refuse({**text_only, **image_only, "--prompt": prompts or None,
                  "-n": num_samples if num_samples != 1 else None, "--stream": stream},
                 "a music model takes --primer, --bars/--seconds, --tempo, --seed, --mp3, --out and the sampling "
                 "options; drop")
@@ -109,7 +119,9 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
         primer_bytes = music.read_primer(primer) if primer else None
         music.fluidsynth(), music.soundfont()  # a missing renderer is named before any sampling
         piece = music.compose(lm, opts, primer_bytes)
-        written = music.write_outputs(piece, out_dir or "outputs", f"music-{piece.seed}", mp3=mp3)
+        written = music.write_outputs(piece, out_dir or "outputs", f"music-{piece.seed}", mp3=mp3,
+                                      finish=_labels.finisher(labeler, str(model_path), piece.parameters),
+                                      wav_filter=_labels.wav_cue(labeler))
         if as_json:
             click.echo(json.dumps({"files": [str(p) for p in written], "seconds": round(piece.seconds, 3),
                                    "new_tokens": piece.new_tokens, "finish_reason": piece.finish_reason,
@@ -131,7 +143,8 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
         result = images.generate(lm, opts, strict=True)
         if result is None:  # another rank's images went to rank 0, which writes them
             return
-        written = images.write_images(result, out_dir or "outputs", grid=result.plan.n > 1)
+        written = images.write_images(result, out_dir or "outputs", grid=result.plan.n > 1,
+                                      finish=_labels.finisher(labeler, str(model_path)))
         if as_json:
             click.echo(json.dumps([{"file": str(p), "parameters": meta} for p, meta in written], ensure_ascii=False,
                                   indent=2))
@@ -141,7 +154,7 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
             click.echo(f"wrote {len(written) - 1} images and {written[-1][0]} (parameters in each PNG)")
         return
     lm.model = prepare(lm.model, dtype or default_dtype(lm.meta), bool(compile_), device=str(device))
-    _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json,
+    _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, out_dir, labeler,
                    max_new_tokens=200 if max_new_tokens is None else max_new_tokens,
                    temperature=0.8 if temperature is None else temperature, top_k=top_k or 0,
                    top_p=1.0 if top_p is None else top_p, min_p=min_p or 0.0,
@@ -162,7 +175,7 @@ def _png_parameters(path) -> dict:
         raise GenloomError(f"{path}: not a readable PNG ({e})") from None
 
 
-def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, **sampling):
+def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, out_file, labeler, **sampling):
     if families.get(lm.family).kind != "text":
         raise GenloomError(f"{model_path} is a '{lm.family}' model; text generation needs one of "
                            f"{', '.join(families.of_kind('text'))}")
@@ -183,9 +196,12 @@ def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_
     room = lm.config.block_size - longest + 1
     if room < sp.max_new_tokens:
         click.echo(f"note: context of {lm.config.block_size} tokens leaves room for {room} new tokens", err=True)
+    if stream and out_file:
+        raise GenloomError("--stream prints text as it comes; --out saves whole completions: drop --stream")
     if stream is None:
-        stream = len(batch) == 1 and not as_json and distributed.world() == 1
+        stream = len(batch) == 1 and not as_json and not out_file and distributed.world() == 1
     if stream:
+        click.echo(_labels.text_notice("", labeler.policy), nl=False)
         click.echo(batch[0], nl=False)
         for _, delta in stream_text(lm.model, lm.tokenizer, batch, sp):
             click.echo(delta, nl=False)
@@ -194,14 +210,32 @@ def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_
     outs = _sharded_text(lm, batch, sp)
     if outs is None:  # under torchrun: rank 0 prints every rank's completions
         return
+    texts = [_labels.text_notice(p + o.text, labeler.policy) for p, o in zip(batch, outs)]
+    if out_file:
+        click.echo(f"wrote {_save_text(out_file, texts, lm, model_path, sp, labeler)}")
+        return
     if as_json:
         rows = [{"prompt": p, "text": o.text, "prompt_tokens": o.prompt_tokens, "completion_tokens": len(o.token_ids),
-                 "finish_reason": o.finish_reason} for p, o in zip(batch, outs)]
+                 "finish_reason": o.finish_reason,
+                 "aigc": _labels.aigc_record(_labels.OutputMeta(_labels.new_produce_id("gl"), str(model_path)),
+                                             labeler.policy) if labeler.policy.implicit else None}
+                for p, o in zip(batch, outs)]
         click.echo(json.dumps(rows, ensure_ascii=False, indent=2))
         return
-    for i, (p, o) in enumerate(zip(batch, outs)):
+    for i, (text, o) in enumerate(zip(texts, outs)):
         click.echo(f"--- sample {i + 1} ({o.finish_reason}) ---")
-        click.echo(p + o.text)
+        click.echo(text)
+
+
+def _save_text(out_file, texts: list[str], lm, model_path, sp: SamplingParams, labeler) -> str:
+    """The completions in one file (separated by a rule), labelled (front matter) and logged in aigc-log.jsonl."""
+    path = Path(out_file)
+    if path.suffix.lower() not in (".md", ".txt"):
+        raise GenloomError(f"--out for text is a .md or .txt file, got '{out_file}'")
+    body = "\n\n---\n\n".join(texts) + "\n"
+    finish = _labels.finisher(labeler, str(model_path), {k: v for k, v in vars(sp).items() if v is not None})
+    atomic_write_bytes(path, finish(body.encode("utf-8"), None, path))
+    return str(path)
 
 
 def _sharded_text(lm, batch: list[str], sp: SamplingParams):

@@ -15,12 +15,14 @@ from safetensors.torch import load_file, save_file
 from genloom import families
 from genloom.checkpoints import load_model
 from genloom.cli.base import cli
+from genloom.cli.provenance import label_options, labeler_from_options
 from genloom.data.images import image_folder, png_with_metadata
 from genloom.errors import GenloomError
 from genloom.files import atomic_write_bytes, atomic_write_text
 from genloom.importers import GAN_PACKAGES, import_dcgan
 from genloom.metrics.image import psnr, ssim
 from genloom.pipelines.codes import prepare_codes
+from genloom.safety import labels
 
 
 @cli.command("import-gan")
@@ -101,8 +103,11 @@ def _need_autoencoder(lm, model_path, what: str) -> None:
 @click.option("--model", "-m", "model_path", required=True, help="The VAE / VQ-VAE that wrote the latents.")
 @click.option("--latents", required=True, help="A .safetensors from `genloom reconstruct --latents` (or yours).")
 @click.option("--out", "-o", required=True, help="Folder for the decoded PNGs.")
-def decode(model_path, latents, out):
-    """Decode saved latents (VAE means or VQ-VAE code maps) back to images."""
+@label_options
+@click.option("--data-dir", default="genloom-data", show_default=True, help="Where the C2PA signing key is (keys/).")
+def decode(model_path, latents, out, data_dir, **label_kw):
+    """Decode saved latents (VAE means or VQ-VAE code maps) back to images (labelled: latents may be made up)."""
+    finish = labels.finisher(labeler_from_options(data_dir, **label_kw), str(model_path))
     lm = load_model(model_path)
     _need_autoencoder(lm, model_path, "decoding latents")
     try:
@@ -111,8 +116,9 @@ def decode(model_path, latents, out):
         raise GenloomError(f"{latents}: not a safetensors file with a 'latents' tensor ({e})") from None
     images = lm.model.decode_latents(z)
     for i, img in enumerate(images):
-        atomic_write_bytes(Path(out) / f"{i:05d}.png", png_with_metadata(img, {"model": str(model_path),
-                                                                              "family": lm.family, "decoded_from": latents, "index": i}))
+        params = {"model": str(model_path), "family": lm.family, "decoded_from": latents, "index": i}
+        path = Path(out) / f"{i:05d}.png"
+        atomic_write_bytes(path, finish(png_with_metadata(img, params), params, path))
     click.echo(f"decoded {len(images)} images into {out}")
 
 

@@ -9,6 +9,7 @@ import click
 
 from genloom import devices
 from genloom.cli.base import _threads, cli
+from genloom.cli.provenance import label_options, labeler_from_options
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases
 from genloom.models.runtime import DTYPES, check_dtype
@@ -68,11 +69,13 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
 @click.option("--compile", "compile_decode", is_flag=True, help="Compile text models' decode step (torch.compile).")
 @click.option("--device", default="auto", show_default=True, help="Where the models run: auto (a GPU when there is "
               "one), cpu, cuda, cuda:N or mps.")
+@label_options
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
           cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads, dtype,
-          compile_decode, device):
+          compile_decode, device, **label_kw):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
+    labeler = labeler_from_options(data_dir, **label_kw)  # a bad switch or a missing certificate: one line, first
     devices.resolve(device)  # no such device: one line, before anything starts
     if dtype is not None:
         check_dtype(dtype)  # a dtype this machine cannot run: one line, before anything starts
@@ -84,12 +87,16 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     parse_public_url(public_url), parse_origins(_split(cors_origins))  # a bad value is one line, before anything starts
     kb = _kb_pairs(kb_pairs)
     server.resolve_kbs([model_name(p) for p in paths], kb, KnowledgeBases(Path(data_dir) / "kb"))  # fail early
+    for line in labeler.policy.describe(labeler.identity is not None):  # every label switch, at start-up
+        click.echo(f"genloom: {line}", err=True)
+    for line in labeler.warnings():
+        click.echo(f"genloom: warning: {line}", err=True)
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
                f"(web UI: http://{host}:{port}/ui/)", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
         cors_origins=_split(cors_origins), job_limits=limits, kb=kb, device=device, dtype=dtype,
-        compile_decode=compile_decode)
+        compile_decode=compile_decode, labeler=labeler)
 
 
 @cli.command()

@@ -328,17 +328,19 @@ def sample_sharded(lm, plan: ImagePlan, lock=None) -> torch.Tensor | None:
 
 
 # ---- files --------------------------------------------------------------------------------------
-def write_images(result: ImageResult, out_dir, *, grid: bool = True) -> list[tuple[Path, dict]]:
-    """One PNG per image, `{seed}-{index:03d}.png`, and `{seed}-grid.png`, each with its parameters."""
+def write_images(result: ImageResult, out_dir, *, grid: bool = True, finish=None) -> list[tuple[Path, dict]]:
+    """One PNG per image, `{seed}-{index:03d}.png`, and `{seed}-grid.png`, each with its parameters;
+    `finish(png, params, path) -> png` (the caller's labels) runs on each file's bytes before it is written."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     seed, written = result.plan.seed, []
-    for i, (png, params) in enumerate(zip(result.pngs(), result.params)):
-        written.append((out / f"{seed}-{i:03d}.png", params))
-        atomic_write_bytes(written[-1][0], png)
+    files = [(out / f"{seed}-{i:03d}.png", png, params) for i, (png, params) in enumerate(zip(result.pngs(),
+                                                                                             result.params))]
     if grid:
-        written.append((out / f"{seed}-grid.png", result.plan.grid_params()))
-        atomic_write_bytes(written[-1][0], result.grid_png())
+        files.append((out / f"{seed}-grid.png", result.grid_png(), result.plan.grid_params()))
+    for path, png, params in files:
+        atomic_write_bytes(path, finish(png, params, path) if finish else png)
+        written.append((path, params))
     return written
 
 

@@ -276,13 +276,14 @@ def wav_to_mp3(wav_bytes: bytes, kbps: int = 128) -> bytes:
     return bytes(enc.encode(pcm) + enc.flush())
 
 
-def audio(music: Music, response_format: str) -> bytes:
-    """The piece as midi, wav or mp3 bytes."""
+def audio(music: Music, response_format: str, wav_filter=None) -> bytes:
+    """The piece as midi, wav or mp3 bytes; `wav_filter(wav) -> wav` (an audible cue) runs before MP3 encoding."""
     if response_format not in FORMATS:
         raise GenloomError(f"unknown format '{response_format}'; choose one of {choices(FORMATS)}")
     if response_format == "midi":
         return music.midi()
     wav = render_wav(music.midi())
+    wav = wav_filter(wav) if wav_filter else wav
     return wav if response_format == "wav" else wav_to_mp3(wav)
 
 
@@ -317,12 +318,16 @@ def piano_roll_png(music: Music) -> bytes:
     return buf.getvalue()
 
 
-def write_outputs(music: Music, out_dir: str | Path, stem: str, mp3: bool = False, wav: bool = True) -> list[Path]:
-    """stem.mid, stem.wav (FluidSynth), stem.mp3 (when asked), stem.png (piano roll) in out_dir."""
+def write_outputs(music: Music, out_dir: str | Path, stem: str, mp3: bool = False, wav: bool = True,
+                  finish=None, wav_filter=None) -> list[Path]:
+    """stem.mid, stem.wav (FluidSynth), stem.mp3 (when asked), stem.png (piano roll) in out_dir; `wav_filter` runs
+    on the rendered WAV before MP3 encoding, `finish(data, suffix, path) -> data` (the caller's labels) on each
+    file's bytes before it is written."""
     out = Path(out_dir)
     files = {".mid": music.midi()}
     if wav or mp3:
         wav_bytes = render_wav(files[".mid"])
+        wav_bytes = wav_filter(wav_bytes) if wav_filter else wav_bytes
         if wav:
             files[".wav"] = wav_bytes
         if mp3:
@@ -330,6 +335,7 @@ def write_outputs(music: Music, out_dir: str | Path, stem: str, mp3: bool = Fals
     files[".png"] = piano_roll_png(music)
     paths = []
     for suffix, data in files.items():
-        atomic_write_bytes(out / f"{stem}{suffix}", data)
-        paths.append(out / f"{stem}{suffix}")
+        path = out / f"{stem}{suffix}"
+        atomic_write_bytes(path, finish(data, suffix, path) if finish else data)
+        paths.append(path)
     return paths

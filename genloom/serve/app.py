@@ -24,6 +24,7 @@ from starlette.exceptions import HTTPException
 from genloom import devices
 from genloom.errors import GenloomError, choices
 from genloom.knowledge import KnowledgeBases
+from genloom.safety import labels
 from genloom.serve import openapi
 from genloom.serve.auth import Auth
 from genloom.serve.database import Database
@@ -55,6 +56,9 @@ class Limits:
 # ---- the app ----
 
 
+UPLOAD_PATHS = ("/v1/files", "/v1/provenance")  # bodies up to the upload limit (their routes count the file)
+
+
 def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 64, max_tokens: int = 1024,
                max_n: int = 8, max_prompts: int = 16, max_body_bytes: int = 1 << 20, retry_after_s: int = 1,
                api_key: str | None = None, data_dir: str | None = None, db_url: str | None = None,
@@ -62,7 +66,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                allowed_hosts: list[str] | None = None, public_url: str | None = None,
                cors_origins: list[str] | None = None, job_limits: JobLimits | None = None,
                kb: dict[str, str] | None = None, device: str = "cpu", dtype: str = "float32",
-               compile_decode: bool = False) -> FastAPI:
+               compile_decode: bool = False, labeler: labels.Labeler | None = None) -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
@@ -79,6 +83,9 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
 
     Grounded chat: `kb` maps a served model's name to the knowledge base it answers from (a base's name under
     data_dir/kb or a knowledge-base folder), over the one its folder's grounding.json names (serve/retrieval.py).
+
+    Labels: `labeler` (GB 45438 labels and C2PA signing, genloom.safety.labels) is applied to every output; the
+    default labels everything and signs when data_dir/keys has the installation's key.
     """
     public_url = parse_public_url(public_url)
     origins = parse_origins(cors_origins)
@@ -100,6 +107,8 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     async def lifespan(app: FastAPI):
         state = app.state
         log_event("auth_mode", mode=state.auth.mode(), detail=state.auth.describe())
+        log_event("labels", switches=state.labeler.policy.describe(state.labeler.identity is not None),
+                  warnings=state.labeler.warnings())
         loader = asyncio.gather(*(_load(state, p, max_batch, max_queue, kb_refs) for p in model_paths))
         watcher = worker = None
         try:
@@ -145,10 +154,11 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         state.fine_tuned = FineTuned(state.data_dir / "models", max_batch=max_batch, max_queue=max_queue)
     state.auth = Auth(api_key, state.db)
     state.public_url = public_url
+    state.labeler = labeler or labels.make_labeler(labels.LabelPolicy(), state.data_dir)
     add_error_handlers(app)
     upload_cap = max_upload_bytes + UPLOAD_FRAMING_BYTES  # files.py counts the file itself against its limit
     add_transport(app, host=host, allowed_hosts=allowed_hosts, public_url=public_url, cors_origins=origins,
-                  body_limit=lambda scope: upload_cap if (scope["method"], scope["path"]) == ("POST", "/v1/files")
+                  body_limit=lambda scope: upload_cap if scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS
                   else max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)

@@ -229,6 +229,9 @@ class ModerationRequest(_Request):
 # ---- responses ----
 
 
+AIGC_DOC = "GB 45438-2025 implicit label of this output (genloom extension): Label, ContentProducer, ProduceID, ..."
+
+
 def new_id(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
@@ -258,6 +261,7 @@ class CompletionResponse(BaseModel):
     choices: list[CompletionChoice]
     usage: Optional[Usage] = None
     system_fingerprint: Optional[str] = None
+    aigc: Optional[dict] = Field(default=None, description=AIGC_DOC)
 
 
 class Source(BaseModel):
@@ -304,6 +308,7 @@ class ChatCompletionResponse(BaseModel):
     choices: list[ChatChoice]
     usage: Usage
     system_fingerprint: Optional[str] = None
+    aigc: Optional[dict] = Field(default=None, description=AIGC_DOC)
 
 
 class Delta(BaseModel):
@@ -347,6 +352,7 @@ class ImageData(BaseModel):
     b64_json: Optional[str] = None
     url: Optional[str] = None
     revised_prompt: Optional[str] = None
+    aigc: Optional[dict] = Field(default=None, description=AIGC_DOC)
 
 
 class ImagesResponse(BaseModel):
@@ -410,6 +416,25 @@ class MusicResponse(BaseModel):
     audio: str
     audio_format: Literal["mp3"] = "mp3"
     piano_roll: str
+    aigc: Optional[dict] = Field(default=None, description=AIGC_DOC)
+
+
+class ProvenanceSection(BaseModel):
+    name: str
+    found: bool
+    summary: str
+    details: dict = {}
+
+
+class ProvenanceResponse(BaseModel):
+    """POST /v1/provenance (a genloom extension): what an uploaded file carries."""
+
+    object: Literal["provenance"] = "provenance"
+    filename: str
+    format: str
+    kind: str
+    bytes: int
+    sections: list[ProvenanceSection]
 
 
 class FileObject(BaseModel):

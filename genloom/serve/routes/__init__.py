@@ -11,10 +11,11 @@ from genloom.serve.routes import (
     models,
     moderations,
     music,
+    provenance,
     speech,
     vector_stores,
 )
 
 ROUTERS = [health.router, models.router, completions.router, images.router, files.router, fine_tuning.router,
            embeddings.router, moderations.router, history.router, vector_stores.router,
-           music.router, speech.router]
+           music.router, speech.router, provenance.router]

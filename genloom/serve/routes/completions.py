@@ -13,6 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from genloom.errors import GenloomError
 from genloom.knowledge.grounding import NOT_FOUND, Grounding, context_block
+from genloom.safety import labels
 from genloom.serve.engine import QueueFull
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -68,9 +69,11 @@ async def completions(body: CompletionRequest, request: Request):
     if body.stream:
         return _sse(_completion_chunks(request, job, body, echo))
     texts, reasons = await _collect(request, job)
-    choices = [CompletionChoice(index=i, text=echo[i] + t, finish_reason=r)
+    labeler = request.app.state.labeler
+    choices = [CompletionChoice(index=i, text=labels.text_notice(echo[i] + t, labeler.policy), finish_reason=r)
                for i, (t, r) in enumerate(zip(texts, reasons))]
-    return CompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage())
+    return CompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage(),
+                              aigc=labels.aigc_object(job.id, served.name, job.params or {}, labeler))
 
 
 @router.post("/v1/chat/completions", dependencies=v1, response_model=ChatCompletionResponse,
@@ -112,9 +115,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     if body.stream:
         return _sse(_chat_chunks(request, job, body))
     texts, reasons = await _collect(request, job)
-    choices = [ChatChoice(index=i, message=_message(t.lstrip(), job.sources), finish_reason=r)
-               for i, (t, r) in enumerate(zip(texts, reasons))]
-    return ChatCompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage())
+    labeler = request.app.state.labeler
+    choices = [ChatChoice(index=i, message=_message(labels.text_notice(t.lstrip(), labeler.policy), job.sources),
+                          finish_reason=r) for i, (t, r) in enumerate(zip(texts, reasons))]
+    return ChatCompletionResponse(id=job.id, model=served.name, choices=choices, usage=job.usage(),
+                                  aigc=labels.aigc_object(job.id, served.name, job.params or {}, labeler))
 
 
 # ---- grounding ----
@@ -352,7 +357,7 @@ async def _record(request: Request, job: _Job) -> None:
         return
     usage = job.usage()
     texts = [t.lstrip() if job.route.endswith("chat/completions") else t for t in (job.texts or [])]
-    output = {"text": texts[0] if len(texts) == 1 else texts}
+    output = {"text": texts[0] if len(texts) == 1 else texts, "produce_id": job.id}  # the aigc ProduceID
     if job.sources is not None:
         output["sources"] = [s.model_dump() for s in job.sources]
     try:
@@ -394,9 +399,17 @@ def _include_usage(body) -> bool:
 
 
 async def _completion_chunks(request: Request, job: _Job, body: CompletionRequest, echo: list[str]):
+    labeler = request.app.state.labeler
+    first = set(range(len(echo)))  # each choice's first chunk carries the aigc label (and the notice when on)
+
     def chunk(i, text, reason=None):
-        return CompletionResponse(id=job.id, model=job.served.name,
-                                  choices=[CompletionChoice(index=i, text=text, finish_reason=reason)]).model_dump()
+        out = CompletionResponse(id=job.id, model=job.served.name,
+                                 choices=[CompletionChoice(index=i, text=text, finish_reason=reason)]).model_dump()
+        if i in first:
+            first.discard(i)
+            out["aigc"] = labels.aigc_object(job.id, job.served.name, job.params or {}, labeler)
+            out["choices"][0]["text"] = labels.text_notice(text, labeler.policy)
+        return out
 
     for i, e in enumerate(echo):
         if e:
@@ -418,8 +431,11 @@ def _chat_chunk(job: _Job, i: int, delta: Delta, reason=None) -> dict:
 async def _chat_chunks(request: Request, job: _Job, body: ChatCompletionRequest):
     chunk = functools.partial(_chat_chunk, job)
     started = [False] * len(job.handles)  # a reply's leading whitespace (after "Bot:") is dropped, as in plain mode
+    labeler = request.app.state.labeler
+    notice = labels.text_notice("", labeler.policy)
+    aigc = labels.aigc_object(job.id, job.served.name, job.params or {}, labeler)
     for i in range(len(job.handles)):  # a grounded reply's sources come first, for a UI to show them at once
-        yield chunk(i, Delta(role="assistant", content="", sources=job.sources))
+        yield {**chunk(i, Delta(role="assistant", content=notice, sources=job.sources)), "aigc": aigc}
     async for i, ev in _events(request, job, poll=False):
         text = ev.text if started[i] else ev.text.lstrip()
         started[i] = started[i] or bool(text)

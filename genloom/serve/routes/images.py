@@ -11,6 +11,7 @@ from fastapi.responses import Response
 
 from genloom.files import atomic_write_bytes
 from genloom.pipelines import images
+from genloom.safety import labels
 from genloom.serve.errors import ApiError
 from genloom.serve.models import image_model
 from genloom.serve.openapi import responses
@@ -43,9 +44,12 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
     t0 = time.perf_counter()
     pixels = await asyncio.to_thread(images.sample_images, served.loaded, plan, served.loaded.lock)
     result = images.ImageResult(plan, pixels)
-    pngs = await asyncio.to_thread(result.pngs)  # PNG encoding is CPU work: off the event loop
+    ids = [new_id("img") for _ in result.params]  # each image's ProduceID, and its history/file id
+    metas = [labels.OutputMeta(i, served.name, p) for i, p in zip(ids, result.params)]
+    pngs = await asyncio.to_thread(lambda: [labels.label_bytes(png, "png", m, request.app.state.labeler)
+                                            for png, m in zip(result.pngs(), metas)])  # CPU work: off the loop
     revised = result.revised_prompts
-    ids = [new_id("img") for _ in pngs] if db is not None else []
+    aigc = [labels.aigc_object(m.produce_id, m.model, m.parameters, request.app.state.labeler) for m in metas]
     if db is not None:
         await asyncio.to_thread(_store, db, ids, pngs, route="/v1/images/generations", model=served.name,
                                 params=body.model_dump(exclude_none=True) | {"seed": seed}, output={"images": ids},
@@ -53,9 +57,10 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
                                 latency_ms=round(1000 * (time.perf_counter() - t0)))
     if body.response_format == "url":
         urls = [public_url(request, request.app.url_path_for("image_file", image_id=i)) for i in ids]
-        data = [ImageData(url=u, revised_prompt=r) for u, r in zip(urls, revised)]
+        data = [ImageData(url=u, revised_prompt=r, aigc=a) for u, r, a in zip(urls, revised, aigc)]
     else:
-        data = [ImageData(b64_json=base64.b64encode(png).decode(), revised_prompt=r) for png, r in zip(pngs, revised)]
+        data = [ImageData(b64_json=base64.b64encode(png).decode(), revised_prompt=r, aigc=a)
+                for png, r, a in zip(pngs, revised, aigc)]
     request.app.state.metrics.images.labels(served.name).inc(len(pngs))
     return ImagesResponse(data=data)
 

@@ -13,6 +13,7 @@ from fastapi.responses import Response
 
 from genloom.errors import GenloomError
 from genloom.pipelines import music
+from genloom.safety import labels
 from genloom.serve.errors import ApiError
 from genloom.serve.models import music_model
 from genloom.serve.openapi import responses
@@ -52,11 +53,19 @@ def _primer(body: MusicRequest, request: Request) -> bytes | None:
     return data
 
 
-def _render(piece: music.Music, fmt: str) -> dict:
-    """The bytes the response needs (worker thread: FluidSynth and LAME are CPU work)."""
+LABEL_FORMATS = {"midi": "midi", "audio": "mp3", "png": "png", "mp3": "mp3", "wav": "wav"}
+
+
+def _render(piece: music.Music, fmt: str, produce_id: str, model: str, labeler: labels.Labeler) -> dict:
+    """The bytes the response needs, each labelled (worker thread: FluidSynth, LAME and signing are CPU work)."""
+    cue = labels.wav_cue(labeler)
     if fmt == "json":
-        return {"midi": piece.midi(), "audio": music.audio(piece, "mp3"), "png": music.piano_roll_png(piece)}
-    return {"body": music.audio(piece, fmt)}
+        out = {"midi": piece.midi(), "audio": music.audio(piece, "mp3", cue), "png": music.piano_roll_png(piece)}
+    else:
+        out = {"body": music.audio(piece, fmt, cue)}
+    return {k: labels.label_bytes(v, LABEL_FORMATS[k if k != "body" else fmt],
+                                  labels.OutputMeta(f"{produce_id}-{k if k != 'body' else fmt}", model,
+                                                    piece.parameters), labeler) for k, v in out.items()}
 
 
 @router.post("/v1/audio/music", dependencies=v1, responses={**responses(503), **AUDIO_RESPONSES},
@@ -83,20 +92,24 @@ async def compose(body: MusicRequest, request: Request):
             return music.compose(served.loaded, opts, primer)
 
     piece = await asyncio.to_thread(run)
-    out = await asyncio.to_thread(_render, piece, body.response_format)
+    mid = new_id("music")  # the piece's id; each file's ProduceID is it + the file's kind (history: produce_id)
+    out = await asyncio.to_thread(_render, piece, body.response_format, mid, served.name, request.app.state.labeler)
     db = request.app.state.db
     if db is not None:
         await asyncio.to_thread(db.log_request, route="/v1/audio/music", model=served.name,
                                 params=body.model_dump(exclude_none=True, exclude={"primer"}) | {"seed": piece.seed},
-                                output={"seconds": round(piece.seconds, 3), "finish_reason": piece.finish_reason},
+                                output={"seconds": round(piece.seconds, 3), "finish_reason": piece.finish_reason,
+                                        "produce_id": mid},
                                 key_id=getattr(request.state, "key_id", None), prompt_tokens=piece.prompt_tokens,
                                 completion_tokens=piece.new_tokens,
                                 latency_ms=round(1000 * (time.perf_counter() - t0)))
-    headers = {"X-Genloom-Seed": str(piece.seed), "X-Genloom-Seconds": f"{piece.seconds:.3f}"}
+    headers = {"X-Genloom-Seed": str(piece.seed), "X-Genloom-Seconds": f"{piece.seconds:.3f}",
+               "X-Genloom-Produce-Id": f"{mid}-{body.response_format}"}
     if body.response_format != "json":
         return Response(out["body"], media_type=MEDIA_TYPES[body.response_format], headers=headers)
     b64 = {k: base64.b64encode(v).decode() for k, v in out.items()}
-    return MusicResponse(id=new_id("music"), model=served.name, seed=piece.seed, tempo=piece.tempo,
+    return MusicResponse(id=mid, model=served.name, seed=piece.seed, tempo=piece.tempo,
                          seconds=round(piece.seconds, 3), bars=piece.parameters.get("bars"),
                          new_tokens=piece.new_tokens, finish_reason=piece.finish_reason, midi=b64["midi"],
-                         audio=b64["audio"], piano_roll=b64["png"])
+                         audio=b64["audio"], piano_roll=b64["png"],
+                         aigc=labels.aigc_object(mid, served.name, piece.parameters, request.app.state.labeler))

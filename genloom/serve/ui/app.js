@@ -603,6 +603,34 @@ async function searchStore(ev) {
   } catch (e) { showError(e.message); }
 }
 
+// ---- provenance ------------------------------------------------------------------------------
+async function checkProvenance(file) {
+  showError("");
+  if (!file) return;
+  $("#prov-title").textContent = `checking ${file.name}...`;
+  try {
+    const form = new FormData();
+    form.append("file", file);
+    const rep = await (await api("/v1/provenance", { method: "POST", body: form })).json();
+    $("#prov-title").textContent = `${rep.filename}: ${rep.kind} (${rep.format}, ${rep.bytes} bytes)`;
+    const body = $("#prov-table tbody");
+    body.innerHTML = "";
+    for (const s of rep.sections) {
+      const tr = document.createElement("tr");
+      tr.className = s.found ? "found" : "absent";
+      for (const v of [s.name, s.found ? "yes" : "no", s.summary]) {
+        const td = document.createElement("td");
+        td.textContent = v;
+        tr.appendChild(td);
+      }
+      body.appendChild(tr);
+    }
+    $("#prov-table").hidden = false;
+    $("#prov-json").textContent = JSON.stringify(rep, null, 2);
+    $("#prov-details").hidden = false;
+  } catch (e) { showError(e.message); $("#prov-title").textContent = ""; $("#prov-table").hidden = true; }
+}
+
 // ---- wiring ----------------------------------------------------------------------------------
 document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => openTab(b.dataset.tab)));
 $("#chat-form").addEventListener("submit", (ev) => {
@@ -623,6 +651,14 @@ $("#job-form").addEventListener("submit", startJob);
 $("#kb-create-form").addEventListener("submit", createStore);
 $("#kb-add-form").addEventListener("submit", addStoreFile);
 $("#kb-search-form").addEventListener("submit", searchStore);
+$("#prov-file").addEventListener("change", () => checkProvenance($("#prov-file").files[0]));
+$("#prov-drop").addEventListener("dragover", (ev) => { ev.preventDefault(); $("#prov-drop").classList.add("over"); });
+$("#prov-drop").addEventListener("dragleave", () => $("#prov-drop").classList.remove("over"));
+$("#prov-drop").addEventListener("drop", (ev) => {
+  ev.preventDefault();
+  $("#prov-drop").classList.remove("over");
+  checkProvenance(ev.dataTransfer.files[0]);
+});
 $("#apikey").value = localStorage.getItem("genloom-key") || "";
 $("#apikey").addEventListener("change", () => { localStorage.setItem("genloom-key", $("#apikey").value); loadModels(); });
 loadModels();
