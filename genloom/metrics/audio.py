@@ -12,6 +12,8 @@ import numpy as np
 from genloom.errors import GenloomError
 
 ASR_RATE = 16000  # the bundled en-US acoustic model is trained on 16 kHz speech
+FRAME_RATE = 100  # pocketsphinx frames per second (its word segments are in frames)
+FILLERS = {"<s>", "</s>", "<sil>"}  # silences in pocketsphinx's segmentation, not words
 BLOCK_S = 0.400  # BS.1770 gating block
 NORMALISATION = "lowercase, punctuation removed, whitespace collapsed, numbers left as written"
 LOUDNESS_PROTOCOL = ("integrated loudness ITU-R BS.1770-4 (pyloudnorm, K-weighting, 400 ms blocks, 75% overlap, "
@@ -110,7 +112,9 @@ def transcribe(samples, sr: int) -> dict:
     decoder.process_raw(pcm.tobytes(), no_search=False, full_utt=True)
     decoder.end_utt()
     hyp = decoder.hyp()
-    return {"text": hyp.hypstr if hyp is not None else "", "seconds": len(pcm) / ASR_RATE,
+    words = [{"word": s.word.split("(")[0], "start": s.start_frame / FRAME_RATE, "end": (s.end_frame + 1) / FRAME_RATE}
+             for s in decoder.seg() if s.word not in FILLERS and not s.word.startswith("[")]
+    return {"text": hyp.hypstr if hyp is not None else "", "seconds": len(pcm) / ASR_RATE, "words": words,
             "protocol": asr_protocol()}
 
 
