@@ -122,19 +122,25 @@ class AsrModel:
             return ("en",)
         return tuple(self.model.supported_languages)
 
-    def protocol(self, *, beam_size: int = BEAM_SIZE, temperature: float = 0.0, language: str | None = None) -> str:
+    def protocol(self, *, beam_size: int = BEAM_SIZE, temperature: float = 0.0, language: str | None = None,
+                 fallback: bool = True) -> str:
         """How this model decodes, for reports."""
         if self.engine == POCKETSPHINX:
             return audio_metrics.asr_protocol().split("; WER")[0]
-        temps = "0 with fallback to 0.2..1.0 on failed segments" if temperature == 0 else f"{temperature}"
+        temps = ("0 with fallback to 0.2..1.0 on failed segments" if temperature == 0 and fallback
+                 else f"{temperature} (no fallback)")
         return (f"Whisper {self.name} via faster-whisper {_version('faster-whisper')} / CTranslate2 "
                 f"{_version('ctranslate2')}, int8 on CPU, beam size {beam_size}, temperature {temps}, "
                 f"language {language or 'detected'}, no VAD filter, audio decoded by PyAV to {SAMPLE_RATE} Hz mono")
 
     def transcribe(self, source, *, language: str | None = None, task: str = "transcribe", prompt: str | None = None,
                    temperature: float = 0.0, word_timestamps: bool = False,
-                   beam_size: int = BEAM_SIZE) -> Transcription:
-        """Transcribe (or translate into English) one clip; see the module docstring for `source`."""
+                   beam_size: int = BEAM_SIZE, fallback: bool = True) -> Transcription:
+        """Transcribe (or translate into English) one clip; see the module docstring for `source`.
+
+        Temperature 0 decodes by beam search and, where a segment fails Whisper's checks (compression ratio
+        > 2.4, mean log-probability < -1), samples again at 0.2, 0.4, ... 1.0 (OpenAI's rule; random, so runs
+        can differ); `fallback=False` keeps the beam-search result alone, the same on every run."""
         if task not in TASKS:
             raise GenloomError(f"unknown task '{task}'; choose one of {choices(TASKS)}")
         if not 0.0 <= temperature <= 1.0:
@@ -147,15 +153,15 @@ class AsrModel:
             if self.engine == POCKETSPHINX:
                 out = self._pocketsphinx(x, task)
             else:
-                out = self._whisper(x, language, task, prompt, temperature, word_timestamps, beam_size)
+                out = self._whisper(x, language, task, prompt, temperature, word_timestamps, beam_size, fallback)
         out.compute_seconds = time.perf_counter() - t0
         out.model, out.task = self.name, task
         if not word_timestamps:
             out.words = []
         return out
 
-    def _whisper(self, x, language, task, prompt, temperature, word_timestamps, beam_size) -> Transcription:
-        temps = list(FALLBACK_TEMPERATURES) if temperature == 0 else [temperature]
+    def _whisper(self, x, language, task, prompt, temperature, word_timestamps, beam_size, fallback) -> Transcription:
+        temps = list(FALLBACK_TEMPERATURES) if temperature == 0 and fallback else [temperature]
         segs, info = self.model.transcribe(x, language=language, task=task, initial_prompt=prompt or None,
                                            temperature=temps, beam_size=beam_size, word_timestamps=word_timestamps,
                                            vad_filter=False)

@@ -33,11 +33,12 @@ from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
 from genloom.serve.models import FineTuned, load_served, model_name
 from genloom.serve.retrieval import KbRef, build_corpus_kb, resolve_kb, resolve_model_kb
-from genloom.serve.routes import ROUTERS
+from genloom.serve.routes import ROUTERS, transcriptions
 from genloom.serve.transport import add_transport, parse_origins, parse_public_url
 
 UI_DIR = Path(__file__).parent / "ui"
 UPLOAD_FRAMING_BYTES = 64 << 10  # multipart boundaries, part headers and the purpose field around an upload
+UPLOAD_PATHS = {"/v1/files", *transcriptions.UPLOAD_PATHS}  # POST bodies capped at the upload limit, not the JSON one
 
 
 @dataclass(kw_only=True)
@@ -148,7 +149,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     add_error_handlers(app)
     upload_cap = max_upload_bytes + UPLOAD_FRAMING_BYTES  # files.py counts the file itself against its limit
     add_transport(app, host=host, allowed_hosts=allowed_hosts, public_url=public_url, cors_origins=origins,
-                  body_limit=lambda scope: upload_cap if (scope["method"], scope["path"]) == ("POST", "/v1/files")
+                  body_limit=lambda scope: upload_cap if scope["method"] == "POST" and scope["path"] in UPLOAD_PATHS
                   else max_body_bytes)
     for router in ROUTERS:
         app.include_router(router)

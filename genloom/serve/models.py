@@ -15,6 +15,7 @@ from genloom.data.text import DEFAULT_CHAT_TEMPLATE, read_chat_template
 from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
+from genloom.pipelines.asr import AsrModel, is_whisper_folder, load_asr
 from genloom.pipelines.music import is_music_model
 from genloom.models.runtime import default_dtype, prepare
 from genloom.serve.engine import TextEngine
@@ -94,8 +95,10 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None
     """Load a model (onto `device`, default the CPU); a text model runs in `dtype` (default:
     genloom.models.runtime.default_dtype), its decode step compiled if asked, and gets its decode engine started
     and its chat template read."""
-    loaded = load_model(path, device=device)
     name = model_name(path)
+    if is_whisper_folder(path):  # a speech recognizer: served by /v1/audio/transcriptions and /translations
+        return ServedModel(name, load_asr(path), None, None, 0)
+    loaded = load_model(path, device=device)
     kind = families.get(loaded.family).kind
     if kind == "image":
         loaded.lock = threading.Lock()
@@ -129,9 +132,27 @@ def served_model(state, name: str) -> ServedModel:
     return models[name]
 
 
+def _not_asr(served: ServedModel) -> ServedModel:
+    if isinstance(served.loaded, AsrModel):
+        raise ApiError(400, f"`{served.name}` is a speech recognition model; use /v1/audio/transcriptions.",
+                       param="model")
+    return served
+
+
+def asr_model(state, name: str) -> ServedModel:
+    """The served speech recognition model `name` (404 naming the ones served, 503 still loading)."""
+    served = state.models.get(name)
+    if name in state.loading or served is not None and isinstance(served.loaded, AsrModel):
+        return served_model(state, name)
+    valid = sorted(n for n, m in state.models.items() if isinstance(m.loaded, AsrModel))
+    raise ApiError(404, f"The model `{name}` is not a speech recognition model served here; choose one of: "
+                   f"{', '.join(valid) or 'none (serve a Whisper folder such as models/asr-whisper-base)'}.",
+                   param="model", code="model_not_found")
+
+
 def text_model(state, name: str) -> ServedModel:
     """The served text model `name` (404 unknown, 503 still loading, 400 an image model)."""
-    served = served_model(state, name)
+    served = _not_asr(served_model(state, name))
     if is_music_model(served.loaded):
         raise ApiError(400, f"`{name}` is a music model; use /v1/audio/music.", param="model")
     if served.engine is None:
@@ -142,7 +163,7 @@ def text_model(state, name: str) -> ServedModel:
 
 def image_model(state, name: str) -> ServedModel:
     """The served image model `name` (404 unknown, 503 still loading, 400 a text model)."""
-    served = served_model(state, name)
+    served = _not_asr(served_model(state, name))
     if is_music_model(served.loaded):
         raise ApiError(400, f"`{name}` is a music model; use /v1/audio/music.", param="model")
     if served.engine is not None:
@@ -152,7 +173,7 @@ def image_model(state, name: str) -> ServedModel:
 
 def music_model(state, name: str) -> ServedModel:
     """The served music model `name` (404 unknown, 503 still loading, 400 a text or image model)."""
-    served = served_model(state, name)
+    served = _not_asr(served_model(state, name))
     if not is_music_model(served.loaded):
         kind = families.get(served.loaded.family).kind
         raise ApiError(400, f"`{name}` is a{'n' if kind == 'image' else ''} {kind} model, not a music model; "
@@ -192,10 +213,11 @@ class FineTuned:
 
 
 BUNDLED_MODELS = ("chat", "chat-kb", "kjv", "tang", "chorales", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan",
-                  "fmnist-vae", "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
+                  "fmnist-vae", "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes", "asr-whisper-base")
 
 
 def bundled_model_paths() -> list[Path]:
     """What `genloom serve` serves by default: the bundled models that are present (the two pretrained GANs
-    appear once scripts/setup.sh has imported them)."""
-    return [ROOT / "models" / n for n in BUNDLED_MODELS if (ROOT / "models" / n / "model.safetensors").exists()]
+    appear once scripts/setup.sh has imported them, and so does the Whisper speech recognizer)."""
+    return [ROOT / "models" / n for n in BUNDLED_MODELS
+            if (ROOT / "models" / n / "model.safetensors").exists() or is_whisper_folder(ROOT / "models" / n)]

@@ -11,9 +11,10 @@ from genloom.serve.routes import (
     models,
     moderations,
     music,
+    transcriptions,
     vector_stores,
 )
 
 ROUTERS = [health.router, models.router, completions.router, images.router, files.router, fine_tuning.router,
            embeddings.router, moderations.router, history.router, vector_stores.router,
-           music.router]
+           music.router, transcriptions.router]
