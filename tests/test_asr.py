@@ -145,20 +145,19 @@ def german_speech(tmp_path_factory):
     if exe is None:
         pytest.fail("espeak-ng is not installed: apt-get install espeak-ng")
     path = tmp_path_factory.mktemp("de") / "de.wav"
-    subprocess.run([exe, "-v", "de", "-w", str(path), "Guten Morgen, ich heiße Peter und ich wohne in Berlin."],
+    subprocess.run([exe, "-v", "de", "-w", str(path), "Ich habe einen Hund."],
                    check=True, capture_output=True)
     return path
 
 
 def test_translation_into_english(whisper, german_speech):
-    # measured (beam 5, no fallback: the same on every run): "guten Morgen, ich heiße Peter und ich wohne in
-    # Berlin." and, translated, "in the morning, in the morning, ..." (Whisper base translates espeak-ng's German
-    # poorly; with the fallback's sampling the translations vary from run to run)
+    # measured (beam 5, no fallback: the same on every run): "Ich habe einen Bund." and, translated, "I have a
+    # gun." (espeak-ng's German is hard to hear; with the fallback's sampling a translation may vary between runs)
     heard = whisper.transcribe(german_speech, fallback=False)
-    assert heard.language == "de" and {"morgen", "berlin"} <= set(NORM(heard.text).split()), heard.text
+    assert heard.language == "de" and {"ich", "habe"} <= set(NORM(heard.text).split()), heard.text
     r = whisper.transcribe(german_speech, task="translate", language="de", fallback=False)
     words = set(NORM(r.text).split())
-    assert r.task == "translate" and "morning" in words and not words & {"morgen", "ich", "und"}, r.text
+    assert r.task == "translate" and {"i", "have"} <= words and not words & {"ich", "habe"}, r.text
 
 
 def test_prompt_and_temperature_are_passed(whisper):
