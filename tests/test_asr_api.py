@@ -20,7 +20,9 @@ except ImportError:  # pragma: no cover
 from test_api_text import Server
 from test_asr import CLIP, CLIP_TEXT, NORM, encode, german_speech, wer, whisper_dir  # noqa: F401  (fixtures)
 
+from genloom.pipelines import asr
 from genloom.serve.app import create_app
+from genloom.serve.models import bundled_model_paths
 
 CARDS = CLIP.parent.parent / "cards" / "001.wav"  # "ten of clubs", 1.1 s
 
@@ -49,6 +51,11 @@ def test_models_list_the_recognizer(client, name):
     facts = card.model_extra["genloom"]
     assert facts["kind"] == "speech-to-text" and "en" in facts["languages"] and "verbose_json" in facts["formats"]
     assert "MIT" in facts["description"]
+
+
+def test_genloom_serve_serves_the_imported_recognizer_by_default():
+    imported = asr.is_whisper_folder(asr.NAMES["whisper-base"])  # scripts/setup.sh imports it
+    assert (asr.NAMES["whisper-base"] in bundled_model_paths()) == imported
 
 
 def test_every_response_format_through_the_client(client, name):
