@@ -224,3 +224,14 @@ def test_cli_bad_input_is_one_line(run_main, whisper_dir, tmp_path):
         assert code == 2 and err.startswith("genloom: error: ") and words in err and err.count("\n") == 1, err
     code, out, err = run_main("import-asr", "whisper-tiny", "--out", tmp_path / "w")
     assert code == 2 and "'whisper-tiny' is not" in err and "whisper-base" in err
+
+
+def test_a_missing_package_is_named(monkeypatch, whisper_dir):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "faster_whisper", None)  # import faster_whisper now raises ImportError
+    with pytest.raises(GenloomError, match="pip install faster-whisper"):
+        asr.load_asr(whisper_dir)
+    monkeypatch.setitem(sys.modules, "faster_whisper.audio", None)
+    with pytest.raises(GenloomError, match="pip install faster-whisper av"):
+        asr.decode(CLIP)
