@@ -104,7 +104,7 @@ def _package_data(dist: str, module: str) -> Path:
     spec = util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise GenloomError(f"the Python package {dist} is not installed: pip install {dist}")
-    return Path(list(spec.submodule_search_locations)[0]) / "data"
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
 
 
 def import_asr(name: str, out: str) -> str:
@@ -151,8 +151,8 @@ def import_asr(name: str, out: str) -> str:
 def _asr_readme(card: dict) -> str:
     return "\n".join([
         f"# {card['name']}", "",
-        "Speech recognition (speech-to-text and translation into English) for genloom, run by faster-whisper on "
-        "CTranslate2: `genloom transcribe FILE -m <this folder>`, `POST /v1/audio/transcriptions`.", "",
+        ("Speech recognition (speech-to-text and translation into English) for genloom, run by faster-whisper on "
+         "CTranslate2: `genloom transcribe FILE -m <this folder>`, `POST /v1/audio/transcriptions`."), "",
         f"- Source: {card['source']}", f"- Paper: {card['paper']}", f"- Licence: {card['licence']}",
         f"- Training data: {card['data_terms']}",
         f"- Packages: {', '.join(f'{k} {v}' for k, v in card['packages'].items())}",

@@ -220,9 +220,9 @@ def test_cli_bad_input_is_one_line(run_main, whisper_dir, tmp_path):
                         ((CLIP, "-m", tmp_path / "nope"), "speech recognition model not found"),
                         ((CLIP, "-m", whisper_dir, "--language", "klingon"), "unknown language 'klingon'"),
                         ((CLIP, "--format", "docx"), "'docx' is not one of 'json', 'text', 'srt', 'vtt', 'verbose_json'")]:
-        code, out, err = run_main("transcribe", *args)
+        code, _, err = run_main("transcribe", *args)
         assert code == 2 and err.startswith("genloom: error: ") and words in err and err.count("\n") == 1, err
-    code, out, err = run_main("import-asr", "whisper-tiny", "--out", tmp_path / "w")
+    code, _, err = run_main("import-asr", "whisper-tiny", "--out", tmp_path / "w")
     assert code == 2 and "'whisper-tiny' is not" in err and "whisper-base" in err
 
 

@@ -42,7 +42,7 @@ def test_dtw_finds_the_cheapest_path():
         cost = rng.random((n, m))
         path = audio.dtw(cost)
         assert path[0] == (0, 0) and path[-1] == (n - 1, m - 1)
-        assert all((i2 - i1, j2 - j1) in ((1, 0), (0, 1), (1, 1)) for (i1, j1), (i2, j2) in zip(path, path[1:]))
+        assert all((i2 - i1, j2 - j1) in ((1, 0), (0, 1), (1, 1)) for (i1, j1), (i2, j2) in itertools.pairwise(path))
         best = math.inf  # brute force over every monotonic path of the three steps
         for steps in itertools.product(((1, 0), (0, 1), (1, 1)), repeat=n + m - 2):
             i = j = 0

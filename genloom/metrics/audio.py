@@ -282,7 +282,8 @@ MCD_PROTOCOL = (f"mel-cepstral distortion MCD = 10/ln10 * sqrt(2 * sum_d=1..{MCD
                 f"log-spectral distance in dB over the mel axis; all frames kept (no silence trimming)")
 
 
-def _resample(x, sr: int, to: int) -> np.ndarray:
+def resample(x, sr: int, to: int) -> np.ndarray:
+    """Mono float64 at `to` Hz by polyphase resampling (scipy.signal.resample_poly); channels averaged."""
     from scipy.signal import resample_poly
 
     x = np.asarray(x, dtype=np.float64)
@@ -296,8 +297,8 @@ def _resample(x, sr: int, to: int) -> np.ndarray:
 
 def mel_filterbank(n_mels: int = MCD_MELS, n_fft: int = MCD_FFT, sr: int = MCD_RATE) -> np.ndarray:
     """Triangular filters equally spaced on the HTK mel scale (2595 log10(1 + f/700)), (n_mels, n_fft // 2 + 1)."""
-    mel = lambda f: 2595.0 * np.log10(1.0 + f / 700.0)  # noqa: E731
-    edges = 700.0 * (10 ** (np.linspace(0.0, mel(sr / 2), n_mels + 2) / 2595.0) - 1.0)
+    top = 2595.0 * np.log10(1.0 + (sr / 2) / 700.0)  # the Nyquist frequency in mel
+    edges = 700.0 * (10 ** (np.linspace(0.0, top, n_mels + 2) / 2595.0) - 1.0)
     freqs = np.linspace(0.0, sr / 2, n_fft // 2 + 1)
     lo, mid, hi = edges[:-2, None], edges[1:-1, None], edges[2:, None]
     return np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
@@ -307,7 +308,7 @@ def mel_cepstrum(samples, sr: int) -> np.ndarray:
     """Mel-cepstral coefficients c_0..c_24 per frame, (T, 25), by the analysis MCD_PROTOCOL states."""
     from scipy.fft import dct
 
-    x = _resample(samples, sr, MCD_RATE)
+    x = resample(samples, sr, MCD_RATE)
     if x.size < MCD_WINDOW:
         x = np.pad(x, (0, MCD_WINDOW - x.size))
     n = 1 + (x.size - MCD_WINDOW) // MCD_HOP

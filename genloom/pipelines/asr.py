@@ -16,8 +16,8 @@ import math
 import os
 import threading
 import time
-from importlib import metadata
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import numpy as np
@@ -83,7 +83,7 @@ def decode(source) -> np.ndarray:
     `source`: a path, bytes, a binary file object, a float array already at 16 kHz, or (samples, sample_rate)."""
     if isinstance(source, tuple):
         x, sr = source
-        x = audio_metrics.to_asr_input(np.asarray(x, dtype=np.float32), int(sr)).astype(np.float32) / 32767
+        x = audio_metrics.resample(x, int(sr), SAMPLE_RATE).astype(np.float32)
     elif isinstance(source, np.ndarray):
         x = source.astype(np.float32)
     else:

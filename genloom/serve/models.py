@@ -15,9 +15,9 @@ from genloom.data.text import DEFAULT_CHAT_TEMPLATE, read_chat_template
 from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
+from genloom.models.runtime import default_dtype, prepare
 from genloom.pipelines.asr import AsrModel, is_whisper_folder, load_asr
 from genloom.pipelines.music import is_music_model
-from genloom.models.runtime import default_dtype, prepare
 from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
