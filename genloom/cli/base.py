@@ -14,6 +14,7 @@ COMMANDS = {  # command -> the module of genloom.cli that defines it (imported w
     "reconstruct": "images", "decode": "images", "attach-prior": "images", "serve": "serve", "keys": "serve", "worker": "serve",
     "kb": "kb", "provenance": "provenance", "signing": "provenance",
     "import-voice": "speak", "speak": "speak",
+    "transcribe": "asr", "import-asr": "asr",
 }
 
 

@@ -25,8 +25,13 @@ from genloom.report import jsonable, write_report
 @click.option("--features", default=None, help="Images: a genloom classifier (default models/fmnist-features) or torchscript:PATH.")
 @click.option("--recon", default=None, help="Images: a folder of reconstructions, scored against --originals.")
 @click.option("--originals", default=None, help="Images: the originals of --recon, same file names (PSNR, SSIM).")
-@click.option("--audio", default=None, help="Audio: a file or folder of WAV/FLAC files.")
+@click.option("--audio", default=None, help="Audio: a file or folder of WAV/FLAC/Ogg files.")
 @click.option("--texts", default=None, help="Audio: what each file says, one line per file in name order (WER).")
+@click.option("--reference-audio", default=None,
+              help="Audio: reference recordings of the same words, same file names (mel-cepstral distortion).")
+@click.option("--asr", "asr_model", default=None,
+              help="Audio: the recognizer for WER (a Whisper folder, whisper-base, pocketsphinx; default whisper-base "
+                   "when imported).")
 @click.option("--midi", "midi_dirs", multiple=True,
               help="Music: a folder of MIDI files scored against --data's held-out pieces; repeat to compare.")
 @click.option("--bars", type=int, default=ev.MUSIC_BARS, show_default=True,
@@ -41,7 +46,7 @@ from genloom.report import jsonable, write_report
 @click.option("--threads", type=int, default=0)
 @click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps.")
 def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
-          midi_dirs, bars, split, context,
+          reference_audio, asr_model, midi_dirs, bars, split, context,
           stride, max_tokens, limit, seed, report_dir, threads, device):
     """Evaluate models or generated samples; metrics with their protocols, JSON out, optional HTML report.
 
@@ -53,7 +58,8 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     genloom eval -m models/fmnist-features                       a classifier's test accuracy
     genloom eval -m models/fmnist-dcgan -n 1000                  an image generator: FID (with its floor), KID, P/R
     genloom eval --recon out/ --originals in/                   PSNR, SSIM of reconstructions
-    genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, pocketsphinx WER
+    genloom eval --audio wavs/ --texts lines.txt                 duration, loudness, Whisper WER, ASR real-time factor
+    genloom eval --audio wavs/ --reference-audio refs/           + mel-cepstral distortion against recordings
     genloom eval -m models/chorales -d data/chorales-remi -n 32   music: NLL/token, MusPy features vs held-out
     genloom eval --midi gen/ -d data/chorales-remi                a folder of MIDI vs the held-out pieces
 
@@ -68,13 +74,13 @@ def eval_(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
     distributed.setup(device)
     try:
         _eval(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
-              midi_dirs, bars, split, context, stride, max_tokens, limit, seed, report_dir, device)
+              reference_audio, asr_model, midi_dirs, bars, split, context, stride, max_tokens, limit, seed, report_dir, device)
     finally:
         distributed.teardown()
 
 
 def _eval(models, data_dir, evalset, hyps, refs, sample_dirs, reference, features, recon, originals, audio, texts,
-          midi_dirs, bars, split, context, stride, max_tokens, limit, seed, report_dir, device):
+          reference_audio, asr_model, midi_dirs, bars, split, context, stride, max_tokens, limit, seed, report_dir, device):
     sections = []
     for m in models:
         if evalset:
@@ -107,9 +113,9 @@ def _eval(models, data_dir, evalset, hyps, refs, sample_dirs, reference, feature
             raise GenloomError("--midi needs --data (a music folder prepared by `genloom data`: its held-out pieces)")
         sections.append(ev.midi_section(d, data_dir, bars=bars))
     if audio:
-        sections.append(ev.audio_section(audio, texts))
-    elif texts:
-        raise GenloomError("--texts needs --audio (the files that should say them)")
+        sections.append(ev.audio_section(audio, texts, references=reference_audio, asr_model=asr_model))
+    elif texts or reference_audio:
+        raise GenloomError(f"{'--texts' if texts else '--reference-audio'} needs --audio (the files to score)")
     if not sections:
         raise GenloomError("nothing to evaluate: give --model, --hyps, --samples, --recon, --audio or --midi "
                            "(see genloom eval -h)")

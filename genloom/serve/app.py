@@ -34,11 +34,12 @@ from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
 from genloom.serve.models import FineTuned, load_served, model_name
 from genloom.serve.retrieval import KbRef, build_corpus_kb, resolve_kb, resolve_model_kb
-from genloom.serve.routes import ROUTERS
+from genloom.serve.routes import ROUTERS, transcriptions
 from genloom.serve.transport import add_transport, parse_origins, parse_public_url
 
 UI_DIR = Path(__file__).parent / "ui"
 UPLOAD_FRAMING_BYTES = 64 << 10  # multipart boundaries, part headers and the purpose field around an upload
+UPLOAD_PATHS = {"/v1/files", *transcriptions.UPLOAD_PATHS}  # POST bodies capped at the upload limit, not the JSON one
 
 
 @dataclass(kw_only=True)

@@ -15,9 +15,10 @@ from genloom.data.text import DEFAULT_CHAT_TEMPLATE, read_chat_template
 from genloom.errors import GenloomError, choices
 from genloom.files import ROOT
 from genloom.knowledge.grounding import Grounding
-from genloom.pipelines.music import is_music_model
 from genloom.pipelines.speech import Voice, load_voice, voice_kind
 from genloom.models.runtime import default_dtype, prepare
+from genloom.pipelines.asr import AsrModel, is_whisper_folder, load_asr
+from genloom.pipelines.music import is_music_model
 from genloom.serve.engine import TextEngine
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -99,6 +100,8 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None
     name = model_name(path)
     if voice_kind(path) is not None:  # a voice folder (genloom.pipelines.speech.LOADERS knows its kind)
         return ServedModel(name, None, None, None, 0, voice=load_voice(path))
+    if is_whisper_folder(path):  # a speech recognizer: served by /v1/audio/transcriptions and /translations
+        return ServedModel(name, load_asr(path), None, None, 0)
     loaded = load_model(path, device=device)
     kind = families.get(loaded.family).kind
     if kind == "image":
@@ -133,9 +136,12 @@ def served_model(state, name: str) -> ServedModel:
     return models[name]
 
 
-def _not_a_voice(served: ServedModel) -> ServedModel:
+def _not_audio(served: ServedModel) -> ServedModel:
     if served.voice is not None:
         raise ApiError(400, f"`{served.name}` is a speech model (a voice); use /v1/audio/speech.", param="model")
+    if isinstance(served.loaded, AsrModel):
+        raise ApiError(400, f"`{served.name}` is a speech recognition model; use /v1/audio/transcriptions.",
+                       param="model")
     return served
 
 
@@ -149,9 +155,20 @@ def speech_model(state, name: str) -> ServedModel:
     return served
 
 
+def asr_model(state, name: str) -> ServedModel:
+    """The served speech recognition model `name` (404 naming the ones served, 503 still loading)."""
+    served = state.models.get(name)
+    if name in state.loading or served is not None and isinstance(served.loaded, AsrModel):
+        return served_model(state, name)
+    valid = sorted(n for n, m in state.models.items() if isinstance(m.loaded, AsrModel))
+    raise ApiError(404, f"The model `{name}` is not a speech recognition model served here; choose one of: "
+                   f"{', '.join(valid) or 'none (serve a Whisper folder such as models/asr-whisper-base)'}.",
+                   param="model", code="model_not_found")
+
+
 def text_model(state, name: str) -> ServedModel:
     """The served text model `name` (404 unknown, 503 still loading, 400 an image model)."""
-    served = _not_a_voice(served_model(state, name))
+    served = _not_audio(served_model(state, name))
     if is_music_model(served.loaded):
         raise ApiError(400, f"`{name}` is a music model; use /v1/audio/music.", param="model")
     if served.engine is None:
@@ -162,7 +179,7 @@ def text_model(state, name: str) -> ServedModel:
 
 def image_model(state, name: str) -> ServedModel:
     """The served image model `name` (404 unknown, 503 still loading, 400 a text model)."""
-    served = _not_a_voice(served_model(state, name))
+    served = _not_audio(served_model(state, name))
     if is_music_model(served.loaded):
         raise ApiError(400, f"`{name}` is a music model; use /v1/audio/music.", param="model")
     if served.engine is not None:
@@ -172,7 +189,7 @@ def image_model(state, name: str) -> ServedModel:
 
 def music_model(state, name: str) -> ServedModel:
     """The served music model `name` (404 unknown, 503 still loading, 400 a text or image model)."""
-    served = _not_a_voice(served_model(state, name))
+    served = _not_audio(served_model(state, name))
     if not is_music_model(served.loaded):
         kind = families.get(served.loaded.family).kind
         raise ApiError(400, f"`{name}` is a{'n' if kind == 'image' else ''} {kind} model, not a music model; "
@@ -212,12 +229,14 @@ class FineTuned:
 
 
 BUNDLED_MODELS = ("chat", "chat-kb", "kjv", "tang", "chorales", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan",
-                  "fmnist-vae", "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes")
+                  "fmnist-vae", "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes", "asr-whisper-base")
 BUNDLED_VOICES = ("voice-joe",)  # imported by scripts/setup.sh
 
 
 def bundled_model_paths() -> list[Path]:
-    """What `genloom serve` serves by default: the bundled models that are present (the two pretrained GANs
-    appear once scripts/setup.sh has imported them)."""
-    return ([ROOT / "models" / n for n in BUNDLED_MODELS if (ROOT / "models" / n / "model.safetensors").exists()]
-            + [ROOT / "models" / n for n in BUNDLED_VOICES if voice_kind(ROOT / "models" / n) is not None])
+    """What `genloom serve` serves by default: the bundled models that are present (the two pretrained GANs,
+    the Whisper speech recognizer and the joe voice appear once scripts/setup.sh has imported them)."""
+    models = ROOT / "models"
+    return ([models / n for n in BUNDLED_MODELS
+             if (models / n / "model.safetensors").exists() or is_whisper_folder(models / n)]
+            + [models / n for n in BUNDLED_VOICES if voice_kind(models / n) is not None])

@@ -13,9 +13,10 @@ from genloom.serve.routes import (
     music,
     provenance,
     speech,
+    transcriptions,
     vector_stores,
 )
 
 ROUTERS = [health.router, models.router, completions.router, images.router, files.router, fine_tuning.router,
            embeddings.router, moderations.router, history.router, vector_stores.router,
-           music.router, speech.router, provenance.router]
+           music.router, speech.router, transcriptions.router, provenance.router]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from genloom import families
+from genloom.pipelines.asr import AsrModel
 from genloom.pipelines.images import image_classes, trait
 from genloom.pipelines.audio_encode import FORMATS
 from genloom.pipelines.music import is_music_model
@@ -26,9 +27,22 @@ async def get_model(model_id: str, request: Request) -> ModelCard:
     return model_card(served_model(request.app.state, model_id))
 
 
+def asr_card(served: ServedModel) -> ModelCard:
+    """A speech recognizer's facts: what it takes and answers (/v1/audio/transcriptions and /translations)."""
+    asr = served.loaded
+    facts = {"family": "whisper", "kind": "speech-to-text", "parameters": asr.card.get("parameters"),
+             "options": ["language", "prompt", "temperature", "timestamp_granularities"], "context": None,
+             "languages": list(asr.languages), "formats": ["json", "text", "srt", "vtt", "verbose_json"],
+             "description": f"{asr.card.get('source', asr.engine)}; {asr.card.get('licence', '')}; "
+                            "POST /v1/audio/transcriptions, /v1/audio/translations"}
+    return ModelCard(id=served.name, created=served.created, genloom=facts)
+
+
 def model_card(served: ServedModel) -> ModelCard:
     if served.voice is not None:
         return speech_card(served)
+    if isinstance(served.loaded, AsrModel):
+        return asr_card(served)
     card = served.loaded.meta.get("card", {}) or {}
     data = card.get("data") or {}
     parameters = sum(p.numel() for p in served.loaded.model.parameters())

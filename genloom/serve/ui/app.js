@@ -76,12 +76,13 @@ async function loadModels() {
     const data = await (await api("/v1/models")).json();
     state.models = data.data;
     const kind = (m) => (m.genloom && m.genloom.kind) || "text";
-    for (const sel of document.querySelectorAll(".model-select, .image-model-select, .music-model-select, .speech-model-select")) {
+    for (const sel of document.querySelectorAll(".model-select, .image-model-select, .music-model-select, .speech-model-select, .asr-model-select")) {
       const keep = sel.value;
       sel.innerHTML = "";
       const want = sel.classList.contains("image-model-select") ? "image"
         : sel.classList.contains("music-model-select") ? "music"
-        : sel.classList.contains("speech-model-select") ? "speech" : "text";
+        : sel.classList.contains("speech-model-select") ? "speech"
+        : sel.classList.contains("asr-model-select") ? "speech-to-text" : "text";
       for (const m of state.models.filter((m) => kind(m) === want)) {
         const o = document.createElement("option");
         o.value = o.textContent = m.id;
@@ -631,6 +632,95 @@ async function checkProvenance(file) {
   } catch (e) { showError(e.message); $("#prov-title").textContent = ""; $("#prov-table").hidden = true; }
 }
 
+// ---- transcribe ------------------------------------------------------------------------------
+// Upload a file or record from the microphone (MediaRecorder, WebM/Opus or what the browser makes); the same
+// /v1/audio/transcriptions and /translations routes as the openai client.
+const recording = { recorder: null, chunks: [] };
+
+async function transcribe(blob, filename) {
+  const model = $("#asr-model").value;
+  if (!model) { showError("no speech recognition model is being served (genloom serve models/asr-whisper-base)"); return; }
+  const task = $("#asr-task").value;
+  const format = $("#asr-format").value;
+  const form = new FormData();
+  form.append("file", blob, filename);
+  form.append("model", model);
+  form.append("response_format", format);
+  const language = $("#asr-language").value.trim();
+  if (language && task === "transcribe") form.append("language", language);
+  if (format === "verbose_json") form.append("timestamp_granularities[]", "segment");
+  showError("");
+  $("#asr-run").disabled = true;
+  $("#asr-status").textContent = `${task === "translate" ? "translating" : "transcribing"} ${filename}...`;
+  const t0 = performance.now();
+  try {
+    const res = await api(task === "translate" ? "/v1/audio/translations" : "/v1/audio/transcriptions",
+                          { method: "POST", body: form });
+    const body = $("#asr-segments tbody");
+    body.innerHTML = "";
+    $("#asr-segments").hidden = true;
+    if (format === "json" || format === "verbose_json") {
+      const data = await res.json();
+      $("#asr-out").textContent = data.text;
+      for (const seg of data.segments || []) {
+        const tr = document.createElement("tr");
+        for (const v of [seg.start.toFixed(2), seg.end.toFixed(2), seg.text]) {
+          const td = document.createElement("td");
+          td.textContent = v;
+          tr.appendChild(td);
+        }
+        body.appendChild(tr);
+      }
+      $("#asr-segments").hidden = !(data.segments || []).length;
+      $("#asr-status").textContent = `${model} · ${data.language ? data.language + " · " : ""}` +
+        `${data.duration ? data.duration.toFixed(1) + " s of audio · " : ""}${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    } else {
+      $("#asr-out").textContent = await res.text();
+      $("#asr-status").textContent = `${model} · ${format} · ${((performance.now() - t0) / 1000).toFixed(1)} s`;
+    }
+  } catch (e) {
+    showError(e.message);
+    $("#asr-status").textContent = "";
+  } finally { $("#asr-run").disabled = false; }
+}
+
+function transcribeFile(ev) {
+  ev.preventDefault();
+  const file = $("#asr-file").files[0];
+  if (!file) { showError("choose an audio file first"); return; }
+  $("#asr-audio").src = URL.createObjectURL(file);
+  $("#asr-audio").hidden = false;
+  transcribe(file, file.name);
+}
+
+async function toggleRecording() {
+  const button = $("#asr-record");
+  if (recording.recorder && recording.recorder.state === "recording") {
+    recording.recorder.stop();
+    return;
+  }
+  let stream;
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ audio: true });
+  } catch (e) { showError("microphone unavailable: " + e.message); return; }
+  recording.chunks = [];
+  const recorder = new MediaRecorder(stream);
+  recording.recorder = recorder;
+  recorder.ondataavailable = (e) => { if (e.data.size) recording.chunks.push(e.data); };
+  recorder.onstop = () => {
+    stream.getTracks().forEach((t) => t.stop());
+    button.textContent = "Record";
+    const type = recorder.mimeType || "audio/webm";
+    const blob = new Blob(recording.chunks, { type });
+    $("#asr-audio").src = URL.createObjectURL(blob);
+    $("#asr-audio").hidden = false;
+    transcribe(blob, "recording." + (type.includes("ogg") ? "ogg" : type.includes("mp4") ? "m4a" : "webm"));
+  };
+  recorder.start();
+  button.textContent = "Stop";
+  $("#asr-status").textContent = "recording... press Stop to transcribe";
+}
+
 // ---- wiring ----------------------------------------------------------------------------------
 document.querySelectorAll("nav button").forEach((b) => b.addEventListener("click", () => openTab(b.dataset.tab)));
 $("#chat-form").addEventListener("submit", (ev) => {
@@ -646,6 +736,8 @@ $("#images-run").addEventListener("click", () => runImages());
 $("#music-form").addEventListener("submit", runMusic);
 $("#speech-form").addEventListener("submit", runSpeech);
 $("#speech-model").addEventListener("change", showVoices);
+$("#asr-form").addEventListener("submit", transcribeFile);
+$("#asr-record").addEventListener("click", toggleRecording);
 $("#history-refresh").addEventListener("click", loadHistory);
 $("#job-form").addEventListener("submit", startJob);
 $("#kb-create-form").addEventListener("submit", createStore);
