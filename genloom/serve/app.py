@@ -39,7 +39,8 @@ from genloom.serve.transport import add_transport, parse_origins, parse_public_u
 
 UI_DIR = Path(__file__).parent / "ui"
 UPLOAD_FRAMING_BYTES = 64 << 10  # multipart boundaries, part headers and the purpose field around an upload
-UPLOAD_PATHS = {"/v1/files", *transcriptions.UPLOAD_PATHS}  # POST bodies capped at the upload limit, not the JSON one
+UPLOAD_PATHS = {"/v1/files", "/v1/provenance", *transcriptions.UPLOAD_PATHS}  # POST bodies capped at the upload limit, not
+# the JSON one (their routes count the file itself)
 
 
 @dataclass(kw_only=True)
@@ -56,8 +57,6 @@ class Limits:
 
 # ---- the app ----
 
-
-UPLOAD_PATHS = ("/v1/files", "/v1/provenance")  # bodies up to the upload limit (their routes count the file)
 
 
 def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 64, max_tokens: int = 1024,
