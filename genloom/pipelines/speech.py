@@ -245,3 +245,6 @@ def load_voice(folder: str | Path, *, threads: int = DEFAULT_THREADS) -> Voice:
     if kind is None:
         raise GenloomError(f"{folder} holds no voice model (expected one of: {choices(LOADERS)})")
     return LOADERS[kind](path, threads)
+
+
+from genloom.pipelines import voice as _trained_voices  # noqa: E402,F401 (registers genloom-trained voices' loader)
