@@ -198,9 +198,12 @@ def audio_card(folder, card: dict, name: str = "", command: str = "") -> Path:
              f"n_fft {feats.get('n_fft', '?')}, hop {feats.get('hop', '?')} at {feats.get('sample_rate', '?')} Hz |",
              f"| model | d_model {m.get('d_model', '?')}, {m.get('encoder_layers', '?')} FFT blocks + {len(m.get('decoder_dilations') or ()) or '?'} "
              f"conv blocks, {card.get('parameters', 0):,} parameters |"]
+    t = (card.get("run_config") or {}).get("train") or {}
     if card.get("train_seconds") is not None:
-        lines.append(f"| training | {card.get('step', '?')} steps, {card['train_seconds'] / 60:.1f} min on "
-                     f"{card.get('threads', '?')} CPU threads (torch {card.get('torch', '?')}) |")
+        lines.append(f"| training | best checkpoint at step {card.get('step', '?')} of {t.get('max_steps', '?')}, "
+                     f"{card['train_seconds'] / 60:.1f} min on {card.get('threads', '?')} CPU thread(s) "
+                     f"(torch {card.get('torch', '?')}); AdamW, lr {t.get('lr', '?')} cosine to {t.get('min_lr', '?')}, "
+                     f"batch {t.get('batch_size', '?')} utterances, random {m.get('crop', '?')}-frame windows |")
     if card.get("val_loss") is not None:
         lines.append(f"| validation loss | {card['val_loss']:.4f} ({card.get('loss_name', '')}) |")
     if card.get("wer"):

@@ -66,7 +66,7 @@ def test_missing_onnxruntime_is_named(monkeypatch, joe_dir):
 
 
 def test_load_voice_refuses_a_folder_without_a_voice(tmp_path):
-    with pytest.raises(GenloomError, match=r"holds no voice model \(expected one of: \*\.onnx\.json\)"):
+    with pytest.raises(GenloomError, match=r"holds no voice model \(expected one of: \*\.onnx\.json, model\.safetensors\)"):
         speech.load_voice(tmp_path)
 
 
