@@ -134,7 +134,7 @@ def tiny_cfg(folder, prepared, out, **train):
         "family": "fastspeech",
         "data": {"source": str(folder), "dir": str(prepared), "val_fraction": 0.25},
         "model": {"d_model": 32, "n_heads": 2, "encoder_layers": 1, "conv_hidden": 32, "kernel_size": 3,
-                  "decoder_dilations": [1, 2], "crop": 16, "predictor_hidden": 16},
+                  "decoder_dilations": [1, 2], "crop": 16, "predictor_hidden": 16, "max_phonemes": 64},
         "train": {"out_dir": str(out), "max_steps": 6, "batch_size": 4, "lr": 3e-3, "warmup_steps": 0,
                   "eval_interval": 3, "eval_batches": 1, "ckpt_interval": 3, "sample_interval": 3,
                   "log_interval": 1, "threads": 1, **train}})
@@ -161,8 +161,11 @@ def test_family_trains_resumes_and_speaks(speech_folder, tmp_path):
     cfg = json.loads((best / "config.json").read_text())
     cfg["model"]["symbols"] = json.dumps({**ID_MAP, "ə": [3], "t": [4], "s": [5]})
     (best / "config.json").write_text(json.dumps(cfg))
-    audio = load_voice(best, threads=1).synthesize("test.")
+    voice = load_voice(best, threads=1)
+    audio = voice.synthesize("test.")
     assert audio.dtype == np.float32 and len(audio) > 0 and np.abs(audio).max() <= 1.0
+    assert len(voice.synthesize("test " * 40)) > len(audio)  # past the encoder's 64 positions: spoken in pieces
+    assert len(voice.synthesize("test test test.", speed=2.0)) < len(voice.synthesize("test test test."))
 
 
 def test_load_voice_refuses_a_model_that_is_not_a_voice(tmp_path):

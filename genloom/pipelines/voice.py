@@ -44,7 +44,8 @@ class TrainedVoice(speech.Voice):
         before = torch.get_num_threads()
         torch.set_num_threads(self.threads)
         try:
-            mel = self.model.synthesize(ids, speed=speed)
+            n = self.model.config.max_phonemes  # the encoder's positions: a longer sentence is spoken in pieces
+            mel = torch.cat([self.model.synthesize(ids[i: i + n], speed=speed) for i in range(0, len(ids), n)], 1)
             wave = features.griffin_lim(mel, n_iter=self.gl_iters)
         finally:
             torch.set_num_threads(before)
