@@ -10,8 +10,8 @@
 # chatterbot dialogues, in genloom-data/kb/chatterbot (`genloom serve -m models/chat-kb`).
 # voice (text to speech): the Piper joe voice (models/voice-joe, setup.sh) reads 900 sentences into
 # genloom-data/voice-joe-distilled (`genloom distill-voice`, resumable), a FastSpeech 2 style model trains on them
-# (configs/voice.toml, ~38 min on 2 CPU threads), and models/voice-joe-fs2 gets its card, loss curve and sample WAVs;
-# its word error rate: `python3 bench/voice.py`. Not in the default list (it needs the teacher voice and 45 min).
+# (configs/voice.toml, 26 min on 1 thread of 2 shared cores), models/voice-joe-fs2 gets its loss curve and sample WAVs,
+# and bench/voice.py measures its WER and writes its card. Not in the default list (teacher voice needed, ~40 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ "${1:-}" = voice ]; then
