@@ -219,6 +219,10 @@ class SamplesFile(Callback):
     def _write(self, trainer, samples):
         import torch
 
+        if hasattr(samples, "write"):  # audio (genloom.data.speech.AudioSamples): WAVs and spectrogram PNGs
+            samples.write(trainer.out, trainer.step)
+            return
+
         if isinstance(samples, torch.Tensor):
 
             png = grid_png(samples, nrow=int(len(samples) ** 0.5 + 0.999), scale=2)

@@ -176,3 +176,44 @@ def gguf_card(path, card: dict, name: str, modelfile: str, dtype: str, block_siz
     out = path.with_name(f"{path.stem}.README.md")
     atomic_write_text(out, "\n".join(lines) + "\n")
     return out
+
+
+def audio_card(folder, card: dict, name: str = "", command: str = "") -> Path:
+    """The card of a trained voice: its data (a teacher voice's readings), the paper, the recipe, the result,
+    and the loss curve and sample audio kept beside it."""
+    data = card.get("data") or {}
+    utt, secs, feats = data.get("utterances") or {}, data.get("seconds") or {}, data.get("features") or {}
+    m = card.get("model_config") or {}
+    lines = [f"# {name or Path(folder).name}", "",
+             "A genloom text-to-speech voice: a small FastSpeech 2 style acoustic model (Ren et al. 2020, "
+             "\"FastSpeech 2: Fast and High-Quality End-to-End Text to Speech\"; no pitch/energy predictors) "
+             "that turns espeak-ng phonemes into log-mel spectrograms, and the Griffin-Lim vocoder (fast "
+             "Griffin-Lim, Perraudin et al. 2013). Speech it makes is machine-made: label it as such.", "",
+             "| | |", "|---|---|",
+             f"| data | `{data.get('source', '?')}`: {utt.get('train', '?')} train / {utt.get('val', '?')} validation "
+             f"utterances ({secs.get('train', '?')} s / {secs.get('val', '?')} s), split by utterance |",
+             f"| teacher | {data.get('teacher') or 'none'} (its audio and its per-phoneme durations are the targets; "
+             "its licence and data terms apply to this voice) |",
+             f"| features | log-mel, {feats.get('n_mels', '?')} bands {feats.get('fmin', '?')}-{feats.get('fmax', '?')} Hz, "
+             f"n_fft {feats.get('n_fft', '?')}, hop {feats.get('hop', '?')} at {feats.get('sample_rate', '?')} Hz |",
+             f"| model | d_model {m.get('d_model', '?')}, {m.get('encoder_layers', '?')} FFT blocks + {len(m.get('decoder_dilations') or ()) or '?'} "
+             f"conv blocks, {card.get('parameters', 0):,} parameters |"]
+    t = (card.get("run_config") or {}).get("train") or {}
+    if card.get("train_seconds") is not None:
+        lines.append(f"| training | best checkpoint at step {card.get('step', '?')} of {t.get('max_steps', '?')}, "
+                     f"{card['train_seconds'] / 60:.1f} min on {card.get('threads', '?')} CPU thread(s) "
+                     f"(torch {card.get('torch', '?')}); AdamW, lr {t.get('lr', '?')} cosine to {t.get('min_lr', '?')}, "
+                     f"batch {t.get('batch_size', '?')} utterances, random {m.get('crop', '?')}-frame windows |")
+    if card.get("val_loss") is not None:
+        lines.append(f"| validation loss | {card['val_loss']:.4f} ({card.get('loss_name', '')}) |")
+    if card.get("wer"):
+        w = card["wer"]
+        lines.append(f"| word error rate | {w['student']:.1%} (teacher {w['teacher']:.1%}) on {w['sentences']} held-out "
+                     f"sentences, {w['protocol']} |")
+        if w.get("rtf_student") is not None:
+            lines.append(f"| real-time factor | {w['rtf_student']:.3f} (teacher {w['rtf_teacher']:.3f}), compute s per "
+                         "audio s on 2 threads |")
+    extras = [f for f in ("loss.png", "samples-0.wav", "samples-0.png", "samples-1.wav") if (Path(folder) / f).exists()]
+    if extras:
+        lines += ["", "Files: " + ", ".join(f"[{f}]({f})" for f in extras) + "."]
+    return _write(folder, lines, command)

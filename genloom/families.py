@@ -19,14 +19,15 @@ from typing import Callable
 from genloom import cards, config
 from genloom.config import RunConfig, from_dict
 from genloom.errors import GenloomError, choices
+from genloom.models.fastspeech import FastSpeech, FastSpeechConfig
 from genloom.models.classifier import Classifier, ClassifierConfig
 from genloom.models.gan import DCGAN, DCGANConfig
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.models.unet import DiffusionModel, UNetConfig
 from genloom.models.vae import VAE, VQVAE, VAEConfig, VQVAEConfig
-from genloom.objectives import ClassifyTask, DiffusionTask, GANTask, LMTask, VAETask, VQVAETask
+from genloom.objectives import ClassifyTask, DiffusionTask, GANTask, LMTask, TTSTask, VAETask, VQVAETask
 
-KINDS = ("text", "image", "label")  # what a family's models make; audio and music join here
+KINDS = ("text", "image", "label", "audio")  # what a family's models make
 
 TEXT_OPTIONS = frozenset({"max_new_tokens", "min_new_tokens", "temperature", "top_k", "top_p", "min_p",
                           "repetition_penalty", "presence_penalty", "frequency_penalty", "stop", "seed"})
@@ -130,3 +131,5 @@ register(Family("vae", "image", VAEConfig, VAE, VAETask, cards.image_card,
                 loss_name="negative ELBO, nats per image"))
 register(Family("vqvae", "image", VQVAEConfig, VQVAE, VQVAETask, cards.image_card,
                 loss_name="reconstruction MSE + commitment"))
+register(Family("fastspeech", "audio", FastSpeechConfig, FastSpeech, TTSTask, cards.audio_card,
+                loss_name="mel L1 (log-mel, nats) + log-duration MSE"))

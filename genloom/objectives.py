@@ -8,10 +8,13 @@ units the throughput is reported in, and `card()` describes the data for the mod
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import torch
 
 from genloom import devices, diffusion
+from genloom.data import speech
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
 from genloom.data.text import TokenData
 from genloom.embeddings import embed
@@ -514,3 +517,96 @@ class VQVAETask(VAETask):
         """Reconstructions of the first validation images above the originals (no prior during training)."""
         x = self.splits["val"].images[: n // 2]
         return torch.cat([x, model.reconstruct(x).cpu()])
+
+
+class TTSTask:
+    """Text to speech on a prepared speech folder (genloom.data.speech): random utterances, their phoneme ids,
+    teacher durations and log-mel frames, padded into a batch; the model's loss is mel L1 + log-duration MSE.
+    Samples: the first validation utterances spoken by the model through Griffin-Lim (WAV + spectrogram PNG)."""
+    unit = "frame"
+    tokenizer = None
+    rows = slice(None)
+    METRICS = ()
+
+    def __init__(self, data: speech.SpeechData, batch_size: int):
+        self.data, self.batch_size = data, batch_size
+
+    @classmethod
+    def from_config(cls, cfg) -> "TTSTask":
+        from pathlib import Path
+
+        d = cfg.data
+        if not d.dir:
+            raise GenloomError("data.dir is not set: point it at a folder prepared by `genloom data SPEECH_FOLDER`")
+        if d.source and not (Path(d.dir) / "meta.json").exists():
+            speech.prepare(d.source, d.dir, d.val_fraction, d.split_seed)
+        return cls(speech.SpeechData(d.dir), cfg.train.batch_size)
+
+    def model_config(self, mdict: dict) -> dict:
+        ph, feats = self.data.meta["phonemes"], self.data.meta["features"]
+        id_map = ph["phoneme_id_map"]
+        mdict.setdefault("vocab_size", max(max(v) for v in id_map.values()) + 1)
+        mdict.setdefault("n_mels", feats["n_mels"])
+        mdict.setdefault("symbols", json.dumps(id_map, ensure_ascii=False, sort_keys=True))
+        mdict.setdefault("espeak_voice", ph.get("espeak_voice", "en-us"))
+        return mdict
+
+    def bind(self, model_config) -> None:
+        self.crop = int(getattr(model_config, "crop", 0))
+
+    def has_split(self, split: str) -> bool:
+        return len(self.data.splits[split]["index"]) > 0
+
+    def collate(self, split: str, ix: list[int], gen: torch.Generator | None = None):
+        """ids (B, T), lengths (B,), durations (B, T), target mels (B, C, n_mels) and each window's start (B,):
+        with a crop and a generator, a random window of `crop` frames per utterance, else whole ones from 0."""
+        utts = [self.data.utterance(split, i) for i in ix]
+        T = max(len(u[0]) for u in utts)
+        C = self.crop if self.crop and gen is not None else max(len(u[2]) for u in utts)
+        ids = torch.zeros(len(utts), T, dtype=torch.long)
+        durs = torch.zeros(len(utts), T, dtype=torch.long)
+        mels = torch.zeros(len(utts), C, self.data.meta["features"]["n_mels"])
+        starts = torch.zeros(len(utts), dtype=torch.long)
+        for b, (p, d, m) in enumerate(utts):
+            ids[b, : len(p)] = torch.from_numpy(p.astype(np.int64))
+            durs[b, : len(d)] = torch.from_numpy(d.astype(np.int64))
+            if C < len(m):
+                starts[b] = int(torch.randint(len(m) - C + 1, (1,), generator=gen))
+            window = m[int(starts[b]): int(starts[b]) + C]
+            mels[b, : len(window)] = torch.from_numpy(window.astype(np.float32))
+        lengths = torch.tensor([len(u[0]) for u in utts])
+        return ids, lengths, durs, mels, starts
+
+    def batch(self, split: str, gen: torch.Generator):
+        n = len(self.data.splits[split]["index"])
+        ix = torch.randint(n, (self.batch_size,), generator=gen)
+        return self.collate(split, ix[self.rows].tolist(), gen)
+
+    def loss(self, model, batch) -> torch.Tensor:
+        return model(*batch)[1]
+
+    def tokens(self, batch) -> int:  # target frames decoded
+        return int(batch[3].shape[0] * batch[3].shape[1])
+
+    def card(self) -> dict:
+        keys = ("source", "utterances", "seconds", "features", "split_seed", "val_fraction")
+        out = {k: self.data.meta[k] for k in keys if k in self.data.meta}
+        out["teacher"] = self.data.meta["phonemes"].get("teacher", "")
+        out["modality"] = "speech"
+        return out
+
+    def sample(self, model, n: int = 2, **_) -> speech.AudioSamples:
+        split = "val" if self.has_split("val") else "train"
+        texts = self.data.meta.get("val_texts", []) if split == "val" else []
+        was_training = model.training
+        model.eval()
+        try:
+            waves, mels = [], []
+            for i in range(min(n, len(self.data.splits[split]["index"]))):
+                ids, _, _ = self.data.utterance(split, i)
+                mel = model.synthesize(ids.astype(np.int64).tolist()).float().cpu()
+                mels.append(mel.numpy())
+                waves.append(speech.griffin_lim(mel))
+        finally:
+            model.train(was_training)
+        return speech.AudioSamples(waves, mels, [texts[i] if i < len(texts) else "" for i in range(len(waves))])

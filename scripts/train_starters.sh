@@ -8,8 +8,22 @@
 # Text starters and image generators ship in float16; the feature networks in float32 (FID is sensitive).
 # chat-kb (grounded chat) also writes its grounding.json and builds the knowledge base it is served with: all
 # chatterbot dialogues, in genloom-data/kb/chatterbot (`genloom serve -m models/chat-kb`).
+# voice (text to speech): the Piper joe voice (models/voice-joe, setup.sh) reads 900 sentences into
+# genloom-data/voice-joe-distilled (`genloom distill-voice`, resumable), a FastSpeech 2 style model trains on them
+# (configs/voice.toml, 26 min on 1 thread of 2 shared cores), models/voice-joe-fs2 gets its loss curve and sample WAVs,
+# and bench/voice.py measures its WER and writes its card. Not in the default list (teacher voice needed, ~40 min).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = voice ]; then
+  genloom distill-voice -m models/voice-joe --out genloom-data/voice-joe-distilled -n 900 --heldout 120
+  rm -rf runs/voice models/voice-joe-fs2
+  genloom train --config configs/voice.toml
+  genloom export runs/voice --out models/voice-joe-fs2 --dtype float16
+  cp runs/voice/loss.png runs/voice/samples-0.wav runs/voice/samples-0.png runs/voice/samples-1.wav models/voice-joe-fs2/
+  # Whisper WER on 100 held-out sentences beside the teacher's; writes the card (README.md) with the figures
+  python3 bench/voice.py --student models/voice-joe-fs2 --card
+  exit 0
+fi
 for n in ${@:-kjv tang chat chat-kb chorales fmnist-features mnist-features fmnist-diffusion fmnist-text2img fmnist-dcgan fmnist-vae fmnist-vqvae}; do
   rm -rf "runs/$n"
   genloom train --config "configs/$n.toml"

@@ -41,6 +41,10 @@ def data(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tok
     with disk_full_as_error():
         meta = prepare(source, out, tokenizer, vocab_size, val_fraction, seed, text_field, tokenizer_from,
                        transpose)
+    if meta.get("modality") == "speech":
+        u, sec = meta["utterances"], meta["seconds"]
+        return click.echo(f"{out}: {u['train']}+{u['val']} utterances, {sec['train']} s train / {sec['val']} s val "
+                          f"of {meta['features']['n_mels']}-band log-mels with phoneme durations")
     click.echo(
         f"{out}: {meta['documents']['train']}+{meta['documents']['val']} documents, "
         f"{meta['tokens']['train']:,} train / {meta['tokens']['val']:,} val tokens, "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genloom.data import music
+from genloom.data import music, speech
 from genloom.data.bible import kjv, parallel_chapters
 from genloom.data.split import SEED, VAL_FRACTION, split_indices  # noqa: F401  (the split's defaults)
 from genloom.data.tokenizers import Tokenizer, load_tokenizer, train_tokenizer
@@ -277,7 +277,10 @@ def prepare(
 ) -> dict:
     """`genloom data`: read, split, train (or reuse) a tokenizer on the train side, write the token files.
 
-    Music (a music tokenizer, or a music corpus/file/folder with no tokenizer named) goes to data.music.prepare."""
+    Music (a music tokenizer, or a music corpus/file/folder with no tokenizer named) goes to data.music.prepare;
+    a speech folder in LJSpeech layout (metadata.csv + wavs/) to data.speech.prepare."""
+    if speech.is_speech_folder(source):
+        return speech.prepare(source, out_dir, val_fraction, seed)
     if tokenizer in music.TOKENIZERS or ((tokenizer is None or tokenizer_from) and music.is_music_source(source)):
         scheme = tokenizer if tokenizer in music.TOKENIZERS else "remi"
         return music.prepare(source, out_dir, scheme, val_fraction, seed, transpose, tokenizer_from)

@@ -26,6 +26,7 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from tqdm import tqdm
@@ -308,22 +309,28 @@ def _load_piper(folder: Path, threads: int) -> Voice:
     return PiperVoice(onnx[0], threads=threads)
 
 
-LOADERS: dict[str, Callable[[Path, int], Voice]] = {  # a file pattern the folder holds -> its voice loader
-    "*.onnx.json": _load_piper,
+class VoiceLoader(NamedTuple):
+    """How one kind of voice is recognised in a folder and loaded from it."""
+    matches: Callable[[Path], bool]
+    load: Callable[[Path, int], Voice]
+
+
+LOADERS: dict[str, VoiceLoader] = {  # kind of voice -> its loader (genloom.pipelines.voice adds "genloom")
+    "piper": VoiceLoader(lambda folder: any(folder.glob("*.onnx.json")), _load_piper),
 }
 
 
-def register_loader(pattern: str, loader: Callable[[Path, int], Voice]) -> None:
+def register_loader(kind: str, matches: Callable[[Path], bool], load: Callable[[Path, int], Voice]) -> None:
     """Let another kind of voice (a genloom-trained one) be loaded by `load_voice`."""
-    LOADERS[pattern] = loader
+    LOADERS[kind] = VoiceLoader(matches, load)
 
 
 def voice_kind(folder: str | Path) -> str | None:
-    """The LOADERS pattern a folder matches, None when it holds no voice."""
+    """The kind of voice a folder holds (a LOADERS key), None when it holds no voice."""
     folder = Path(folder)
     if not folder.is_dir():
         return None
-    return next((pattern for pattern in LOADERS if any(folder.glob(pattern))), None)
+    return next((kind for kind, loader in LOADERS.items() if loader.matches(folder)), None)
 
 
 def load_voice(folder: str | Path, *, threads: int = DEFAULT_THREADS) -> Voice:
@@ -331,5 +338,5 @@ def load_voice(folder: str | Path, *, threads: int = DEFAULT_THREADS) -> Voice:
     path = Path(folder)
     kind = voice_kind(path)
     if kind is None:
-        raise GenloomError(f"{folder} holds no voice model (expected one of: {choices(LOADERS)})")
-    return LOADERS[kind](path, threads)
+        raise GenloomError(f"{folder} holds no voice model (kinds of voice: {choices(LOADERS)})")
+    return LOADERS[kind].load(path, threads)
