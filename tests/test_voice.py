@@ -171,7 +171,7 @@ def test_family_trains_resumes_and_speaks(speech_folder, tmp_path):
 def test_load_voice_refuses_a_model_that_is_not_a_voice(tmp_path):
     gpt = random_gpt()
     export_model(tmp_path / "gpt", family="gpt", model=gpt, model_config=gpt.config, tokenizer=None)
-    with pytest.raises(GenloomError, match="not a voice"):
+    with pytest.raises(GenloomError, match="holds no voice model"):
         load_voice(tmp_path / "gpt")
 
 
