@@ -68,9 +68,12 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
 @click.option("--compile", "compile_decode", is_flag=True, help="Compile text models' decode step (torch.compile).")
 @click.option("--device", default="auto", show_default=True, help="Where the models run: auto (a GPU when there is "
               "one), cpu, cuda, cuda:N or mps.")
+@click.option("--watermark", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="Mark every text, image and audio output with the installation's key (DATA_DIR/watermark.key); "
+              "off is logged as a warning.")
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
           cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads, dtype,
-          compile_decode, device):
+          compile_decode, device, watermark):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
     devices.resolve(device)  # no such device: one line, before anything starts
@@ -89,7 +92,7 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
         cors_origins=_split(cors_origins), job_limits=limits, kb=kb, device=device, dtype=dtype,
-        compile_decode=compile_decode)
+        compile_decode=compile_decode, watermark=watermark)
 
 
 @cli.command()

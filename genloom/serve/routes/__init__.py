@@ -12,8 +12,9 @@ from genloom.serve.routes import (
     moderations,
     music,
     vector_stores,
+    watermarks,
 )
 
 ROUTERS = [health.router, models.router, completions.router, images.router, files.router, fine_tuning.router,
            embeddings.router, moderations.router, history.router, vector_stores.router,
-           music.router]
+           music.router, watermarks.router]

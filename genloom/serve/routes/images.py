@@ -42,7 +42,7 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
         raise ApiError(400, str(e), param=e.param) from None
     t0 = time.perf_counter()
     pixels = await asyncio.to_thread(images.sample_images, served.loaded, plan, served.loaded.lock)
-    result = images.ImageResult(plan, pixels)
+    result = await asyncio.to_thread(images.ImageResult, plan, pixels, request.app.state.watermarks)  # marked
     pngs = await asyncio.to_thread(result.pngs)  # PNG encoding is CPU work: off the event loop
     revised = result.revised_prompts
     ids = [new_id("img") for _ in pngs] if db is not None else []

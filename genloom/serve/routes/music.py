@@ -52,11 +52,11 @@ def _primer(body: MusicRequest, request: Request) -> bytes | None:
     return data
 
 
-def _render(piece: music.Music, fmt: str) -> dict:
+def _render(piece: music.Music, fmt: str, marks=None) -> dict:
     """The bytes the response needs (worker thread: FluidSynth and LAME are CPU work)."""
     if fmt == "json":
-        return {"midi": piece.midi(), "audio": music.audio(piece, "mp3"), "png": music.piano_roll_png(piece)}
-    return {"body": music.audio(piece, fmt)}
+        return {"midi": piece.midi(), "audio": music.audio(piece, "mp3", marks), "png": music.piano_roll_png(piece)}
+    return {"body": music.audio(piece, fmt, marks)}
 
 
 @router.post("/v1/audio/music", dependencies=v1, responses={**responses(503), **AUDIO_RESPONSES},
@@ -83,7 +83,7 @@ async def compose(body: MusicRequest, request: Request):
             return music.compose(served.loaded, opts, primer)
 
     piece = await asyncio.to_thread(run)
-    out = await asyncio.to_thread(_render, piece, body.response_format)
+    out = await asyncio.to_thread(_render, piece, body.response_format, request.app.state.watermarks)
     db = request.app.state.db
     if db is not None:
         await asyncio.to_thread(db.log_request, route="/v1/audio/music", model=served.name,
