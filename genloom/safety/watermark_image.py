@@ -33,7 +33,11 @@ MARGIN = 2.0  # pixel levels: each coefficient's sign held with this amplitude
 CAP = 3.0  # pixel levels: a coefficient larger than this in the picture is left alone (and not read)
 PASSES = 3
 Z_THRESHOLD = 4.0
-MIN_SIDE = 4
+MIN_SIDE = 8
+INNER = 0.75  # the marked window's share of each side
+MIN_KEPT = 0.9  # the smallest share of each side a crop may have kept (searched)
+HALF = 0.5  # highest index embedded per side length (Nyquist)
+READ = 0.4  # highest index read per side length: a resized copy's top band is blurred away
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -56,76 +60,73 @@ def _luma(img: np.ndarray) -> np.ndarray:
     return img[..., 0] if img.shape[-1] == 1 else img[..., :3] @ LUMA
 
 
+def window(h: int, w: int) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of the marked window: the central INNER share of each side, even-sized at even
+    offsets (a copy resized by 0.5 keeps it on whole pixels), which a crop keeping 90% of each side holds whole."""
+    wh, ww = 2 * round(INNER * h / 2), 2 * round(INNER * w / 2)
+    return 2 * round((h - wh) / 4), 2 * round((w - ww) / 4), wh, ww
+
+
 def embed(img: np.ndarray, secret: bytes) -> np.ndarray:
-    """uint8 (H, W, C) with C 1 or 3 -> the same, marked in its luminance (the change added to every channel)."""
+    """uint8 (H, W, C) with C 1 or 3 -> the same, marked in the luminance of its central window (the change added to
+    every channel)."""
     h, w = img.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise GenloomError(f"image watermark: images need at least {MIN_SIDE}x{MIN_SIDE} pixels (got {w}x{h})")
-    U, V = band(min(MAX_UV, (min(h, w) + 1) // 2 - 1))  # what a copy resized by 0.5 can still hold
+    top, left, wh, ww = window(h, w)
+    U, V = band(min(MAX_UV, int(HALF * min(wh, ww))))  # what a copy resized by 0.5 still holds clearly
     s = signs(secret)[U, V]
-    K = len(U)
-    scale = math.sqrt(h * w) / 2  # an orthonormal DCT coefficient per pixel level of its cosine
+    scale = math.sqrt(wh * ww) / 2  # an orthonormal DCT coefficient per pixel level of its cosine
     base = img.astype(np.float64)
-    y0 = _luma(img)
-    c0 = dctn(y0, norm="ortho")[U, V]
+    c0 = dctn(_luma(img)[top : top + wh, left : left + ww], norm="ortho")[U, V]
     hopeful = np.abs(c0) <= CAP * scale  # a coefficient of the picture's own larger than CAP is left alone
-    delta, moved = np.zeros((h, w)), np.zeros(K)
+    delta, moved = np.zeros((h, w)), np.zeros(len(U))
     for _ in range(PASSES):  # clipping at 0 and 255 eats some of the change: measure again and top it up
-        y = _luma(np.clip(np.round(base + delta[..., None]), 0, 255))
+        y = _luma(np.clip(np.round(base + delta[..., None]), 0, 255))[top : top + wh, left : left + ww]
         c = dctn(y, norm="ortho")[U, V]
         need = np.where(hopeful, np.clip(MARGIN * scale - s * c, 0, (MARGIN + CAP) * scale - moved), 0)
         if not need.any():
             break
         moved += need
-        d = np.zeros((h, w))
+        d = np.zeros((wh, ww))
         d[U, V] = s * need
-        delta += idctn(d, norm="ortho")
-    out = np.clip(np.round(base + delta[..., None]), 0, 255).astype(np.uint8)
-    assert out.shape == img.shape and np.abs(_luma(out) - y0).max() < 255
-    return out
+        delta[top : top + wh, left : left + ww] += idctn(d, norm="ortho")
+    return np.clip(np.round(base + delta[..., None]), 0, 255).astype(np.uint8)
 
 
-def _frames():
-    """(fy, oy, fx, ox): the visible fraction and offset of the original frame a suspect may be, per axis."""
-    axis = [(1.0, 0.0)] + [(0.95, o) for o in (0.0, 0.025, 0.05)] + [(0.9, o) for o in (0.0, 0.025, 0.05, 0.075, 0.1)]
-    return [(fy, oy, fx, ox) for fy, oy in axis for fx, ox in axis]
-
-
-FRAMES = _frames()
-
-
-def _frame_coefficients(y: np.ndarray, H: int, W: int, top: int, left: int) -> np.ndarray:
-    """The band's DCT coefficients of an H x W frame of which `y` is the window at (top, left), the rest of the
-    frame filled with the window's mean."""
-    canvas = np.full((H, W), y.mean())
-    canvas[top : top + y.shape[0], left : left + y.shape[1]] = y
-    return dctn(canvas, norm="ortho")
+def _windows(h: int, w: int):
+    """Where the marked window may sit in an image of h x w: every height from INNER of the image's to INNER / 0.9
+    of it (a crop kept 90% to 100% of each side), the width in proportion, at every offset (1-pixel steps)."""
+    for wh in range(round(INNER * h), min(h, round(INNER * h / MIN_KEPT)) + 1):
+        ww = min(w, round(wh * w / h))
+        for top in range(h - wh + 1):
+            for left in range(w - ww + 1):
+                yield top, left, wh, ww
 
 
 def detect(img: np.ndarray, secret: bytes) -> dict:
-    """The mark's report for uint8 (H, W, C): agreements of the best frame, the Bonferroni-corrected p and z."""
+    """The mark's report for uint8 (H, W, C): agreements in the best window, the Bonferroni-corrected p and z."""
     y = _luma(img)
     h, w = y.shape
     if min(h, w) < MIN_SIDE:
         raise GenloomError(f"image watermark: an image of {w}x{h} is too small to read (at least {MIN_SIDE}x{MIN_SIDE})")
-    U, V = band(min(MAX_UV, min(h, w) - 1))
-    s, best = signs(secret)[U, V], (1.0, None, 0, 0)
-    for fy, oy, fx, ox in FRAMES:
-        H, W = round(h / fy), round(w / fx)
-        top, left = min(round(oy * H), H - h), min(round(ox * W), W - w)
-        c = _frame_coefficients(y, H, W, top, left)[U, V] / (math.sqrt(H * W) / 2)  # in pixel levels: the same at any size
+    sg, best, tried = signs(secret), (1.0, None, 0, 0), 0
+    for top, left, wh, ww in _windows(h, w):
+        tried += 1
+        U, V = band(min(MAX_UV, int(READ * min(wh, ww))))  # what this size holds clearly
+        c = dctn(y[top : top + wh, left : left + ww], norm="ortho")[U, V] / (math.sqrt(wh * ww) / 2)  # pixel levels
         read = np.abs(c) <= CAP  # the coefficients an embedder could have set (its choice never sees the key)
         n = int(read.sum())
-        agree = int(np.sum(np.sign(c[read]) == s[read]))
+        agree = int(np.sum(np.sign(c[read]) == sg[U, V][read]))
         p1 = float(binom.sf(agree - 1, n, 0.5)) if n else 1.0
         if best[1] is None or p1 < best[0]:
-            best = (p1, (fy, oy, fx, ox), agree, n)
-    p1, frame, agree, n = best
-    p = min(1.0, len(FRAMES) * p1)  # P(some frame agrees this much by chance)
+            best = (p1, (top, left, wh, ww), agree, n)
+    p1, where, agree, n = best
+    p = min(1.0, tried * p1)  # P(some window agrees this much by chance)
     z = float(norm.isf(p)) if p < 1 else 0.0
     return {"kind": "image", "method": METHOD, "z": round(z, 4), "p_value": p, "agreement": round(agree / max(n, 1), 4),
-            "coefficients": n, "frames_searched": len(FRAMES), "detected": z > Z_THRESHOLD, "threshold": Z_THRESHOLD,
-            "frame": {"visible": [frame[0], frame[2]], "offset": [frame[1], frame[3]]}}
+            "coefficients": n, "windows_searched": tried, "detected": z > Z_THRESHOLD, "threshold": Z_THRESHOLD,
+            "window": {"top": where[0], "left": where[1], "height": where[2], "width": where[3]}}
 
 
 def read_image(data: bytes) -> np.ndarray:
