@@ -1,15 +1,18 @@
 """Image watermark for small images: keyed signs on low/mid-frequency DCT coefficients of the luminance.
 
 Why our own: genloom's images are 28x28 to 64x64; `invisible-watermark`'s dwtDct/dwtDctSvd embed bits in
-4x4 blocks of a DWT sub-band and RivaGAN works on 256x256 crops, and on our sizes their bits do not survive a
-resize by 0.5 (bench/watermark.py measures it). This mark is zero-bit (is it marked with this key?) and
-scale-free: the 2-D DCT coefficient (u, v) of an image means the same spatial frequency at any size, so a
-resized copy is read at its own size. The key draws a sign for each of the K coefficients with
-3 <= u + v <= 11 (u, v <= 9); embedding moves each coefficient the least that gives it its sign with a margin
-(informed embedding, a few passes against clipping), capped so the change stays faint. Detection counts sign
-agreements (Binomial(K, 1/2) for an unmarked image or another key) over a small search of crop hypotheses
-(visible fraction 1, 0.95, 0.9 per axis at offsets in steps of 0.025: 81 frames), Bonferroni-corrected,
-and reports the corrected one-sided z.
+4x4 blocks of a DWT sub-band and RivaGAN works on 256x256 crops; on our sizes their bits do not survive a
+resize by 0.5 (bench/watermark.py measures them). This mark is zero-bit (is it marked with this key?) and
+scale-free: the 2-D DCT coefficient (u, v) of a window means the same spatial frequency at any size, so a
+resized copy is read at its own size. It sits in the central INNER share of each side (even size, even
+offset), which a crop keeping 90% of each side holds whole wherever it cuts. The key draws a sign for every
+(u, v) with 2 <= u + v <= 14 (u, v <= 12 and below the window's half-size Nyquist). Embedding moves each
+coefficient the picture leaves small (|c| <= CAP pixel levels) the least that gives it the key's sign with
+MARGIN (informed embedding, a few passes against clipping); larger ones are left alone. The detector reads,
+in every window a crop of 0-10% could have left (sizes and offsets, 1-pixel steps), the coefficients with
+|c| <= CAP: their sign agreements are Binomial(n, 1/2) for an unmarked picture or another key (which ones
+are read never depends on the key), so the best window's p-value, Bonferroni-corrected for the windows
+searched, is exact, and its one-sided z is reported.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from genloom.errors import GenloomError
 METHOD = "genloom-dct-sign-v1"
 MAX_UV, MIN_SUM, MAX_SUM = 12, 2, 14
 MARGIN = 2.0  # pixel levels: each coefficient's sign held with this amplitude
-CAP = 3.0  # pixel levels: a coefficient larger than this in the picture is left alone (and not read)
+CAP = 4.0  # pixel levels: a coefficient larger than this in the picture is left alone (and not read)
 PASSES = 3
 Z_THRESHOLD = 4.0
 MIN_SIDE = 8
@@ -96,12 +99,20 @@ def embed(img: np.ndarray, secret: bytes) -> np.ndarray:
 
 def _windows(h: int, w: int):
     """Where the marked window may sit in an image of h x w: every height from INNER of the image's to INNER / 0.9
-    of it (a crop kept 90% to 100% of each side), the width in proportion, at every offset (1-pixel steps)."""
+    of it (a crop kept 90% to 100% of each side), the width in proportion, at the offsets such a crop leaves it
+    (the original's centred window, less what the crop took from the top or left; 1-pixel steps)."""
     for wh in range(round(INNER * h), min(h, round(INNER * h / MIN_KEPT)) + 1):
         ww = min(w, round(wh * w / h))
-        for top in range(h - wh + 1):
-            for left in range(w - ww + 1):
+        f = INNER * h / wh  # the share of the original's side this size implies
+        for top in _offsets(h, wh, f):
+            for left in _offsets(w, ww, f):
                 yield top, left, wh, ww
+
+
+def _offsets(n: int, size: int, f: float) -> range:
+    full = n / f  # the original's side
+    centred = full * (1 - INNER) / 2
+    return range(max(0, math.floor(centred - full * (1 - f)) - 1), min(n - size, math.ceil(centred) + 1) + 1)
 
 
 def detect(img: np.ndarray, secret: bytes) -> dict:
