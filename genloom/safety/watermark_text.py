@@ -91,21 +91,41 @@ def score_ids(ids: list[int], wm: TextWatermark, *, ignore_repeated: bool = True
     """z-score of a token sequence (no prompt): each token after the first scored against its predecessor's green
     list. ignore_repeated counts each (previous, token) pair once (transformers' `ignore_repeated_ngrams`, the
     authors' detector option): repeated phrases would otherwise count many times over."""
-    pairs = list(zip(ids[:-1], ids[1:]))
-    counted = Counter(pairs)
-    scored = list(counted) if ignore_repeated else pairs
+    return score_pairs(list(zip(ids[:-1], ids[1:])), wm, ignore_repeated=ignore_repeated)
+
+
+def score_pairs(pairs: list[tuple[int, int]], wm: TextWatermark, *, ignore_repeated: bool = True) -> dict:
+    """score_ids on (previous, token) pairs (segments of a text joined without pairs across their seams)."""
+    scored = list(Counter(pairs)) if ignore_repeated else pairs
     n = len(scored)
     green = sum(1 for p, t in scored if wm.is_green(p, t))
     if n == 0:
         return {"z": 0.0, "p_value": 1.0, "green_fraction": None, "tokens_scored": 0, "green_tokens": 0,
-                "detected": False, "gamma": wm.gamma, "ignore_repeated": ignore_repeated}
+                "detected": False, "gamma": wm.gamma, "ignore_repeated": ignore_repeated, "threshold": Z_THRESHOLD}
     z = (green - wm.gamma * n) / math.sqrt(n * wm.gamma * (1 - wm.gamma))
     return {"z": round(z, 4), "p_value": 0.5 * math.erfc(z / math.sqrt(2)), "green_fraction": round(green / n, 4),
             "tokens_scored": n, "green_tokens": green, "detected": z > Z_THRESHOLD, "gamma": wm.gamma,
             "ignore_repeated": ignore_repeated, "threshold": Z_THRESHOLD}
 
 
+def segments(text: str, tokenizer) -> list[list[int]]:
+    """The text's token ids; a character-level tokenizer's unknown characters (which its model cannot have
+    written) split the text into segments instead of failing."""
+    known = getattr(tokenizer, "stoi", None)
+    if known is None:
+        return [tokenizer.encode(text)]
+    parts, cur = [], []
+    for ch in text:
+        if ch in known:
+            cur.append(ch)
+        elif cur:
+            parts.append("".join(cur))
+            cur = []
+    return [tokenizer.encode(p) for p in parts + (["".join(cur)] if cur else [])]
+
+
 def detect_text(text: str, tokenizer, wm: TextWatermark, *, ignore_repeated: bool = True) -> dict:
-    """Tokenise with the model's tokenizer, then score_ids."""
-    return {"kind": "text", "method": "kirchenbauer2023-lefthash", **score_ids(tokenizer.encode(text), wm,
-                                                                              ignore_repeated=ignore_repeated)}
+    """Tokenise with the model's tokenizer, then score every (previous, token) pair."""
+    pairs = [pair for seg in segments(text, tokenizer) for pair in zip(seg[:-1], seg[1:])]
+    return {"kind": "text", "method": "kirchenbauer2023-lefthash",
+            **score_pairs(pairs, wm, ignore_repeated=ignore_repeated)}
