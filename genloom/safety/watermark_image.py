@@ -32,7 +32,7 @@ from genloom.errors import GenloomError
 
 METHOD = "genloom-dct-sign-v1"
 MAX_UV, MIN_SUM, MAX_SUM = 12, 2, 14
-MARGIN = 2.0  # pixel levels: each coefficient's sign held with this amplitude
+MARGIN = 1.5  # pixel levels: each coefficient's sign held with this amplitude
 CAP = 4.0  # pixel levels: a coefficient larger than this in the picture is left alone (and not read)
 PASSES = 3
 Z_THRESHOLD = 4.0
@@ -40,7 +40,6 @@ MIN_SIDE = 8
 INNER = 0.75  # the marked window's share of each side
 MIN_KEPT = 0.9  # the smallest share of each side a crop may have kept (searched)
 HALF = 0.5  # highest index embedded per side length (Nyquist)
-READ = 0.4  # highest index read per side length: a resized copy's top band is blurred away
 LUMA = np.array([0.299, 0.587, 0.114])
 
 
@@ -124,7 +123,7 @@ def detect(img: np.ndarray, secret: bytes) -> dict:
     sg, best, tried = signs(secret), (1.0, None, 0, 0), 0
     for top, left, wh, ww in _windows(h, w):
         tried += 1
-        U, V = band(min(MAX_UV, int(READ * min(wh, ww))))  # what this size holds clearly
+        U, V = band(min(MAX_UV, min(wh, ww) - 1))  # every index this size holds
         c = dctn(y[top : top + wh, left : left + ww], norm="ortho")[U, V] / (math.sqrt(wh * ww) / 2)  # pixel levels
         read = np.abs(c) <= CAP  # the coefficients an embedder could have set (its choice never sees the key)
         n = int(read.sum())
