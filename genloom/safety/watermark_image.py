@@ -37,6 +37,7 @@ CAP = 4.0  # pixel levels: a coefficient larger than this in the picture is left
 PASSES = 3
 Z_THRESHOLD = 4.0
 MIN_SIDE = 8
+MAX_READ = 128  # a larger image is read from a copy of this size
 INNER = 0.75  # the marked window's share of each side
 MIN_KEPT = 0.9  # the smallest share of each side a crop may have kept (searched)
 HALF = 0.5  # highest index embedded per side length (Nyquist)
@@ -116,10 +117,16 @@ def _offsets(n: int, size: int, f: float) -> range:
 
 def detect(img: np.ndarray, secret: bytes) -> dict:
     """The mark's report for uint8 (H, W, C): agreements in the best window, the Bonferroni-corrected p and z."""
-    y = _luma(img)
-    h, w = y.shape
+    h, w = img.shape[:2]
     if min(h, w) < MIN_SIDE:
         raise GenloomError(f"image watermark: an image of {w}x{h} is too small to read (at least {MIN_SIDE}x{MIN_SIDE})")
+    if max(h, w) > MAX_READ:  # the mark is read at any size: a large copy is read at MAX_READ (bounded work)
+        k = MAX_READ / max(h, w)
+        size = (max(MIN_SIDE, round(w * k)), max(MIN_SIDE, round(h * k)))
+        img = np.asarray(Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).resize(size, Image.BICUBIC))
+        img = img.reshape(size[1], size[0], -1)
+    y = _luma(img)
+    h, w = y.shape
     sg, best, tried = signs(secret), (1.0, None, 0, 0), 0
     for top, left, wh, ww in _windows(h, w):
         tried += 1

@@ -12,6 +12,7 @@ from genloom.errors import GenloomError
 from genloom.safety import watermark
 from genloom.serve.errors import ApiError
 from genloom.serve.models import text_model
+from genloom.serve.openapi import responses
 from genloom.serve.protocol import WatermarkDetectRequest, WatermarkDetectResponse
 from genloom.serve.routes.deps import v1
 
@@ -19,7 +20,7 @@ router = APIRouter()
 SUMMARY = ("kind", "method", "detected", "z", "p_value", "threshold")
 
 
-@router.post("/v1/watermarks/detect", dependencies=v1)
+@router.post("/v1/watermarks/detect", dependencies=v1, responses=responses(503))
 async def detect(body: WatermarkDetectRequest, request: Request) -> WatermarkDetectResponse:
     """A text is read with the named model's tokenizer (its green lists depend on the vocabulary); a file's
     kind (image or audio) is told by its content."""
