@@ -258,7 +258,8 @@ def test_the_detect_route(tmp_path, face):
 
     from genloom.serve.app import create_app
 
-    app = create_app([str(KJV)], data_dir=str(tmp_path), jobs=False, max_batch=1)
+    app = create_app([str(KJV), str(ROOT / "models" / "fmnist-dcgan")], data_dir=str(tmp_path), jobs=False,
+                     max_batch=1)
     with TestClient(app, base_url="http://127.0.0.1") as c:
         for _ in range(300):  # the model loads in the background
             if c.get("/health").status_code == 200:
@@ -275,6 +276,11 @@ def test_the_detect_route(tmp_path, face):
         Image.fromarray(watermark_image.embed(face, secret.raw)).save(png, "PNG")
         r = c.post("/v1/watermarks/detect", json={"file": base64.b64encode(png.getvalue()).decode()})
         assert r.status_code == 200 and r.json()["detected"] and r.json()["kind"] == "image", r.text
+        r = c.post("/v1/images/generations", json={"model": "fmnist-dcgan", "prompt": "", "n": 1,
+                                                   "response_format": "b64_json", "seed": 2})
+        assert r.status_code == 200, r.text
+        r = c.post("/v1/watermarks/detect", json={"file": r.json()["data"][0]["b64_json"]})
+        assert r.status_code == 200 and r.json()["detected"], r.text  # the images route marks what it sends
         r = c.post("/v1/watermarks/detect", json={"file": base64.b64encode(b"plain words").decode()})
         assert r.status_code == 400 and r.json()["error"]["param"] == "file"
         r = c.post("/v1/watermarks/detect", json={"text": "x"})
@@ -282,3 +288,48 @@ def test_the_detect_route(tmp_path, face):
         r = c.post("/v1/watermarks/detect", json={"text": "x", "model": "kjv", "file": "eA=="})
         assert r.status_code == 400
     assert os.stat(tmp_path / watermark.KEY_FILE).st_mode & 0o777 == 0o600
+
+
+def test_images_and_music_the_cli_writes_are_marked(run_main, tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    code, _, err = run_main("generate", "-m", ROOT / "models" / "fmnist-dcgan", "-n", "2", "--seed", "3", "--out", out,
+                            "--data-dir", data)
+    assert code == 0, err
+    pngs = sorted(out.glob("3-00*.png"))
+    assert len(pngs) == 2
+    for png in pngs:
+        code, text, err = run_main("watermark", "detect", png, "--data-dir", data)
+        assert code == 0 and ": image: watermarked" in text, text + err
+    code, _, err = run_main("generate", "-m", ROOT / "models" / "fmnist-dcgan", "-n", "1", "--seed", "3", "--out",
+                            tmp_path / "plain", "--data-dir", data, "--watermark", "off")
+    assert code == 0, err
+    code, text, _ = run_main("watermark", "detect", tmp_path / "plain" / "3-000.png", "--data-dir", data)
+    assert "no watermark found" in text
+    code, _, err = run_main("generate", "-m", ROOT / "models" / "chorales", "--bars", "2", "--seed", "1", "--out", out,
+                            "--data-dir", data, "--mp3")
+    assert code == 0, err
+    for audio in ("music-1.wav", "music-1.mp3"):
+        code, text, err = run_main("watermark", "detect", out / audio, "--data-dir", data)
+        assert code == 0 and ": audio: watermarked" in text, text + err
+
+
+def test_a_server_with_watermarks_off_says_so_and_marks_nothing(tmp_path, caplog):
+    from fastapi.testclient import TestClient
+
+    from genloom.serve.app import create_app
+
+    app = create_app([str(ROOT / "models" / "fmnist-dcgan")], data_dir=str(tmp_path), jobs=False, watermark="off")
+    assert "watermarks are OFF" in caplog.text
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        for _ in range(300):
+            if c.get("/health").status_code == 200:
+                break
+            time.sleep(0.1)
+        r = c.post("/v1/watermarks/detect", json={"file": base64.b64encode(b"\x89PNG").decode()})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "watermarks_off"
+        r = c.post("/v1/images/generations", json={"model": "fmnist-dcgan", "prompt": "", "n": 1,
+                                                   "response_format": "b64_json", "seed": 2})
+        assert r.status_code == 200, r.text
+        png = base64.b64decode(r.json()["data"][0]["b64_json"])
+    assert not (tmp_path / watermark.KEY_FILE).exists()
+    assert not watermark.detect_bytes(png, watermark.installation_key(tmp_path))["detected"]

@@ -35,7 +35,7 @@ def hash_key(secret: bytes) -> int:
     return int.from_bytes(digest[:8], "big") >> 1 or 1
 
 
-@lru_cache(maxsize=8192)
+@lru_cache(maxsize=1024)  # at GPT-2's 50,257 tokens about 100 MB at most; genloom's starters' lists are tiny
 def green_ids(key: int, vocab: int, gamma: float, prev: int) -> torch.Tensor:
     """The green token ids after `prev` (transformers' lefthash with context width 1; CPU generator)."""
     g = torch.Generator().manual_seed((key * prev) % (2**64 - 1))
