@@ -3,7 +3,6 @@ the image and audio marks after their attacks, the hooks in generate / the engin
 
 import base64
 import io
-import os
 import string
 import time
 
@@ -60,16 +59,19 @@ def test_green_lists_and_z_scores_equal_transformers():
     for prev in range(vocab):
         assert torch.equal(green_ids(hk, vocab, 0.25, prev), ref._get_greenlist_ids(torch.tensor([prev])))
     wm = TextWatermark(hk, vocab)
-    ids = torch.randint(0, vocab, (3, 6), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(1, vocab, (3, 6), generator=torch.Generator().manual_seed(0))
     logits = torch.randn(3, vocab, generator=torch.Generator().manual_seed(1))
     proc = wm.processor()
     proc.observe(ids[:, -1])
     assert torch.equal(proc(None, logits), ref(ids, logits))
+    proc.observe([0, 5, 0])  # after token 0 (seed 0 for every key) genloom adds nothing; transformers does
+    out = proc(None, logits)
+    assert torch.equal(out[0], logits[0]) and torch.equal(out[2], logits[2]) and not torch.equal(out[1], logits[1])
     config = GPT2Config(vocab_size=vocab, bos_token_id=vocab + 1)
     settings = {"greenlist_ratio": 0.25, "bias": 2.0, "hashing_key": hk, "seeding_scheme": "lefthash",
                 "context_width": 1}
     rng = torch.Generator().manual_seed(2)
-    seqs = [torch.randint(0, vocab, (120,), generator=rng).tolist(), [3, 4] * 30 + list(range(vocab))]
+    seqs = [torch.randint(1, vocab, (120,), generator=rng).tolist(), [3, 4] * 30 + list(range(1, vocab))]
     for ignore in (True, False):
         det = WatermarkDetector(config, "cpu", settings, ignore_repeated_ngrams=ignore)
         for seq in seqs:
@@ -78,6 +80,9 @@ def test_green_lists_and_z_scores_equal_transformers():
             assert ours["tokens_scored"] == out.num_tokens_scored[0]
             assert ours["z"] == pytest.approx(float(out.z_score[0]), abs=1e-3)
             assert ours["p_value"] == pytest.approx(float(out.p_value[0]), rel=1e-6, abs=1e-12)
+    with_zero = seqs[0][:60] + [0, 7, 0, 9] + seqs[0][60:]  # the pairs after token 0 are not scored
+    # (a, b) becomes (a, 0), (0, 7), (7, 0), (0, 9), (9, b): the two pairs after 0 are left out, so 3 - 1 more
+    assert score_ids(with_zero, wm)["tokens_scored"] == score_ids(seqs[0], wm)["tokens_scored"] + 2
 
 
 def _sample(model, wm, seed, n=200):
@@ -232,7 +237,17 @@ def test_the_kind_of_a_file_is_told_by_its_content():
 KJV = ROOT / "models" / "kjv"
 
 
-def test_generate_marks_text_and_detect_reads_it(run_main, tmp_path, caplog):
+@pytest.fixture
+def fixed_key(tmp_path, monkeypatch):
+    """The operator's key KEY (GENLOOM_WATERMARK_KEY_FILE): the doors' outputs are the same on every run."""
+    path = tmp_path / "operator.key"
+    path.write_text(KEY.hex())
+    path.chmod(0o600)
+    monkeypatch.setenv(watermark.KEY_ENV, str(path))
+    return watermark.Secret(KEY)
+
+
+def test_generate_marks_text_and_detect_reads_it(run_main, tmp_path, caplog, fixed_key):
     data = tmp_path / "data"
     code, out, err = run_main("generate", "-m", KJV, "-p", "And God said", "-N", "120", "--seed", "1",
                               "--data-dir", data, "--no-stream")
@@ -253,7 +268,7 @@ def test_generate_marks_text_and_detect_reads_it(run_main, tmp_path, caplog):
     assert_one_line_error(*run_main("watermark", "detect", tmp_path / "missing.txt", "--data-dir", data))
 
 
-def test_the_detect_route(tmp_path, face):
+def test_the_detect_route(tmp_path, face, fixed_key):
     from fastapi.testclient import TestClient
 
     from genloom.serve.app import create_app
@@ -272,6 +287,7 @@ def test_the_detect_route(tmp_path, face):
         r = c.post("/v1/watermarks/detect", json={"model": "kjv", "text": "And God said" + text})
         assert r.status_code == 200 and r.json()["detected"] and r.json()["kind"] == "text", r.text
         secret = watermark.installation_key(tmp_path)
+        assert secret.raw == KEY and not (tmp_path / watermark.KEY_FILE).exists()  # the operator's key serves
         png = io.BytesIO()
         Image.fromarray(watermark_image.embed(face, secret.raw)).save(png, "PNG")
         r = c.post("/v1/watermarks/detect", json={"file": base64.b64encode(png.getvalue()).decode()})
@@ -287,10 +303,9 @@ def test_the_detect_route(tmp_path, face):
         assert r.status_code == 400 and r.json()["error"]["param"] == "model"
         r = c.post("/v1/watermarks/detect", json={"text": "x", "model": "kjv", "file": "eA=="})
         assert r.status_code == 400
-    assert os.stat(tmp_path / watermark.KEY_FILE).st_mode & 0o777 == 0o600
 
 
-def test_images_and_music_the_cli_writes_are_marked(run_main, tmp_path):
+def test_images_and_music_the_cli_writes_are_marked(run_main, tmp_path, fixed_key):
     data, out = tmp_path / "data", tmp_path / "out"
     code, _, err = run_main("generate", "-m", ROOT / "models" / "fmnist-dcgan", "-n", "2", "--seed", "3", "--out", out,
                             "--data-dir", data)

@@ -8,9 +8,11 @@ Seeding follows transformers' `WatermarkLogitsProcessor` (seeding_scheme "leftha
 torch's CPU generator seeded with `hash_key * previous_token % (2**64 - 1)`, then `randperm(vocab)[:int(vocab *
 gamma)]`. genloom's `hash_key` is derived from the installation's secret (HMAC-SHA256, see `hash_key`), so
 transformers' `WatermarkDetector` given `hashing_key=hash_key(secret)` finds the same green lists (the parity test).
-Green lists are always drawn on the CPU, so a text generated on a GPU is detected anywhere. As in
-transformers, a previous token of id 0 seeds 0 whatever the key (one token of the vocabulary: a known
-quirk of that scheme, kept for parity).
+Green lists are always drawn on the CPU, so a text generated on a GPU is detected anywhere. One deviation:
+that seed is 0 for a previous token of id 0 whatever the key, so its green list is public and the same for
+every installation (and id 0 is end-of-text in genloom's BPE tokenizers and the newline of the tang
+starter: frequent). genloom neither biases nor scores the token after id 0; every other pair is exactly
+transformers' (tests/test_watermark.py compares them).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import torch
 GAMMA = 0.25
 DELTA = 2.0
 Z_THRESHOLD = 4.0
+UNSEEDED = 0  # the previous token whose seed (hash_key * 0) ignores the key: its next token is not marked or scored
 
 
 def hash_key(secret: bytes) -> int:
@@ -83,7 +86,8 @@ class GreenListProcessor:
                                f"logits of shape {tuple(logits.shape)}")
         bias = torch.zeros(logits.shape, dtype=logits.dtype)  # (B, V) on the CPU, where the green lists are
         for i, p in enumerate(self.prev):
-            bias[i, green_ids(wm.key, wm.vocab, wm.gamma, p)] = wm.delta
+            if p != UNSEEDED:
+                bias[i, green_ids(wm.key, wm.vocab, wm.gamma, p)] = wm.delta
         return logits + bias.to(logits.device)
 
 
@@ -95,7 +99,9 @@ def score_ids(ids: list[int], wm: TextWatermark, *, ignore_repeated: bool = True
 
 
 def score_pairs(pairs: list[tuple[int, int]], wm: TextWatermark, *, ignore_repeated: bool = True) -> dict:
-    """score_ids on (previous, token) pairs (segments of a text joined without pairs across their seams)."""
+    """score_ids on (previous, token) pairs (segments of a text joined without pairs across their seams); pairs after
+    the UNSEEDED token are not scored (their green list does not depend on the key)."""
+    pairs = [pt for pt in pairs if pt[0] != UNSEEDED]
     scored = list(Counter(pairs)) if ignore_repeated else pairs
     n = len(scored)
     green = sum(1 for p, t in scored if wm.is_green(p, t))
