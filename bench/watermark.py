@@ -178,7 +178,7 @@ def iw_bits(a, n):
 
 def image_rows(args) -> list[dict]:
     rows = []
-    for name in ("fmnist-dcgan", "dcgan-faces"):
+    for name in ("fmnist-vae", "fmnist-dcgan", "dcgan-faces"):
         folder = ROOT / "models" / name
         if not (folder / "config.json").exists():
             continue

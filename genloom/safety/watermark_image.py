@@ -25,6 +25,7 @@ from functools import lru_cache
 
 import numpy as np
 from PIL import Image
+from numpy.lib.stride_tricks import sliding_window_view
 from scipy.fft import dctn, idctn
 from scipy.stats import binom, norm
 
@@ -97,16 +98,33 @@ def embed(img: np.ndarray, secret: bytes) -> np.ndarray:
     return np.clip(np.round(base + delta[..., None]), 0, 255).astype(np.uint8)
 
 
-def _windows(h: int, w: int):
+def _sizes(h: int, w: int):
     """Where the marked window may sit in an image of h x w: every height from INNER of the image's to INNER / 0.9
-    of it (a crop kept 90% to 100% of each side), the width in proportion, at the offsets such a crop leaves it
-    (the original's centred window, less what the crop took from the top or left; 1-pixel steps)."""
-    for wh in range(round(INNER * h), min(h, round(INNER * h / MIN_KEPT)) + 1):
-        ww = min(w, round(wh * w / h))
-        f = INNER * h / wh  # the share of the original's side this size implies
-        for top in _offsets(h, wh, f):
-            for left in _offsets(w, ww, f):
-                yield top, left, wh, ww
+    of it (a crop kept 90% to 100% of each side) and one pixel either side (the embedder rounds to even sizes),
+    the width in proportion (and one pixel either side when the image is not square), at the offsets such a crop
+    leaves it (the original's centred window, less what the crop took from the top or left; 1-pixel steps)."""
+    for wh in range(max(1, math.floor(INNER * h) - 1), min(h, math.ceil(INNER * h / MIN_KEPT) + 1) + 1):
+        f = min(1.0, INNER * h / wh)  # the share of the original's side this size implies
+        base = round(wh * w / h)
+        for ww in sorted({base} if h == w else {base - 1, base, base + 1}):
+            if 1 <= ww <= w:
+                yield wh, ww, _offsets(h, wh, f), _offsets(w, ww, f)
+
+
+def _basis(n: int, k: int) -> np.ndarray:
+    """The first k functions of the orthonormal DCT-II of length n: (k, n), as scipy's dct(norm="ortho")."""
+    b = np.sqrt(2 / n) * np.cos(np.pi * np.outer(np.arange(k), np.arange(n) + 0.5) / n)
+    b[0] /= np.sqrt(2)
+    return b
+
+
+def _coefficients(y: np.ndarray, wh: int, ww: int, tops: range, lefts: range, limit: int) -> np.ndarray:
+    """DCT coefficients (u, v <= limit) of every wh x ww window at these offsets: (tops, lefts, u, v), separably."""
+    by, bx = _basis(wh, limit + 1), _basis(ww, limit + 1)
+    rows = sliding_window_view(y, wh, axis=0)[tops.start : tops.stop]  # (T, w, wh)
+    a = rows @ by.T  # (T, w, u)
+    cols = sliding_window_view(a, ww, axis=1)[:, lefts.start : lefts.stop]  # (T, L, u, ww)
+    return cols @ bx.T  # (T, L, u, v)
 
 
 def _offsets(n: int, size: int, f: float) -> range:
@@ -127,17 +145,19 @@ def detect(img: np.ndarray, secret: bytes) -> dict:
         img = img.reshape(size[1], size[0], -1)
     y = _luma(img)
     h, w = y.shape
-    sg, best, tried = signs(secret), (1.0, None, 0, 0), 0
-    for top, left, wh, ww in _windows(h, w):
-        tried += 1
-        U, V = band(min(MAX_UV, min(wh, ww) - 1))  # every index this size holds
-        c = dctn(y[top : top + wh, left : left + ww], norm="ortho")[U, V] / (math.sqrt(wh * ww) / 2)  # pixel levels
+    sg, best, tried = signs(secret), (2.0, None, 0, 0), 0
+    for wh, ww, tops, lefts in _sizes(h, w):
+        limit = min(MAX_UV, min(wh, ww) - 1)  # every index this size holds
+        U, V = band(limit)
+        c = _coefficients(y, wh, ww, tops, lefts, limit)[..., U, V] / (math.sqrt(wh * ww) / 2)  # pixel levels
         read = np.abs(c) <= CAP  # the coefficients an embedder could have set (its choice never sees the key)
-        n = int(read.sum())
-        agree = int(np.sum(np.sign(c[read]) == sg[U, V][read]))
-        p1 = float(binom.sf(agree - 1, n, 0.5)) if n else 1.0
-        if best[1] is None or p1 < best[0]:
-            best = (p1, (top, left, wh, ww), agree, n)
+        n = read.sum(-1)
+        agree = (read & (np.sign(c) == sg[U, V])).sum(-1)
+        p1 = binom.sf(agree - 1, n, 0.5)  # (T, L); 1 where nothing is read
+        tried += p1.size
+        i, j = np.unravel_index(int(np.argmin(p1)), p1.shape)
+        if p1[i, j] < best[0]:
+            best = (float(p1[i, j]), (int(tops.start + i), int(lefts.start + j), wh, ww), int(agree[i, j]), int(n[i, j]))
     p1, where, agree, n = best
     p = min(1.0, tried * p1)  # P(some window agrees this much by chance)
     z = float(norm.isf(p)) if p < 1 else 0.0
