@@ -238,6 +238,43 @@ def audio_rows(args) -> list[dict]:
                          "64 kbit/s (lameenc writes 24 kHz), decoded by libsndfile"}]
 
 
+SENTENCES = ["Whoever publishes generated content must be able to label what was machine made.",
+             "The quick brown fox jumps over the lazy dog while the band plays on.",
+             "Please remember to bring your umbrella, because the forecast says it will rain all afternoon.",
+             "A watermark should be heard by a detector and by nobody else.",
+             "Seven hundred and twenty people visited the museum on the first Sunday of the month."]
+
+
+def speech_rows(args) -> list[dict]:
+    """espeak-ng speech (22.05 kHz mono), the kind of clip a speech route hands to mark_audio."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    from genloom.safety import watermark
+
+    if shutil.which("espeak-ng") is None:
+        return []
+    marks = watermark.Watermarks(watermark.Secret(KEY))
+    zs, fp_plain, fp_key, secs = [], [], [], []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, text in enumerate(SENTENCES):
+            subprocess.run(["espeak-ng", "-w", f"{tmp}/{i}.wav", text], check=True)
+            x, rate = watermark_audio.read_audio(Path(f"{tmp}/{i}.wav").read_bytes())
+            pcm = (x[:, 0] * 32767).astype(np.int16)
+            marked = watermark.mark_audio(pcm, rate, marks)  # what a speech route calls
+            mp3 = music_pipe.wav_to_mp3(watermark_audio.wav_bytes(marked, rate), kbps=64)
+            plain = music_pipe.wav_to_mp3(watermark_audio.wav_bytes(pcm, rate), kbps=64)
+            zs.append(watermark.detect_bytes(mp3, marks.secret)["z"])
+            fp_key.append(watermark.detect_bytes(mp3, watermark.Secret(OTHER))["detected"])
+            fp_plain.append(watermark.detect_bytes(plain, marks.secret)["detected"])
+            secs.append(len(pcm) / rate)
+    return [{"case": "audio-speech-mp3-64k", "unit": "detection rate (z > 4)", "genloom": float(np.mean(np.array(zs) > 4)),
+             "z": [round(z, 2) for z in zs], "seconds": [round(s, 1) for s in secs],
+             "unmarked_fp_rate": float(np.mean(fp_plain)), "wrong_key_fp_rate": float(np.mean(fp_key)),
+             "protocol": "espeak-ng (22.05 kHz mono int16), marked by mark_audio, LAME 64 kbit/s, libsndfile"}]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--samples", type=int, default=20)
@@ -247,7 +284,7 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(1)
     rows = []
-    for part, fn in (("text", text_rows), ("image", image_rows), ("audio", audio_rows)):
+    for part, fn in (("text", text_rows), ("image", image_rows), ("audio", audio_rows), ("audio", speech_rows)):
         if args.only in (None, part):
             rows += fn(args)
     report("watermark", rows, keep_others=args.only is not None)
