@@ -21,6 +21,7 @@ import math
 import statistics
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -30,14 +31,14 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import report  # noqa: E402
+from common import report
 
-from genloom.checkpoints import load_model  # noqa: E402
-from genloom.data.text import FORTUNES, _fortune_file, fortunes, kjv, read_documents, split_documents  # noqa: E402
-from genloom.pipelines import music as music_pipe  # noqa: E402
-from genloom.safety import watermark_audio, watermark_image  # noqa: E402
-from genloom.safety.watermark_text import TextWatermark, hash_key, score_ids, segments  # noqa: E402
-from genloom.sample import SamplingParams, stream_ids  # noqa: E402
+from genloom.checkpoints import load_model
+from genloom.data.text import FORTUNES, _fortune_file, fortunes, kjv, read_documents, split_documents
+from genloom.pipelines import music as music_pipe
+from genloom.safety import watermark_audio, watermark_image
+from genloom.safety.watermark_text import TextWatermark, hash_key, score_ids, segments
+from genloom.sample import SamplingParams, stream_ids
 
 ROOT = Path(__file__).resolve().parents[1]
 KEY, OTHER = bytes(range(32)), bytes(range(32, 64))
@@ -57,7 +58,7 @@ def windows(ids: list[int], n: int = 200, most: int = 400) -> list[list[int]]:
 
 def z_every_pair(ids: list[int], wm: TextWatermark) -> float:
     """The z of every unique (previous, token) pair, the pairs after id 0 included: transformers' rule."""
-    pairs = set(zip(ids[:-1], ids[1:]))
+    pairs = set(pairwise(ids))
     green = sum(wm.is_green(p, t) for p, t in pairs)
     return (green - wm.gamma * len(pairs)) / math.sqrt(len(pairs) * wm.gamma * (1 - wm.gamma))
 
@@ -82,7 +83,7 @@ def text_rows(args) -> list[dict]:
         room = lm.config.block_size - max(len(p) for p in prompts) + 1
         sp = SamplingParams(max_new_tokens=min(200, room), temperature=0.8, seed=0, stop_at_eot=False)
         out, seconds = {}, {}
-        for label, procs in (("plain", lambda: []), ("marked", lambda: [wm.processor()]), ("plain", lambda: [])):
+        for label, procs in (("plain", list), ("marked", lambda wm=wm: [wm.processor()]), ("plain", list)):
             t0 = time.perf_counter()  # plain runs twice (warm-up, then timed) so marked is not the cold one
             got = [[] for _ in prompts]
             for r, t in stream_ids(model, prompts, sp, tok.eot_id, procs()):
@@ -187,7 +188,7 @@ def image_rows(args) -> list[dict]:
         bits = [int(b) for b in rng.integers(0, 2, 32)]
         marked = [watermark_image.embed(a, KEY) for a in imgs]
         peer = [iw_roundtrip(a, bits) for a in imgs]
-        psnr = lambda x, y: 10 * np.log10(255**2 / max(np.mean((x.astype(float) - y) ** 2), 1e-9))  # noqa: E731
+        psnr = lambda x, y: 10 * np.log10(255**2 / max(np.mean((x.astype(float) - y) ** 2), 1e-9))
         for attack, fn in attacks(rng).items():
             found = [watermark_image.detect(fn(m), KEY)["detected"] for m in marked]
             fp_plain = [watermark_image.detect(fn(a), KEY)["detected"] for a in imgs]

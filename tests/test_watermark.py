@@ -9,17 +9,16 @@ import time
 import numpy as np
 import pytest
 import torch
+from conftest import ROOT, assert_one_line_error, random_gpt
 from PIL import Image
 
 from genloom.data.tokenizers import CharTokenizer
 from genloom.errors import GenloomError
 from genloom.pipelines import music as music_pipe
 from genloom.safety import watermark, watermark_audio, watermark_image
-from genloom.safety.watermark_text import GreenListProcessor, TextWatermark, green_ids, hash_key, score_ids
+from genloom.safety.watermark_text import TextWatermark, green_ids, hash_key, score_ids
 from genloom.sample import SamplingParams, generate, stream_ids
 from genloom.serve.engine import TextEngine
-
-from conftest import ROOT, assert_one_line_error, random_gpt
 
 KEY, OTHER = b"\x01" * 32, b"\x02" * 32
 LETTERS = list(string.ascii_letters[:50])

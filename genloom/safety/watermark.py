@@ -184,5 +184,17 @@ def detect_file(path: str | Path, secret: Secret, *, tokenizer=None, vocab: int 
     return {"file": str(path), **detect_bytes(data, secret, tokenizer=tokenizer, vocab=vocab)}
 
 
-__all__ = ["Watermarks", "OFF", "Secret", "load", "installation_key", "mark_images", "mark_audio", "mark_wav",
-           "detect_bytes", "detect_file", "detect_text", "kind_of"]
+__all__ = [
+    "OFF",
+    "Secret",
+    "Watermarks",
+    "detect_bytes",
+    "detect_file",
+    "detect_text",
+    "installation_key",
+    "kind_of",
+    "load",
+    "mark_audio",
+    "mark_images",
+    "mark_wav",
+]

@@ -24,8 +24,8 @@ import math
 from functools import lru_cache
 
 import numpy as np
-from PIL import Image
 from numpy.lib.stride_tricks import sliding_window_view
+from PIL import Image
 from scipy.fft import dctn, idctn
 from scipy.stats import binom, norm
 

@@ -23,6 +23,7 @@ import math
 from collections import Counter
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import pairwise
 
 import torch
 
@@ -57,7 +58,7 @@ class TextWatermark:
     def __repr__(self) -> str:  # the key stays out of logs and tracebacks
         return f"TextWatermark(vocab={self.vocab}, gamma={self.gamma}, delta={self.delta})"
 
-    def processor(self) -> "GreenListProcessor":
+    def processor(self) -> GreenListProcessor:
         return GreenListProcessor(self)
 
     def is_green(self, prev: int, tok: int) -> bool:
@@ -95,7 +96,7 @@ def score_ids(ids: list[int], wm: TextWatermark, *, ignore_repeated: bool = True
     """z-score of a token sequence (no prompt): each token after the first scored against its predecessor's green
     list. ignore_repeated counts each (previous, token) pair once (transformers' `ignore_repeated_ngrams`, the
     authors' detector option): repeated phrases would otherwise count many times over."""
-    return score_pairs(list(zip(ids[:-1], ids[1:])), wm, ignore_repeated=ignore_repeated)
+    return score_pairs(list(pairwise(ids)), wm, ignore_repeated=ignore_repeated)
 
 
 def score_pairs(pairs: list[tuple[int, int]], wm: TextWatermark, *, ignore_repeated: bool = True) -> dict:
@@ -132,6 +133,6 @@ def segments(text: str, tokenizer) -> list[list[int]]:
 
 def detect_text(text: str, tokenizer, wm: TextWatermark, *, ignore_repeated: bool = True) -> dict:
     """Tokenise with the model's tokenizer, then score every (previous, token) pair."""
-    pairs = [pair for seg in segments(text, tokenizer) for pair in zip(seg[:-1], seg[1:])]
+    pairs = [pair for seg in segments(text, tokenizer) for pair in pairwise(seg)]
     return {"kind": "text", "method": "kirchenbauer2023-lefthash",
             **score_pairs(pairs, wm, ignore_repeated=ignore_repeated)}
