@@ -184,7 +184,9 @@ def stream_ids(
     """Yield (rows, tokens) each step: the original row indices still running and their new tokens.
 
     Rows whose end-of-text appears leave the batch (their cache rows are dropped) at that step. Row i samples
-    with its own generator seeded sp.seed + i. `processors` run first, before those of `sp` (e.g. allow_only).
+    with its own generator seeded sp.seed + i. `processors` run first, before those of `sp` (e.g. allow_only,
+    a watermark). A processor with `observe(tokens)` is told each row's previous token (the prompts' last, then
+    each step's), and `select(keep)` when rows leave.
     """
 
     sp.check()
@@ -200,6 +202,9 @@ def stream_ids(
     cache = KVCache(cfg, B, longest + steps, dtype=dtype, device=device)
     ids, pos, valid, mask = left_pad(prompts, device)
     procs = list(processors) + build_processors(sp)
+    stateful = [p for p in procs if hasattr(p, "observe")]  # e.g. a watermark's: reads each row's previous token
+    for p in stateful:
+        p.observe([q[-1] for q in prompts])
     counts = None
     if (sp.repetition_penalty != 1.0 or sp.presence_penalty or sp.frequency_penalty):
         counts = torch.zeros(B, cfg.vocab_size, dtype=torch.int32, device=device)
@@ -232,6 +237,8 @@ def stream_ids(
             return
         if counts is not None:
             counts[torch.arange(len(rows), device=device), tok] += 1
+        for p in stateful:
+            p.observe(tok)
         if sp.stop_at_eot and eot_id is not None:
             keep = tok != eot_id
             if not bool(keep.all()):
@@ -241,6 +248,8 @@ def stream_ids(
                 rows, tok = rows[keep.cpu()], tok[keep]  # rows: CPU indices handed to the caller
                 gens = [g for g, k in zip(gens, keep.tolist()) if k] if gens is not None else None  # one per row
                 counts = counts[keep] if counts is not None else None
+                for p in stateful:
+                    p.select(keep.cpu())
                 valid = valid[keep] if valid is not None else None
                 next_pos = next_pos[keep] if next_pos is not None else None
         step_mask = None if valid is None else valid[:, None, None, : longest + step + 1]  # (B, 1, 1, S)
@@ -300,19 +309,20 @@ class Completion:
     finish_reason: str  # stop | length
 
 
-def stream_text(model, tokenizer, prompts: list[str], sp: SamplingParams) -> Iterator[tuple[int, str]]:
+def stream_text(model, tokenizer, prompts: list[str], sp: SamplingParams,
+                processors: list[Processor] = ()) -> Iterator[tuple[int, str]]:
     """Yield (row, text delta) as tokens arrive; the building block for the CLI and the server."""
     streams = [TextStream(tokenizer, sp.stop, sp.min_new_tokens) for _ in prompts]
-    for row, delta, _ in _stream_text(model, tokenizer, prompts, sp, streams):
+    for row, delta, _ in _stream_text(model, tokenizer, prompts, sp, streams, processors):
         if delta:
             yield row, delta
 
 
-def _stream_text(model, tokenizer, prompts, sp, streams):
+def _stream_text(model, tokenizer, prompts, sp, streams, processors=()):
     encoded = [tokenizer.encode(p) for p in prompts]
     eot = tokenizer.eot_id
     done = [False] * len(prompts)
-    for rows, toks in stream_ids(model, encoded, sp, eot):
+    for rows, toks in stream_ids(model, encoded, sp, eot, processors):
         for r, t in zip(rows.tolist(), toks.tolist()):
             if done[r]:
                 continue
@@ -333,11 +343,12 @@ def _stream_text(model, tokenizer, prompts, sp, streams):
             yield r, s.finish(), "length"
 
 
-def generate(model, tokenizer, prompts: list[str], sp: SamplingParams) -> list[Completion]:
+def generate(model, tokenizer, prompts: list[str], sp: SamplingParams,
+             processors: list[Processor] = ()) -> list[Completion]:
     """Complete a batch of prompts (of any lengths) with one set of sampling parameters."""
     streams = [TextStream(tokenizer, sp.stop, sp.min_new_tokens) for _ in prompts]
     reasons = ["length"] * len(prompts)
-    for r, _, reason in _stream_text(model, tokenizer, prompts, sp, streams):
+    for r, _, reason in _stream_text(model, tokenizer, prompts, sp, streams, processors):
         if reason:
             reasons[r] = reason
     return [

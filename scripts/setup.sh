@@ -32,6 +32,9 @@ if [ -n "$extras" ] && [ ! -f "$conv/convert_hf_to_gguf.py" ]; then
   cp -r "$tmp"/llama*cpp*python-0.3.36/vendor/llama.cpp/{convert_hf_to_gguf.py,conversion,gguf-py} "$conv"/
   rm -rf "$tmp"
 fi
+# bench/watermark.py's peer: invisible-watermark declares an unpinned torch and opencv-python (GUI build);
+# install it alone, with opencv-python-headless and PyWavelets (the bench extra) beside it.
+python3 -m pip install -q --disable-pip-version-check --no-deps invisible-watermark==0.2.0
 if python3 -m pip list 2>/dev/null | grep -qi '^nvidia-'; then
   echo "warning: CUDA packages got installed; torch must stay pinned to 2.13.0 (CPU)" >&2
 fi

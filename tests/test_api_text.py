@@ -88,10 +88,12 @@ def raw(server):
 
 
 def library_greedy(server, name, prompt, max_tokens, stop=()):
-    """What genloom.sample.generate gives for the same prompt: the server must agree with the library."""
+    """What genloom.sample.generate gives for the same prompt, with the server's watermark (on by default): the
+    server must agree with the library."""
     m = server.model(name)
     sp = SamplingParams(max_new_tokens=max_tokens, temperature=0.0, stop=list(stop))
-    return generate(m.model, m.tokenizer, [prompt], sp)[0]
+    marks = server.app.state.watermarks.processors(m.config.vocab_size)
+    return generate(m.model, m.tokenizer, [prompt], sp, marks)[0]
 
 
 # ---- happy paths ----
@@ -223,7 +225,8 @@ def test_min_tokens_extra_body(client, raw, server):
     prompt = server.app.state.models["chat"].template.render([("user", "What is your name?")])
     m = server.model("chat")
     ref = generate(m.model, m.tokenizer, [prompt], SamplingParams(max_new_tokens=40, min_new_tokens=30,
-                                                                  temperature=0.0, stop=["\nUser:"]))[0]
+                                                                  temperature=0.0, stop=["\nUser:"]),
+                   server.app.state.watermarks.processors(m.config.vocab_size))[0]
     assert forced.choices[0].message.content == ref.text.lstrip()
     assert forced.choices[0].finish_reason == ref.finish_reason
     fixed = client.completions.create(model="kjv", prompt="And", max_tokens=12, temperature=0,
@@ -256,7 +259,8 @@ def test_vllm_sampling_extensions_extra_body(client, server):
         assert out.choices[0].text == greedy, off
     m = server.model("kjv")
     ref = generate(m.model, m.tokenizer, [prompt], SamplingParams(max_new_tokens=24, temperature=0.0,
-                                                                  repetition_penalty=1.8))[0].text
+                                                                  repetition_penalty=1.8),
+                   server.app.state.watermarks.processors(m.config.vocab_size))[0].text
     assert ref != library_greedy(server, "kjv", prompt, 24).text  # the penalty changes this reply
     chat = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=8,
                                           temperature=0, extra_body={"repetition_penalty": 1.8, "top_k": 5})

@@ -20,6 +20,7 @@ from genloom.models.runtime import DTYPES, default_dtype, prepare
 from genloom.pipelines import images
 from genloom.pipelines import music
 from genloom.safety import labels as _labels
+from genloom.safety import watermark as watermarks
 from genloom.sample import SamplingParams, stream_text
 from genloom.sample import generate as generate_text
 
@@ -60,10 +61,14 @@ from genloom.sample import generate as generate_text
 @click.option("--mp3", is_flag=True, help="Music: also write an MP3 (LAME).")
 @click.option("--device", default="auto", show_default=True, help="auto (a GPU when there is one), cpu, cuda, cuda:N, mps.")
 @label_options
-@click.option("--data-dir", default="genloom-data", show_default=True, help="Where the C2PA signing key is (keys/).")
+@click.option("--watermark", type=click.Choice(watermarks.MODES), default="on", show_default=True,
+              help="Mark the text, images or audio invisibly with the installation's key (off: a warning).")
+@click.option("--data-dir", default="genloom-data", show_default=True,
+              help="Where the installation's watermark key and C2PA signing key (keys/) live.")
 def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
              repetition_penalty, stop, num_samples, seed, stream, as_json, threads, dtype, compile_, out_dir, sampler,
-             steps, guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, data_dir, **label_kw):
+             steps, guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, watermark, data_dir,
+             **label_kw):
     """Sample text (KV cache, temperature/top-k/top-p/min-p, penalties, stops, seeds) or images (-n, --seed, --out).
 
     \b
@@ -77,19 +82,20 @@ def generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_
     labeler = labeler_from_options(data_dir, **label_kw)  # a bad switch or a missing certificate: one line, first
     for line in labeler.warnings():
         click.echo(f"genloom: warning: {line}", err=True)
+    marks = watermarks.load(data_dir, watermark, where="genloom generate")
     device = devices.resolve(device)
     distributed.setup(device)
     try:
         _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
                   repetition_penalty, stop, num_samples, seed, stream, as_json, dtype, compile_, out_dir, sampler, steps,
-                  guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, labeler)
+                  guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, labeler, marks)
     finally:
         distributed.teardown()
 
 
 def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top_k, top_p, min_p,
               repetition_penalty, stop, num_samples, seed, stream, as_json, dtype, compile_, out_dir, sampler, steps,
-              guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, labeler):
+              guidance, labels, eta, from_png, primer, bars, seconds, tempo, mp3, device, labeler, marks):
     prompts = list(prompts) + ([ln.rstrip("\n") for ln in prompt_file if ln.strip()] if prompt_file else [])
     text_only = {"-N/--max-new-tokens": max_new_tokens, "--repetition-penalty": repetition_penalty,
                  "--stop": stop or None, "--dtype": dtype, "--compile": compile_}
@@ -121,7 +127,7 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
         piece = music.compose(lm, opts, primer_bytes)
         written = music.write_outputs(piece, out_dir or "outputs", f"music-{piece.seed}", mp3=mp3,
                                       finish=_labels.finisher(labeler, str(model_path), piece.parameters),
-                                      wav_filter=_labels.wav_cue(labeler))
+                                      wav_filter=_labels.wav_cue(labeler), watermarks=marks)
         if as_json:
             click.echo(json.dumps({"files": [str(p) for p in written], "seconds": round(piece.seconds, 3),
                                    "new_tokens": piece.new_tokens, "finish_reason": piece.finish_reason,
@@ -140,7 +146,7 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
             opts = images.ImageOptions(model=str(model_path), n=num_samples, seed=seed, sampler=sampler, steps=steps,
                                        guidance=guidance, eta=eta, temperature=temperature, top_k=top_k, top_p=top_p,
                                        min_p=min_p, labels=list(labels), prompts=prompts)
-        result = images.generate(lm, opts, strict=True)
+        result = images.generate(lm, opts, strict=True, watermarks=marks)
         if result is None:  # another rank's images went to rank 0, which writes them
             return
         written = images.write_images(result, out_dir or "outputs", grid=result.plan.n > 1,
@@ -154,7 +160,7 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
             click.echo(f"wrote {len(written) - 1} images and {written[-1][0]} (parameters in each PNG)")
         return
     lm.model = prepare(lm.model, dtype or default_dtype(lm.meta), bool(compile_), device=str(device))
-    _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, out_dir, labeler,
+    _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, out_dir, labeler, marks,
                    max_new_tokens=200 if max_new_tokens is None else max_new_tokens,
                    temperature=0.8 if temperature is None else temperature, top_k=top_k or 0,
                    top_p=1.0 if top_p is None else top_p, min_p=min_p or 0.0,
@@ -175,7 +181,8 @@ def _png_parameters(path) -> dict:
         raise GenloomError(f"{path}: not a readable PNG ({e})") from None
 
 
-def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, out_file, labeler, **sampling):
+def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_json, out_file, labeler, marks,
+                   **sampling):
     if families.get(lm.family).kind != "text":
         raise GenloomError(f"{model_path} is a '{lm.family}' model; text generation needs one of "
                            f"{', '.join(families.of_kind('text'))}")
@@ -203,11 +210,11 @@ def _generate_text(lm, model_path, prompts, image_only, num_samples, stream, as_
     if stream:
         click.echo(_labels.text_notice("", labeler.policy), nl=False)
         click.echo(batch[0], nl=False)
-        for _, delta in stream_text(lm.model, lm.tokenizer, batch, sp):
+        for _, delta in stream_text(lm.model, lm.tokenizer, batch, sp, marks.processors(lm.config.vocab_size)):
             click.echo(delta, nl=False)
         click.echo()
         return
-    outs = _sharded_text(lm, batch, sp)
+    outs = _sharded_text(lm, batch, sp, marks)
     if outs is None:  # under torchrun: rank 0 prints every rank's completions
         return
     texts = [_labels.text_notice(p + o.text, labeler.policy) for p, o in zip(batch, outs)]
@@ -238,15 +245,15 @@ def _save_text(out_file, texts: list[str], lm, model_path, sp: SamplingParams, l
     return str(path)
 
 
-def _sharded_text(lm, batch: list[str], sp: SamplingParams):
+def _sharded_text(lm, batch: list[str], sp: SamplingParams, marks: watermarks.Watermarks):
     """The completions of the batch; under torchrun each rank decodes a block of rows (row i seeded seed + i as in
     one process) and rank 0 gets them all in order (None on the other ranks)."""
     if distributed.world() == 1:
-        return generate_text(lm.model, lm.tokenizer, batch, sp)
+        return generate_text(lm.model, lm.tokenizer, batch, sp, marks.processors(lm.config.vocab_size))
     if sp.seed is None:
         sp.seed = distributed.broadcast_object(int(torch.randint(0, 2**62, (1,))))
     mine = distributed.shard(len(batch))
-    outs = generate_text(lm.model, lm.tokenizer, batch[mine.start: mine.stop], replace(sp, seed=sp.seed + mine.start)) \
-        if len(mine) else []
+    outs = generate_text(lm.model, lm.tokenizer, batch[mine.start: mine.stop], replace(sp, seed=sp.seed + mine.start),
+                         marks.processors(lm.config.vocab_size)) if len(mine) else []
     parts = distributed.gather_objects(outs)
     return [o for part in parts for o in part] if parts is not None else None

@@ -70,9 +70,12 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
 @click.option("--device", default="auto", show_default=True, help="Where the models run: auto (a GPU when there is "
               "one), cpu, cuda, cuda:N or mps.")
 @label_options
+@click.option("--watermark", type=click.Choice(["on", "off"]), default="on", show_default=True,
+              help="Mark every text, image and audio output with the installation's key (DATA_DIR/watermark.key); "
+              "off is logged as a warning.")
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
           cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads, dtype,
-          compile_decode, device, **label_kw):
+          compile_decode, device, watermark, **label_kw):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
     labeler = labeler_from_options(data_dir, **label_kw)  # a bad switch or a missing certificate: one line, first
@@ -96,7 +99,7 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
         cors_origins=_split(cors_origins), job_limits=limits, kb=kb, device=device, dtype=dtype,
-        compile_decode=compile_decode, labeler=labeler)
+        compile_decode=compile_decode, labeler=labeler, watermark=watermark)
 
 
 @cli.command()

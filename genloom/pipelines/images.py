@@ -29,6 +29,7 @@ from genloom.data.images import grid_png, png_with_metadata, read_png_parameters
 from genloom.diffusion import SAMPLERS
 from genloom.errors import GenloomError, choices
 from genloom.files import atomic_write_bytes
+from genloom.safety.watermark import Watermarks, mark_images
 from genloom.sample import SamplingParams, allow_only, stream_ids
 
 OPTIONS = ("sampler", "steps", "guidance", "eta", "temperature", "top_k", "top_p", "min_p")  # per-family options
@@ -130,6 +131,10 @@ class ImagePlan:
 class ImageResult:
     plan: ImagePlan
     images: torch.Tensor  # (n, C, H, W) uint8
+    watermarks: Watermarks | None = None  # the doors pass theirs: the images are marked before any encoding
+
+    def __post_init__(self):
+        self.images = mark_images(self.images, self.watermarks)
 
     @property
     def params(self) -> list[dict]:
@@ -308,12 +313,13 @@ def sample_images(lm, plan: ImagePlan, lock=None) -> torch.Tensor:
         return model.sample(plan.n, seed=plan.seed, **kw)
 
 
-def generate(lm, opts: ImageOptions, *, strict: bool = False, lock=None) -> ImageResult | None:
+def generate(lm, opts: ImageOptions, *, strict: bool = False, lock=None,
+             watermarks: Watermarks | None = None) -> ImageResult | None:
     """resolve + sample_images: the images of one call, with their parameters and PNGs a call away. Under
     torchrun each rank draws its share and rank 0 gets them all (the other ranks get None)."""
     plan = distributed.broadcast_object(resolve(lm, opts, strict=strict))  # rank 0's seed when none was given
     images = sample_sharded(lm, plan, lock)
-    return ImageResult(plan, images) if images is not None else None
+    return ImageResult(plan, images, watermarks) if images is not None else None
 
 
 def sample_sharded(lm, plan: ImagePlan, lock=None) -> torch.Tensor | None:

@@ -28,6 +28,7 @@ from genloom.data.music import read_midi
 from genloom.data.tokenizers import MidiTokenizer
 from genloom.errors import GenloomError, choices
 from genloom.files import atomic_write_bytes
+from genloom.safety.watermark import Watermarks, mark_wav
 from genloom.sample import SamplingParams, allow_only, stream_ids
 
 MAX_BARS, MAX_SECONDS = 256, 600.0  # the longest piece one call writes
@@ -248,8 +249,9 @@ def fluidsynth() -> str:
     return exe
 
 
-def render_wav(midi: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
-    """MIDI bytes -> 16-bit stereo WAV bytes, rendered offline by FluidSynth with the General MIDI soundfont."""
+def render_wav(midi: bytes, sample_rate: int = SAMPLE_RATE, watermarks: Watermarks | None = None) -> bytes:
+    """MIDI bytes -> 16-bit stereo WAV bytes, rendered offline by FluidSynth with the General MIDI soundfont and
+    marked with `watermarks` (genloom.safety.watermark) before any encoding."""
     exe, sf2 = fluidsynth(), soundfont()
     with tempfile.TemporaryDirectory(prefix="genloom-music-") as tmp:
         mid, wav = Path(tmp) / "in.mid", Path(tmp) / "out.wav"
@@ -259,7 +261,7 @@ def render_wav(midi: bytes, sample_rate: int = SAMPLE_RATE) -> bytes:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if res.returncode != 0 or not wav.is_file():
             raise GenloomError(f"fluidsynth failed: {(res.stderr or res.stdout).strip().splitlines()[-1:]}")
-        return wav.read_bytes()
+        return mark_wav(wav.read_bytes(), watermarks)
 
 
 def wav_to_mp3(wav_bytes: bytes, kbps: int = 128) -> bytes:
@@ -276,13 +278,14 @@ def wav_to_mp3(wav_bytes: bytes, kbps: int = 128) -> bytes:
     return bytes(enc.encode(pcm) + enc.flush())
 
 
-def audio(music: Music, response_format: str, wav_filter=None) -> bytes:
-    """The piece as midi, wav or mp3 bytes; `wav_filter(wav) -> wav` (an audible cue) runs before MP3 encoding."""
+def audio(music: Music, response_format: str, wav_filter=None, watermarks: Watermarks | None = None) -> bytes:
+    """The piece as midi, wav or mp3 bytes, watermarked when `watermarks` are given; `wav_filter(wav) -> wav` (an
+    audible cue) runs before MP3 encoding."""
     if response_format not in FORMATS:
         raise GenloomError(f"unknown format '{response_format}'; choose one of {choices(FORMATS)}")
     if response_format == "midi":
         return music.midi()
-    wav = render_wav(music.midi())
+    wav = render_wav(music.midi(), watermarks=watermarks)
     wav = wav_filter(wav) if wav_filter else wav
     return wav if response_format == "wav" else wav_to_mp3(wav)
 
@@ -319,14 +322,14 @@ def piano_roll_png(music: Music) -> bytes:
 
 
 def write_outputs(music: Music, out_dir: str | Path, stem: str, mp3: bool = False, wav: bool = True,
-                  finish=None, wav_filter=None) -> list[Path]:
-    """stem.mid, stem.wav (FluidSynth), stem.mp3 (when asked), stem.png (piano roll) in out_dir; `wav_filter` runs
-    on the rendered WAV before MP3 encoding, `finish(data, suffix, path) -> data` (the caller's labels) on each
-    file's bytes before it is written."""
+                  finish=None, wav_filter=None, watermarks: Watermarks | None = None) -> list[Path]:
+    """stem.mid, stem.wav (FluidSynth, watermarked when `watermarks` are given), stem.mp3 (when asked), stem.png
+    (piano roll) in out_dir; `wav_filter` runs on the rendered WAV before MP3 encoding, `finish(data, suffix, path)
+    -> data` (the caller's labels) on each file's bytes before it is written."""
     out = Path(out_dir)
     files = {".mid": music.midi()}
     if wav or mp3:
-        wav_bytes = render_wav(files[".mid"])
+        wav_bytes = render_wav(files[".mid"], watermarks=watermarks)
         wav_bytes = wav_filter(wav_bytes) if wav_filter else wav_bytes
         if wav:
             files[".wav"] = wav_bytes

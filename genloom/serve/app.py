@@ -25,6 +25,7 @@ from genloom import devices
 from genloom.errors import GenloomError, choices
 from genloom.knowledge import KnowledgeBases
 from genloom.safety import labels
+from genloom.safety import watermark as watermarks
 from genloom.serve import openapi
 from genloom.serve.auth import Auth
 from genloom.serve.database import Database
@@ -66,7 +67,8 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                allowed_hosts: list[str] | None = None, public_url: str | None = None,
                cors_origins: list[str] | None = None, job_limits: JobLimits | None = None,
                kb: dict[str, str] | None = None, device: str = "cpu", dtype: str = "float32",
-               compile_decode: bool = False, labeler: labels.Labeler | None = None) -> FastAPI:
+               compile_decode: bool = False, labeler: labels.Labeler | None = None,
+               watermark: str = "on") -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
@@ -80,6 +82,9 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     served ('*' for any); URLs the server hands out start with `public_url` (default: the address the
     request came in on, never its Host header); cross-origin requests get CORS answers only for
     `cors_origins`, and a state-changing one from any other origin is refused.
+
+    Watermarks (genloom.safety.watermark): "on" marks every text, image and audio output with the installation's
+    key (data_dir/watermark.key, made once); "off" is logged as a warning.
 
     Grounded chat: `kb` maps a served model's name to the knowledge base it answers from (a base's name under
     data_dir/kb or a knowledge-base folder), over the one its folder's grounding.json names (serve/retrieval.py).
@@ -102,6 +107,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         raise GenloomError(f"max_batch must be >= 1 and max_queue >= 0 (got {max_batch}, {max_queue})")
     kbs = KnowledgeBases(Path(data_dir or "genloom-data") / "kb") if data_dir or db_url else None
     kb_refs = resolve_kbs(names, kb or {}, kbs)  # a missing base fails here, before anything loads
+    marks = watermarks.load(Path(data_dir or "genloom-data"), watermark, where="genloom serve")
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -152,6 +158,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         state.data_dir = Path(data_dir or "genloom-data")
         state.db = Database(db_url, data_dir=state.data_dir)
         state.fine_tuned = FineTuned(state.data_dir / "models", max_batch=max_batch, max_queue=max_queue)
+    state.watermarks = marks  # every output's invisible mark, and the detect route's key
     state.auth = Auth(api_key, state.db)
     state.public_url = public_url
     state.labeler = labeler or labels.make_labeler(labels.LabelPolicy(), state.data_dir)
@@ -190,7 +197,8 @@ class NoCacheFiles(StaticFiles):
 
 def _load_grounded(state, path, max_batch: int, max_queue: int, kb_refs: dict[str, KbRef]):
     """load_served, then the knowledge base the model answers from: --kb's, else its grounding.json's."""
-    served = load_served(path, max_batch=max_batch, max_queue=max_queue, device=state.device, **state.inference)
+    served = load_served(path, max_batch=max_batch, max_queue=max_queue, device=state.device, **state.inference,
+                         watermarks=state.watermarks)
     try:
         served.kb = kb_refs.get(served.name)
         if served.kb is None and served.kb_ref is not None:

@@ -27,6 +27,7 @@ import torch
 
 from genloom.errors import GenloomError
 from genloom.models.gpt import KVCache
+from genloom.safety.watermark import Watermarks
 from genloom.sample import SamplingParams, TextStream, build_processors, left_pad, min_new_tokens_mask
 
 log = logging.getLogger(__name__)
@@ -160,10 +161,13 @@ class RequestHandle:
 class _Row:
     """The decoding state of one running request."""
 
-    def __init__(self, h: RequestHandle, model_cfg, vocab: int, device):
+    def __init__(self, h: RequestHandle, model_cfg, vocab: int, device, marks: Watermarks | None = None):
         sp = h._sp
         self.h, self.sp = h, sp
-        self.procs = build_processors(sp)
+        self.procs = (marks.processors(vocab) if marks is not None else []) + build_processors(sp)
+        self.stateful = [p for p in self.procs if hasattr(p, "observe")]  # a watermark reads the previous token
+        for p in self.stateful:
+            p.observe([h._prompt[-1]])
         self.steps = min(sp.max_new_tokens, model_cfg.block_size - h.prompt_tokens + 1)  # as stream_ids
         self.n = h.prompt_tokens  # tokens in the cache
         self.start = 0  # the cache column of its first token
@@ -182,7 +186,10 @@ class _Row:
 class TextEngine:
     """Continuous batching of text requests over one model, in a daemon worker thread."""
 
-    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64, name: str = ""):
+    def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64, name: str = "",
+                 watermarks: Watermarks | None = None):
+        """`watermarks`: each request's green-list processor (genloom.safety.watermark); None: unmarked."""
+        self.watermarks = watermarks
         if max_batch < 1 or max_queue < 0:
             raise GenloomError(f"max_batch must be >= 1 and max_queue >= 0 (got {max_batch}, {max_queue})")
         self.model, self.tok, self.name = model.eval(), tokenizer, name
@@ -330,6 +337,8 @@ class TextEngine:
         r.h.completion_tokens += 1
         if r.counts is not None:
             r.counts[0, t] += 1
+        for p in r.stateful:
+            p.observe([t])
         if r.sp.stop_at_eot and t == self.eot:
             return Event(r.stream.finish(), t, "stop")
         text = r.stream.push(t)
@@ -399,7 +408,7 @@ class TextEngine:
         Everything that may fail comes before the first change to the running batch."""
         rows = []
         for h in joiners:
-            r = _Row(h, self.cfg, self.cfg.vocab_size, self.device)
+            r = _Row(h, self.cfg, self.cfg.vocab_size, self.device, self.watermarks)
             r.stream = TextStream(self.tok, h._sp.stop, h._sp.min_new_tokens)
             rows.append(r)
         n = len(joiners)

@@ -93,7 +93,7 @@ def model_name(path: str | Path) -> str:
 
 
 def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None, dtype: str | None = None,
-                compile: bool = False) -> ServedModel:
+                compile: bool = False, watermarks=None) -> ServedModel:
     """Load a model (onto `device`, default the CPU); a text model runs in `dtype` (default:
     genloom.models.runtime.default_dtype), its decode step compiled if asked, and gets its decode engine started
     and its chat template read."""
@@ -118,7 +118,8 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None
     folder = p if p.is_dir() else p.parent
     template = ChatTemplate.load(folder)
     grounding, kb_ref = load_grounding(folder)
-    engine = TextEngine(loaded.model, loaded.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name)
+    engine = TextEngine(loaded.model, loaded.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name,
+                        watermarks=watermarks)
     engine.start()
     return ServedModel(name, loaded, engine, template, int(loaded.config.block_size), grounding=grounding,
                        kb_ref=kb_ref)
@@ -219,7 +220,7 @@ class FineTuned:
                     continue
                 try:
                     served = await asyncio.to_thread(load_served, self.models_dir / name, max_batch=self.max_batch,
-                                                     max_queue=self.max_queue)
+                                                     max_queue=self.max_queue, watermarks=state.watermarks)
                 except Exception as e:  # noqa: BLE001 - logged; the job's own events say what it made
                     self.failed[name] = str(e)
                     log_event("model_register_failed", model=name, job=job.id, error=str(e))

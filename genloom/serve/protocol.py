@@ -226,6 +226,32 @@ class ModerationRequest(_Request):
     model: str = "genloom-moderation-1"
 
 
+class WatermarkDetectRequest(_Request):
+    """POST /v1/watermarks/detect (a genloom extension): a text with the model whose tokenizer reads it, or a
+    file's bytes (an image or audio) in base64."""
+    model_config = _CLOSED
+    text: Optional[Annotated[str, Field(min_length=1)]] = None
+    model: Optional[str] = None
+    file: Optional[Annotated[str, Field(min_length=1)]] = None  # base64
+
+    @model_validator(mode="after")
+    def _one_input(self):
+        if (self.text is None) == (self.file is None):
+            raise PydanticCustomError("one_input", "give either text (with model) or file (base64), not both")
+        return self
+
+
+class WatermarkDetectResponse(BaseModel):
+    object: Literal["watermark.detection"] = "watermark.detection"
+    kind: str  # text | image | audio
+    method: str
+    detected: bool
+    z: float
+    p_value: float
+    threshold: float
+    details: dict  # tokens scored and green fraction (text), agreement and frame (image), lag and rate (audio)
+
+
 # ---- responses ----
 
 

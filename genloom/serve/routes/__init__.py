@@ -15,8 +15,9 @@ from genloom.serve.routes import (
     speech,
     transcriptions,
     vector_stores,
+    watermarks,
 )
 
 ROUTERS = [health.router, models.router, completions.router, images.router, files.router, fine_tuning.router,
            embeddings.router, moderations.router, history.router, vector_stores.router,
-           music.router, speech.router, transcriptions.router, provenance.router]
+           music.router, speech.router, transcriptions.router, provenance.router, watermarks.router]

@@ -43,7 +43,7 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
         raise ApiError(400, str(e), param=e.param) from None
     t0 = time.perf_counter()
     pixels = await asyncio.to_thread(images.sample_images, served.loaded, plan, served.loaded.lock)
-    result = images.ImageResult(plan, pixels)
+    result = await asyncio.to_thread(images.ImageResult, plan, pixels, request.app.state.watermarks)  # marked
     ids = [new_id("img") for _ in result.params]  # each image's ProduceID, and its history/file id
     metas = [labels.OutputMeta(i, served.name, p) for i, p in zip(ids, result.params)]
     pngs = await asyncio.to_thread(lambda: [labels.label_bytes(png, "png", m, request.app.state.labeler)

@@ -56,13 +56,14 @@ def _primer(body: MusicRequest, request: Request) -> bytes | None:
 LABEL_FORMATS = {"midi": "midi", "audio": "mp3", "png": "png", "mp3": "mp3", "wav": "wav"}
 
 
-def _render(piece: music.Music, fmt: str, produce_id: str, model: str, labeler: labels.Labeler) -> dict:
-    """The bytes the response needs, each labelled (worker thread: FluidSynth, LAME and signing are CPU work)."""
+def _render(piece: music.Music, fmt: str, produce_id: str, model: str, labeler: labels.Labeler, marks=None) -> dict:
+    """The bytes the response needs, watermarked and labelled (worker thread: FluidSynth, LAME and signing are CPU
+    work)."""
     cue = labels.wav_cue(labeler)
     if fmt == "json":
-        out = {"midi": piece.midi(), "audio": music.audio(piece, "mp3", cue), "png": music.piano_roll_png(piece)}
+        out = {"midi": piece.midi(), "audio": music.audio(piece, "mp3", cue, marks), "png": music.piano_roll_png(piece)}
     else:
-        out = {"body": music.audio(piece, fmt, cue)}
+        out = {"body": music.audio(piece, fmt, cue, marks)}
     return {k: labels.label_bytes(v, LABEL_FORMATS[k if k != "body" else fmt],
                                   labels.OutputMeta(f"{produce_id}-{k if k != 'body' else fmt}", model,
                                                     piece.parameters), labeler) for k, v in out.items()}
@@ -93,7 +94,8 @@ async def compose(body: MusicRequest, request: Request):
 
     piece = await asyncio.to_thread(run)
     mid = new_id("music")  # the piece's id; each file's ProduceID is it + the file's kind (history: produce_id)
-    out = await asyncio.to_thread(_render, piece, body.response_format, mid, served.name, request.app.state.labeler)
+    out = await asyncio.to_thread(_render, piece, body.response_format, mid, served.name, request.app.state.labeler,
+                                  request.app.state.watermarks)
     db = request.app.state.db
     if db is not None:
         await asyncio.to_thread(db.log_request, route="/v1/audio/music", model=served.name,
