@@ -146,11 +146,11 @@ def _generate(model_path, prompts, prompt_file, max_new_tokens, temperature, top
             opts = images.ImageOptions(model=str(model_path), n=num_samples, seed=seed, sampler=sampler, steps=steps,
                                        guidance=guidance, eta=eta, temperature=temperature, top_k=top_k, top_p=top_p,
                                        min_p=min_p, labels=list(labels), prompts=prompts)
-        result = images.generate(lm, opts, strict=True, watermarks=marks)
+        result = images.generate(lm, opts, strict=True, watermarks=marks, visible=_labels.pixel_marker(labeler))
         if result is None:  # another rank's images went to rank 0, which writes them
             return
         written = images.write_images(result, out_dir or "outputs", grid=result.plan.n > 1,
-                                      finish=_labels.finisher(labeler, str(model_path)))
+                                      finish=_labels.finisher(labeler, str(model_path), marked=True))
         if as_json:
             click.echo(json.dumps([{"file": str(p), "parameters": meta} for p, meta in written], ensure_ascii=False,
                                   indent=2))

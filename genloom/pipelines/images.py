@@ -18,10 +18,12 @@ Image i of any call is image 0 of a call with seed + i: the batch never changes 
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from genloom import distributed, families
@@ -132,8 +134,12 @@ class ImageResult:
     plan: ImagePlan
     images: torch.Tensor  # (n, C, H, W) uint8
     watermarks: Watermarks | None = None  # the doors pass theirs: the images are marked before any encoding
+    visible: Callable[[np.ndarray], np.ndarray] | None = None  # the visible label (safety.labels.pixel_marker)
 
     def __post_init__(self):
+        if self.visible is not None:  # drawn first, so the invisible mark covers it instead of the other way round
+            self.images = torch.stack([torch.from_numpy(np.array(self.visible(
+                img.permute(1, 2, 0).numpy()))).permute(2, 0, 1) for img in self.images])
         self.images = mark_images(self.images, self.watermarks)
 
     @property
@@ -314,12 +320,12 @@ def sample_images(lm, plan: ImagePlan, lock=None) -> torch.Tensor:
 
 
 def generate(lm, opts: ImageOptions, *, strict: bool = False, lock=None,
-             watermarks: Watermarks | None = None) -> ImageResult | None:
+             watermarks: Watermarks | None = None, visible=None) -> ImageResult | None:
     """resolve + sample_images: the images of one call, with their parameters and PNGs a call away. Under
     torchrun each rank draws its share and rank 0 gets them all (the other ranks get None)."""
     plan = distributed.broadcast_object(resolve(lm, opts, strict=strict))  # rank 0's seed when none was given
     images = sample_sharded(lm, plan, lock)
-    return ImageResult(plan, images, watermarks) if images is not None else None
+    return ImageResult(plan, images, watermarks, visible) if images is not None else None
 
 
 def sample_sharded(lm, plan: ImagePlan, lock=None) -> torch.Tensor | None:

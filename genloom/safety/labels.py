@@ -31,6 +31,7 @@ from pathlib import Path
 from xml.sax.saxutils import escape
 
 import mido
+import numpy as np
 import mutagen
 from mutagen.flac import FLAC
 from mutagen.id3 import ID3, TXXX
@@ -390,13 +391,15 @@ def mark_image(data: bytes, fmt: str, policy: LabelPolicy) -> bytes:
     return buf.getvalue()
 
 
-def label_bytes(data: bytes, fmt: str, meta: OutputMeta, labeler: Labeler) -> bytes:
-    """Visible mark (images) -> implicit AIGC label -> C2PA manifest (signed last, over the final bytes)."""
+def label_bytes(data: bytes, fmt: str, meta: OutputMeta, labeler: Labeler, *, marked: bool = False) -> bytes:
+    """Visible mark (images; `marked`: the pixels already carry it, see `pixel_marker`) -> implicit AIGC label ->
+    C2PA manifest (signed last, over the final bytes)."""
     policy = labeler.policy
     if fmt not in FORMATS:
         raise LabelError(f"no label for format '{fmt}'; choose one of {choices(FORMATS)}")
     try:
-        out = mark_image(data, fmt, policy) if policy.visible_mark and fmt in IMAGE_FORMATS else data
+        visible = policy.visible_mark and fmt in IMAGE_FORMATS and not marked
+        out = mark_image(data, fmt, policy) if visible else data
         if policy.implicit:
             out = implicit_label(out, fmt, aigc_record(meta, policy))
     except (OSError, ValueError, EOFError, struct.error) as e:  # Pillow, mutagen, mido on a damaged file
@@ -442,15 +445,30 @@ def log_output(path, meta: OutputMeta, fmt: str) -> None:
     append_text(path.parent / "aigc-log.jsonl", json.dumps(row, ensure_ascii=False, default=str) + "\n")
 
 
-def finisher(labeler: Labeler, model: str, parameters: dict | None = None):
+def pixel_marker(labeler: Labeler):
+    """The visible mark as a function on (H, W, C) uint8 pixels, or None when it is off: the images pipeline draws
+    it BEFORE the invisible watermark, so the mark never covers the watermark (on a 28x28 image it would cover a
+    third of it); their PNGs are then labelled with `marked=True`."""
+    policy = labeler.policy
+    if not policy.visible_mark:
+        return None
+
+    def mark(pixels: np.ndarray) -> np.ndarray:
+        img = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+        out = np.asarray(visible_mark(img, policy.mark_text, policy.mark_position))
+        return out[..., None] if pixels.shape[-1] == 1 else out
+    return mark
+
+
+def finisher(labeler: Labeler, model: str, parameters: dict | None = None, *, marked: bool = False):
     """`finish(data, params_or_suffix, path) -> data` for the pipelines' file writers: each file gets its own
-    ProduceID, its labels, and its line in the folder's aigc-log.jsonl."""
+    ProduceID, its labels, and its line in the folder's aigc-log.jsonl (`marked`: see `label_bytes`)."""
     def finish(data: bytes, extra, path) -> bytes:
         path = Path(path)
         fmt = SUFFIXES.get(path.suffix.lower()) or detect_format(data)
         params = extra if isinstance(extra, dict) else (parameters or {})
         meta = OutputMeta(new_produce_id("gl"), model=model, parameters=params, title=path.name)
-        out = label_bytes(data, fmt, meta, labeler)
+        out = label_bytes(data, fmt, meta, labeler, marked=marked)
         log_output(path, meta, fmt)
         return out
     return finish

@@ -43,10 +43,12 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
         raise ApiError(400, str(e), param=e.param) from None
     t0 = time.perf_counter()
     pixels = await asyncio.to_thread(images.sample_images, served.loaded, plan, served.loaded.lock)
-    result = await asyncio.to_thread(images.ImageResult, plan, pixels, request.app.state.watermarks)  # marked
+    labeler = request.app.state.labeler
+    result = await asyncio.to_thread(images.ImageResult, plan, pixels, request.app.state.watermarks,
+                                     labels.pixel_marker(labeler))  # visible mark, then the invisible one
     ids = [new_id("img") for _ in result.params]  # each image's ProduceID, and its history/file id
     metas = [labels.OutputMeta(i, served.name, p) for i, p in zip(ids, result.params)]
-    pngs = await asyncio.to_thread(lambda: [labels.label_bytes(png, "png", m, request.app.state.labeler)
+    pngs = await asyncio.to_thread(lambda: [labels.label_bytes(png, "png", m, labeler, marked=True)
                                             for png, m in zip(result.pngs(), metas)])  # CPU work: off the loop
     revised = result.revised_prompts
     aigc = [labels.aigc_object(m.produce_id, m.model, m.parameters, request.app.state.labeler) for m in metas]
