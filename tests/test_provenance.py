@@ -189,7 +189,8 @@ def test_provenance_report_sections_and_registry(ident):
     out = labels.label_bytes(_png(), "png", META, labels.Labeler(labels.LabelPolicy(), ident))
     rep = provenance.report(out, "x.png", trust_anchor=ident.root)
     names = [s.name for s in rep.sections]
-    assert names[:2] == ["GB 45438 implicit label", "C2PA manifest"] and all(s.found for s in rep.sections)
+    assert names == ["GB 45438 implicit label", "C2PA manifest", "genloom watermark"]
+    assert all(s.found for s in rep.sections[:2]) and not rep.sections[2].found  # no key given: not checked
     assert "gl-test-0001" in rep.text() and "Trusted" in rep.text()
 
     def wm(data, fmt):
@@ -216,6 +217,10 @@ def test_cli_generate_labels_logs_and_provenance_reads(tmp_path, run_main):
     label, c2pa = rep["sections"][0], rep["sections"][1]
     assert label["details"]["aigc"]["ProduceID"] == log[1]["ProduceID"]  # traceable to the sidecar record
     assert c2pa["found"] and c2pa["details"]["state"] == "Trusted"
+    mark = rep["sections"][2]
+    assert mark["name"] == "genloom watermark" and mark["found"] and mark["details"]["z"] > 4  # read with the key
+    code, out, err = run_main("provenance", tmp_path / "o" / "4-001.png", "--json", "--data-dir", tmp_path / "other")
+    assert not json.loads(out)["sections"][2]["found"]  # another installation (no key) finds no mark
     code, out, err = run_main("provenance", tmp_path / "o" / "4-001.png")
     assert code == 0 and "GB 45438 implicit label: AI-generated" in out
     # switched off: no label, no mark, and a warning
@@ -269,6 +274,7 @@ def test_api_outputs_carry_labels_traceable_to_history(api):
     rep = api.post("/v1/provenance", files={"file": ("img.png", png, "image/png")}).json()
     assert rep["sections"][0]["details"]["aigc"]["ProduceID"] == item["aigc"]["ProduceID"]
     assert rep["sections"][1]["details"]["state"] == "Trusted"  # the server's own root is the anchor
+    assert rep["sections"][2]["name"] == "genloom watermark" and rep["sections"][2]["found"]  # the server's key
     chat = api.post("/v1/chat/completions", json={"model": "chat", "messages": [{"role": "user", "content": "hi"}],
                                                    "max_tokens": 4}).json()
     assert chat["aigc"]["ProduceID"] == chat["id"] and chat["aigc"]["Label"] == "1"

@@ -9,7 +9,7 @@ import click
 
 from genloom.cli.base import cli
 from genloom.errors import GenloomError
-from genloom.safety import keys, labels
+from genloom.safety import keys, labels, watermark
 from genloom.safety import provenance as prov
 
 
@@ -49,14 +49,16 @@ def labeler_from_options(data_dir, *, implicit, visible_mark, mark_text, mark_po
 @click.argument("file", type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--data-dir", default="genloom-data", show_default=True,
-              help="Its keys/c2pa-root.pem, when present, is the trust anchor (state Trusted rather than Valid).")
+              help="Its keys/c2pa-root.pem, when present, is the trust anchor (state Trusted rather than Valid); its "
+              "watermark.key reads the invisible marks.")
 def provenance_cmd(file, as_json, data_dir):
     """Every label, manifest and watermark FILE carries: GB 45438 AIGC metadata, C2PA manifest and its validation."""
     path = Path(file)
     if not path.is_file():
         raise GenloomError(f"{file}: no such file")
     root = keys.keys_dir(data_dir) / keys.ROOT_NAME
-    rep = prov.report(path.read_bytes(), path.name, trust_anchor=root.read_bytes() if root.is_file() else None)
+    rep = prov.report(path.read_bytes(), path.name, trust_anchor=root.read_bytes() if root.is_file() else None,
+                      secret=watermark.existing_key(data_dir))
     click.echo(json.dumps(rep.to_dict(), ensure_ascii=False, indent=2) if as_json else rep.text())
 
 

@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 from genloom.errors import GenloomError
-from genloom.safety import labels, manifests
+from genloom.safety import labels, manifests, watermark
 
 KINDS = {**{f: "image" for f in labels.IMAGE_FORMATS}, **{f: "audio" for f in labels.AUDIO_FORMATS},
          "midi": "music", "text": "text"}
@@ -75,7 +75,24 @@ def c2pa_section(data: bytes, fmt: str, trust_anchor: bytes | None = None) -> Se
     return Section(name, True, f"{m.get('state')}{what}{who}{bad}", m)
 
 
-SECTIONS: list[Check] = [gb45438_section, c2pa_section]  # modules add theirs with `register`
+def watermark_section(data: bytes, fmt: str, secret: watermark.Secret | None) -> Section:
+    """The installation's invisible mark (genloom.safety.watermark), read with its key."""
+    name = "genloom watermark"
+    if fmt in ("midi", "text"):
+        why = ("MIDI files are not marked" if fmt == "midi" else
+               "a text's mark is read with its model's tokenizer: genloom watermark detect FILE --model MODEL")
+        return Section(name, False, f"not checked here ({why})")
+    if secret is None:
+        return Section(name, False, "not checked (this installation has no watermark key: DATA_DIR/watermark.key)")
+    try:
+        r = watermark.detect_bytes(data, secret)
+    except (GenloomError, ValueError, OSError) as e:
+        return Section(name, False, f"could not be read ({e})")
+    verdict = "detected" if r["detected"] else "not detected"
+    return Section(name, bool(r["detected"]), f"{verdict} ({r['method']}, z {r['z']:.1f}, threshold {r['threshold']})", r)
+
+
+SECTIONS: list[Check] = [gb45438_section, c2pa_section, watermark_section]  # modules add theirs with `register`
 
 
 def register(check: Check) -> None:
@@ -84,12 +101,14 @@ def register(check: Check) -> None:
         SECTIONS.append(check)
 
 
-def report(data: bytes, filename: str = "upload", *, trust_anchor: bytes | None = None) -> Report:
-    """Every label, manifest and registered section a file carries; a GenloomError for other kinds of file."""
+def report(data: bytes, filename: str = "upload", *, trust_anchor: bytes | None = None,
+           secret: watermark.Secret | None = None) -> Report:
+    """Every label, manifest, watermark (read with `secret`) and registered section a file carries; a GenloomError
+    for other kinds of file."""
     fmt = labels.detect_format(data)
     if fmt is None or not data:
         raise GenloomError(f"{filename}: not an image (PNG, JPEG, WebP), audio (WAV, MP3, FLAC, Ogg), MIDI or UTF-8 "
                            "text file")
-    sections = [c2pa_section(data, fmt, trust_anchor) if check is c2pa_section else check(data, fmt)
-                for check in SECTIONS]
+    given = {c2pa_section: (trust_anchor,), watermark_section: (secret,)}
+    sections = [check(data, fmt, *given.get(check, ())) for check in SECTIONS]
     return Report(filename, fmt, KINDS[fmt], len(data), sections)

@@ -81,6 +81,13 @@ def installation_key(data_dir: str | Path) -> Secret:
     return _read_key(path)
 
 
+def existing_key(data_dir: str | Path | None) -> Secret | None:
+    """The installation's key when there is one (never made here): what a provenance check reads marks with."""
+    if os.environ.get(KEY_ENV) or (data_dir is not None and (Path(data_dir) / KEY_FILE).is_file()):
+        return installation_key(data_dir or ".")
+    return None
+
+
 @dataclass(frozen=True)
 class Watermarks:
     """What a door hands the pipelines: the secret, or None when watermarks are off."""
@@ -191,6 +198,7 @@ __all__ = [
     "detect_bytes",
     "detect_file",
     "detect_text",
+    "existing_key",
     "installation_key",
     "kind_of",
     "load",

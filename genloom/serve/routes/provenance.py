@@ -11,7 +11,7 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect
 
 from genloom.errors import GenloomError
-from genloom.safety import keys
+from genloom.safety import keys, watermark
 from genloom.safety import provenance as prov
 from genloom.serve.errors import ApiError
 from genloom.serve.protocol import ProvenanceResponse
@@ -82,7 +82,9 @@ async def provenance(request: Request) -> ProvenanceResponse:
     root = keys.keys_dir(data_dir) / keys.ROOT_NAME if data_dir is not None else None
     anchor = root.read_bytes() if root is not None and root.is_file() else None
     try:
-        rep = await asyncio.to_thread(prov.report, bytes(part.data), part.filename, trust_anchor=anchor)
+        marks = request.app.state.watermarks
+        secret = marks.secret if marks.on else watermark.existing_key(data_dir)
+        rep = await asyncio.to_thread(prov.report, bytes(part.data), part.filename, trust_anchor=anchor, secret=secret)
     except GenloomError as e:
         raise ApiError(400, f"{e}.", param="file", code="unsupported_file") from None
     return ProvenanceResponse(**rep.to_dict())
