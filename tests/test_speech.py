@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import os
 
 import numpy as np
@@ -12,6 +14,7 @@ from conftest import assert_one_line_error
 from genloom.errors import GenloomError
 from genloom.importers import import_voice
 from genloom.pipelines import speech
+from genloom.safety import labels, watermark
 
 
 @pytest.fixture(scope="session")
@@ -177,7 +180,26 @@ def test_speak_writes_the_format_of_the_extension(run_main, joe_dir, tmp_path):
                               "--speed", "2")
     assert code == 0, err
     data = (tmp_path / "b.bin").read_bytes()
-    assert data[0] == 0xFF and data[1] & 0xE0 == 0xE0  # an MPEG audio frame's sync word
+    assert data.startswith(b"ID3") and labels.read_label(data, "mp3")["Label"] == "1"  # the label's ID3v2 tag
+    audio, rate = sf.read(io.BytesIO(data))  # then MPEG audio (libsndfile decodes MP3)
+    assert rate == 22050 and len(audio) > 0.2 * rate
+
+
+def test_speak_labels_and_watermarks_what_it_writes(run_main, joe_dir, tmp_path):
+    data_dir = tmp_path / "d"
+    code, out, err = run_main("speak", "-m", joe_dir, "The label goes with the file.", "--out", tmp_path / "a.wav",
+                              "--data-dir", data_dir)
+    assert code == 0, err
+    wav = (tmp_path / "a.wav").read_bytes()
+    record = labels.read_label(wav, "wav")
+    log = json.loads((tmp_path / "aigc-log.jsonl").read_text().splitlines()[-1])
+    assert record["Label"] == "1" and record["ProduceID"] == log["ProduceID"] and log["file"] == "a.wav"
+    assert watermark.detect_bytes(wav, watermark.installation_key(data_dir))["detected"]
+    code, out, err = run_main("speak", "-m", joe_dir, "The label goes with the file.", "--out", tmp_path / "b.wav",
+                              "--data-dir", data_dir, "--watermark", "off", "--no-implicit-labels")
+    plain = (tmp_path / "b.wav").read_bytes()
+    assert code == 0 and labels.read_label(plain, "wav") is None and "implicit labels switched off" in err
+    assert not watermark.detect_bytes(plain, watermark.installation_key(data_dir))["detected"]
 
 
 def test_speak_reads_a_file_with_a_progress_bar(run_main, joe_dir, tmp_path):

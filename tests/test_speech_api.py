@@ -18,6 +18,7 @@ from test_api_text import CHAT, Server, httpx
 from test_speech import joe_dir  # noqa: F401  (a fixture)
 
 from genloom.pipelines import speech
+from genloom.safety import labels, watermark, watermark_audio
 from genloom.serve.app import create_app
 
 HELLO = "Hello there."
@@ -77,6 +78,22 @@ def test_each_format_decodes(client, fmt, rate, magic):
     assert got == rate and 0.3 < len(audio) / rate < 4.0
 
 
+def test_answers_are_watermarked_and_labelled(raw, server):
+    body = {"model": "voice-joe", "voice": "joe", "input": "Every answer carries its label. And its mark."}
+    r = raw.post("/v1/audio/speech", json=body | {"response_format": "wav"})
+    header = json.loads(r.headers["x-aigc"])
+    record = labels.read_label(r.content, "wav")  # a whole labelled file (implicit labels are on by default)
+    assert record["Label"] == "1" and record["ProduceID"] == header["ProduceID"]
+    key = server.app.state.watermarks.secret
+    assert watermark.detect_bytes(r.content, key)["detected"]
+    row = next(h for h in raw.get("/ui/api/history").json()["data"] if h["output"].get("produce_id") == header["ProduceID"])
+    assert row["route"] == "/v1/audio/speech"
+    r = raw.post("/v1/audio/speech", json=body | {"response_format": "pcm"})  # streamed: the label is the header
+    pcm = np.frombuffer(r.content, "<i2")
+    assert json.loads(r.headers["x-aigc"])["Label"] == "1"
+    assert watermark_audio.detect(pcm, 22050, key.raw)["detected"]
+
+
 def test_pcm_is_raw_16_bit_at_the_voice_rate(client):
     data = client.audio.speech.create(model="voice-joe", voice="joe", input=HELLO, response_format="pcm").content
     assert len(data) % 2 == 0 and not data.startswith(b"RIFF")
@@ -105,7 +122,7 @@ def test_sse_deltas_then_done_with_usage(raw):
         events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
     deltas, done = events[:-1], events[-1]
     assert {e["type"] for e in deltas} == {"speech.audio.delta"} and len(deltas) >= 2
-    assert done["type"] == "speech.audio.done"
+    assert done["type"] == "speech.audio.done" and done["aigc"]["Label"] == "1"
     audio, _ = sf.read(io.BytesIO(b"".join(base64.b64decode(e["audio"]) for e in deltas)))
     usage = done["usage"]
     assert usage["output_tokens"] == len(audio) // 256 and usage["input_tokens"] > 5

@@ -18,6 +18,9 @@ import soundfile as sf
 from scipy.signal import resample_poly
 
 from genloom.errors import GenloomError, choices
+from genloom.safety import labels
+from genloom.safety.marks import add_tone_cue
+from genloom.safety.watermark import Watermarks, mark_audio
 
 FORMATS = ("wav", "flac", "mp3", "opus", "pcm")
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "mp3": "audio/mpeg", "opus": "audio/ogg",
@@ -106,3 +109,17 @@ def encode(audio: np.ndarray, rate: int, fmt: str) -> bytes:
     """A whole clip as one file of `fmt`."""
     enc = Encoder(fmt, rate, streaming=False)
     return enc.add(audio) + enc.finish()
+
+
+LABEL_FORMATS = {"wav": "wav", "flac": "flac", "mp3": "mp3", "opus": "ogg"}  # pcm: raw samples carry no metadata
+
+
+def finish(audio: np.ndarray, rate: int, fmt: str, meta: labels.OutputMeta, labeler: labels.Labeler,
+           marks: Watermarks | None) -> bytes:
+    """A whole clip as a file people may publish: the audible cue first (when switched on), the installation's
+    watermark over all of it, encoded, then its GB 45438 label and C2PA manifest (not for raw pcm: it has no
+    metadata; the API sends its `aigc` record in a header, the CLI in aigc-log.jsonl)."""
+    if labeler.policy.audio_cue:
+        audio = add_tone_cue(audio, rate)
+    data = encode(mark_audio(audio, rate, marks), rate, fmt)
+    return labels.label_bytes(data, LABEL_FORMATS[fmt], meta, labeler) if fmt in LABEL_FORMATS else data

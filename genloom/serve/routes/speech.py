@@ -4,6 +4,12 @@ stream_format "audio" sends the encoded bytes as each sentence is made (chunked)
 `speech.audio.delta` events (base64 audio in response_format) and a closing `speech.audio.done` with usage
 (input_tokens: phoneme symbols read, output_tokens: audio frames of 256 samples). Phonemizing and synthesis run
 in worker threads, so other requests go on meanwhile. The same voices and encoders as `genloom speak`.
+
+Every answer is watermarked (genloom.safety.watermark) and carries its GB 45438 record in the `X-AIGC` header
+(ASCII JSON). A wav/flac/mp3/opus file asked for with stream_format "audio" also carries the label in its metadata
+and, with a signing key, a C2PA manifest: both cover the whole file, so with implicit labels on such an answer is
+sent once the whole text is spoken (`audio_encode.finish`). pcm (raw samples) and sse stream sentence by sentence;
+their label is the header (and the `aigc` object of the done event).
 """
 
 from __future__ import annotations
@@ -13,11 +19,16 @@ import base64
 import json
 import time
 
+import numpy as np
+
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from genloom.errors import GenloomError, choices
-from genloom.pipelines.audio_encode import MEDIA_TYPES, Encoder
+from genloom.pipelines.audio_encode import LABEL_FORMATS, MEDIA_TYPES, Encoder, finish
+from genloom.safety import labels
+from genloom.safety.marks import add_tone_cue
+from genloom.safety.watermark import mark_audio
 from genloom.serve.errors import ApiError
 from genloom.serve.models import speech_model
 from genloom.serve.openapi import responses
@@ -33,10 +44,12 @@ AUDIO_RESPONSES = {200: {"description": "The speech: audio bytes in response_for
                                      "text/event-stream": {"schema": {"type": "string"}}}}}
 
 
-def _encode(voice, sentence: str, body: SpeechRequest, enc: Encoder) -> tuple[bytes, int]:
-    """One sentence spoken and encoded (a worker thread: onnxruntime, LAME and libsndfile are CPU work)."""
+def _encode(voice, sentence: str, body: SpeechRequest, enc: Encoder, marks, cue: bool) -> tuple[bytes, int]:
+    """One sentence spoken, watermarked and encoded (a worker thread: onnxruntime, LAME and libsndfile are CPU
+    work); `cue`: the audible AI cue goes before it (the first sentence, when the operator switched the cue on)."""
     audio = voice.render(sentence, speed=body.speed, voice=body.voice)
-    return enc.add(audio), len(audio)
+    audio = add_tone_cue(audio, voice.sample_rate) if cue else audio
+    return enc.add(mark_audio(audio, voice.sample_rate, marks)), len(audio)
 
 
 @router.post("/v1/audio/speech", dependencies=v1, responses={**responses(503), **AUDIO_RESPONSES},
@@ -59,24 +72,45 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
         raise ApiError(400, "input has nothing to speak (no letters or digits).", param="input")
     enc = Encoder(body.response_format, voice.sample_rate)
     t0, symbols, db = time.perf_counter(), sum(len(s) for s in sentences), request.app.state.db
+    labeler, marks = request.app.state.labeler, request.app.state.watermarks
+    produce_id = labels.new_produce_id("speech")
+    params = body.model_dump(exclude_none=True)
+    aigc = labels.aigc_object(produce_id, body.model, params, labeler)
+    whole = (body.stream_format == "audio" and body.response_format in LABEL_FORMATS
+             and (labeler.policy.implicit or labeler.identity is not None))
 
-    async def chunks():
-        samples = 0
-        for sentence in sentences:
-            data, n = await asyncio.to_thread(_encode, voice, sentence, body, enc)
-            samples += n
-            yield data, n
-        yield await asyncio.to_thread(enc.finish), 0
+    async def log(samples: int):
         if db is not None:  # the History tab's row, once the whole text was spoken
-            await asyncio.to_thread(db.log_request, route="/v1/audio/speech", model=body.model,
-                                    params=body.model_dump(exclude_none=True),
+            await asyncio.to_thread(db.log_request, route="/v1/audio/speech", model=body.model, params=params,
                                     output={"seconds": round(samples / voice.sample_rate, 3),
-                                            "sentences": len(sentences)},
+                                            "sentences": len(sentences), "produce_id": produce_id},
                                     key_id=getattr(request.state, "key_id", None), prompt_tokens=symbols,
                                     completion_tokens=samples // FRAME,
                                     latency_ms=round(1000 * (time.perf_counter() - t0)))
 
-    headers = {"X-Sample-Rate": str(voice.sample_rate), "Cache-Control": "no-cache"}
+    async def chunks():
+        samples = 0
+        for i, sentence in enumerate(sentences):
+            data, n = await asyncio.to_thread(_encode, voice, sentence, body, enc, marks,
+                                              i == 0 and labeler.policy.audio_cue)
+            samples += n
+            yield data, n
+        yield await asyncio.to_thread(enc.finish), 0
+        await log(samples)
+
+    headers = {"X-Sample-Rate": str(voice.sample_rate), "Cache-Control": "no-cache",
+               **({"X-AIGC": json.dumps(aigc)} if aigc else {})}
+    if whole:
+        async def labelled():
+            audio = []
+            for sentence in sentences:
+                audio.append(await asyncio.to_thread(voice.render, sentence, speed=body.speed, voice=body.voice))
+            clip = np.concatenate(audio) if audio else np.zeros(0, np.float32)
+            meta = labels.OutputMeta(produce_id, model=body.model, parameters=params)
+            data = await asyncio.to_thread(finish, clip, voice.sample_rate, body.response_format, meta, labeler, marks)
+            await log(len(clip))
+            yield data
+        return StreamingResponse(labelled(), media_type=MEDIA_TYPES[body.response_format], headers=headers)
     if body.stream_format == "audio":
         async def audio():
             async for data, _ in chunks():
@@ -97,5 +131,6 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
             yield f"data: {json.dumps({'type': 'error', 'error': err})}\n\n"
             return
         usage = {"input_tokens": symbols, "output_tokens": samples // FRAME, "total_tokens": symbols + samples // FRAME}
-        yield f"data: {json.dumps({'type': 'speech.audio.done', 'usage': usage})}\n\n"
+        done = {"type": "speech.audio.done", "usage": usage, **({"aigc": aigc} if aigc else {})}
+        yield f"data: {json.dumps(done)}\n\n"
     return StreamingResponse(events(), media_type="text/event-stream", headers={**headers, "X-Accel-Buffering": "no"})
