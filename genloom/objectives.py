@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from genloom import devices, diffusion
+from genloom.data.moderation import CATEGORIES, label_matrix, ngram_batch, read_split, term_features
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
 from genloom.data.text import TokenData
 from genloom.embeddings import embed
@@ -514,3 +515,70 @@ class VQVAETask(VAETask):
         """Reconstructions of the first validation images above the originals (no prior during training)."""
         x = self.splits["val"].images[: n // 2]
         return torch.cat([x, model.reconstruct(x).cpu()])
+
+
+def moderation_features(texts: list[str], buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense, ngrams) for the text classifier: MiniLM embedding + curated-term counts, hashed n-gram ids."""
+    dense = np.concatenate([embed(list(texts)), term_features(list(texts))], axis=1)
+    return torch.from_numpy(dense), torch.from_numpy(ngram_batch(list(texts), buckets))
+
+
+class ModerationTask:
+    """Multi-label text moderation on a labelled set folder (train.jsonl / val.jsonl; genloom.safety.moderation_data).
+
+    Features are computed once (embeddings are frozen); batches draw random rows of the train split."""
+    unit = "ex"
+    tokenizer = None
+    METRICS = ()
+    rows = slice(None)
+
+    def __init__(self, folder: str, batch_size: int):
+        self.folder, self.batch_size = folder, batch_size
+        self.rows_of = {s: read_split(folder, s) for s in ("train", "val")}
+        self.splits: dict[str, tuple] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> "ModerationTask":
+        if not cfg.data.dir:
+            raise GenloomError("data.dir is not set: name a labelled moderation set folder (train.jsonl, val.jsonl)")
+        return cls(cfg.data.dir, cfg.train.batch_size)
+
+    def model_config(self, mdict: dict) -> dict:
+        mdict.setdefault("labels", list(CATEGORIES))
+        mdict.setdefault("extra_dim", len(CATEGORIES))
+        return mdict
+
+    def bind(self, model_config) -> None:
+        for s, rows in self.rows_of.items():
+            dense, ids = moderation_features([r["text"] for r in rows], model_config.buckets)
+            self.splits[s] = (dense, ids, torch.from_numpy(label_matrix(rows)))
+
+    def has_split(self, split: str) -> bool:
+        return len(self.rows_of.get(split, ())) > 0
+
+    def batch(self, split: str, gen: torch.Generator):
+        dense, ids, y = self.splits[split]
+        ix = torch.randint(len(y), (self.batch_size,), generator=gen)[self.rows]
+        return (dense[ix], ids[ix]), y[ix]
+
+    def tokens(self, batch) -> int:
+        return batch[1].shape[0]
+
+    loss = staticmethod(supervised_loss)
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict:
+        """Loss on the whole validation split."""
+        dense, ids, y = devices.to(self.splits["val"], devices.of(model))
+        _, loss = model((dense, ids), y)
+        return {"val_loss": float(loss)}
+
+    def card(self) -> dict:
+        return {"source": self.folder, "examples": {s: len(r) for s, r in self.rows_of.items()},
+                "labels": list(CATEGORIES)}
+
+    def sample(self, model, n: int = 2, **_) -> list[str]:
+        return []
+
+    def metrics(self, model, names: list[str]) -> dict:
+        return {}

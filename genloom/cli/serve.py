@@ -12,6 +12,7 @@ from genloom.cli.base import _threads, cli
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases
 from genloom.models.runtime import DTYPES, check_dtype
+from genloom.safety.policy import MODES, load_policy
 from genloom.serve import app as server
 from genloom.serve.database import Database, redacted
 from genloom.serve import jobs
@@ -68,14 +69,19 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
 @click.option("--compile", "compile_decode", is_flag=True, help="Compile text models' decode step (torch.compile).")
 @click.option("--device", default="auto", show_default=True, help="Where the models run: auto (a GPU when there is "
               "one), cpu, cuda, cuda:N or mps.")
+@click.option("--moderation", type=click.Choice(MODES), default=None, help="Moderation of prompts and outputs: block "
+              "(refuse with a 400 / end a stream with content_filter), flag (serve and record), off. Default: the "
+              "policy file's mode, else block.")
+@click.option("--moderation-policy", default=None, help="A TOML or JSON policy file: mode and per-category thresholds.")
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
           cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads, dtype,
-          compile_decode, device):
+          compile_decode, device, moderation, moderation_policy):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
     devices.resolve(device)  # no such device: one line, before anything starts
     if dtype is not None:
         check_dtype(dtype)  # a dtype this machine cannot run: one line, before anything starts
+    policy = load_policy(moderation_policy, moderation)  # a bad file or category: one line, before anything starts
     limits = _job_limits(job_max_steps, job_max_threads, job_max_parameters, job_max_minutes)
     paths = list(models) or [str(p) for p in bundled_model_paths()]
     if not paths:
@@ -85,11 +91,11 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     kb = _kb_pairs(kb_pairs)
     server.resolve_kbs([model_name(p) for p in paths], kb, KnowledgeBases(Path(data_dir) / "kb"))  # fail early
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
-               f"(web UI: http://{host}:{port}/ui/)", err=True)
+               f"(web UI: http://{host}:{port}/ui/); {policy.describe()}", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
         cors_origins=_split(cors_origins), job_limits=limits, kb=kb, device=device, dtype=dtype,
-        compile_decode=compile_decode)
+        compile_decode=compile_decode, moderation=policy)
 
 
 @cli.command()

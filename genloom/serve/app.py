@@ -24,6 +24,8 @@ from starlette.exceptions import HTTPException
 from genloom import devices
 from genloom.errors import GenloomError, choices
 from genloom.knowledge import KnowledgeBases
+from genloom.safety.policy import Policy
+from genloom.safety.policy import startup as moderation_startup
 from genloom.serve import openapi
 from genloom.serve.auth import Auth
 from genloom.serve.database import Database
@@ -62,7 +64,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                allowed_hosts: list[str] | None = None, public_url: str | None = None,
                cors_origins: list[str] | None = None, job_limits: JobLimits | None = None,
                kb: dict[str, str] | None = None, device: str = "cpu", dtype: str = "float32",
-               compile_decode: bool = False) -> FastAPI:
+               compile_decode: bool = False, moderation: Policy | None = None) -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
@@ -100,6 +102,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     async def lifespan(app: FastAPI):
         state = app.state
         log_event("auth_mode", mode=state.auth.mode(), detail=state.auth.describe())
+        moderation_startup(state.moderation)  # the policy, logged; a warning when it is off
         loader = asyncio.gather(*(_load(state, p, max_batch, max_queue, kb_refs) for p in model_paths))
         watcher = worker = None
         try:
@@ -144,6 +147,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         state.db = Database(db_url, data_dir=state.data_dir)
         state.fine_tuned = FineTuned(state.data_dir / "models", max_batch=max_batch, max_queue=max_queue)
     state.auth = Auth(api_key, state.db)
+    state.moderation = moderation or Policy()  # genloom.safety.policy: applied to prompts and outputs of every route
     state.public_url = public_url
     add_error_handlers(app)
     upload_cap = max_upload_bytes + UPLOAD_FRAMING_BYTES  # files.py counts the file itself against its limit
