@@ -8,6 +8,9 @@ units the throughput is reported in, and `card()` describes the data for the mod
 
 from __future__ import annotations
 
+import hashlib
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -17,6 +20,7 @@ from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
 from genloom.data.text import TokenData
 from genloom.embeddings import embed
 from genloom.errors import GenloomError, choices
+from genloom.files import atomic_write
 from genloom.knowledge.examples import prepare  # every source, grounded ones included
 from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor
 from genloom.metrics.image import fid
@@ -517,10 +521,26 @@ class VQVAETask(VAETask):
         return torch.cat([x, model.reconstruct(x).cpu()])
 
 
-def moderation_features(texts: list[str], buckets: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dense, ngrams) for the text classifier: MiniLM embedding + curated-term counts, hashed n-gram ids."""
-    dense = np.concatenate([embed(list(texts)), term_features(list(texts))], axis=1)
-    return torch.from_numpy(dense), torch.from_numpy(ngram_batch(list(texts), buckets))
+def moderation_features(texts: list[str], buckets: int, cache: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense, ngrams) for the text classifier: MiniLM embedding + curated-term counts, hashed n-gram ids.
+    With `cache` (training), embeddings are kept per text in that .npz file and only new texts are embedded."""
+    texts = list(texts)
+    if cache is None:
+        vecs = embed(texts)
+    else:
+        keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+        known = dict(np.load(cache)) if cache.is_file() else {}
+        todo = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
+        if todo:
+            known.update(zip([k for k, _ in todo], embed([t for _, t in todo])))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache, lambda f: np.savez(f, **known))
+        vecs = np.stack([known[k] for k in keys]) if keys else embed([])
+    dense = np.concatenate([vecs, term_features(texts)], axis=1).astype(np.float32)
+    return torch.from_numpy(dense), torch.from_numpy(ngram_batch(texts, buckets))
+
+
+EMBED_CACHE = Path.home() / ".cache" / "genloom" / "moderation-minilm.npz"  # MiniLM vectors of the training texts
 
 
 class ModerationTask:
@@ -550,7 +570,7 @@ class ModerationTask:
 
     def bind(self, model_config) -> None:
         for s, rows in self.rows_of.items():
-            dense, ids = moderation_features([r["text"] for r in rows], model_config.buckets)
+            dense, ids = moderation_features([r["text"] for r in rows], model_config.buckets, EMBED_CACHE)
             self.splits[s] = (dense, ids, torch.from_numpy(label_matrix(rows)))
 
     def has_split(self, split: str) -> bool:

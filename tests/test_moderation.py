@@ -145,8 +145,8 @@ def test_aliases_and_unknown_models():
 def test_limits_are_errors_not_silent_cuts():
     with pytest.raises(GenloomError, match="limit is 10,000"):
         moderation.moderate(["x" * (moderation.MAX_CHARS + 1)])
-    with pytest.raises(GenloomError, match="at most 32"):
-        moderation.moderate(["hi"] * (moderation.MAX_INPUTS + 1))
+    with pytest.raises(GenloomError, match="at most 32 parts"):
+        moderation.moderate_parts(["hi"] * (moderation.MAX_INPUTS + 1), [])
 
 
 def test_long_text_is_scored_in_windows():

@@ -27,7 +27,8 @@ def png_url() -> str:
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory):
-    s = Server(create_app([CHAT], max_batch=2, max_queue=4, jobs=False, data_dir=str(tmp_path_factory.mktemp("d"))))
+    s = Server(create_app([CHAT], max_batch=2, max_queue=4, jobs=False, data_dir=str(tmp_path_factory.mktemp("d")),
+                          moderation=pol.load_policy()))  # what `genloom serve` runs with by default: block
     yield s
     s.close()
 
@@ -107,6 +108,13 @@ def test_flag_serves_and_records_in_the_history(tmp_path, monkeypatch, caplog):
     mod = rows[0].output["moderation"]
     assert mod[0]["where"] == "input" and "self-harm" in mod[0]["categories"]
     assert any("moderation_flagged" in m.getMessage() for m in caplog.records)
+
+
+def test_cli_default_is_block(run_main, monkeypatch):
+    seen = {}
+    monkeypatch.setattr("genloom.serve.app.serve", lambda paths, **kw: seen.update(kw))
+    code, out, err = run_main("serve", "--model", CHAT, "--no-jobs")
+    assert code == 0 and seen["moderation"].mode == "block" and "moderation block" in err
 
 
 def test_off_is_a_warning_at_startup(caplog):

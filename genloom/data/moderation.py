@@ -35,38 +35,38 @@ TERMS = {
     "harassment": ["idiot", "moron", "retard", "loser", "bitch", "asshole", "fuck you", "piece of shit",
                    "shut up", "ugly pig", "worthless", "pathetic",
                    "傻逼", "傻b", "煞笔", "sb", "废物", "脑残", "蠢猪", "贱人", "白痴", "狗东西", "去死", "滚蛋",
-                   "垃圾东西", "贱货", "人渣", "蠢货"],
+                   "垃圾东西", "贱货", "人渣", "蠢货", "蠢蛋", "猪脑子", "贱种", "婊子", "杂种", "狗娘养的", "王八蛋", "混蛋", "智障", "弱智", "废柴", "死全家", "丑八怪", "没脸见人"],
     "harassment/threatening": ["i will kill you", "i'll kill you", "gonna kill you", "i will find you",
                                "you will regret", "watch your back", "i know where you live",
                                "弄死你", "杀了你", "宰了你", "砍死你", "打死你", "等着瞧", "让你好看", "废了你", "捅死你",
-                               "你死定了"],
+                               "你死定了", "kill you", "hurt you", "beat you", "shoot you", "stab you", "弄死", "杀了他", "让你见血", "打断你的腿", "找人收拾你", "活不过", "打残你", "打残"],
     "hate": ["subhuman", "vermin", "go back to your country", "inferior race", "racial purity",
-             "劣等民族", "低等人种", "滚回你们国家", "下等人", "劣等种族", "不配做人"],
+             "劣等民族", "低等人种", "滚回你们国家", "下等人", "劣等种族", "不配做人", "黑鬼", "支那", "蛮夷", "畜生不如", "滚出中国", "都是畜生"],
     "hate/threatening": ["gas the", "exterminate them all", "ethnic cleansing", "wipe them out",
-                         "种族清洗", "杀光他们", "统统消灭", "赶尽杀绝", "全部杀光"],
+                         "种族清洗", "杀光他们", "统统消灭", "赶尽杀绝", "全部杀光", "灭了他们", "一个不留"],
     "illicit": ["launder money", "money laundering", "shoplift", "fake id", "forge a passport", "counterfeit money",
                 "steal credit card", "phishing page", "tax evasion", "without getting caught",
                 "洗钱", "伪造", "假证", "盗刷", "逃税", "偷税", "诈骗", "钓鱼网站", "不被发现", "走私", "贩卖个人信息",
-                "假发票", "盗号"],
+                "假发票", "盗号", "套现", "盗取", "偷拍", "赌博网站", "假币", "刷单", "黑进", "破解别人"],
     "illicit/violent": ["pipe bomb", "make a bomb", "build a bomb", "molotov", "explosive device", "nerve gas",
                         "ghost gun", "untraceable gun", "meth lab", "cook meth", "ricin",
-                        "炸弹", "炸药", "雷管", "燃烧瓶", "制毒", "冰毒", "土枪", "自制枪", "毒药", "投毒", "海洛因"],
+                        "炸弹", "炸药", "雷管", "燃烧瓶", "制毒", "冰毒", "土枪", "自制枪", "毒药", "投毒", "海洛因", "make a bomb", "bomb making", "make explosives", "buy a gun illegally", "土制炸弹", "汽油弹", "枪支", "弹药", "爆炸物", "毒品", "大麻", "摇头丸", "芬太尼", "k粉", "买枪", "手榴弹", "下毒"],
     "self-harm": ["suicide", "suicidal", "self-harm", "self harm", "cutting myself", "kill myself", "end my life",
-                  "自杀", "自残", "轻生", "割腕", "寻死", "不想活", "结束生命", "跳楼", "烧炭"],
+                  "自杀", "自残", "割腕", "寻死", "不想活", "结束生命", "跳楼", "烧炭", "割手腕", "安眠药", "跳河", "卧轨", "服毒"],
     "self-harm/intent": ["i want to die", "i want to kill myself", "i'm going to kill myself", "want to hurt myself",
                          "end it all", "no reason to live",
-                         "我想死", "我想自杀", "我不想活了", "活着没意思", "想结束自己", "我要自杀", "想伤害自己"],
+                         "我想死", "我想自杀", "我不想活了", "活着没意思", "想结束自己", "我要自杀", "想伤害自己", "hurt myself", "better off dead", "don't want to live", "kill myself", "想死", "活不下去", "不想活", "结束这一切", "轻生的念头", "结束自己的生命", "割自己"],
     "self-harm/instructions": ["how to kill myself", "painless way to die", "how many pills", "best way to cut",
-                               "怎么自杀", "如何自杀", "无痛自杀", "吃多少片", "怎样割腕", "自杀方法"],
-    "sexual": ["porn", "porno", "nude", "nudes", "naked", "xxx", "blowjob", "orgasm", "erotic", "sex video",
-               "色情", "黄片", "裸照", "约炮", "做爱", "性交", "一夜情", "av女优", "裸体", "口交", "成人视频"],
+                               "怎么自杀", "如何自杀", "无痛自杀", "吃多少片", "怎样割腕", "自杀方法", "怎么死", "死得快", "致死剂量", "lethal dose", "最不痛苦", "die in my sleep"],
+    "sexual": ["porn", "porno", "nude", "nudes", "xxx", "blowjob", "orgasm", "erotic", "sex video",
+               "色情", "黄片", "裸照", "约炮", "做爱", "性交", "一夜情", "av女优", "裸体", "口交", "成人视频", "性爱", "色图", "裸聊", "嫖", "援交", "鸡巴", "阴茎", "露骨", "上床", "sex scene", "threesome", "explicit sex", "have sex with", "dirty story"],
     "sexual/minors": ["child porn", "underage", "loli", "minor nude", "jailbait",
-                      "儿童色情", "未成年", "幼女", "萝莉", "恋童"],
+                      "儿童色情", "未成年", "幼女", "萝莉", "恋童", "小学生色情", "初中生色情", "童妓", "sex with a minor", "十二岁学生发生性", "和未成年人发生"],
     "violence": ["murder", "stab", "behead", "massacre", "torture", "slaughter", "beat him to death", "shoot them",
-                 "杀人", "砍人", "捅人", "屠杀", "虐杀", "斩首", "杀害", "打死", "枪杀", "砍死"],
+                 "砍人", "捅人", "屠杀", "虐杀", "斩首", "杀害", "打死", "枪杀", "砍死", "杀了", "捅死", "掐死", "毒死", "爆头", "暴打", "虐待", "折磨", "kill someone", "killed a man", "murders", "murdered"],
     "violence/graphic": ["guts spilled", "blood everywhere", "brains splattered", "severed head", "ripped apart",
                          "skull cracked", "dismembered", "disembowel",
-                         "血肉模糊", "脑浆", "肠子流", "开膛破肚", "断肢", "血溅", "肢解", "碎尸"],
+                         "血肉模糊", "脑浆", "肠子流", "开膛破肚", "断肢", "血溅", "肢解", "碎尸", "血流成河", "内脏", "断头", "眼球被挖"],
 }
 LEET = str.maketrans({"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"})
 _SPACED = re.compile(r"\b(?:[a-z][\s.\-_*]){2,}[a-z]\b")  # "k i l l", "s.u.i.c.i.d.e"
@@ -167,6 +167,15 @@ def term_hits(text: str) -> dict[str, list[str]]:
                 for c in cats:
                     hits.setdefault(c, set()).add(term)
     return {c: sorted(hits[c]) for c in CATEGORIES if c in hits}
+
+
+def term_matrix(texts: list[str]) -> np.ndarray:
+    """(N, 13) float32: 1 where the text holds a curated term of the category or of one of its children."""
+    out = np.zeros((len(texts), len(CATEGORIES)), dtype=np.float32)
+    for i, t in enumerate(texts):
+        for c in closure(term_hits(t)):
+            out[i, CATEGORIES.index(c)] = 1.0
+    return out
 
 
 def term_features(texts: list[str]) -> np.ndarray:

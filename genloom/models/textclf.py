@@ -21,7 +21,7 @@ class TextClassifierConfig:
     extra_dim: int = 0  # further dense features after the embedding (curated-term counts)
     buckets: int = 65536  # hashed n-gram buckets (id 0 is padding)
     ngram_dim: int = 64
-    hidden: int = 256
+    hidden: int = 256  # 0: a linear head (logistic regression on the features)
     dropout: float = 0.1
     term_prior: float = 3.0  # initial weight from a category's curated-term count to its own logit
     ngram_dropout: float = 0.3  # training: this share of a text's n-gram ids is dropped (word dropout)
@@ -39,8 +39,9 @@ class TextClassifier(nn.Module):
             nn.init.zeros_(self.extra.weight)
             with torch.no_grad():
                 self.extra.weight.fill_diagonal_(c.term_prior)
-        self.mlp = nn.Sequential(nn.Linear(c.embed_dim + c.extra_dim + c.ngram_dim, c.hidden), nn.GELU(),
-                                 nn.Dropout(c.dropout), nn.Linear(c.hidden, len(c.labels)))
+        n_in = c.embed_dim + c.extra_dim + c.ngram_dim
+        self.mlp = (nn.Sequential(nn.Linear(n_in, c.hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(c.hidden, len(c.labels)))
+                    if c.hidden else nn.Sequential(nn.Dropout(c.dropout), nn.Linear(n_in, len(c.labels))))  # 0: linear
 
     def forward(self, x, targets: torch.Tensor | None = None):
         dense, ids = x  # (B, embed_dim + extra_dim), (B, L)

@@ -24,6 +24,7 @@ from genloom.knowledge import manpages
 SEED = 1337
 FRACTIONS = {"train": 0.6, "val": 0.2, "test": 0.2}
 PER_TEMPLATE = 10
+JOIN = False  # joining harmful lines to benign ones raised the validation FPR (the benign line learnt as harm)
 AUGMENT = 2  # training only: each example again this many times inside benign context (see `augment`)
 FRAMES = {
     "en": ["{}", "honestly, {}", "{} lol", "ok so {}", "{}!!", "listen: {}", "{} ...", "seriously. {}",
@@ -649,7 +650,7 @@ def augment(rows: list[dict], seed: int = SEED) -> list[dict]:
         for k in range(AUGMENT):
             lang = r["lang"]
             sep = " " if lang == "en" else ""
-            if k % 2 == 0:
+            if k % 2 == 0 or not JOIN:
                 text = rng.choice(FRAMES[lang]).format(r["text"])
             else:
                 other = rng.choice(benign[lang])
@@ -681,8 +682,8 @@ def datasheet(parts: dict[str, list[dict]]) -> str:
         "with a word of harm (kill, slay, blood, 杀, 死, 血 ...) are taken first: they are the hard negatives.",
         "",
         f"- **Augmented** (source `*+augmented`, train split only): each template and hand-written training example "
-        f"{AUGMENT} more times, once inside a frame (\"honestly, ...\", \"说真的，...\") and once joined to a benign "
-        "training line of its language, with the original's labels.",
+        f"{AUGMENT} more times, each inside a random frame (\"honestly, ...\", \"说真的，...\", \"... lol\"), with the "
+        "original's labels.",
         "",
         "Labels: multi-label over the 13 categories; a child implies its parents (harassment/threatening -> "
         "harassment + violence, hate/threatening -> hate + violence, illicit/violent -> illicit, self-harm/* -> "

@@ -147,7 +147,9 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         state.db = Database(db_url, data_dir=state.data_dir)
         state.fine_tuned = FineTuned(state.data_dir / "models", max_batch=max_batch, max_queue=max_queue)
     state.auth = Auth(api_key, state.db)
-    state.moderation = moderation or Policy()  # genloom.safety.policy: applied to prompts and outputs of every route
+    # genloom.safety.policy, applied to prompts and outputs of every route; `genloom serve` passes its policy (default
+    # block); an app built in code without one runs unmoderated, with a warning at start-up
+    state.moderation = moderation or Policy(mode="off", source="create_app without a policy")
     state.public_url = public_url
     add_error_handlers(app)
     upload_cap = max_upload_bytes + UPLOAD_FRAMING_BYTES  # files.py counts the file itself against its limit
