@@ -76,8 +76,11 @@ def main() -> None:
         goal = all(figs[lang]["recall"] >= 0.85 and figs[lang]["fpr"] <= 0.05 for lang in LANGS)
         out.append({"case": f"heldout-{m}", "model": m, "split": "test", "examples": len(rows), **figs,
                     "latency_1_text": lat[m], "goal_met": goal})
-    out.append({"case": "ratio", "recall_en": round(out[0]["en"]["recall"] / max(1e-9, out[1]["en"]["recall"]), 3),
-                "recall_zh": round(out[0]["zh"]["recall"] / max(1e-9, out[1]["zh"]["recall"]), 3),
+    def ratio(lang):  # None when the first version catches nothing (zh): no ratio to speak of
+        old = out[1][lang]["recall"]
+        return round(out[0][lang]["recall"] / old, 3) if old else None
+
+    out.append({"case": "ratio", "recall_en": ratio("en"), "recall_zh": ratio("zh"),
                 "latency": round(lat[MODEL]["median_ms"] / lat[FIRST]["median_ms"], 3)})
     report("moderation", out)
 

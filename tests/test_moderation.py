@@ -179,3 +179,16 @@ def test_missing_nudenet_is_reported_not_scored_zero(monkeypatch, caplog):
     assert "NudeNet" in res["unavailable"]["sexual"]
     assert any("NudeNet" in r.getMessage() for r in caplog.records)
 
+
+
+def test_bundled_classifier_folder_is_slim_and_documented():
+    folder = ROOT / "models" / "moderation"
+    assert (folder / "model.safetensors").stat().st_size < 8 * 2**20
+    assert not list(folder.glob("*.pt"))  # nothing to unpickle
+    config = json.loads((folder / "config.json").read_text())
+    assert config["family"] == "textclf" and config["model"]["labels"] == list(feats.CATEGORIES)
+    tuned = json.loads((folder / "thresholds.json").read_text())
+    assert set(tuned["thresholds"]) == {"en", "zh"} and "test split is not read" in tuned["protocol"]
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "bash scripts/train_starters.sh moderation" in readme and "Held-out test split" in readme
+    assert "AGPL" in (ROOT / "README.md").read_text(encoding="utf-8")  # NudeNet's licence, stated

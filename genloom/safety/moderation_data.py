@@ -539,6 +539,34 @@ HAND = {
         ([], "请在月底取消我的订阅。"),
     ],
 }
+# Short benign turns (greetings, acknowledgements): a text of a few characters has few n-grams, and the classifier
+# must learn that little text is no harm. Each its own group, as the hand-written lines.
+SHORT = {
+    "en": ["hi", "hello", "hey", "hi there", "hello there", "ok", "okay", "thanks", "thank you", "yes", "no", "sure",
+           "bye", "good morning", "good night", "lol", "haha", "what?", "why?", "how are you?", "nice", "cool", "great",
+           "see you", "hmm", "really?", "tell me more", "go on", "I see", "sounds good", "hi!", "hey you", "you there?",
+           "are you a bot?", "who are you?", "help", "stop", "again", "what is this", "you too"],
+    "zh": ["你好", "您好", "嗨", "哈喽", "好的", "好", "谢谢", "谢谢你", "是的", "不是", "嗯", "哈哈", "再见", "早上好",
+           "晚安", "为什么？", "什么？", "你是谁？", "你在吗？", "真的吗？", "不错", "太好了", "明白了", "继续", "再说一遍",
+           "你好呀", "你吃了吗？", "你也是", "你真棒", "你说得对", "帮帮我", "停", "你是机器人吗？", "我知道了", "没问题",
+           "随便", "可以", "行", "你呢？", "你今天怎么样？"],
+}
+# Everyday requests that share the openings of harmful ones ("I want to ...", "我想...", "教我怎么..."): benign.
+EVERYDAY = {
+    "en": ["I want to learn to cook", "I want to go to the beach this weekend", "I want to sleep early tonight",
+           "Teach me how to play chess", "How do I make pancakes?", "I'm going to visit my grandma tomorrow",
+           "I want to quit my job and travel", "How can I get better at drawing?", "I'm going to paint my room blue",
+           "Tell me how to fix a leaking tap", "I want to lose some weight", "How do I make a paper boat?",
+           "I need to cut my hair", "I want to adopt a cat", "Show me how to tie a tie", "I'm going to run a marathon",
+           "Help me write a birthday card", "How do I bake a cake without eggs?", "I want to learn Chinese",
+           "Teach me to ride a bike"],
+    "zh": ["我想学做饭", "我想去海边玩", "我想早点睡觉", "教我怎么下象棋", "怎么做煎饼？", "我明天要去看奶奶",
+           "我想辞职去旅行", "怎么才能画得更好？", "我要把房间刷成蓝色", "告诉我怎么修漏水的水龙头", "我想减肥",
+           "怎么折纸船？", "我要去剪头发", "我想养一只猫", "教我怎么打领带", "我要去跑马拉松", "帮我写一张生日贺卡",
+           "不用鸡蛋怎么做蛋糕？", "我想学英语", "教我骑自行车", "我想买一台新电脑", "我要去超市买菜", "我想看电影",
+           "教我怎么做红烧肉", "我想学游泳", "我要给妈妈打电话", "我想考研", "怎么做才能睡得好？", "我想换个发型",
+           "我要去健身房"],
+}
 CORPUS_LIMIT = {"kjv": 250, "fortunes": 250, "man": 200, "chat_en": 200, "tang": 150, "chat_zh": 250, "sayings_zh": 250}
 MAN_PAGES = ["kill", "pkill", "killall", "timeout", "ps", "top", "nice", "shred", "rm", "dd", "tar", "git",
              "ssh", "find", "grep", "sort", "cut", "crontab", "systemctl", "journalctl"]
@@ -611,21 +639,24 @@ def build(seed: int = SEED) -> list[dict]:
         for i, (labels, s) in enumerate(HAND[lang]):
             rows.append({"text": s, "lang": lang, "labels": closure(labels), "source": "hand",
                          "group": f"hand:{lang}:{i}"})
+        for i, s in enumerate(SHORT[lang]):
+            rows.append({"text": s, "lang": lang, "labels": [], "source": "short", "group": f"short:{lang}:{i}"})
+        for i, s in enumerate(EVERYDAY[lang]):
+            rows.append({"text": s, "lang": lang, "labels": [], "source": "everyday", "group": f"everyday:{lang}:{i}"})
     return rows + corpus_negatives(rng)
 
 
 def split(rows: list[dict], seed: int = SEED) -> dict[str, list[dict]]:
-    """Groups shuffled (seeded) within each (language, first label) stratum and dealt 60/20/20."""
+    """Groups shuffled (seeded) within each (language, most specific label, source) stratum and dealt 60/20/20."""
     strata: dict[tuple, list[str]] = {}
     for r in rows:
         key = (r["lang"], r["labels"][-1] if r["labels"] else "", r["source"].split(":")[0])
         if r["group"] not in strata.setdefault(key, []):
             strata[key].append(r["group"])
-    rng = random.Random(seed)
     where = {}
     for key in sorted(strata):
         groups = strata[key]
-        rng.shuffle(groups)
+        random.Random(f"{seed}:{':'.join(key)}").shuffle(groups)  # one generator per stratum: adding one moves no other
         n = len(groups)
         n_val = max(1, round(n * FRACTIONS["val"])) if n >= 3 else 0
         n_test = max(1, round(n * FRACTIONS["test"])) if n >= 3 else 0
@@ -675,6 +706,9 @@ def datasheet(parts: dict[str, list[dict]]) -> str:
         "categories; plus benign templates with the same words in harmless senses (\"kill the process\", "
         "\"shoot a photo\", \"this movie killed it\", 杀毒软件, 杀青, 秒杀, 笑死我了).",
         "- **Hand-written** (source `hand`): single sentences in other phrasings (slang, lower case, indirect intent).",
+        "- **Short turns** (source `short`, benign): greetings and acknowledgements (hi, ok, 你好, 谢谢): little text is no harm.",
+        "- **Everyday requests** (source `everyday`, benign): \"I want to learn to cook\", 我想学做饭, 教我怎么下象棋: the "
+        "openings of harmful requests in harmless ones.",
         "- **Corpus negatives** (source `corpus:*`, all labelled benign): lines of the KJV Bible (public domain; "
         "Debian sword-text-kjv via diatheke), English fortunes (Debian fortunes, BSD-style/public domain; offensive "
         "sets excluded), section-1 man pages of kill, ps, timeout, git ... (their own free licences; as installed), "
