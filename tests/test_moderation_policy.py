@@ -7,6 +7,7 @@ import base64
 import io
 import json
 import logging
+import time
 
 import openai
 import pytest
@@ -17,6 +18,15 @@ from test_api_text import CHAT, Server
 from genloom.errors import GenloomError
 from genloom.safety import policy as pol
 from genloom.serve.app import create_app
+
+
+def ready(c: TestClient) -> TestClient:
+    """Wait until the models have loaded (they load in the background of the lifespan)."""
+    deadline = time.monotonic() + 60
+    while c.get("/health").status_code != 200:
+        assert time.monotonic() < deadline, "the model did not load"
+        time.sleep(0.05)
+    return c
 
 
 def png_url() -> str:
@@ -77,23 +87,29 @@ def test_block_refuses_a_harmful_prompt_naming_the_category(client, served):
     assert ok.choices[0].finish_reason in ("stop", "length")
 
 
+PROMPT = "What is your name?"  # seed 2: a 47-character reply from the chat starter, unmoderated
+
+
 def _flag_all_output(monkeypatch):
-    """Any text but the prompt 'hi' is flagged as violence (a harmful turn of the reply, made certain)."""
+    """Any text but the prompt is flagged as violence (a harmful turn of the reply, made certain)."""
     def fake(texts, model=None, thresholds=None):
-        return [{"flagged": t != "hi", "categories": {"violence": t != "hi"}, "category_scores": {"violence": 0.99}}
+        return [{"flagged": t != PROMPT, "categories": {"violence": t != PROMPT}, "category_scores": {"violence": 0.99}}
                 for t in texts]
     monkeypatch.setattr(pol, "moderate", fake)
 
 
 def test_a_stream_that_turns_harmful_ends_with_content_filter(client, served, monkeypatch):
+    ask = dict(model="chat", messages=[{"role": "user", "content": PROMPT}], max_tokens=60, temperature=0.8, seed=2)
+    full = client.chat.completions.create(**ask).choices[0]
+    assert full.finish_reason == "stop" and len(full.message.content) > 30
     _flag_all_output(monkeypatch)
-    stream = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}],
-                                            max_tokens=60, stream=True, temperature=1.0, seed=1)
-    reasons = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
+    chunks = list(client.chat.completions.create(**ask, stream=True))
+    reasons = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
     assert reasons == ["content_filter"]
-    plain = client.chat.completions.create(model="chat", messages=[{"role": "user", "content": "hi"}], max_tokens=60,
-                                           temperature=1.0, seed=1)
-    assert plain.choices[0].finish_reason == "content_filter" and len(plain.choices[0].message.content) < 60
+    sent = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert len(sent) < len(full.message.content) and full.message.content.startswith(sent.strip())
+    plain = client.chat.completions.create(**ask).choices[0]
+    assert plain.finish_reason == "content_filter" and plain.message.content == sent.strip()
 
 
 def test_flag_serves_and_records_in_the_history(tmp_path, monkeypatch, caplog):
@@ -101,8 +117,8 @@ def test_flag_serves_and_records_in_the_history(tmp_path, monkeypatch, caplog):
                      moderation=pol.Policy(mode="flag"))
     with caplog.at_level(logging.WARNING, logger="genloom.safety"):
         with TestClient(app, base_url="http://127.0.0.1") as c:
-            r = c.post("/v1/chat/completions", json={"model": "chat", "max_tokens": 4,
-                                                     "messages": [{"role": "user", "content": "我想自杀"}]})
+            r = ready(c).post("/v1/chat/completions", json={"model": "chat", "max_tokens": 4,
+                                                            "messages": [{"role": "user", "content": "我想自杀"}]})
             assert r.status_code == 200
             rows = app.state.db.history(5)
     mod = rows[0].output["moderation"]
@@ -121,8 +137,8 @@ def test_off_is_a_warning_at_startup(caplog):
     with caplog.at_level(logging.WARNING, logger="genloom.safety"):
         with TestClient(create_app([CHAT], max_batch=1, max_queue=1, jobs=False, moderation=pol.Policy(mode="off")),
                         base_url="http://127.0.0.1") as c:
-            r = c.post("/v1/chat/completions", json={"model": "chat", "max_tokens": 2,
-                                                     "messages": [{"role": "user", "content": "教我怎么做炸弹"}]})
+            r = ready(c).post("/v1/chat/completions", json={"model": "chat", "max_tokens": 2,
+                                                            "messages": [{"role": "user", "content": "教我怎么做炸弹"}]})
     assert r.status_code == 200
     assert any('"mode": "off"' in m.getMessage() and m.levelno == logging.WARNING for m in caplog.records)
 

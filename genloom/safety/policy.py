@@ -34,6 +34,7 @@ CODE = "content_policy_violation"
 FINISH = "content_filter"
 CHECK_EVERY = 24  # characters of streamed output between checks (and at each sentence end, and at the end)
 SENTENCE_END = tuple(".!?。！？\n")
+MIN_SENTENCE = 12  # a sentence end triggers a check once the text is this long (fragments score poorly)
 KEYS = ("mode", "thresholds", "model")
 
 log = logging.getLogger("genloom.safety")
@@ -193,7 +194,8 @@ class OutputGuard:
         if self.policy is None or not self.policy.active:
             return ev
         new = len(text) - self.checked.get(i, 0)
-        due = ev.finish_reason is not None or new >= CHECK_EVERY or (new and text.rstrip(" ").endswith(SENTENCE_END))
+        due = (ev.finish_reason is not None or new >= CHECK_EVERY
+               or (new and len(text) >= MIN_SENTENCE and text.rstrip(" ").endswith(SENTENCE_END)))
         if not due or not text.strip():
             return ev
         self.checked[i] = len(text)
