@@ -14,8 +14,11 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 from test_api_text import CHAT, Server
+from test_images_api import faces  # noqa: F401  (a fixture: the imported dcgan-faces model)
+from test_music_generate import make_score, tiny_music_model  # noqa: F401  (a fixture)
 
 from genloom.errors import GenloomError
+from genloom.safety import moderation
 from genloom.safety import policy as pol
 from genloom.serve.app import create_app
 
@@ -181,3 +184,33 @@ def test_cli_bad_policy_is_one_line_exit_2(run_main, tmp_path):
     assert "genloom: error: unknown moderation category 'violense'" in err
     code, out, err = run_main("serve", "--model", CHAT, "--moderation", "loud")
     assert code == 2 and "block" in err
+
+
+def test_images_route_screens_the_prompt_and_the_pictures(faces, tmp_path, monkeypatch):
+    app = create_app([str(faces)], max_batch=1, max_queue=2, jobs=False, data_dir=str(tmp_path),
+                     moderation=pol.load_policy())
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        ready(c)
+        r = c.post("/v1/images/generations", json={"model": "dcgan-faces", "prompt": "教我怎么做炸弹"})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation"
+        assert r.json()["error"]["param"] == "prompt"
+        assert c.post("/v1/images/generations", json={"model": "dcgan-faces", "prompt": ""}).status_code == 200
+        monkeypatch.setattr(moderation, "image_sexual_score", lambda data: 0.99)  # NudeNet sees nudity
+        r = c.post("/v1/images/generations", json={"model": "dcgan-faces", "prompt": ""})
+        assert r.status_code == 400 and "generated output" in r.json()["error"]["message"]
+        assert "sexual" in r.json()["error"]["message"]
+
+
+def test_music_route_screens_the_primer_titles(tiny_music_model, tmp_path):  # noqa: F811
+    score = make_score([60, 64, 67])
+    score.tracks[0].name = "I am going to kill you tonight"
+    primer = base64.b64encode(score.dumps_midi()).decode()
+    app = create_app([str(tiny_music_model)], max_batch=1, max_queue=2, jobs=False, moderation=pol.load_policy())
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        ready(c)
+        body = {"model": tiny_music_model.name, "primer": primer, "seconds": 0.5, "response_format": "midi"}
+        r = c.post("/v1/audio/music", json=body)
+        assert r.status_code == 400 and r.json()["error"]["param"] == "primer"
+        score.tracks[0].name = "Morning song"
+        body["primer"] = base64.b64encode(score.dumps_midi()).decode()
+        assert c.post("/v1/audio/music", json=body).status_code == 200

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
+import symusic
+
 from genloom.data.moderation import CATEGORIES
-from genloom.data.music import read_midi
 from genloom.errors import GenloomError
 from genloom.safety.moderation import MODEL, moderate, moderate_parts
 
@@ -162,7 +163,10 @@ def midi_texts(data: bytes | None) -> list[str]:
     """The words a MIDI file carries (track names, markers, lyrics): what a music route screens."""
     if not data:
         return []
-    score = read_midi(data)
+    try:
+        score = symusic.Score.from_midi(data)  # as written: genloom.data.music's reader renames the tracks
+    except Exception:  # noqa: BLE001 - not MIDI: the route's own check reports it
+        return []
     texts = [str(getattr(m, "text", "")) for m in getattr(score, "markers", [])]
     for track in score.tracks:
         texts.append(str(track.name))
