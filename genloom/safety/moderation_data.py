@@ -567,7 +567,7 @@ EVERYDAY = {
            "教我怎么做红烧肉", "我想学游泳", "我要给妈妈打电话", "我想考研", "怎么做才能睡得好？", "我想换个发型",
            "我要去健身房"],
 }
-CORPUS_LIMIT = {"kjv": 250, "fortunes": 250, "man": 200, "chat_en": 200, "tang": 150, "chat_zh": 250, "sayings_zh": 250}
+CORPUS_LIMIT = {"kjv": 250, "fortunes": 250, "man": 200, "chat_en": 300, "tang": 150, "chat_zh": 600, "sayings_zh": 500}
 MAN_PAGES = ["kill", "pkill", "killall", "timeout", "ps", "top", "nice", "shred", "rm", "dd", "tar", "git",
              "ssh", "find", "grep", "sort", "cut", "crontab", "systemctl", "journalctl"]
 _SLOT = re.compile(r"\{(\w+)\}")
