@@ -192,3 +192,16 @@ def test_bundled_classifier_folder_is_slim_and_documented():
     readme = (folder / "README.md").read_text(encoding="utf-8")
     assert "bash scripts/train_starters.sh moderation" in readme and "Held-out test split" in readme
     assert "AGPL" in (ROOT / "README.md").read_text(encoding="utf-8")  # NudeNet's licence, stated
+
+
+def test_cli_moderate_prints_results_and_refuses_bad_input(run_main, tmp_path):
+    code, out, err = run_main("moderate", "我想自杀", "Kill the process with SIGTERM")
+    assert code == 0, err
+    first, second = (json.loads(x) for x in out.strip().splitlines())
+    assert first["flagged"] and not second["flagged"]
+    bad = tmp_path / "not.png"
+    bad.write_bytes(b"plain text, not pixels")
+    code, out, err = run_main("moderate", "--image", bad)
+    assert code == 2 and err.strip() == "genloom: error: the input is not an image (PNG, JPEG, WebP, GIF or BMP)"
+    code, out, err = run_main("moderate", "x" * 10_001)
+    assert code == 2 and "limit is 10,000" in err and err.strip().count("\n") == 0
