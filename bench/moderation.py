@@ -21,10 +21,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import report  # noqa: E402
+from common import report
 
-from genloom.data.moderation import CATEGORIES, LANGS, read_split  # noqa: E402
-from genloom.safety.moderation import FIRST, MODEL, moderate  # noqa: E402
+from genloom.data.moderation import CATEGORIES, LANGS, read_split
+from genloom.safety.moderation import FIRST, MODEL, moderate
 
 DATA = Path(__file__).resolve().parents[1] / "genloom" / "data" / "assets" / "moderation"
 

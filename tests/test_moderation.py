@@ -3,7 +3,6 @@ and Chinese, images (NudeNet), the first version kept for comparison, and the li
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import logging

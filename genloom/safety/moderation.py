@@ -212,9 +212,9 @@ def decode_image(data: bytes) -> np.ndarray:
 def _nudenet():
     """(detector, None) when NudeNet loads, else (None, why); the failure is logged once."""
     try:
-        from nudenet import NudeDetector  # noqa: PLC0415 - optional: an ONNX model of 12 MB, loaded on first use
+        from nudenet import NudeDetector
         return NudeDetector(), None
-    except Exception as e:  # noqa: BLE001 - ImportError, or a broken onnxruntime / opencv install
+    except Exception as e:
         why = f"NudeNet failed to load ({type(e).__name__}: {e}); images not scored: pip install --no-deps nudenet"
         log.warning("moderation: %s", why)
         return None, why
@@ -286,8 +286,8 @@ INSTALL = "pip install alt-profanity-check"
 def _classifier():
     """(predict_prob, None) when alt-profanity-check loads, else (None, why); the failure is logged once."""
     try:
-        from profanity_check import predict_prob  # noqa: PLC0415 - optional, the first version's signal
-    except Exception as e:  # noqa: BLE001 - ImportError, or a broken install (its pickled model, scikit-learn)
+        from profanity_check import predict_prob
+    except Exception as e:
         why = (f"alt-profanity-check failed to import ({type(e).__name__}: {e}); {', '.join(CLASSIFIED)} "
                f"not scored: {INSTALL}")
         log.warning("moderation: %s", why)

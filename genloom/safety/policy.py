@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import json
 import logging
-import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Callable
 
 import symusic
+import tomllib
 
 from genloom.data.moderation import CATEGORIES
 from genloom.errors import GenloomError
@@ -165,7 +165,7 @@ def midi_texts(data: bytes | None) -> list[str]:
         return []
     try:
         score = symusic.Score.from_midi(data)  # as written: genloom.data.music's reader renames the tracks
-    except Exception:  # noqa: BLE001 - not MIDI: the route's own check reports it
+    except Exception:
         return []
     texts = [str(getattr(m, "text", "")) for m in getattr(score, "markers", [])]
     for track in score.tracks:
@@ -181,27 +181,28 @@ def merge(*verdicts: dict | None) -> list[dict] | None:
 
 
 class OutputGuard:
-    """Moderation of streamed output as it grows: every CHECK_EVERY new characters, at a sentence end and at the
-    finish. In block mode a flagged choice is stopped: its event is replaced by an empty one whose
-    finish_reason is "content_filter"; in flag mode the verdict is kept for the history."""
+    """Moderation of streamed output as it grows: every CHECK_EVERY new characters, at a sentence end (past
+    MIN_SENTENCE characters) and at the finish. In block mode a flagged choice is stopped: its event is replaced by
+    an empty one whose finish_reason is "content_filter", and its later events are dropped; in flag mode the
+    verdict is kept for the history. `due` is cheap (the event loop calls it per token); `step` runs the check."""
 
-    def __init__(self, policy: Policy | None, route: str):
+    def __init__(self, policy: Policy, route: str):
         self.policy, self.route = policy, route
         self.checked: dict[int, int] = {}
         self.stopped: set[int] = set()
         self.flags: list[dict] = []
 
+    def due(self, i: int, text: str, ev) -> bool:
+        if i in self.stopped:
+            return True
+        new = len(text) - self.checked.get(i, 0)
+        return bool(text.strip()) and (ev.finish_reason is not None or new >= CHECK_EVERY
+                                       or (new > 0 and len(text) >= MIN_SENTENCE and text.rstrip(" ").endswith(SENTENCE_END)))
+
     def step(self, i: int, text: str, ev):
         """The event to pass on for choice i whose whole text is now `text` (None: choice i was stopped)."""
         if i in self.stopped:
             return None
-        if self.policy is None or not self.policy.active:
-            return ev
-        new = len(text) - self.checked.get(i, 0)
-        due = (ev.finish_reason is not None or new >= CHECK_EVERY
-               or (new and len(text) >= MIN_SENTENCE and text.rstrip(" ").endswith(SENTENCE_END)))
-        if not due or not text.strip():
-            return ev
         self.checked[i] = len(text)
         try:
             verdict = screen(self.policy, [text], where="output", route=self.route, param=None)
@@ -211,3 +212,8 @@ class OutputGuard:
         if verdict and verdict["categories"] not in [f["categories"] for f in self.flags]:
             self.flags.append(verdict)
         return ev
+
+
+def output_guard(policy: Policy | None, route: str) -> OutputGuard | None:
+    """The guard of a text route's output, or None when the policy checks nothing."""
+    return OutputGuard(policy, route) if policy is not None and policy.active else None

@@ -13,7 +13,7 @@ from fastapi.responses import StreamingResponse
 
 from genloom.errors import GenloomError
 from genloom.knowledge.grounding import NOT_FOUND, Grounding, context_block
-from genloom.safety.policy import FINISH, OutputGuard, merge, screen
+from genloom.safety.policy import FINISH, OutputGuard, merge, output_guard, screen
 from genloom.serve.engine import QueueFull
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -64,7 +64,7 @@ async def completions(body: CompletionRequest, request: Request):
     ids = await asyncio.to_thread(lambda: [_encode(served, p) for p in prompts])  # tokenising is CPU work
     job = _submit(request, served, body, ids, extra_stop=[], max_tokens=body.max_tokens, param="max_tokens")
     job.route, job.params = "/v1/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
-    job.guard, job.flagged = OutputGuard(request.app.state.moderation, job.route), flagged
+    job.guard, job.flagged = output_guard(request.app.state.moderation, job.route), flagged
     echo = [""] * len(ids) * body.n
     if body.echo:
         echo = await asyncio.to_thread(lambda: [served.tokenizer.decode(i) for i in ids for _ in range(body.n)])
@@ -114,7 +114,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     job = _submit(request, served, body, [ids], extra_stop=served.template.stop, max_tokens=max_tokens, param=param)
     job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
     job.sources = None if sources is None else [_source(s) for s in sources]
-    job.guard, job.flagged = OutputGuard(request.app.state.moderation, job.route), flagged
+    job.guard, job.flagged = output_guard(request.app.state.moderation, job.route), flagged
     if body.stream:
         return _sse(_chat_chunks(request, job, body))
     texts, reasons = await _collect(request, job)
@@ -336,8 +336,8 @@ async def _events(request: Request, job: _Job, poll: bool):
                 continue
             if isinstance(ev, Exception):
                 raise ApiError(500, f"Generation failed: {ev}", type="server_error")
-            if job.guard is not None:  # moderation of the output so far: a harmful turn ends it (content_filter)
-                ev = await asyncio.to_thread(job.guard.step, i, job.texts[i] + ev.text, ev)
+            if job.guard is not None and job.guard.due(i, job.texts[i] + ev.text, ev):  # moderation of the output so far:
+                ev = await asyncio.to_thread(job.guard.step, i, job.texts[i] + ev.text, ev)  # a harmful turn ends it
                 if ev is None:
                     continue
                 if ev.finish_reason == FINISH:

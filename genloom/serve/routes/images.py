@@ -33,7 +33,8 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
     if body.response_format == "url" and db is None:
         raise ApiError(400, "response_format url needs a server with a data directory; use b64_json.",
                        param="response_format")
-    flagged = await asyncio.to_thread(screen, request.app.state.moderation, [body.prompt or ""], route="/v1/images/generations")
+    flagged = await asyncio.to_thread(screen, request.app.state.moderation, [body.prompt or ""],
+                                      route="/v1/images/generations")
     seed = body.seed if body.seed is not None else int(time.time_ns() % (2**31 - 1))
     opts = images.ImageOptions(model=served.name, n=body.n, seed=seed, sampler=body.sampler, steps=body.steps,
                                guidance=body.guidance, labels=[] if body.label is None else [body.label],
@@ -52,7 +53,8 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
     ids = [new_id("img") for _ in pngs] if db is not None else []
     if db is not None:
         await asyncio.to_thread(_store, db, ids, pngs, route="/v1/images/generations", model=served.name,
-                                params=body.model_dump(exclude_none=True) | {"seed": seed}, output={"images": ids} | ({"moderation": flagged} if flagged else {}),
+                                params=body.model_dump(exclude_none=True) | {"seed": seed},
+                                output={"images": ids} | ({"moderation": flagged} if flagged else {}),
                                 key_id=getattr(request.state, "key_id", None), images=len(pngs),
                                 latency_ms=round(1000 * (time.perf_counter() - t0)))
     if body.response_format == "url":
