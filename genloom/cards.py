@@ -140,6 +140,29 @@ def classifier_card(folder, card: dict, name: str, command: str) -> Path:
     return _write(folder, lines, command)
 
 
+def textclf_card(folder, card: dict, name: str, command: str) -> Path:
+    """The card of a multi-label text classifier (the moderation classifier): data, size, budget, loss."""
+    data = card.get("data") or {}
+    secs = card.get("train_seconds")
+    lines = [
+        f"# {name or Path(folder).name}",
+        "",
+        "A genloom text classifier: MiniLM sentence embedding + hashed character n-grams + curated-term counts, "
+        "a small MLP, one sigmoid per label (genloom/models/textclf.py).",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| data | `{data.get('source', 'unknown')}`: {data.get('examples', {})} examples |",
+        f"| labels | {', '.join(data.get('labels', []))} |",
+        f"| parameters | {card.get('parameters', 0):,} |",
+        f"| training | {card.get('step', '?')} steps, {secs / 60:.1f} min on {card.get('threads', '?')} CPU threads |"
+        if secs is not None else "| training | unknown |",
+        f"| validation loss | {card['val_loss']:.4f} nats (mean binary cross-entropy per label) |"
+        if card.get("val_loss") is not None else "",
+    ]
+    return _write(folder, lines, command)
+
+
 def gguf_card(path, card: dict, name: str, modelfile: str, dtype: str, block_size: int) -> Path:
     """The card beside a GGUF export (`<stem>.README.md`): what the file is and the llama.cpp and Ollama commands."""
     path = Path(path)

@@ -23,9 +23,11 @@ from genloom.models.fastspeech import FastSpeech, FastSpeechConfig
 from genloom.models.classifier import Classifier, ClassifierConfig
 from genloom.models.gan import DCGAN, DCGANConfig
 from genloom.models.gpt import GPT, GPTConfig
+from genloom.models.textclf import TextClassifier, TextClassifierConfig
 from genloom.models.unet import DiffusionModel, UNetConfig
 from genloom.models.vae import VAE, VQVAE, VAEConfig, VQVAEConfig
-from genloom.objectives import ClassifyTask, DiffusionTask, GANTask, LMTask, TTSTask, VAETask, VQVAETask
+from genloom.objectives import (ClassifyTask, DiffusionTask, GANTask, LMTask, ModerationTask, TTSTask, VAETask,
+                                VQVAETask)
 
 KINDS = ("text", "image", "label", "audio")  # what a family's models make
 
@@ -123,6 +125,8 @@ register(Family("gpt", "text", GPTConfig, GPT, LMTask, cards.text_card, TEXT_OPT
                 loss_name="next-token cross-entropy, nats/token"))
 register(Family("classifier", "label", ClassifierConfig, Classifier, ClassifyTask, cards.classifier_card,
                 loss_name="cross-entropy, nats"))
+register(Family("textclf", "label", TextClassifierConfig, TextClassifier, ModerationTask, cards.textclf_card,
+                loss_name="binary cross-entropy per label, nats"))
 register(Family("dcgan", "image", DCGANConfig, DCGAN, GANTask, cards.image_card,
                 loss_name="discriminator / generator losses"))
 register(Family("diffusion", "image", UNetConfig, DiffusionModel, DiffusionTask, cards.image_card,

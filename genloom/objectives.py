@@ -8,17 +8,21 @@ units the throughput is reported in, and `card()` describes the data for the mod
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from genloom import devices, diffusion
 from genloom.data import speech
+from genloom.data.moderation import CATEGORIES, label_matrix, ngram_batch, read_split, term_features
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
 from genloom.data.text import TokenData
 from genloom.embeddings import embed
 from genloom.errors import GenloomError, choices
+from genloom.files import atomic_write
 from genloom.knowledge.examples import prepare  # every source, grounded ones included
 from genloom.metrics.features import DEFAULT_FEATURES, classifier_accuracy, load_feature_extractor
 from genloom.metrics.image import fid
@@ -533,8 +537,6 @@ class TTSTask:
 
     @classmethod
     def from_config(cls, cfg) -> "TTSTask":
-        from pathlib import Path
-
         d = cfg.data
         if not d.dir:
             raise GenloomError("data.dir is not set: point it at a folder prepared by `genloom data SPEECH_FOLDER`")
@@ -610,3 +612,84 @@ class TTSTask:
         finally:
             model.train(was_training)
         return speech.AudioSamples(waves, mels, [texts[i] if i < len(texts) else "" for i in range(len(waves))])
+def moderation_features(texts: list[str], buckets: int, cache: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense, ngrams) for the text classifier: MiniLM embedding + curated-term counts, hashed n-gram ids.
+    With `cache` (training), embeddings are kept per text in that .npz file and only new texts are embedded."""
+    texts = list(texts)
+    if cache is None:
+        vecs = embed(texts)
+    else:
+        keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+        known = dict(np.load(cache)) if cache.is_file() else {}
+        todo = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
+        if todo:
+            known.update(zip([k for k, _ in todo], embed([t for _, t in todo])))
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(cache, lambda f: np.savez(f, **known))
+        vecs = np.stack([known[k] for k in keys]) if keys else embed([])
+    dense = np.concatenate([vecs, term_features(texts)], axis=1).astype(np.float32)
+    return torch.from_numpy(dense), torch.from_numpy(ngram_batch(texts, buckets))
+
+
+EMBED_CACHE = Path.home() / ".cache" / "genloom" / "moderation-minilm.npz"  # MiniLM vectors of the training texts
+
+
+class ModerationTask:
+    """Multi-label text moderation on a labelled set folder (train.jsonl / val.jsonl; genloom.safety.moderation_data).
+
+    Features are computed once (embeddings are frozen); batches draw random rows of the train split."""
+    unit = "ex"
+    tokenizer = None
+    METRICS = ()
+    rows = slice(None)
+
+    def __init__(self, folder: str, batch_size: int):
+        self.folder, self.batch_size = folder, batch_size
+        self.rows_of = {s: read_split(folder, s) for s in ("train", "val")}
+        self.splits: dict[str, tuple] = {}
+
+    @classmethod
+    def from_config(cls, cfg) -> "ModerationTask":
+        if not cfg.data.dir:
+            raise GenloomError("data.dir is not set: name a labelled moderation set folder (train.jsonl, val.jsonl)")
+        return cls(cfg.data.dir, cfg.train.batch_size)
+
+    def model_config(self, mdict: dict) -> dict:
+        mdict.setdefault("labels", list(CATEGORIES))
+        mdict.setdefault("extra_dim", len(CATEGORIES))
+        return mdict
+
+    def bind(self, model_config) -> None:
+        for s, rows in self.rows_of.items():
+            dense, ids = moderation_features([r["text"] for r in rows], model_config.buckets, EMBED_CACHE)
+            self.splits[s] = (dense, ids, torch.from_numpy(label_matrix(rows)))
+
+    def has_split(self, split: str) -> bool:
+        return len(self.rows_of.get(split, ())) > 0
+
+    def batch(self, split: str, gen: torch.Generator):
+        dense, ids, y = self.splits[split]
+        ix = torch.randint(len(y), (self.batch_size,), generator=gen)[self.rows]
+        return (dense[ix], ids[ix]), y[ix]
+
+    def tokens(self, batch) -> int:
+        return batch[1].shape[0]
+
+    loss = staticmethod(supervised_loss)
+
+    @torch.no_grad()
+    def evaluate(self, model) -> dict:
+        """Loss on the whole validation split."""
+        dense, ids, y = devices.to(self.splits["val"], devices.of(model))
+        _, loss = model((dense, ids), y)
+        return {"val_loss": float(loss)}
+
+    def card(self) -> dict:
+        return {"source": self.folder, "examples": {s: len(r) for s, r in self.rows_of.items()},
+                "labels": list(CATEGORIES)}
+
+    def sample(self, model, n: int = 2, **_) -> list[str]:
+        return []
+
+    def metrics(self, model, names: list[str]) -> dict:
+        return {}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Reproduce the bundled models: `bash scripts/train_starters.sh kjv` (or tang, chat, chat-kb, chorales, fmnist-features,
-# mnist-features, fmnist-diffusion, fmnist-text2img, fmnist-dcgan, fmnist-vae, fmnist-vqvae; no argument: all). Each trains
+# mnist-features, fmnist-diffusion, fmnist-text2img, fmnist-dcgan, fmnist-vae, fmnist-vqvae, moderation; no argument: all). Each trains
 # with configs/NAME.toml (data prepared on first use), exports the best weights with a model card, and
 # writes eval.json, loss.png (and samples.png for image generators) beside them; a text-to-image starter also
 # class_following.json (scripts/class_following.py) and its section of the card. fmnist-vqvae also encodes
@@ -24,11 +24,11 @@ if [ "${1:-}" = voice ]; then
   python3 bench/voice.py --student models/voice-joe-fs2 --card
   exit 0
 fi
-for n in ${@:-kjv tang chat chat-kb chorales fmnist-features mnist-features fmnist-diffusion fmnist-text2img fmnist-dcgan fmnist-vae fmnist-vqvae}; do
+for n in ${@:-kjv tang chat chat-kb chorales fmnist-features mnist-features fmnist-diffusion fmnist-text2img fmnist-dcgan fmnist-vae fmnist-vqvae moderation}; do
   rm -rf "runs/$n"
   genloom train --config "configs/$n.toml"
   family=$(python3 -c "import tomllib;print(tomllib.load(open('configs/$n.toml','rb')).get('family','gpt'))")
-  dtype=float16; [ "$family" = classifier ] && dtype=float32
+  dtype=float16; [ "$family" = classifier ] || [ "$family" = textclf ] && dtype=float32
   rm -rf "models/$n"
   genloom export "runs/$n" --out "models/$n" --dtype "$dtype" --name "genloom starter: $n" \
     --command "bash scripts/train_starters.sh $n"
@@ -94,6 +94,11 @@ passage and garbled, and returning the top passage verbatim stays far ahead on b
 NOT met (bench/RESULTS.md, "Grounded chat").
 CARD
       fi ;;
+    textclf)
+      # moderation: thresholds per language from the validation split, then the held-out figures on its card
+      python3 -c "import json; from genloom.safety.moderation import tune; print(json.dumps(tune('models/$n', 'genloom/data/assets/moderation')))" > /dev/null
+      python3 bench/moderation.py > "models/$n/eval.jsonl"
+      python3 scripts/moderation_card.py "models/$n" ;;
     classifier)
       genloom eval --model "models/$n" > "models/$n/eval.json" ;;  # held-out accuracy, overall and per class
     *)

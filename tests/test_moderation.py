@@ -1,62 +1,206 @@
-"""Moderation says which categories it could not score: a classifier that fails to import is never a silent 0.0."""
+"""Moderation: the labelled set, the textclf family trained by the one Trainer, the bundled classifier in English
+and Chinese, images (NudeNet), the first version kept for comparison, and the limits."""
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import sys
-import time
+from pathlib import Path
 
+import numpy as np
 import pytest
-from fastapi.testclient import TestClient
-from test_api_text import CHAT
+from PIL import Image
 
+from genloom import families
+from genloom.config import DataConfig, RunConfig, TrainConfig
+from genloom.data import moderation as feats
+from genloom.errors import GenloomError
 from genloom.safety import moderation
-from genloom.serve.app import create_app
+from genloom.safety.moderation_data import augment, split
+from genloom.train import Trainer
 
-ABUSIVE = "you are a fucking idiot"
-
-
-@pytest.fixture
-def no_classifier(monkeypatch):
-    """profanity_check fails to import (None in sys.modules makes `import` raise ImportError)."""
-    monkeypatch.setitem(sys.modules, "profanity_check", None)
-    moderation._classifier.cache_clear()
-    yield
-    moderation._classifier.cache_clear()
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "genloom" / "data" / "assets" / "moderation"
+HARMFUL = ["我要杀了你", "我想自杀", "教我怎么做炸弹", "I want to hurt myself"]
+BENIGN = ["Kill the process with SIGTERM", "This movie killed it", "电脑中毒了，装个杀毒软件", "这部戏今天杀青"]
 
 
-def test_classifier_scores_harassment_when_installed():
+def png(color=(200, 180, 160), size=64) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (size, size), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+# ---- features and the labelled set ----
+
+
+def test_closure_adds_parents_and_rejects_unknown_names():
+    assert feats.closure(["harassment/threatening"]) == ["harassment", "harassment/threatening", "violence"]
+    with pytest.raises(GenloomError, match="unknown moderation category 'gore'.*violence/graphic"):
+        feats.closure(["gore"])
+
+
+def test_terms_match_whole_words_and_see_through_obfuscation():
+    assert "self-harm/intent" in feats.term_hits("我想自杀")
+    assert "harassment" in feats.term_hits("you M0R0N")  # leetspeak
+    assert "self-harm" in feats.term_hits("thinking about s.u.i.c.i.d.e")  # spaced out
+    assert feats.term_hits("a pornographer's skill") == {}  # no match inside a word
+    assert feats.language("我想自杀") == "zh" and feats.language("kill -9 1234") == "en"
+
+
+def test_ngram_ids_are_stable_and_in_range():
+    a, b = feats.ngram_ids("杀毒软件 kill", 1024), feats.ngram_ids("杀毒软件 kill", 1024)
+    assert a == b and a and all(1 <= i < 1024 for i in a)
+    assert feats.ngram_ids("k1ll", 1024) != feats.ngram_ids("kill", 1024)  # both spellings, not only one
+    assert set(feats.ngram_ids("kill", 1024)) <= set(feats.ngram_ids("k1ll", 1024))
+
+
+def test_bundled_set_is_split_by_group_with_a_held_out_test_side():
+    parts = {s: feats.read_split(DATA, s) for s in feats.SPLITS}
+    groups = {s: {r["group"] for r in rows} for s, rows in parts.items()}
+    assert not groups["train"] & groups["test"] and not groups["val"] & groups["test"]
+    assert not groups["train"] & groups["val"]
+    for s in ("val", "test"):  # both languages, harmful and benign, no augmented rows
+        rows = parts[s]
+        assert {r["lang"] for r in rows if r["labels"]} == {"en", "zh"}
+        assert {r["lang"] for r in rows if not r["labels"]} == {"en", "zh"}
+        assert not any("augmented" in r["source"] for r in rows)
+    assert any(r["source"].startswith("corpus:") for r in parts["test"])
+    readme = (DATA / "README.md").read_text(encoding="utf-8")
+    assert "Licence" in readme and "held out" in readme and "KJV" in readme
+
+
+def test_split_keeps_a_template_on_one_side():
+    rows = [{"text": f"t{g}-{i}", "lang": "en", "labels": ["violence"], "source": "template", "group": f"g{g}"}
+            for g in range(20) for i in range(3)]
+    parts = split(rows, seed=1)
+    where = {}
+    for s, rs in parts.items():
+        for r in rs:
+            assert where.setdefault(r["group"], s) == s
+    assert all(parts[s] for s in feats.SPLITS)
+    aug = augment(parts["train"] + [{"text": "fine", "lang": "en", "labels": [], "source": "corpus:x", "group": "c"}])
+    assert aug and all(r["labels"] == ["violence"] for r in aug)
+
+
+# ---- the family, trained through the one Trainer ----
+
+
+@pytest.fixture(scope="module")
+def tiny_set(tmp_path_factory):
+    """A small slice of the bundled set (both languages, both sides), written as a set folder."""
+    folder = tmp_path_factory.mktemp("modset")
+    for s in ("train", "val"):
+        rows = feats.read_split(DATA, s)
+        keep = [r for r in rows if "augmented" not in r["source"]][:: 6 if s == "train" else 10]
+        (folder / f"{s}.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in keep))
+    return folder
+
+
+def test_textclf_family_trains_through_the_trainer(tiny_set, tmp_path):
+    assert families.get("textclf").kind == "label"
+    cfg = RunConfig(family="textclf", model={"buckets": 4096, "ngram_dim": 16, "hidden": 32},
+                    data=DataConfig(dir=str(tiny_set)),
+                    train=TrainConfig(out_dir=str(tmp_path / "run"), max_steps=60, batch_size=32, lr=3e-3,
+                                      warmup_steps=5, eval_interval=30, ckpt_interval=60, threads=1, device="cpu"))
+    trainer = Trainer(cfg, callbacks=[])
+    first = trainer.evaluate()["val_loss"]
+    summary = trainer.fit()
+    assert summary["best_val_loss"] < first  # it learned something on held-out rows
+    out = trainer.export(str(tmp_path / "export"))
+    clf = moderation.TextModerator(out)
+    assert clf.labels == list(feats.CATEGORIES)
+    p = clf.scores(["I will kill you", "nice weather today"])
+    assert p.shape == (2, 13) and np.all((p >= 0) & (p <= 1))
+
+
+# ---- the bundled classifier ----
+
+
+def test_bundled_classifier_flags_harm_in_both_languages_and_passes_hard_negatives():
+    res = moderation.moderate(HARMFUL + BENIGN)
+    assert [r["flagged"] for r in res] == [True] * len(HARMFUL) + [False] * len(BENIGN), \
+        [(t, r["category_scores"]) for t, r in zip(HARMFUL + BENIGN, res)]
+    r = res[1]
+    assert r["categories"]["self-harm"] and set(r["categories"]) == set(feats.CATEGORIES)
+    assert r["category_applied_input_types"]["violence"] == ["text"]
+    assert all(0.0 <= v <= 1.0 for v in r["category_scores"].values())
+
+
+def test_first_version_is_kept_and_misses_what_the_issue_names():
     pytest.importorskip("profanity_check")
-    moderation._classifier.cache_clear()
-    polite, abusive = moderation.moderate(["Have a lovely day!", ABUSIVE])
-    assert abusive["category_scores"]["harassment"] > 0.5 and abusive["categories"]["harassment"] is True
-    assert polite["category_scores"]["harassment"] < 0.5
-    assert "unavailable" not in abusive and moderation.unavailable() == {}
+    old = moderation.moderate(HARMFUL[:3] + BENIGN[:2], model="genloom-moderation-1")
+    assert [r["flagged"] for r in old] == [False, False, False, True, True]  # the misfires of the first version
 
 
-def test_missing_classifier_is_reported_not_scored_zero(no_classifier, caplog):
-    with caplog.at_level(logging.WARNING, logger="genloom.safety"):
-        (res,) = moderation.moderate([ABUSIVE])
-    assert res["category_scores"]["harassment"] is None  # not measured, not 0.0
-    assert res["categories"]["harassment"] is None
-    assert "harassment" in res["unavailable"] and "profanity" in res["unavailable"]["harassment"]
-    assert any("harassment" in r.getMessage() and r.levelno == logging.WARNING for r in caplog.records)
-    # the lexicons still work and still flag
-    (threat,) = moderation.moderate(["I will kill you"])
-    assert threat["flagged"] and threat["categories"]["violence"]
-    assert "not installed" in moderation.protocol() or "failed" in moderation.protocol()
+def test_aliases_and_unknown_models():
+    assert moderation.resolve("omni-moderation-latest") == moderation.MODEL
+    with pytest.raises(GenloomError, match="unknown moderation model 'llama-guard'"):
+        moderation.resolve("llama-guard")
 
 
-def test_api_says_harassment_unavailable_and_logs_at_startup(no_classifier, caplog):
-    with caplog.at_level(logging.WARNING, logger="genloom.safety"):
-        with TestClient(create_app([CHAT], max_batch=1, max_queue=1, jobs=False), base_url="http://127.0.0.1") as client:
-            deadline = time.monotonic() + 10  # the start-up check runs in a thread, before any request
-            while not (started := [r.getMessage() for r in caplog.records if r.name == "genloom.safety"]):
-                assert time.monotonic() < deadline, "no start-up warning about the missing classifier"
-                time.sleep(0.02)
-            res = client.post("/v1/moderations", json={"input": [ABUSIVE, "hello"]})
-    assert any("harassment" in m for m in started)
-    assert res.status_code == 200
-    for r in res.json()["results"]:
-        assert r["category_scores"]["harassment"] is None
-        assert "profanity" in r["unavailable"]["harassment"]
+def test_limits_are_errors_not_silent_cuts():
+    with pytest.raises(GenloomError, match="limit is 10,000"):
+        moderation.moderate(["x" * (moderation.MAX_CHARS + 1)])
+    with pytest.raises(GenloomError, match="at most 32 parts"):
+        moderation.moderate_parts(["hi"] * (moderation.MAX_INPUTS + 1), [])
+
+
+def test_long_text_is_scored_in_windows():
+    text = "A calm report about gardening and weather. " * 40 + "I am going to kill myself tonight."
+    (r,) = moderation.moderate([text])
+    assert len(text) > moderation.WINDOW and r["flagged"] and r["categories"]["self-harm"]
+
+
+# ---- images ----
+
+
+def test_image_part_is_scored_by_nudenet_and_a_non_image_is_refused():
+    pytest.importorskip("nudenet")
+    res = moderation.moderate_parts(["a quiet lake at dawn"], [png()])
+    assert res["category_applied_input_types"]["sexual"] == ["text", "image"]
+    assert res["category_applied_input_types"]["violence"] == ["text"]
+    assert res["flagged"] is False and res["category_scores"]["sexual"] < 0.5
+    with pytest.raises(GenloomError, match="not an image"):
+        moderation.moderate_parts([], [b"GIF89a but not really"])
+
+
+def test_missing_nudenet_is_reported_not_scored_zero(monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "nudenet", None)
+    moderation._nudenet.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="genloom.safety"):
+            res = moderation.moderate_parts([], [png()])
+    finally:
+        moderation._nudenet.cache_clear()
+    assert "NudeNet" in res["unavailable"]["sexual"]
+    assert any("NudeNet" in r.getMessage() for r in caplog.records)
+
+
+
+def test_bundled_classifier_folder_is_slim_and_documented():
+    folder = ROOT / "models" / "moderation"
+    assert (folder / "model.safetensors").stat().st_size < 8 * 2**20
+    assert not list(folder.glob("*.pt"))  # nothing to unpickle
+    config = json.loads((folder / "config.json").read_text())
+    assert config["family"] == "textclf" and config["model"]["labels"] == list(feats.CATEGORIES)
+    tuned = json.loads((folder / "thresholds.json").read_text())
+    assert set(tuned["thresholds"]) == {"en", "zh"} and "test split is not read" in tuned["protocol"]
+    readme = (folder / "README.md").read_text(encoding="utf-8")
+    assert "bash scripts/train_starters.sh moderation" in readme and "Held-out test split" in readme
+    assert "AGPL" in (ROOT / "README.md").read_text(encoding="utf-8")  # NudeNet's licence, stated
+
+
+def test_cli_moderate_prints_results_and_refuses_bad_input(run_main, tmp_path):
+    code, out, err = run_main("moderate", "我想自杀", "Kill the process with SIGTERM")
+    assert code == 0, err
+    first, second = (json.loads(x) for x in out.strip().splitlines())
+    assert first["flagged"] and not second["flagged"]
+    bad = tmp_path / "not.png"
+    bad.write_bytes(b"plain text, not pixels")
+    code, out, err = run_main("moderate", "--image", bad)
+    assert code == 2 and err.strip() == "genloom: error: the input is not an image (PNG, JPEG, WebP, GIF or BMP)"
+    code, out, err = run_main("moderate", "x" * 10_001)
+    assert code == 2 and "limit is 10,000" in err and err.strip().count("\n") == 0

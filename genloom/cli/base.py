@@ -12,7 +12,7 @@ COMMANDS = {  # command -> the module of genloom.cli that defines it (imported w
     "export-gguf": "train",
     "generate": "generate", "eval": "evaluate", "evalset": "evaluate", "import-gan": "images", "codes": "images",
     "reconstruct": "images", "decode": "images", "attach-prior": "images", "serve": "serve", "keys": "serve", "worker": "serve",
-    "kb": "kb", "provenance": "provenance", "signing": "provenance", "watermark": "watermark",
+    "kb": "kb", "provenance": "provenance", "signing": "provenance", "watermark": "watermark", "moderate": "moderate",
     "import-voice": "speak", "speak": "speak", "distill-voice": "voice",
     "transcribe": "asr", "import-asr": "asr",
 }

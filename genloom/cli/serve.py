@@ -13,6 +13,7 @@ from genloom.cli.provenance import label_options, labeler_from_options
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases
 from genloom.models.runtime import DTYPES, check_dtype
+from genloom.safety.policy import MODES, load_policy
 from genloom.serve import app as server
 from genloom.serve.database import Database, redacted
 from genloom.serve import jobs
@@ -73,15 +74,20 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
 @click.option("--watermark", type=click.Choice(["on", "off"]), default="on", show_default=True,
               help="Mark every text, image and audio output with the installation's key (DATA_DIR/watermark.key); "
               "off is logged as a warning.")
+@click.option("--moderation", type=click.Choice(MODES), default=None, help="Moderation of prompts and outputs: block "
+              "(refuse with a 400 / end a stream with content_filter), flag (serve and record), off. Default: the "
+              "policy file's mode, else block.")
+@click.option("--moderation-policy", default=None, help="A TOML or JSON policy file: mode and per-category thresholds.")
 def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no_jobs, allowed_hosts, public_url,
           cors_origins, job_max_steps, job_max_threads, job_max_parameters, job_max_minutes, kb_pairs, threads, dtype,
-          compile_decode, device, watermark, **label_kw):
+          compile_decode, device, watermark, moderation, moderation_policy, **label_kw):
     """The OpenAI-compatible API and the web UI (http://HOST:PORT/ui/)."""
     _threads(threads)
     labeler = labeler_from_options(data_dir, **label_kw)  # a bad switch or a missing certificate: one line, first
     devices.resolve(device)  # no such device: one line, before anything starts
     if dtype is not None:
         check_dtype(dtype)  # a dtype this machine cannot run: one line, before anything starts
+    policy = load_policy(moderation_policy, moderation)  # a bad file or category: one line, before anything starts
     limits = _job_limits(job_max_steps, job_max_threads, job_max_parameters, job_max_minutes)
     paths = list(models) or [str(p) for p in bundled_model_paths()]
     if not paths:
@@ -95,11 +101,11 @@ def serve(models, host, port, data_dir, db, max_batch, max_queue, max_tokens, no
     for line in labeler.warnings():
         click.echo(f"genloom: warning: {line}", err=True)
     click.echo(f"genloom: serving {', '.join(Path(p).name for p in paths)} on http://{host}:{port} "
-               f"(web UI: http://{host}:{port}/ui/)", err=True)
+               f"(web UI: http://{host}:{port}/ui/); {policy.describe()}", err=True)
     server.serve(paths, host=host, port=port, data_dir=data_dir, db_url=db, max_batch=max_batch, max_queue=max_queue,
         max_tokens=max_tokens, jobs=not no_jobs, allowed_hosts=_split(allowed_hosts), public_url=public_url,
         cors_origins=_split(cors_origins), job_limits=limits, kb=kb, device=device, dtype=dtype,
-        compile_decode=compile_decode, labeler=labeler, watermark=watermark)
+        compile_decode=compile_decode, labeler=labeler, watermark=watermark, moderation=policy)
 
 
 @cli.command()

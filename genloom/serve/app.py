@@ -26,6 +26,8 @@ from genloom.errors import GenloomError, choices
 from genloom.knowledge import KnowledgeBases
 from genloom.safety import labels
 from genloom.safety import watermark as watermarks
+from genloom.safety.policy import Policy
+from genloom.safety.policy import startup as moderation_startup
 from genloom.serve import openapi
 from genloom.serve.auth import Auth
 from genloom.serve.database import Database
@@ -68,7 +70,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                cors_origins: list[str] | None = None, job_limits: JobLimits | None = None,
                kb: dict[str, str] | None = None, device: str = "cpu", dtype: str = "float32",
                compile_decode: bool = False, labeler: labels.Labeler | None = None,
-               watermark: str = "on") -> FastAPI:
+               watermark: str = "on", moderation: Policy | None = None) -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
     Models are loaded and their engines started in the lifespan, once; `api_key`, when given, is required
@@ -115,6 +117,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         log_event("auth_mode", mode=state.auth.mode(), detail=state.auth.describe())
         log_event("labels", switches=state.labeler.policy.describe(state.labeler.identity is not None),
                   warnings=state.labeler.warnings())
+        moderation_startup(state.moderation)  # the policy, logged; a warning when it is off
         loader = asyncio.gather(*(_load(state, p, max_batch, max_queue, kb_refs) for p in model_paths))
         watcher = worker = None
         try:
@@ -160,6 +163,9 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         state.fine_tuned = FineTuned(state.data_dir / "models", max_batch=max_batch, max_queue=max_queue)
     state.watermarks = marks  # every output's invisible mark, and the detect route's key
     state.auth = Auth(api_key, state.db)
+    # genloom.safety.policy, applied to prompts and outputs of every route; `genloom serve` passes its policy (default
+    # block); an app built in code without one runs unmoderated, with a warning at start-up
+    state.moderation = moderation or Policy(mode="off", source="create_app without a policy")
     state.public_url = public_url
     state.labeler = labeler or labels.make_labeler(labels.LabelPolicy(), state.data_dir)
     add_error_handlers(app)

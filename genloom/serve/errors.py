@@ -10,6 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from genloom.errors import GenloomError
+from genloom.safety.policy import CODE, ContentBlocked
 from genloom.serve.logs import log
 from genloom.serve.protocol import ErrorInfo, ErrorResponse
 
@@ -80,6 +81,10 @@ async def _on_genloom_error(request: Request, exc: GenloomError) -> JSONResponse
     return error_response(400, str(exc))
 
 
+async def _on_blocked(request: Request, exc: ContentBlocked) -> JSONResponse:
+    return error_response(400, f"{str(exc)[0].upper()}{str(exc)[1:]}.", param=exc.param, code=CODE)
+
+
 async def _on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
     if exc.status_code == 404:
         return error_response(404, f"Unknown route: {request.method} {request.url.path}", code="not_found")
@@ -96,5 +101,6 @@ def add_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(ApiError, _on_api_error)
     app.add_exception_handler(GenloomError, _on_genloom_error)
+    app.add_exception_handler(ContentBlocked, _on_blocked)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
     app.add_exception_handler(Exception, _on_unexpected)

@@ -220,10 +220,23 @@ class EmbeddingRequest(_Request):
     dimensions: Optional[int] = None
 
 
+class ModerationImageUrl(BaseModel):
+    model_config = _CLOSED
+    url: str  # a data: URL (base64) or the id of an uploaded file (/v1/files); the server fetches nothing
+
+
+class ModerationPart(BaseModel):
+    """omni-moderation's multi-modal input: {"type": "text", "text"} or {"type": "image_url", "image_url": {"url"}}."""
+    model_config = _CLOSED
+    type: Literal["text", "image_url"]
+    text: Optional[str] = None
+    image_url: Optional[ModerationImageUrl] = None
+
+
 class ModerationRequest(_Request):
     model_config = _CLOSED
-    input: Union[str, Annotated[list[str], Field(min_length=1)]]
-    model: str = "genloom-moderation-1"
+    input: Union[str, Annotated[list[str], Field(min_length=1)], Annotated[list[ModerationPart], Field(min_length=1)]]
+    model: str = "genloom-moderation-2"
 
 
 class WatermarkDetectRequest(_Request):
@@ -648,7 +661,7 @@ class EmbeddingList(BaseModel):
 class ModerationResponse(BaseModel):
     id: str
     model: str
-    results: list[dict]  # flagged, categories, category_scores (genloom.safety.moderation)
+    results: list[dict]  # flagged, categories, category_scores, category_applied_input_types (genloom.safety.moderation)
 
 
 class HistoryItem(BaseModel):

@@ -14,6 +14,7 @@ from fastapi.responses import StreamingResponse
 from genloom.errors import GenloomError
 from genloom.knowledge.grounding import NOT_FOUND, Grounding, context_block
 from genloom.safety import labels
+from genloom.safety.policy import FINISH, OutputGuard, merge, output_guard, screen
 from genloom.serve.engine import QueueFull
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
@@ -60,9 +61,11 @@ async def completions(body: CompletionRequest, request: Request):
         raise ApiError(400, "prompt must not be empty.", param="prompt")
     if len(prompts) > limits.max_prompts:
         raise ApiError(400, f"At most {limits.max_prompts} prompts per request (got {len(prompts)}).", param="prompt")
+    flagged = await asyncio.to_thread(screen, request.app.state.moderation, prompts, route="/v1/completions")
     ids = await asyncio.to_thread(lambda: [_encode(served, p) for p in prompts])  # tokenising is CPU work
     job = _submit(request, served, body, ids, extra_stop=[], max_tokens=body.max_tokens, param="max_tokens")
     job.route, job.params = "/v1/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
+    job.guard, job.flagged = output_guard(request.app.state.moderation, job.route), flagged
     echo = [""] * len(ids) * body.n
     if body.echo:
         echo = await asyncio.to_thread(lambda: [served.tokenizer.decode(i) for i in ids for _ in range(body.n)])
@@ -89,6 +92,8 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     messages = [(m.role, m.text()) for m in body.messages]
     max_tokens, param = body.max_new_tokens()
     _check(request, body, 1, max_tokens=max_tokens, param=param)
+    flagged = await asyncio.to_thread(screen, request.app.state.moderation, [c for r, c in messages if r != "assistant"],
+                                      route="/v1/chat/completions", param="messages")
     refs, grounding = _knowledge(request, served, body)
     sources: list[Source] | None = None
     if refs:
@@ -112,6 +117,7 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     job = _submit(request, served, body, [ids], extra_stop=served.template.stop, max_tokens=max_tokens, param=param)
     job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
     job.sources = None if sources is None else [_source(s) for s in sources]
+    job.guard, job.flagged = output_guard(request.app.state.moderation, job.route), flagged
     if body.stream:
         return _sse(_chat_chunks(request, job, body))
     texts, reasons = await _collect(request, job)
@@ -212,6 +218,8 @@ class _Job:
     params: dict | None = None  # the request as sent, for the history (and the UI's "regenerate")
     texts: list | None = None
     sources: list[Source] | None = None  # a grounded chat's passages (None: not grounded)
+    guard: OutputGuard | None = None  # moderation of the output as it streams (genloom.safety.policy)
+    flagged: dict | None = None  # the prompt's moderation verdict under a flag policy
 
     def usage(self) -> Usage:
         prompt = sum(self.prompt_lens)
@@ -333,6 +341,12 @@ async def _events(request: Request, job: _Job, poll: bool):
                 continue
             if isinstance(ev, Exception):
                 raise ApiError(500, f"Generation failed: {ev}", type="server_error")
+            if job.guard is not None and job.guard.due(i, job.texts[i] + ev.text, ev):  # moderation of the output so far:
+                ev = await asyncio.to_thread(job.guard.step, i, job.texts[i] + ev.text, ev)  # a harmful turn ends it
+                if ev is None:
+                    continue
+                if ev.finish_reason == FINISH:
+                    job.handles[i].cancel()
             if ev.finish_reason:
                 finished.add(i)
             job.texts[i] += ev.text
@@ -360,6 +374,8 @@ async def _record(request: Request, job: _Job) -> None:
     output = {"text": texts[0] if len(texts) == 1 else texts, "produce_id": job.id}  # the aigc ProduceID
     if job.sources is not None:
         output["sources"] = [s.model_dump() for s in job.sources]
+    if moderation := merge(job.flagged, *(job.guard.flags if job.guard else [])):
+        output["moderation"] = moderation  # flag policy: what was flagged, served anyway
     try:
         await asyncio.to_thread(
             db.log_request, route=job.route, model=job.served.name, params=job.params or {}, output=output,

@@ -12,6 +12,7 @@ from fastapi.responses import Response
 from genloom.files import atomic_write_bytes
 from genloom.pipelines import images
 from genloom.safety import labels
+from genloom.safety.policy import merge, screen, screen_images
 from genloom.serve.errors import ApiError
 from genloom.serve.models import image_model
 from genloom.serve.openapi import responses
@@ -33,6 +34,8 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
     if body.response_format == "url" and db is None:
         raise ApiError(400, "response_format url needs a server with a data directory; use b64_json.",
                        param="response_format")
+    flagged = await asyncio.to_thread(screen, request.app.state.moderation, [body.prompt or ""],
+                                      route="/v1/images/generations")
     seed = body.seed if body.seed is not None else int(time.time_ns() % (2**31 - 1))
     opts = images.ImageOptions(model=served.name, n=body.n, seed=seed, sampler=body.sampler, steps=body.steps,
                                guidance=body.guidance, labels=[] if body.label is None else [body.label],
@@ -52,9 +55,12 @@ async def generate(body: ImageRequest, request: Request) -> ImagesResponse:
                                             for png, m in zip(result.pngs(), metas)])  # CPU work: off the loop
     revised = result.revised_prompts
     aigc = [labels.aigc_object(m.produce_id, m.model, m.parameters, request.app.state.labeler) for m in metas]
+    flagged = merge(flagged, await asyncio.to_thread(screen_images, request.app.state.moderation, pngs,
+                                                     route="/v1/images/generations"))  # NSFW check of the output
     if db is not None:
         await asyncio.to_thread(_store, db, ids, pngs, route="/v1/images/generations", model=served.name,
-                                params=body.model_dump(exclude_none=True) | {"seed": seed}, output={"images": ids},
+                                params=body.model_dump(exclude_none=True) | {"seed": seed},
+                                output={"images": ids} | ({"moderation": flagged} if flagged else {}),
                                 key_id=getattr(request.state, "key_id", None), images=len(pngs),
                                 latency_ms=round(1000 * (time.perf_counter() - t0)))
     if body.response_format == "url":

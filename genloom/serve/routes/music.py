@@ -14,6 +14,7 @@ from fastapi.responses import Response
 from genloom.errors import GenloomError
 from genloom.pipelines import music
 from genloom.safety import labels
+from genloom.safety.policy import midi_texts, screen
 from genloom.serve.errors import ApiError
 from genloom.serve.models import music_model
 from genloom.serve.openapi import responses
@@ -75,6 +76,8 @@ async def compose(body: MusicRequest, request: Request):
     """Sample a piece in a worker thread under the model's lock, then render it (FluidSynth, LAME)."""
     served = music_model(request.app.state, body.model)
     primer = _primer(body, request)
+    flagged = await asyncio.to_thread(screen, request.app.state.moderation, midi_texts(primer), route="/v1/audio/music",
+                                      param="primer")  # the primer's titles, markers and lyrics
     opts = music.MusicOptions(bars=body.bars, seconds=body.seconds, tempo=body.tempo, seed=body.seed,
                               temperature=body.temperature, top_k=body.top_k, top_p=body.top_p, min_p=body.min_p,
                               repetition_penalty=body.repetition_penalty)
@@ -101,7 +104,7 @@ async def compose(body: MusicRequest, request: Request):
         await asyncio.to_thread(db.log_request, route="/v1/audio/music", model=served.name,
                                 params=body.model_dump(exclude_none=True, exclude={"primer"}) | {"seed": piece.seed},
                                 output={"seconds": round(piece.seconds, 3), "finish_reason": piece.finish_reason,
-                                        "produce_id": mid},
+                                        "produce_id": mid} | ({"moderation": [flagged]} if flagged else {}),
                                 key_id=getattr(request.state, "key_id", None), prompt_tokens=piece.prompt_tokens,
                                 completion_tokens=piece.new_tokens,
                                 latency_ms=round(1000 * (time.perf_counter() - t0)))
