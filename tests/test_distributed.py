@@ -328,6 +328,7 @@ def test_generate_splits_text_rows_over_ranks_with_one_process_text(lm, trained_
     r = torchrun(*args)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = json.loads(out), json.loads(r.stdout)  # rank 0 prints all 6 rows, in order
+    assert all(row.pop("aigc")["Label"] == "1" for row in one + two)  # each labelled, with its own ProduceID
     assert len(one) == 6 and two == one
 
 

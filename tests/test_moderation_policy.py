@@ -15,11 +15,14 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from test_api_text import CHAT, Server
 from test_images_api import faces  # noqa: F401  (a fixture: the imported dcgan-faces model)
+from test_asr import whisper_dir  # noqa: F401  (a fixture)
 from test_music_generate import make_score, tiny_music_model  # noqa: F401  (a fixture)
+from test_speech import joe, joe_dir  # noqa: F401  (fixtures)
 
 from genloom.errors import GenloomError
 from genloom.safety import moderation
 from genloom.safety import policy as pol
+from genloom.pipelines.audio_encode import encode
 from genloom.serve.app import create_app
 
 
@@ -214,3 +217,22 @@ def test_music_route_screens_the_primer_titles(tiny_music_model, tmp_path):  # n
         score.tracks[0].name = "Morning song"
         body["primer"] = base64.b64encode(score.dumps_midi()).decode()
         assert c.post("/v1/audio/music", json=body).status_code == 200
+
+
+def test_speech_routes_screen_what_is_said(joe, joe_dir, whisper_dir, tmp_path):  # noqa: F811
+    app = create_app([str(joe_dir), str(whisper_dir)], max_batch=1, max_queue=2, jobs=False, data_dir=str(tmp_path),
+                     moderation=pol.load_policy())
+    harmful, benign = "I am going to kill you tonight.", "Good morning, have a nice day."
+    with TestClient(app, base_url="http://127.0.0.1") as c:
+        ready(c)
+        body = {"model": "voice-joe", "voice": "joe", "response_format": "wav"}
+        r = c.post("/v1/audio/speech", json=body | {"input": harmful})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "content_policy_violation"
+        assert r.json()["error"]["param"] == "input"
+        assert c.post("/v1/audio/speech", json=body | {"input": benign}).status_code == 200
+        for text, status in ((harmful, 400), (benign, 200)):  # speech in: transcribed, then its words screened
+            wav = encode(joe.synthesize(text), joe.sample_rate, "wav")
+            r = c.post("/v1/audio/transcriptions", files={"file": ("said.wav", wav)},
+                       data={"model": whisper_dir.name})
+            assert r.status_code == status, r.text
+        assert r.json()["text"].strip().lower().startswith("good morning")

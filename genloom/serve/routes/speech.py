@@ -28,6 +28,7 @@ from genloom.errors import GenloomError, choices
 from genloom.pipelines.audio_encode import LABEL_FORMATS, MEDIA_TYPES, Encoder, finish
 from genloom.safety import labels
 from genloom.safety.marks import add_tone_cue
+from genloom.safety.policy import screen
 from genloom.safety.watermark import mark_audio
 from genloom.serve.errors import ApiError
 from genloom.serve.models import speech_model
@@ -70,6 +71,8 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
                        param=None if missing else "input", code="phonemizer_missing" if missing else None) from None
     if not sentences:
         raise ApiError(400, "input has nothing to speak (no letters or digits).", param="input")
+    flagged = await asyncio.to_thread(screen, request.app.state.moderation, [body.input], route="/v1/audio/speech",
+                                      param="input")  # what is spoken is the input: block -> 400, flag -> recorded
     enc = Encoder(body.response_format, voice.sample_rate)
     t0, symbols, db = time.perf_counter(), sum(len(s) for s in sentences), request.app.state.db
     labeler, marks = request.app.state.labeler, request.app.state.watermarks
@@ -83,7 +86,8 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
         if db is not None:  # the History tab's row, once the whole text was spoken
             await asyncio.to_thread(db.log_request, route="/v1/audio/speech", model=body.model, params=params,
                                     output={"seconds": round(samples / voice.sample_rate, 3),
-                                            "sentences": len(sentences), "produce_id": produce_id},
+                                            "sentences": len(sentences), "produce_id": produce_id}
+                                    | ({"moderation": [flagged]} if flagged else {}),
                                     key_id=getattr(request.state, "key_id", None), prompt_tokens=symbols,
                                     completion_tokens=samples // FRAME,
                                     latency_ms=round(1000 * (time.perf_counter() - t0)))

@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from genloom.errors import GenloomError
 from genloom.pipelines import asr
+from genloom.safety.policy import screen
 from genloom.serve.errors import ApiError
 from genloom.serve.models import asr_model
 from genloom.serve.openapi import responses
@@ -175,7 +176,10 @@ async def _transcribe(request: Request, task: str):
                                              word_timestamps="word" in opts["granularities"])
         except GenloomError as e:
             raise ApiError(400, f"{e}.", param="file") from None
-        await _log(request, task, served.name, opts, result, t0)
+        # speech is moderated as its words: the transcript under the deployment's policy (block: 400, flag: recorded)
+        flagged = await asyncio.to_thread(screen, request.app.state.moderation, [result.text], where="input",
+                                          route=ROUTES[task], param="file")
+        await _log(request, task, served.name, opts, result, t0, flagged)
     except ClientDisconnect:
         raise ApiError(400, "The client went away during the upload.", param="file") from None
     finally:
@@ -185,7 +189,7 @@ async def _transcribe(request: Request, task: str):
     return PlainTextResponse(asr.render(result, opts["fmt"]))
 
 
-async def _log(request: Request, task: str, model: str, opts: dict, result, t0: float) -> None:
+async def _log(request: Request, task: str, model: str, opts: dict, result, t0: float, flagged: dict | None) -> None:
     db = request.app.state.db
     if db is None:
         return
@@ -193,7 +197,8 @@ async def _log(request: Request, task: str, model: str, opts: dict, result, t0: 
                                 "temperature": opts["temperature"], "prompt": opts["prompt"]}.items() if v is not None}
     await asyncio.to_thread(db.log_request, route=ROUTES[task],
                             model=model, params=params,
-                            output={"text": result.text, "language": result.language, "seconds": result.duration},
+                            output={"text": result.text, "language": result.language, "seconds": result.duration}
+                            | ({"moderation": [flagged]} if flagged else {}),
                             key_id=getattr(request.state, "key_id", None),
                             latency_ms=round(1000 * (time.perf_counter() - t0)))
 
