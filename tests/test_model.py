@@ -127,7 +127,7 @@ def test_bad_model_configs(kw, match):
 
 
 def test_registry():
-    with pytest.raises(GenloomError, match="unknown model family 'rnn'; choose one of classifier, dcgan, diffusion, gpt"):
+    with pytest.raises(GenloomError, match="unknown model family 'rnn'; choose one of classifier, dcgan, diffusion, fastspeech, gpt, textclf"):
         families.get("rnn")
     cfg = families.get("gpt").model_config({"vocab_size": 10, "n_layer": 1, "n_head": 2, "n_embd": 8, "block_size": 4})
     model = families.get("gpt").build(cfg)

@@ -231,7 +231,7 @@ class FineTuned:
 
 BUNDLED_MODELS = ("chat", "chat-kb", "kjv", "tang", "chorales", "fmnist-diffusion", "fmnist-text2img", "fmnist-dcgan",
                   "fmnist-vae", "fmnist-vqvae", "dcgan-faces", "cdcgan-eyes", "asr-whisper-base")
-BUNDLED_VOICES = ("voice-joe",)  # imported by scripts/setup.sh
+BUNDLED_VOICES = ("voice-joe", "voice-joe-fs2")  # the imported Piper voice (scripts/setup.sh) and the trained starter
 
 
 def bundled_model_paths() -> list[Path]:
