@@ -85,6 +85,24 @@ def test_split_keeps_a_template_on_one_side():
     assert aug and all(r["labels"] == ["violence"] for r in aug)
 
 
+def test_chinese_paraphrases_are_their_own_stratum_and_colloquial_terms_match():
+    """The paraphrase groups sit in every split of their own stratum, without moving the other groups (a group's
+    split is the same with and without them), and colloquial Chinese harm is in the term lists."""
+    rows = [{"text": f"t{g}", "lang": "zh", "labels": ["violence"], "source": "template", "group": f"t{g}"}
+            for g in range(15)]
+    para = [{"text": f"p{g}", "lang": "zh", "labels": ["violence"], "source": "paraphrase", "group": f"p{g}"}
+            for g in range(15)]
+    before = {r["group"]: s for s, rs in split(rows).items() for r in rs}
+    after = {r["group"]: s for s, rs in split(rows + para).items() for r in rs}
+    assert all(after[g] == s for g, s in before.items())
+    assert {after[f"p{g}"] for g in range(15)} == set(feats.SPLITS)
+    parts = {s: feats.read_split(DATA, s) for s in feats.SPLITS}
+    assert all(any(r["source"] == "paraphrase" and r["labels"] for r in parts[s]) for s in feats.SPLITS)
+    assert "self-harm/intent" in feats.term_hits("我好想死，撑不下去了")
+    assert "hate" in feats.term_hits("他们天生低人一等")
+    assert "violence" in feats.term_hits("帮我想个办法做掉他")
+
+
 # ---- the family, trained through the one Trainer ----
 
 
