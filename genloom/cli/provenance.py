@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import click
@@ -11,6 +12,8 @@ from genloom.cli.base import cli
 from genloom.errors import GenloomError
 from genloom.safety import keys, labels, watermark
 from genloom.safety import provenance as prov
+
+log = logging.getLogger("genloom.safety")
 
 
 def label_options(f):
@@ -45,8 +48,7 @@ def labeler_from_options(data_dir, *, implicit, visible_mark, mark_text, mark_po
     if (c2pa_mode == "auto" and not (c2pa_cert or c2pa_key) and data_dir is not None
             and not (keys.keys_dir(data_dir) / keys.KEY_NAME).exists()):
         folder = keys.init_keys(data_dir)  # the installation's own chain, made on first use (as the watermark key)
-        click.echo(f"genloom: created the installation's C2PA signing chain in {folder} (trust anchor "
-                   f"{keys.ROOT_NAME})", err=True)
+        log.info("created the installation's C2PA signing chain in %s (trust anchor %s)", folder, keys.ROOT_NAME)
     return labels.make_labeler(policy, data_dir, cert=c2pa_cert, key=c2pa_key)
 
 

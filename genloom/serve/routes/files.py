@@ -146,12 +146,13 @@ class TextUpload:
             self.tmp.unlink(missing_ok=True)
 
 
-async def read_upload(request: Request, upload: TextUpload) -> None:
-    """Feed the body to the streaming parser as it arrives; nothing but the current chunk is held in memory."""
+async def read_upload(request: Request, upload, *, what: str = "the file",
+                      fields: str = "the fields 'file' and 'purpose'") -> None:
+    """Feed the body to `upload`'s streaming multipart parser (its `callbacks()`) as it arrives; nothing but the
+    current chunk is held in memory. The upload routes (files, transcriptions, provenance) all read this way."""
     ctype, opts = parse_options_header(request.headers.get("content-type", ""))
     if ctype != b"multipart/form-data" or not opts.get(b"boundary"):
-        raise ApiError(400, "Send the file as multipart/form-data with the fields 'file' and 'purpose'.",
-                       param="file")
+        raise ApiError(400, f"Send {what} as multipart/form-data with {fields}.", param="file")
     parser = MultipartParser(opts[b"boundary"], upload.callbacks())
     try:
         async for chunk in request.stream():

@@ -6,8 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
 from genloom.errors import GenloomError
@@ -16,6 +15,7 @@ from genloom.safety import provenance as prov
 from genloom.serve.errors import ApiError
 from genloom.serve.protocol import ProvenanceResponse
 from genloom.serve.routes.deps import v1
+from genloom.serve.routes.files import read_upload
 
 router = APIRouter()
 MAX_BYTES = 20 << 20  # the largest file a report is made for (read into memory: the Reader needs all of it)
@@ -63,17 +63,9 @@ class _FilePart:
 @router.post("/v1/provenance", dependencies=v1, openapi_extra=FORM, responses={413: {"description": "Too large"}})
 async def provenance(request: Request) -> ProvenanceResponse:
     """The report `genloom provenance FILE` prints, for an uploaded image, audio, MIDI or text file."""
-    ctype, opts = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"multipart/form-data" or not opts.get(b"boundary"):
-        raise ApiError(400, "Send the file as multipart/form-data in the field 'file'.", param="file")
     part = _FilePart(getattr(request.app.state, "max_provenance_bytes", MAX_BYTES))
-    parser = MultipartParser(opts[b"boundary"], part.callbacks())
     try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
-    except FormParserError as e:
-        raise ApiError(400, f"Malformed multipart body: {e}.", param="file") from None
+        await read_upload(request, part, fields="the field 'file'")
     except ClientDisconnect:
         raise ApiError(400, "The client went away during the upload.", param="file") from None
     if part.filename is None:

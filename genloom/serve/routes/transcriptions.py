@@ -15,8 +15,7 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
 from genloom.errors import GenloomError
@@ -26,7 +25,7 @@ from genloom.serve.errors import ApiError
 from genloom.serve.models import asr_model
 from genloom.serve.openapi import responses
 from genloom.serve.routes.deps import v1
-from genloom.serve.routes.files import TextUpload
+from genloom.serve.routes.files import TextUpload, read_upload
 
 router = APIRouter()
 AUDIO_LIMIT = 25 << 20  # OpenAI's limit on an audio upload (the server's --max-upload-bytes when lower)
@@ -105,19 +104,6 @@ class AudioUpload(TextUpload):
         return str(self.tmp)
 
 
-async def read_audio(request: Request, upload: AudioUpload) -> None:
-    ctype, opts = parse_options_header(request.headers.get("content-type", ""))
-    if ctype != b"multipart/form-data" or not opts.get(b"boundary"):
-        raise ApiError(400, "Send the audio as multipart/form-data with the fields 'file' and 'model'.", param="file")
-    parser = MultipartParser(opts[b"boundary"], upload.callbacks())
-    try:
-        async for chunk in request.stream():
-            parser.write(chunk)
-        parser.finalize()
-    except FormParserError as e:
-        raise ApiError(400, f"Malformed multipart body: {e}.", param="file") from None
-
-
 def _options(upload: AudioUpload, task: str) -> dict:
     """The form's fields, checked: one 400 naming the field and its valid values for the first one wrong."""
     f = upload.fields
@@ -160,7 +146,7 @@ async def _transcribe(request: Request, task: str):
         await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     upload = AudioUpload(folder, min(AUDIO_LIMIT, state.max_upload_bytes))
     try:
-        await read_audio(request, upload)
+        await read_upload(request, upload, what="the audio", fields="the fields 'file' and 'model'")
         opts = _options(upload, task)
         served = asr_model(state, opts["model"])
         recognizer = served.loaded
