@@ -249,15 +249,23 @@ def test_vllm_sampling_extensions_extra_body(client, server):
     """top_k, min_p and repetition_penalty (vLLM's names, sent by the openai client in extra_body) reach the sampler."""
     prompt = "And God said"
     greedy = client.completions.create(model="kjv", prompt=prompt, max_tokens=16, temperature=0).choices[0].text
-    for extra in ({"top_k": 1}, {"min_p": 0.999}):  # both leave only the likeliest token: greedy at any seed
-        for seed in (1, 2):
-            out = client.completions.create(model="kjv", prompt=prompt, max_tokens=16, temperature=1.0, seed=seed,
-                                            extra_body=extra)
-            assert out.choices[0].text == greedy, extra
+    m = server.model("kjv")
+    procs = server.app.state.watermarks.processors
+    for seed in (1, 2):  # top_k 1 leaves only the likeliest token: greedy at any seed
+        out = client.completions.create(model="kjv", prompt=prompt, max_tokens=16, temperature=1.0, seed=seed,
+                                        extra_body={"top_k": 1})
+        assert out.choices[0].text == greedy
+        # min_p 0.999 leaves the likeliest token and any within 0.1% of it (a near-tie, which the watermark's bias
+        # can make): the library with the same seed and processors says what the server must answer
+        out = client.completions.create(model="kjv", prompt=prompt, max_tokens=16, temperature=1.0, seed=seed,
+                                        extra_body={"min_p": 0.999})
+        sp = SamplingParams(max_new_tokens=16, temperature=1.0, min_p=0.999, seed=seed)
+        assert out.choices[0].text == generate(m.model, m.tokenizer, [prompt], sp, procs(m.config.vocab_size))[0].text
+        loose = SamplingParams(max_new_tokens=16, temperature=1.0, min_p=0.0, seed=seed)  # min_p did something
+        assert generate(m.model, m.tokenizer, [prompt], loose, procs(m.config.vocab_size))[0].text != out.choices[0].text
     for off in ({"top_k": 0}, {"top_k": -1}, {"min_p": 0.0}, {"repetition_penalty": 1.0}):  # vLLM's "off" values
         out = client.completions.create(model="kjv", prompt=prompt, max_tokens=16, temperature=0, extra_body=off)
         assert out.choices[0].text == greedy, off
-    m = server.model("kjv")
     ref = generate(m.model, m.tokenizer, [prompt], SamplingParams(max_new_tokens=24, temperature=0.0,
                                                                   repetition_penalty=1.8),
                    server.app.state.watermarks.processors(m.config.vocab_size))[0].text
