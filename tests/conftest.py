@@ -121,6 +121,26 @@ def pytest_sessionfinish(session, exitstatus):
     suite_report.write_counts(session, exitstatus)
 
 
+SUITE_WATERMARK_KEY = "5eed" * 16  # 32 bytes, hex: the suite's one watermark key
+
+
+@pytest.fixture(autouse=True, scope="session")
+def suite_watermark_key(tmp_path_factory):
+    """The whole run marks with one fixed key, given as an operator gives theirs (GENLOOM_WATERMARK_KEY_FILE, also
+    seen by CLI subprocesses): a seeded output is then the same on every run and every machine instead of depending
+    on a fresh random installation key. Tests of per-installation keys unset it (monkeypatch.delenv)."""
+    path = tmp_path_factory.mktemp("watermark") / "suite.key"
+    path.write_text(SUITE_WATERMARK_KEY + "\n")
+    path.chmod(0o600)
+    before = os.environ.get("GENLOOM_WATERMARK_KEY_FILE")
+    os.environ["GENLOOM_WATERMARK_KEY_FILE"] = str(path)
+    yield path
+    if before is None:
+        os.environ.pop("GENLOOM_WATERMARK_KEY_FILE", None)
+    else:
+        os.environ["GENLOOM_WATERMARK_KEY_FILE"] = before
+
+
 @pytest.fixture(scope="session")
 def session_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("genloom")

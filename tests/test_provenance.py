@@ -204,7 +204,8 @@ def test_provenance_report_sections_and_registry(ident):
         provenance.report(b"\x00\x01\x02 binary junk", "x.bin")
 
 
-def test_cli_generate_labels_logs_and_provenance_reads(tmp_path, run_main):
+def test_cli_generate_labels_logs_and_provenance_reads(tmp_path, run_main, monkeypatch):
+    monkeypatch.delenv("GENLOOM_WATERMARK_KEY_FILE")  # each data directory its own installation key
     code, out, err = run_main("signing", "init", "--data-dir", tmp_path / "d")
     assert code == 0, err
     code, out, err = run_main("generate", "-m", DCGAN, "-n", 2, "--seed", 4, "--out", tmp_path / "o",
