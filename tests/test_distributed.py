@@ -28,7 +28,10 @@ from genloom.families import load_run_config
 from genloom.files import safe_torch_load
 from genloom.train import Trainer
 
-ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GENLOOM_DIST_TIMEOUT": "120"}
+def launch_env() -> dict:
+    """The launchers' environment, read when a test runs (conftest's suite watermark key included): one thread per
+    rank, the repository on the path."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), "GENLOOM_DIST_TIMEOUT": "120"}
 GPT = {"dropout": 0.0}
 STEPS = dict(max_steps=6, warmup_steps=2, lr_schedule="constant", eval_interval=3, eval_batches=2, log_interval=1,
              ckpt_interval=100)
@@ -37,7 +40,7 @@ STEPS = dict(max_steps=6, warmup_steps=2, lr_schedule="constant", eval_interval=
 def torchrun(*args, n: int = 2, timeout: float = 240) -> subprocess.CompletedProcess:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(n),
            "-m", "genloom", *map(str, args)]
-    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=ENV)
+    return subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=launch_env())
 
 
 def sets(data_dir, out, **train) -> list[str]:
@@ -98,7 +101,7 @@ def test_two_nodes_meeting_by_c10d_rendezvous_train_as_one_process(reference, en
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc_per_node", "1",
            "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}", "--rdzv_id", "genloom-test",
            "-m", "genloom", "train", "-c", str(TINY_TOML), *sets(english_dir, out, batch_size=4)]
-    nodes = [subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    nodes = [subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     for node in nodes:
         _, err = node.communicate(timeout=240)
@@ -146,7 +149,7 @@ def test_a_killed_rank_ends_the_run_and_it_resumes_from_its_last_checkpoint(engl
     args = sets(english_dir, out, batch_size=4, max_steps=100_000, ckpt_interval=5, eval_interval=100_000)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genloom",
            "train", "-c", str(TINY_TOML), *args]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120
         while not (out / "last.pt").exists():
@@ -175,7 +178,7 @@ def test_a_signal_to_one_rank_stops_every_rank_after_the_same_step(english_dir, 
     args = sets(english_dir, out, batch_size=4, max_steps=100_000, ckpt_interval=100_000, eval_interval=100_000)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "genloom",
            "train", "-c", str(TINY_TOML), *args]
-    launcher = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    launcher = subprocess.Popen(cmd, cwd=ROOT, env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:
         deadline = time.monotonic() + 120
         while len(losses(out) if (out / "metrics.jsonl").exists() else {}) < 3:
@@ -215,7 +218,7 @@ def test_buffers_a_step_changes_are_rank_0s_on_every_rank(tmp_path):
     """BatchNorm statistics and a VQ codebook's EMA move with each rank's own rows; like DDP, rank 0's win."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "tests" / "dist_buffers.py"), str(tmp_path / "vq")]
-    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240, cwd=ROOT, env=ENV)
+    r = subprocess.run(cmd, check=False, capture_output=True, text=True, timeout=240, cwd=ROOT, env=launch_env())
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads([ln for ln in r.stdout.splitlines() if ln.startswith("{")][0])
     assert result["buffers"] > 0 and result["max_difference"] == 0.0
@@ -236,7 +239,7 @@ def _free_port() -> int:
 
 
 def _rank_env(rank: int, world: int, port: int, **extra) -> dict:
-    return {**ENV, "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+    return {**launch_env(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), **extra}
 
 
