@@ -47,6 +47,7 @@ class TextUpload:
     def __init__(self, folder: Path, limit: int):
         self.folder, self.limit = folder, limit
         self.fields: dict[str, str] = {}
+        self.lists: dict[str, list[str]] = {}  # repeated fields (timestamp_granularities[]) in order
         self.filename: str | None = None
         self.size, self.blank, self.tmp, self._out = 0, True, None, None
         self.midi, self._head = False, b""
@@ -73,6 +74,8 @@ class TextUpload:
         self._headers[self._header[0].strip().lower()] = self._header[1].strip()
         self._header = [b"", b""]
 
+    ONE_FILE, DEFAULT_NAME = "Send one file per upload.", "upload.txt"
+
     def _headers_finished(self):
         _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
         self._name = opts.get(b"name", b"").decode("utf-8", "replace")
@@ -80,16 +83,26 @@ class TextUpload:
             self._value = b""
             return
         if self.filename is not None:
-            raise ApiError(400, "Send one file per upload.", param="file")
-        self.filename = Path(opts.get(b"filename", b"upload.txt").decode("utf-8", "replace") or "upload.txt").name
-        suffix = Path(self.filename).suffix.lower()
+            raise ApiError(400, self.ONE_FILE, param="file")
+        name = opts.get(b"filename", b"").decode("utf-8", "replace") or self.DEFAULT_NAME
+        self.filename = Path(name).name
+        self._accept(self.filename)
+        self._out = self._open()
+
+    def _accept(self, filename: str) -> None:
+        """Refuse a file type before any of it is read (here: UTF-8 text or MIDI)."""
+        suffix = Path(filename).suffix.lower()
         self.midi = suffix in MIDI_SUFFIXES
         if suffix not in TEXT_SUFFIXES and not self.midi:
-            raise ApiError(400, f"Unsupported file type '{suffix or self.filename}'; upload one of "
+            raise ApiError(400, f"Unsupported file type '{suffix or filename}'; upload one of "
                            f"{', '.join(sorted(TEXT_SUFFIXES))} (UTF-8 text) or {', '.join(sorted(MIDI_SUFFIXES))} "
                            f"(MIDI, purpose music).", param="file")
+
+    def _open(self):
+        """Where the file's bytes go: a temporary file in `folder` (renamed into place by `commit`)."""
         fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".upload-", suffix=".tmp")
-        self.tmp, self._out = Path(tmp), os.fdopen(fd, "wb")
+        self.tmp = Path(tmp)
+        return os.fdopen(fd, "wb")
 
     def _part_data(self, data, start, end):
         chunk = data[start:end]
@@ -114,7 +127,9 @@ class TextUpload:
         elif self._name == "file":
             self._text(b"", final=True)
         elif self._name:
-            self.fields[self._name] = self._value.decode("utf-8", "replace")
+            value = self._value.decode("utf-8", "replace")
+            self.fields[self._name] = value  # the last value of a repeated field; `lists` keeps them all
+            self.lists.setdefault(self._name, []).append(value)
 
     def _text(self, chunk: bytes, final: bool = False):
         try:

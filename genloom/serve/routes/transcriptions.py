@@ -15,7 +15,6 @@ from pathlib import Path
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
-from python_multipart.multipart import parse_options_header
 from starlette.requests import ClientDisconnect
 
 from genloom.errors import GenloomError
@@ -61,37 +60,17 @@ class AudioUpload(TextUpload):
     temporary file in `folder` or, without a folder, into memory; repeated fields (timestamp_granularities[])
     kept in order."""
 
-    def __init__(self, folder: Path | None, limit: int):
-        super().__init__(folder, limit)
-        self.lists: dict[str, list[str]] = {}
+    ONE_FILE, DEFAULT_NAME = "Send one audio file per request.", "audio"
 
-    def _headers_finished(self):
-        _, opts = parse_options_header(self._headers.get(b"content-disposition", b""))
-        self._name = opts.get(b"name", b"").decode("utf-8", "replace")
-        if self._name != "file":
-            self._value = b""
-            return
-        if self.filename is not None:
-            raise ApiError(400, "Send one audio file per request.", param="file")
-        self.filename = Path(opts.get(b"filename", b"audio").decode("utf-8", "replace") or "audio").name
+    def _accept(self, filename: str) -> None:  # any name: the decoder says whether it is audio
+        pass
+
+    def _open(self):
         if self.folder is None:
-            self._out = io.BytesIO()
-        else:
-            fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".audio-", suffix=".tmp")
-            self.tmp, self._out = Path(tmp), os.fdopen(fd, "wb")
-
-    def _part_data(self, data, start, end):
-        if self._name == "file":
-            return super()._part_data(data, start, end)
-        self._value += data[start:end]
-        if len(self._value) > MAX_FIELD_BYTES:
-            raise ApiError(400, f"Form field '{self._name}' is longer than {MAX_FIELD_BYTES} bytes.", param=self._name)
-
-    def _part_end(self):
-        if self._name and self._name != "file":
-            value = self._value.decode("utf-8", "replace")
-            self.fields[self._name] = value
-            self.lists.setdefault(self._name, []).append(value)
+            return io.BytesIO()
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".audio-", suffix=".tmp")
+        self.tmp = Path(tmp)
+        return os.fdopen(fd, "wb")
 
     def _text(self, chunk: bytes, final: bool = False):  # audio is binary: only "is anything there" is noted
         self.blank = self.blank and not chunk
