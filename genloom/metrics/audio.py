@@ -304,17 +304,20 @@ def mel_filterbank(n_mels: int = MCD_MELS, n_fft: int = MCD_FFT, sr: int = MCD_R
     return np.maximum(0.0, np.minimum((freqs - lo) / (mid - lo), (hi - freqs) / (hi - mid)))
 
 
+def mel_power(samples, sr: int, *, hop: int = MCD_HOP, n_mels: int = MCD_MELS) -> np.ndarray:
+    """(T, n_mels) mel-band power of 25 ms Hann frames every `hop` samples at 16 kHz (n_fft 512, the HTK mel bank):
+    what the MCD analysis and the report's spectrograms read."""
+    x = resample(samples, sr, MCD_RATE)
+    x = np.pad(x, (0, max(0, MCD_WINDOW - x.size)))
+    frames = np.lib.stride_tricks.sliding_window_view(x, MCD_WINDOW)[::hop] * np.hanning(MCD_WINDOW)
+    return (np.abs(np.fft.rfft(frames, MCD_FFT)) ** 2) @ mel_filterbank(n_mels).T
+
+
 def mel_cepstrum(samples, sr: int) -> np.ndarray:
     """Mel-cepstral coefficients c_0..c_24 per frame, (T, 25), by the analysis MCD_PROTOCOL states."""
     from scipy.fft import dct
 
-    x = resample(samples, sr, MCD_RATE)
-    if x.size < MCD_WINDOW:
-        x = np.pad(x, (0, MCD_WINDOW - x.size))
-    n = 1 + (x.size - MCD_WINDOW) // MCD_HOP
-    frames = np.lib.stride_tricks.sliding_window_view(x, MCD_WINDOW)[::MCD_HOP][:n] * np.hanning(MCD_WINDOW)
-    power = np.abs(np.fft.rfft(frames, MCD_FFT)) ** 2  # (T, n_fft/2 + 1)
-    log_amp = 0.5 * np.log(np.maximum(power @ mel_filterbank().T, 1e-10))  # (T, mels)
+    log_amp = 0.5 * np.log(np.maximum(mel_power(samples, sr), 1e-10))  # (T, mels)
     return dct(log_amp, type=2, axis=1)[:, : MCD_ORDER + 1] / (2 * MCD_MELS)  # c_m = 1/N sum ln A_n cos(pi m (n+.5)/N)
 
 
