@@ -416,10 +416,21 @@ def whisper_transcriber(recognizer: asr.AsrModel, language: str = WER_LANGUAGE):
     return run
 
 
-def spectrogram_png(clips: list[tuple[str, object, int]]) -> bytes:
-    """Log-mel spectrograms (dB, 80 bands to 8 kHz, 25 ms / 10 ms), one panel per (caption, samples, rate)."""
+def figure_png(fig, *, dpi: int) -> bytes:
+    """A matplotlib figure laid out, as PNG bytes, and closed (the report's pictures)."""
     import io
 
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def spectrogram_png(clips: list[tuple[str, object, int]]) -> bytes:
+    """Log-mel spectrograms (dB, 80 bands to 8 kHz, 25 ms / 10 ms), one panel per (caption, samples, rate)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -434,11 +445,7 @@ def spectrogram_png(clips: list[tuple[str, object, int]]) -> bytes:
         ax.set_title(cap, fontsize=9, loc="left")
         ax.set_ylabel("mel band", fontsize=8)
     axes[-1, 0].set_xlabel("seconds")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=70)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=70)
 
 
 def audio_section(audio: str, texts_path: str | None, *, references: str | None = None, asr_model: str | None = None,
@@ -560,8 +567,6 @@ def sample_music(model, tok, n: int, *, seed: int = 0, max_tokens: int = 0, temp
 
 def _plot_histograms(sets: dict[str, dict[str, list[float]]]) -> bytes:
     """One panel per feature: the sets' histograms side by side on shared bins (densities)."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -583,17 +588,11 @@ def _plot_histograms(sets: dict[str, dict[str, list[float]]]) -> bytes:
     for ax in axes.ravel()[len(names):]:
         ax.axis("off")
     axes.ravel()[0].legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=80)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=80)
 
 
 def _plot_piano_rolls(scores: list, captions: list[str]) -> bytes:
     """Piano rolls (time in quarters across, MIDI pitch up) of a few pieces, one row each."""
-    import io
-
     import matplotlib
 
     matplotlib.use("Agg")
@@ -608,11 +607,7 @@ def _plot_piano_rolls(scores: list, captions: list[str]) -> bytes:
         ax.set_ylabel("pitch", fontsize=8)
         ax.set_title(cap, fontsize=9, loc="left")
     axes[-1, 0].set_xlabel("quarter notes")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=70)
-    plt.close(fig)
-    return buf.getvalue()
+    return figure_png(fig, dpi=70)
 
 
 def crop_bars(score, bars: int):
