@@ -17,7 +17,8 @@ import torch
 
 from genloom import devices, diffusion
 from genloom.data import speech
-from genloom.data.moderation import CATEGORIES, label_matrix, ngram_batch, read_split, term_features
+from genloom.data.moderation import (CATEGORIES, CONCEPT_DIM, concept_features, label_matrix, ngram_batch, read_split,
+                                     term_features)
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
 from genloom.data.text import TokenData
 from genloom.embeddings import embed
@@ -613,7 +614,8 @@ class TTSTask:
             model.train(was_training)
         return speech.AudioSamples(waves, mels, [texts[i] if i < len(texts) else "" for i in range(len(waves))])
 def moderation_features(texts: list[str], buckets: int, cache: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dense, ngrams) for the text classifier: MiniLM embedding + curated-term counts, hashed n-gram ids.
+    """(dense, ngrams) for the text classifier: MiniLM embedding + curated-term counts + concepts and their pairs
+    (genloom.data.moderation.CONCEPTS), hashed n-gram ids.
     With `cache` (training), embeddings are kept per text in that .npz file and only new texts are embedded."""
     texts = list(texts)
     if cache is None:
@@ -627,7 +629,7 @@ def moderation_features(texts: list[str], buckets: int, cache: Path | None = Non
             cache.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(cache, lambda f: np.savez(f, **known))
         vecs = np.stack([known[k] for k in keys]) if keys else embed([])
-    dense = np.concatenate([vecs, term_features(texts)], axis=1).astype(np.float32)
+    dense = np.concatenate([vecs, term_features(texts), concept_features(texts)], axis=1).astype(np.float32)
     return torch.from_numpy(dense), torch.from_numpy(ngram_batch(texts, buckets))
 
 
@@ -656,7 +658,7 @@ class ModerationTask:
 
     def model_config(self, mdict: dict) -> dict:
         mdict.setdefault("labels", list(CATEGORIES))
-        mdict.setdefault("extra_dim", len(CATEGORIES))
+        mdict.setdefault("extra_dim", len(CATEGORIES) + CONCEPT_DIM)  # term counts, then concepts and their pairs
         return mdict
 
     def bind(self, model_config) -> None:

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 class TextClassifierConfig:
     labels: list = field(default_factory=list)  # the label names, in logit order
     embed_dim: int = 384  # the sentence embedding's size (all-MiniLM-L6-v2)
-    extra_dim: int = 0  # further dense features after the embedding (curated-term counts)
+    extra_dim: int = 0  # further dense features after the embedding (curated-term counts first, then concepts)
     buckets: int = 65536  # hashed n-gram buckets (id 0 is padding)
     ngram_dim: int = 64
     hidden: int = 256  # 0: a linear head (logistic regression on the features)
@@ -32,13 +32,14 @@ class TextClassifier(nn.Module):
         super().__init__()
         self.config = c = config
         self.ngrams = nn.EmbeddingBag(c.buckets, c.ngram_dim, mode="mean", padding_idx=0)
+        nn.init.zeros_(self.ngrams.weight)  # an n-gram never seen in training says nothing (random rows made "嗨" harm)
         self.direct = nn.EmbeddingBag(c.buckets, len(c.labels), mode="sum", padding_idx=0)  # fastText's linear path
         nn.init.zeros_(self.direct.weight)
         self.extra = nn.Linear(c.extra_dim, len(c.labels), bias=False) if c.extra_dim else None  # term counts -> logits
-        if self.extra is not None and c.extra_dim == len(c.labels):  # a prior: a term of a category speaks for it
-            nn.init.zeros_(self.extra.weight)
+        if self.extra is not None and c.extra_dim >= len(c.labels):  # a prior: a term of a category speaks for it
+            nn.init.zeros_(self.extra.weight)  # (the first len(labels) extra features are the term counts)
             with torch.no_grad():
-                self.extra.weight.fill_diagonal_(c.term_prior)
+                self.extra.weight[:, :len(c.labels)].fill_diagonal_(c.term_prior)
         n_in = c.embed_dim + c.extra_dim + c.ngram_dim
         self.mlp = (nn.Sequential(nn.Linear(n_in, c.hidden), nn.GELU(), nn.Dropout(c.dropout), nn.Linear(c.hidden, len(c.labels)))
                     if c.hidden else nn.Sequential(nn.Dropout(c.dropout), nn.Linear(n_in, len(c.labels))))  # 0: linear
