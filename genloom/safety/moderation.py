@@ -27,7 +27,7 @@ from PIL import Image, UnidentifiedImageError
 
 import genloom
 from genloom.checkpoints import load_model
-from genloom.data.moderation import CATEGORIES, LANGS, language, read_split, term_hits, term_matrix
+from genloom.data.moderation import CATEGORIES, LANGS, label_matrix, language, read_split, term_hits, term_matrix
 from genloom.errors import GenloomError
 from genloom.files import atomic_write_text
 from genloom.objectives import moderation_features
@@ -44,6 +44,7 @@ IMAGE_CATEGORIES = ("sexual",)  # what the image detector scores
 NSFW_PARTS = ("FEMALE_BREAST_EXPOSED", "FEMALE_GENITALIA_EXPOSED", "MALE_GENITALIA_EXPOSED", "BUTTOCKS_EXPOSED",
               "ANUS_EXPOSED")
 DEFAULT_THRESHOLD = 0.5
+MIN_SUPPORT = 20  # validation examples a category needs in a language to get a threshold of its own (tune)
 WINDOW = 600  # characters: long texts are scored in overlapping windows, the maximum kept
 
 log = logging.getLogger("genloom.safety")
@@ -157,40 +158,76 @@ def moderate(texts: list[str], model: str = MODEL, thresholds: dict | None = Non
 
 
 def tune(folder: str | Path, data: str | Path, max_fpr: float = 0.045) -> dict:
-    """Per-language thresholds from the validation split alone: the lowest threshold (one for every category of a
-    language) whose flagged false-positive rate is at most `max_fpr` (the goal is 0.05, a little margin kept),
-    with the term-list weight that gives the best validation recall; written to folder/thresholds.json."""
+    """Per-language thresholds from the validation split alone, in two steps. (1) One threshold for every category of
+    a language: the lowest whose flagged false-positive rate is at most `max_fpr` (the goal is 0.05, a little margin
+    kept), with the term-list weight that gives the best validation recall. (2) Per category, that threshold or a
+    lower one, the one with the best F1 of the category, as long as the language's flagged FPR stays <= max_fpr
+    (a child such as self-harm/intent scores below its parent; lowering only, flagged recall never falls), not below
+    half of it, and only for a category with MIN_SUPPORT validation examples in the language (fewer: an F1 on a
+    dozen texts picks noise)
+    Written to folder/thresholds.json; the test split is not read."""
     clf = TextModerator(folder)
     clf.term_weight = {lang: 0.0 for lang in LANGS}
     rows = read_split(data, "val")
     texts = [r["text"] for r in rows]
     raw = clf.scores(texts)
+    y = label_matrix(rows)[:, [CATEGORIES.index(c) for c in clf.labels]].astype(bool)  # (N, labels)
     grid = [round(0.05 * k, 2) for k in range(1, 20)]
-    chosen, weights, figures = {}, {}, {}
+    thresholds, weights, figures = {}, {}, {}
     for lang in LANGS:
+        keep = np.array([r["lang"] == lang for r in rows])
+        harmful, benign = y[keep].any(axis=1), ~y[keep].any(axis=1)
         best = None
         for w in (0.0, 0.25, 0.5, 0.75, 0.9):
-            probs = clf.fuse(raw, texts, {k: w for k in LANGS}).max(axis=1)
-            pairs = [(bool(r["labels"]), float(p)) for r, p in zip(rows, probs) if r["lang"] == lang]
-            benign = max(1, sum(not y for y, _ in pairs))
-            harmful = max(1, sum(y for y, _ in pairs))
+            probs = clf.fuse(raw, texts, {k: w for k in LANGS})[keep]
             for t in grid:
-                fpr = sum(p >= t and not y for y, p in pairs) / benign
-                if fpr <= max_fpr:
-                    recall = sum(p >= t and y for y, p in pairs) / harmful
-                    if best is None or recall > best[0]:
-                        best = (recall, w, t, fpr)
+                flagged = probs.max(axis=1) >= t
+                if _rate(flagged, benign) <= max_fpr:
+                    if best is None or _rate(flagged, harmful) > best[0]:
+                        best = (_rate(flagged, harmful), w, t, probs)
                     break
-        recall, w, t, fpr = best if best is not None else (0.0, 0.0, grid[-1], float("nan"))
-        chosen[lang], weights[lang] = t, w
-        figures[lang] = {"threshold": t, "term_weight": w, "val_fpr": round(fpr, 4), "val_recall": round(recall, 4)}
-    out = {"thresholds": {lang: {c: chosen[lang] for c in clf.labels} for lang in LANGS}, "term_weight": weights,
+        if best is None:
+            best = (0.0, 0.0, grid[-1], clf.fuse(raw, texts, {k: 0.0 for k in LANGS})[keep])
+        _, w, t, probs = best
+        th = np.full(len(clf.labels), t)
+        for j in range(len(clf.labels)):
+            if y[keep][:, j].sum() < MIN_SUPPORT:
+                continue  # too few validation examples to pick a threshold of its own
+            scored = []
+            for tj in (g for g in grid if t / 2 <= g <= t):
+                trial = th.copy()
+                trial[j] = tj
+                if _rate((probs >= trial).any(axis=1), benign) <= max_fpr:
+                    scored.append((_f1(probs[:, j] >= tj, y[keep][:, j]), tj))
+            th[j] = max(scored)[1] if scored else t  # best F1, ties to the higher threshold
+        flagged = (probs >= th).any(axis=1)
+        thresholds[lang] = {c: float(v) for c, v in zip(clf.labels, th)}
+        weights[lang] = w
+        figures[lang] = {"threshold": t, "term_weight": w, "val_fpr": round(_rate(flagged, benign), 4),
+                         "val_recall": round(_rate(flagged, harmful), 4), "harmful": int(harmful.sum()),
+                         "benign": int(benign.sum()),
+                         "category_recall": {c: round(_rate(probs[:, j] >= th[j], y[keep][:, j]), 4)
+                                             for j, c in enumerate(clf.labels) if y[keep][:, j].any()}}
+    out = {"thresholds": thresholds, "term_weight": weights,
            "protocol": f"per language, the term-list weight (0, 0.25, 0.5, 0.75, 0.9) and the lowest threshold of "
                        f"0.05..0.95 whose flagged FPR on {Path(data) / 'val.jsonl'} is <= {max_fpr}, the pair with the "
-                       f"best validation recall; the test split is not read", "validation": figures}
+                       f"best validation recall; then per category with >= {MIN_SUPPORT} validation examples that threshold "
+                       f"or a lower one down to its half, the best validation F1 of the category with the flagged FPR "
+                       f"still <= {max_fpr}; the test split is not read",
+           "validation": figures}
     atomic_write_text(Path(folder) / "thresholds.json", json.dumps(out, indent=2, ensure_ascii=False))
     text_moderator.cache_clear()
     return out
+
+
+def _rate(hit: np.ndarray, of: np.ndarray) -> float:
+    """The share of the rows in `of` that `hit` (recall on harmful rows, FPR on benign ones); 0.0 when none."""
+    return float((hit & of).sum() / max(1, of.sum()))
+
+
+def _f1(pred: np.ndarray, true: np.ndarray) -> float:
+    tp = float((pred & true).sum())
+    return 2 * tp / max(1.0, float(pred.sum() + true.sum()))
 
 
 # ---- images ----
