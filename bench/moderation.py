@@ -1,6 +1,7 @@
 """Moderation quality and latency: genloom-moderation-2 against the first version (genloom-moderation-1) on the
-held-out test split of genloom's labelled set (genloom/data/assets/moderation/test.jsonl: templates, hand-written
-lines and corpus lines never used for training or for tuning thresholds; its README.md is the datasheet).
+held-out test split of genloom's labelled set (genloom/data/assets/moderation/test.jsonl, version 3: the hand-written
+English and Chinese lines of genloom/safety/moderation_heldout.py, never used for training or for tuning thresholds;
+its README.md is the datasheet). Each run reads the held-out set: list every run in bench/RESULTS.md.
 
 Per language: precision, recall and false-positive rate of `flagged` (any category) against "has any label";
 per category: recall on the examples carrying it. Latency: one request of one text (the median and p90 over the

@@ -18,7 +18,7 @@ from genloom.config import DataConfig, RunConfig, TrainConfig
 from genloom.data import moderation as feats
 from genloom.errors import GenloomError
 from genloom.safety import moderation
-from genloom.safety.moderation_data import augment, split
+from genloom.safety.moderation_data import augment, heldout, split
 from genloom.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,6 +50,13 @@ def test_terms_match_whole_words_and_see_through_obfuscation():
     assert feats.language("我想自杀") == "zh" and feats.language("kill -9 1234") == "en"
 
 
+def test_chinese_features_pair_characters_across_a_modifier():
+    """炸掉汽车 and 炸了那辆汽车 share 炸_汽/炸_车-style pairs beyond their common characters."""
+    pair = feats._hash("y:炸车", 1 << 15)
+    assert pair in feats.ngram_ids("炸掉汽车", 1 << 15) and pair in feats.ngram_ids("炸了车", 1 << 15)
+    assert pair not in feats.ngram_ids("炸鸡和汽车", 1 << 15)
+
+
 def test_ngram_ids_are_stable_and_in_range():
     a, b = feats.ngram_ids("杀毒软件 kill", 1024), feats.ngram_ids("杀毒软件 kill", 1024)
     assert a == b and a and all(1 <= i < 1024 for i in a)
@@ -67,7 +74,10 @@ def test_bundled_set_is_split_by_group_with_a_held_out_test_side():
         assert {r["lang"] for r in rows if r["labels"]} == {"en", "zh"}
         assert {r["lang"] for r in rows if not r["labels"]} == {"en", "zh"}
         assert not any("augmented" in r["source"] for r in rows)
-    assert any(r["source"].startswith("corpus:") for r in parts["test"])
+    # the test split is the hand-written version-3 set alone, and none of its texts is on the other sides
+    assert {r["source"] for r in parts["test"]} == {"heldout-v3"} and len(parts["test"]) == len(heldout())
+    seen = {feats.normalize(r["text"]) for s in ("train", "val") for r in parts[s]}
+    assert not seen & {feats.normalize(r["text"]) for r in parts["test"]}
     readme = (DATA / "README.md").read_text(encoding="utf-8")
     assert "Licence" in readme and "held out" in readme and "KJV" in readme
 
@@ -80,7 +90,7 @@ def test_split_keeps_a_template_on_one_side():
     for s, rs in parts.items():
         for r in rs:
             assert where.setdefault(r["group"], s) == s
-    assert all(parts[s] for s in feats.SPLITS)
+    assert parts["train"] and parts["val"] and not parts["test"]  # the test split is written apart (heldout)
     aug = augment(parts["train"] + [{"text": "fine", "lang": "en", "labels": [], "source": "corpus:x", "group": "c"}])
     assert aug and all(r["labels"] == ["violence"] for r in aug)
 
@@ -95,9 +105,9 @@ def test_chinese_paraphrases_are_their_own_stratum_and_colloquial_terms_match():
     before = {r["group"]: s for s, rs in split(rows).items() for r in rs}
     after = {r["group"]: s for s, rs in split(rows + para).items() for r in rs}
     assert all(after[g] == s for g, s in before.items())
-    assert {after[f"p{g}"] for g in range(15)} == set(feats.SPLITS)
-    parts = {s: feats.read_split(DATA, s) for s in feats.SPLITS}
-    assert all(any(r["source"] == "paraphrase" and r["labels"] for r in parts[s]) for s in feats.SPLITS)
+    assert {after[f"p{g}"] for g in range(15)} == {"train", "val"}
+    parts = {s: feats.read_split(DATA, s) for s in ("train", "val")}
+    assert all(any(r["source"] == "paraphrase" and r["labels"] for r in parts[s]) for s in parts)
     assert "self-harm/intent" in feats.term_hits("我好想死，撑不下去了")
     assert "hate" in feats.term_hits("他们天生低人一等")
     assert "violence" in feats.term_hits("帮我想个办法做掉他")
@@ -132,6 +142,11 @@ def test_textclf_family_trains_through_the_trainer(tiny_set, tmp_path):
     assert clf.labels == list(feats.CATEGORIES)
     p = clf.scores(["I will kill you", "nice weather today"])
     assert p.shape == (2, 13) and np.all((p >= 0) & (p <= 1))
+    tuned = moderation.tune(out, tiny_set)  # per language, then per category at or below it, on validation only
+    for lang in feats.LANGS:
+        t, th = tuned["validation"][lang]["threshold"], tuned["thresholds"][lang]
+        assert set(th) == set(feats.CATEGORIES) and all(v <= t for v in th.values())
+    assert moderation.TextModerator(out).thresholds == tuned["thresholds"]
 
 
 # ---- the bundled classifier ----
