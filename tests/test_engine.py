@@ -383,3 +383,41 @@ def test_joiners_prefilled_together_equal_generate_alone(model_tok):
     drive(engine, first + later)
     for h, c in zip(first + later, ref):
         assert h.result() == (c.text, c.finish_reason) and tokens(h) == c.token_ids
+
+
+def test_the_worker_leaves_one_core_to_the_event_loop_and_others_their_threads(llama):
+    """decode_threads keeps one core for the server's event loop; the worker's setting is its own: the process
+    default that other threads (image routes, moderation) start with stays as it was."""
+    from genloom.serve.engine import decode_threads
+
+    assert [decode_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    model, tok = llama
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, *a, **kw):
+            seen.append(torch.get_num_threads())
+            return self.inner(*a, **kw)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = TextEngine(Spy(model), tok, max_batch=2)
+        assert engine.threads == 1
+        engine.start()
+        try:
+            engine.submit("abc", SamplingParams(max_new_tokens=3, **GREEDY)).result(timeout=30)
+        finally:
+            engine.stop()
+        later = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert set(seen) == {1} and later == [2] and torch.get_num_threads() == 2
+        assert TextEngine(model, tok, threads=2).threads == 2
+    finally:
+        torch.set_num_threads(before)
