@@ -110,15 +110,8 @@ class RequestHandle:
 
     async def aevents(self) -> AsyncIterator[Event]:
         """The same events for asyncio consumers: the worker wakes the loop, nothing polls."""
-        loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-
-        def waker():
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
-
+        waker = (asyncio.get_running_loop(), wake.set)
         with self._cond:
             self._wakers.append(waker)
         i = 0
@@ -149,7 +142,9 @@ class RequestHandle:
                 raise self._error
             return "".join(e.text for e in self._events), self._events[-1].finish_reason
 
-    def _push(self, ev: Event) -> None:
+    def _push(self, ev: Event, woken: dict | None = None) -> None:
+        """Add an event and wake the consumers; with `woken` ({loop: [callbacks]}) the asyncio ones are only
+        collected there, for the caller to wake with one call per loop (wake_all) after the whole batch's events."""
         now = time.monotonic()
         with self._cond:
             if self._done:
@@ -161,8 +156,10 @@ class RequestHandle:
                 self._done, self.finished_at = True, now
             self._cond.notify_all()
             wakers = list(self._wakers)
-        for w in wakers:
-            w()
+        if woken is None:
+            wake_all(gather(wakers, {}))
+        else:
+            gather(wakers, woken)
 
     def _fail(self, error: BaseException) -> None:
         with self._cond:
@@ -171,8 +168,28 @@ class RequestHandle:
             self._error, self._done, self.finished_at = error, True, time.monotonic()
             self._cond.notify_all()
             wakers = list(self._wakers)
-        for w in wakers:
-            w()
+        wake_all(gather(wakers, {}))
+
+
+def gather(wakers: list[tuple], woken: dict) -> dict:
+    """Asyncio consumers' (loop, callback) wakers into woken, {loop: [callbacks]}."""
+    for loop, callback in wakers:
+        woken.setdefault(loop, []).append(callback)
+    return woken
+
+
+def wake_all(woken: dict) -> None:
+    """One thread-safe call per event loop runs all its callbacks: a batch's 16 events wake the loop once."""
+    for loop, callbacks in woken.items():
+        try:
+            loop.call_soon_threadsafe(_run_all, callbacks)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+def _run_all(callbacks: list) -> None:
+    for callback in callbacks:
+        callback()
 
 
 class _Row:
@@ -335,7 +352,7 @@ class TextEngine:
         if not self._rows:
             return
         toks, failed = self._sample()
-        finished = []
+        finished, woken = [], {}
         for i, (r, t) in enumerate(zip(self._rows, toks)):
             if i not in failed:
                 try:
@@ -345,11 +362,12 @@ class TextEngine:
             if i in failed:
                 finished.append(i)
                 continue
-            r.h._push(ev)
+            r.h._push(ev, woken)
             self._counters["tokens_out"] += 1
             if ev.finish_reason is not None:
                 finished.append(i)
                 self._counters["finished"] += 1
+        wake_all(woken)  # one wake-up per event loop for the whole batch
         self._fail_requests([(self._rows[i].h, e) for i, e in failed.items()])
         order = self._remove(finished)  # the kept rows' old indices, in their new order
         if self._rows:
