@@ -421,3 +421,28 @@ def test_the_worker_leaves_one_core_to_the_event_loop_and_others_their_threads(l
         assert TextEngine(model, tok, threads=2).threads == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_a_step_wakes_each_event_loop_once_for_the_whole_batch(llama):
+    """The batch's events of one step reach an asyncio loop through one call_soon_threadsafe (not one per row)."""
+    model, tok = llama
+
+    class Loop:
+        def __init__(self):
+            self.calls, self.callbacks = 0, 0
+
+        def call_soon_threadsafe(self, fn, callbacks):
+            self.calls += 1
+            self.callbacks += len(callbacks)
+            fn(callbacks)
+
+    loop, woke = Loop(), []
+    engine = TextEngine(model, tok, max_batch=3)
+    handles = [engine.submit(p, SamplingParams(max_new_tokens=5, **GREEDY)) for p in PROMPTS[:3]]
+    for h in handles:
+        h._wakers.append((loop, lambda h=h: woke.append(h.id)))
+    steps = 0
+    while not all(h.finished for h in handles):
+        engine.step()
+        steps += 1
+    assert loop.calls == steps == 5 and loop.callbacks == len(woke) == 15
