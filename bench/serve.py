@@ -9,6 +9,14 @@ non-empty delta.content. One warmup request precedes each timed run. The bundled
 replies mostly end (stop) after about ten tokens, well before max_tokens, so these runs weigh prefill and
 per-request HTTP work as much as decoding; tokens_per_request in the output says how long replies were.
 
+Both servers of a comparison are the same create_app with the same settings, as `genloom serve` sets them except
+where said: watermark on (the installation key in ./genloom-data), the engine's worker on decode_threads(2) = 1
+intra-op thread (one core left to the event loop), labels on; moderation off (create_app without a policy;
+`genloom serve` defaults to block, which screens every prompt and every 24 characters of output with the
+moderation classifier, the same work per request on both sides), no data directory (no history rows), no jobs
+worker. They differ only in max_batch. Beside tokens/s (wall clock) each row gives tokens per server CPU-second
+(all the server's threads): on a shared machine the wall-clock rate follows the load, the CPU cost per token much less.
+
 Cases:
   serve-16-clients-stream    16 clients x 16 requests; tokens/s with continuous batching (max_batch=16)
                              against the same server forced to one request at a time (max_batch=1),
@@ -306,6 +314,7 @@ def summarize(side: dict, server_cpu: float) -> dict:
         "texts": {key: r["text"] for key, r in results.items()},
         "errors": sorted({str(r["error"] or r["status"]) for r in results.values() if not ok(r)})[:5],
         "server_cpu_s": round(server_cpu, 2),
+        "tokens_per_server_cpu_s": round(tokens / server_cpu, 1) if server_cpu else None,
         "client_cpu_s": round(side["client_cpu"], 2),
     }
 
@@ -496,6 +505,11 @@ def stream_row(case: str, ours: dict, peer: dict, *, min_tokens: int, clients: i
         "finish_reasons": ours["finish_reasons"], "peer_finish_reasons": peer["finish_reasons"],
         "errors": ours["errors"] + peer["errors"],
         "server_cpu_s": ours["server_cpu_s"], "peer_server_cpu_s": peer["server_cpu_s"],
+        # tokens per CPU-second of each server (all its threads): what a busy machine changes least
+        "tokens_per_server_cpu_s": ours["tokens_per_server_cpu_s"],
+        "peer_tokens_per_server_cpu_s": peer["tokens_per_server_cpu_s"],
+        "ratio_per_server_cpu_s": round(ours["tokens_per_server_cpu_s"] / peer["tokens_per_server_cpu_s"], 3)
+        if ours["tokens_per_server_cpu_s"] and peer["tokens_per_server_cpu_s"] else None,
         "client_cpu_s": ours["client_cpu_s"], "peer_client_cpu_s": peer["client_cpu_s"],
         "clients": clients, "rounds": rounds, "block": block, "max_batch": batch, "peer_max_batch": 1,
         "max_queue": 64, "min_tokens": min_tokens or None,

@@ -20,6 +20,13 @@ N = non-embedding parameters), achieved = that * tokens/s, divided by this machi
 
     python bench/train_step.py            # batch 16 x 256, 4 timed steps per side and dtype
     python bench/train_step.py --quick    # batch 4, 3 timed steps
+    python bench/train_step.py --profile  # also the per-op split of genloom's and the peer's step
+
+peer_mfu is the peer's achieved FLOP/s over the same matmul rate, and ceiling_ratio = matmul rate / the peer's
+achieved FLOP/s: the ratio genloom would reach if its whole step ran at the measured matmul rate (1 / peer_mfu).
+With --profile each side's step is also run under torch.profiler: self CPU time by op kind (matmul, attention,
+optimizer, norm, activation, loss + softmax, embedding, copies, elementwise, other) and matmul_op_gflops, the
+linears' 6 x N x tokens FLOPs over the matmul ops' own time (the attention's matmuls are under "attention").
 """
 
 from __future__ import annotations
@@ -157,6 +164,50 @@ def measure(sides: dict, batches, bf16: bool, warmup: int, steps: int) -> dict:
     return times
 
 
+# torch.profiler op names -> the categories of the per-op split (first match wins; the rest is "other")
+OP_KINDS = (
+    ("matmul", ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::_mkldnn", "mkldnn::")),
+    ("attention", ("scaled_dot_product", "flash_attention")),
+    ("optimizer", ("adam", "_foreach_")),
+    ("norm", ("layer_norm",)),
+    ("activation", ("gelu", "tanh")),
+    ("loss + softmax", ("cross_entropy", "nll_loss", "log_softmax", "_softmax")),
+    ("embedding", ("embedding",)),
+    ("copies", ("aten::copy_", "aten::clone", "aten::contiguous", "aten::to", "aten::_to_copy", "aten::cat")),
+    ("elementwise", ("aten::add", "aten::mul", "aten::div", "aten::sub", "aten::pow", "aten::where", "aten::fill_",
+                     "aten::zero_", "aten::sum", "aten::norm", "aten::linalg_vector_norm", "aten::clamp",
+                     "aten::masked_fill", "aten::stack", "aten::sqrt", "aten::rsqrt")),
+)
+
+
+def op_kind(name: str) -> str:
+    low = name.lower()
+    for kind, keys in OP_KINDS:
+        if any(k.lower() in low for k in keys):
+            return kind
+    return "other"
+
+
+def profile_split(fn, batches, bf16: bool, steps: int = 2) -> dict:
+    """Self CPU time of one side's steps by op kind (torch.profiler), in ms per step, and the step's wall ms."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn(batches[0], bf16)  # warm
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        t0 = time.perf_counter()
+        for i in range(steps):
+            fn(batches[i % len(batches)], bf16)
+        wall = (time.perf_counter() - t0) / steps
+    split: dict[str, float] = {}
+    for ev in prof.key_averages():
+        kind = op_kind(ev.key)
+        split[kind] = split.get(kind, 0.0) + ev.self_cpu_time_total / 1e3 / steps
+    total = sum(split.values())
+    return {"step_ms": round(wall * 1e3, 1), "profiled_ms": round(total, 1),
+            "ms": {k: round(v, 1) for k, v in sorted(split.items(), key=lambda kv: -kv[1])},
+            "share": {k: round(v / total, 3) for k, v in sorted(split.items(), key=lambda kv: -kv[1])}}
+
+
 def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="batch 4 and 3 timed steps")
@@ -168,6 +219,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--compile", action="store_true", help="also time genloom with train.compile (torch.compile of "
                     "the model; its own copy and optimizer); compile_s = its first step minus its best")
+    ap.add_argument("--profile", action="store_true", help="also profile genloom's and the peer's step (torch.profiler): "
+                    "self CPU time per op kind, and the matmul ops' own FLOP/s against the measured matmul rate")
     args = ap.parse_args(argv)
     import transformers
 
@@ -210,6 +263,7 @@ def main(argv=None) -> list[dict]:
         ours_tps, theirs_tps = tok / min(times["genloom"]), tok / min(times["peer"])
         default_tps = tok / min(times["peer_default"])
         achieved = flops_per_token * ours_tps / 1e9
+        peer_achieved = flops_per_token * theirs_tps / 1e9
         rows.append(
             {
                 "case": f"train-char10M-{name}",
@@ -228,6 +282,10 @@ def main(argv=None) -> list[dict]:
                 "achieved_gflops": round(achieved, 1),
                 "matmul_gflops": round(mm, 1),
                 "mfu": round(achieved / mm, 3),
+                "peer_achieved_gflops": round(peer_achieved, 1),
+                "peer_mfu": round(peer_achieved / mm, 3),
+                # genloom at the full measured matmul rate against the peer as measured: no step can beat this
+                "ceiling_ratio": round(mm / peer_achieved, 3),
                 "flops_per_token": flops_per_token,
                 "params": n_params,
                 "batch": batch,
@@ -250,6 +308,13 @@ def main(argv=None) -> list[dict]:
                             ratio_compiled_median=round(statistics.median(times["peer"]) / statistics.median(c), 3),
                             mfu_compiled=round(flops_per_token * c_tps / 1e9 / mm, 3),
                             compile_s=round(times["first"]["genloom_compiled"] - min(c), 1))
+        if args.profile:
+            matmul_flops = 6 * n_params * tok  # the linears' forward and backward FLOPs of one step
+            for side in ("genloom", "peer"):
+                split = profile_split(sides[side], batches, bf16)
+                mm_ms = split["ms"].get("matmul", 0.0)
+                split["matmul_op_gflops"] = round(matmul_flops / (mm_ms / 1e3) / 1e9, 1) if mm_ms else None
+                rows[-1][f"{side}_profile"] = split
     report("train_step", rows)
     return rows
 

@@ -582,3 +582,24 @@ def test_a_slow_model_does_not_block_the_others(monkeypatch):
     finally:
         release.set()
         s.close()
+
+
+def test_content_chunks_are_the_bytes_of_the_whole_chunk_encoded():
+    """The chat stream's content deltas are encoded into a per-choice template (routes/completions.content_chunks):
+    each must be exactly json.dumps of the whole chunk, whatever the text holds, with one `created` per stream."""
+    from genloom.serve.protocol import Delta
+    from genloom.serve.routes.completions import _chat_chunk, _Job, content_chunks
+
+    class Served:
+        name = 'ch"at\\'
+
+    job = _Job("chatcmpl-x", Served(), [], [], 0.0)
+    encode = content_chunks(job)
+    texts = [" hello", 'a "quoted" \\ back', "line\nbreak\ttab", "é 中文 😀", "\x00\x1f\x7f", "", "</script>", "\u2028"]
+    for i in (0, 3):
+        created = json.loads(encode(i, "x"))["created"]
+        for text in texts:
+            want = json.dumps({**_chat_chunk(job, i, Delta(content=text)), "created": created}, ensure_ascii=False)
+            assert encode(i, text) == want
+            assert json.loads(encode(i, text))["choices"][0] == {"index": i, "delta": {"content": text},
+                                                                 "logprobs": None, "finish_reason": None}

@@ -383,3 +383,66 @@ def test_joiners_prefilled_together_equal_generate_alone(model_tok):
     drive(engine, first + later)
     for h, c in zip(first + later, ref):
         assert h.result() == (c.text, c.finish_reason) and tokens(h) == c.token_ids
+
+
+def test_the_worker_leaves_one_core_to_the_event_loop_and_others_their_threads(llama):
+    """decode_threads keeps one core for the server's event loop; the worker's setting is its own: the process
+    default that other threads (image routes, moderation) start with stays as it was."""
+    from genloom.serve.engine import decode_threads
+
+    assert [decode_threads(n) for n in (1, 2, 4, 16)] == [1, 1, 3, 15]
+    model, tok = llama
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.config = inner, inner.config
+
+        def forward(self, *a, **kw):
+            seen.append(torch.get_num_threads())
+            return self.inner(*a, **kw)
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        engine = TextEngine(Spy(model), tok, max_batch=2)
+        assert engine.threads == 1
+        engine.start()
+        try:
+            engine.submit("abc", SamplingParams(max_new_tokens=3, **GREEDY)).result(timeout=30)
+        finally:
+            engine.stop()
+        later = []
+        t = threading.Thread(target=lambda: later.append(torch.get_num_threads()))
+        t.start()
+        t.join()
+        assert set(seen) == {1} and later == [2] and torch.get_num_threads() == 2
+        assert TextEngine(model, tok, threads=2).threads == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_step_wakes_each_event_loop_once_for_the_whole_batch(llama):
+    """The batch's events of one step reach an asyncio loop through one call_soon_threadsafe (not one per row)."""
+    model, tok = llama
+
+    class Loop:
+        def __init__(self):
+            self.calls, self.callbacks = 0, 0
+
+        def call_soon_threadsafe(self, fn, callbacks):
+            self.calls += 1
+            self.callbacks += len(callbacks)
+            fn(callbacks)
+
+    loop, woke = Loop(), []
+    engine = TextEngine(model, tok, max_batch=3)
+    handles = [engine.submit(p, SamplingParams(max_new_tokens=5, **GREEDY)) for p in PROMPTS[:3]]
+    for h in handles:
+        h._wakers.append((loop, lambda h=h: woke.append(h.id)))
+    steps = 0
+    while not all(h.finished for h in handles):
+        engine.step()
+        steps += 1
+    assert loop.calls == steps == 5 and loop.callbacks == len(woke) == 15

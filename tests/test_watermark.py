@@ -347,3 +347,26 @@ def test_a_server_with_watermarks_off_says_so_and_marks_nothing(tmp_path, caplog
         png = base64.b64decode(r.json()["data"][0]["b64_json"])
     assert not (tmp_path / watermark.KEY_FILE).exists()
     assert not watermark.detect_bytes(png, watermark.installation_key(tmp_path))["detected"]
+
+
+def test_the_engine_marks_a_batch_of_greedy_and_sampled_rows_as_generate_marks_each():
+    """The engine applies one green-list processor to all its rows at once; each row must still get its own previous
+    token's green list: staggered joins, greedy and sampled rows, equal to generate() alone with the mark."""
+    model = random_gpt("gpt2", vocab_size=50, block_size=256, seed=4)
+    tok = CharTokenizer(LETTERS)
+    marks = watermark.Watermarks(watermark.Secret(KEY))
+    params = [SamplingParams(max_new_tokens=40, temperature=0.0), SamplingParams(max_new_tokens=25, temperature=1.0, seed=3),
+              SamplingParams(max_new_tokens=33, temperature=0.0, repetition_penalty=1.3),
+              SamplingParams(max_new_tokens=30, temperature=0.0, min_new_tokens=30)]
+    prompts = ["abc", "hello", "xyzzy", "Q"]
+    ref = [generate(model, tok, [p], sp, marks.processors(50))[0].text for p, sp in zip(prompts, params)]
+    assert ref[0] != generate(model, tok, [prompts[0]], params[0])[0].text  # the mark changes greedy text here
+    engine = TextEngine(model, tok, max_batch=3, max_queue=4, watermarks=marks)
+    handles = []
+    for p, sp in zip(prompts, params):
+        handles.append(engine.submit(p, sp))
+        for _ in range(4):
+            engine.step()
+    while not all(h.finished for h in handles):
+        engine.step()
+    assert [h.result(timeout=1)[0] for h in handles] == ref

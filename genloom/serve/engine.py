@@ -34,6 +34,23 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 
 
+def decode_threads(available: int) -> int:
+    """The engine worker's intra-op threads: one core stays with the server's event loop (HTTP, SSE framing), as
+    vLLM's CPU backend keeps one core off its OpenMP threads for its scheduler. A decode step's parallel regions
+    wait for every thread they use, so a thread that shares its core with the event loop stalls every step."""
+    return max(1, available - 1)
+
+
+def own_threads(n: int) -> None:
+    """Set the calling thread's intra-op threads (OpenMP and MKL keep them per thread) and leave the process default,
+    which threads started later copy, as it was."""
+    default = torch.get_num_threads()  # also initialises this thread's setting before it is changed
+    torch.set_num_threads(n)  # this thread's, and the default new threads copy ...
+    restore = threading.Thread(target=torch.set_num_threads, args=(default,))  # ... which a helper thread puts back
+    restore.start()
+    restore.join()
+
+
 class QueueFull(Exception):
     """The waiting queue is at max_queue (an HTTP layer answers 429 or 503)."""
 
@@ -93,15 +110,8 @@ class RequestHandle:
 
     async def aevents(self) -> AsyncIterator[Event]:
         """The same events for asyncio consumers: the worker wakes the loop, nothing polls."""
-        loop = asyncio.get_running_loop()
         wake = asyncio.Event()
-
-        def waker():
-            try:
-                loop.call_soon_threadsafe(wake.set)
-            except RuntimeError:  # the loop is closed: nobody is listening any more
-                pass
-
+        waker = (asyncio.get_running_loop(), wake.set)
         with self._cond:
             self._wakers.append(waker)
         i = 0
@@ -132,7 +142,9 @@ class RequestHandle:
                 raise self._error
             return "".join(e.text for e in self._events), self._events[-1].finish_reason
 
-    def _push(self, ev: Event) -> None:
+    def _push(self, ev: Event, woken: dict | None = None) -> None:
+        """Add an event and wake the consumers; with `woken` ({loop: [callbacks]}) the asyncio ones are only
+        collected there, for the caller to wake with one call per loop (wake_all) after the whole batch's events."""
         now = time.monotonic()
         with self._cond:
             if self._done:
@@ -144,8 +156,10 @@ class RequestHandle:
                 self._done, self.finished_at = True, now
             self._cond.notify_all()
             wakers = list(self._wakers)
-        for w in wakers:
-            w()
+        if woken is None:
+            wake_all(gather(wakers, {}))
+        else:
+            gather(wakers, woken)
 
     def _fail(self, error: BaseException) -> None:
         with self._cond:
@@ -154,20 +168,41 @@ class RequestHandle:
             self._error, self._done, self.finished_at = error, True, time.monotonic()
             self._cond.notify_all()
             wakers = list(self._wakers)
-        for w in wakers:
-            w()
+        wake_all(gather(wakers, {}))
+
+
+def gather(wakers: list[tuple], woken: dict) -> dict:
+    """Asyncio consumers' (loop, callback) wakers into woken, {loop: [callbacks]}."""
+    for loop, callback in wakers:
+        woken.setdefault(loop, []).append(callback)
+    return woken
+
+
+def wake_all(woken: dict) -> None:
+    """One thread-safe call per event loop runs all its callbacks: a batch's 16 events wake the loop once."""
+    for loop, callbacks in woken.items():
+        try:
+            loop.call_soon_threadsafe(_run_all, callbacks)
+        except RuntimeError:  # the loop is closed: nobody is listening any more
+            pass
+
+
+def _run_all(callbacks: list) -> None:
+    for callback in callbacks:
+        callback()
 
 
 class _Row:
     """The decoding state of one running request."""
 
-    def __init__(self, h: RequestHandle, model_cfg, vocab: int, device, marks: Watermarks | None = None):
+    def __init__(self, h: RequestHandle, model_cfg, vocab: int, device):
         sp = h._sp
         self.h, self.sp = h, sp
-        self.procs = (marks.processors(vocab) if marks is not None else []) + build_processors(sp)
-        self.stateful = [p for p in self.procs if hasattr(p, "observe")]  # a watermark reads the previous token
+        self.procs = build_processors(sp)  # this request's own; the watermark is the engine's, one for every row
+        self.stateful = [p for p in self.procs if hasattr(p, "observe")]  # a processor that reads the previous token
         for p in self.stateful:
             p.observe([h._prompt[-1]])
+        self.prev = h._prompt[-1]  # the token before the next one (what the watermark's green list depends on)
         self.steps = min(sp.max_new_tokens, model_cfg.block_size - h.prompt_tokens + 1)  # as stream_ids
         self.n = h.prompt_tokens  # tokens in the cache
         self.start = 0  # the cache column of its first token
@@ -187,9 +222,13 @@ class TextEngine:
     """Continuous batching of text requests over one model, in a daemon worker thread."""
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64, name: str = "",
-                 watermarks: Watermarks | None = None):
-        """`watermarks`: each request's green-list processor (genloom.safety.watermark); None: unmarked."""
+                 watermarks: Watermarks | None = None, threads: int | None = None):
+        """`watermarks`: the green-list mark every row gets (genloom.safety.watermark); None: unmarked.
+        `threads`: the worker's intra-op threads (default: one fewer than torch's, at least 1; see decode_threads)."""
         self.watermarks = watermarks
+        # one green-list processor for the whole batch, told every row's previous token at each step
+        self._mark = watermarks.text(model.config.vocab_size).processor() if watermarks is not None and watermarks.on else None
+        self.threads = threads or decode_threads(torch.get_num_threads())
         if max_batch < 1 or max_queue < 0:
             raise GenloomError(f"max_batch must be >= 1 and max_queue >= 0 (got {max_batch}, {max_queue})")
         self.model, self.tok, self.name = model.eval(), tokenizer, name
@@ -282,6 +321,7 @@ class TextEngine:
         self._remove(list(range(len(self._rows))))
 
     def _loop(self) -> None:
+        own_threads(self.threads)
         with torch.inference_mode():
             while True:
                 with self._cond:
@@ -312,7 +352,7 @@ class TextEngine:
         if not self._rows:
             return
         toks, failed = self._sample()
-        finished = []
+        finished, woken = [], {}
         for i, (r, t) in enumerate(zip(self._rows, toks)):
             if i not in failed:
                 try:
@@ -322,11 +362,12 @@ class TextEngine:
             if i in failed:
                 finished.append(i)
                 continue
-            r.h._push(ev)
+            r.h._push(ev, woken)
             self._counters["tokens_out"] += 1
             if ev.finish_reason is not None:
                 finished.append(i)
                 self._counters["finished"] += 1
+        wake_all(woken)  # one wake-up per event loop for the whole batch
         self._fail_requests([(self._rows[i].h, e) for i, e in failed.items()])
         order = self._remove(finished)  # the kept rows' old indices, in their new order
         if self._rows:
@@ -335,6 +376,7 @@ class TextEngine:
     def _event(self, r: _Row, t: int) -> Event:
         """Row r's event for its new token t: its text so far, and a finish_reason when it is done."""
         r.h.completion_tokens += 1
+        r.prev = t
         if r.counts is not None:
             r.counts[0, t] += 1
         for p in r.stateful:
@@ -362,6 +404,9 @@ class TextEngine:
         early = [i for i, r in enumerate(self._rows) if r.h.completion_tokens < r.sp.min_new_tokens]
         if early:
             logits = min_new_tokens_mask(logits, self.eot, early)
+        if self._mark is not None:  # every row's green list in one call: the same sums as row by row
+            self._mark.observe([r.prev for r in self._rows])
+            logits = self._mark(None, logits)
         plain = [i for i, r in enumerate(self._rows) if r.sp.greedy and not r.procs]
         toks, failed = [0] * len(self._rows), {}
         if plain:
@@ -408,7 +453,7 @@ class TextEngine:
         Everything that may fail comes before the first change to the running batch."""
         rows = []
         for h in joiners:
-            r = _Row(h, self.cfg, self.cfg.vocab_size, self.device, self.watermarks)
+            r = _Row(h, self.cfg, self.cfg.vocab_size, self.device)
             r.stream = TextStream(self.tok, h._sp.stop, h._sp.min_new_tokens)
             rows.append(r)
         n = len(joiners)

@@ -396,11 +396,34 @@ async def _collect(request: Request, job: _Job) -> tuple[list[str], list[str]]:
     return texts, reasons
 
 
+class Encoded(str):
+    """A chunk already encoded as JSON: _sse sends it as it is."""
+
+
+PLACEHOLDER = "\x00genloom content\x00"  # no id, model name or index holds it
+
+
+def content_chunks(job: _Job):
+    """(choice, text) -> the encoded chunk of that content delta. The chunk is encoded once per choice around a
+    placeholder and each delta's text goes in its place: the bytes json.dumps gives for the whole chunk, with one
+    `created` for the stream (as OpenAI's chunks have) and a fraction of the cost per token."""
+    parts: dict[int, list[str]] = {}
+
+    def encode(i: int, text: str) -> Encoded:
+        if i not in parts:
+            whole = json.dumps(_chat_chunk(job, i, Delta(content=PLACEHOLDER)), ensure_ascii=False)
+            parts[i] = whole.split(json.dumps(PLACEHOLDER, ensure_ascii=False))
+        head, tail = parts[i]
+        return Encoded(head + json.dumps(text, ensure_ascii=False) + tail)
+
+    return encode
+
+
 def _sse(chunks) -> StreamingResponse:
     async def frames():
         try:
             async for chunk in chunks:
-                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+                yield f"data: {chunk if isinstance(chunk, Encoded) else json.dumps(chunk, ensure_ascii=False)}\n\n"
         except ApiError as e:  # the status line is gone already: the error travels as an event, as vLLM does
             err = {"message": e.message, "type": e.type, "param": e.param, "code": e.code}
             yield f"data: {json.dumps({'error': err}, ensure_ascii=False)}\n\n"
@@ -445,7 +468,7 @@ def _chat_chunk(job: _Job, i: int, delta: Delta, reason=None) -> dict:
 
 
 async def _chat_chunks(request: Request, job: _Job, body: ChatCompletionRequest):
-    chunk = functools.partial(_chat_chunk, job)
+    chunk, content = functools.partial(_chat_chunk, job), content_chunks(job)
     started = [False] * len(job.handles)  # a reply's leading whitespace (after "Bot:") is dropped, as in plain mode
     labeler = request.app.state.labeler
     notice = labels.text_notice("", labeler.policy)
@@ -456,7 +479,7 @@ async def _chat_chunks(request: Request, job: _Job, body: ChatCompletionRequest)
         text = ev.text if started[i] else ev.text.lstrip()
         started[i] = started[i] or bool(text)
         if text:
-            yield chunk(i, Delta(content=text))
+            yield content(i, text)
         if ev.finish_reason:
             yield chunk(i, Delta(), ev.finish_reason)
     if _include_usage(body):
