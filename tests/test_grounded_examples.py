@@ -275,6 +275,9 @@ def test_encoded_examples_mark_the_reply_and_its_end_of_text_only():
     assert tok.decode(ids[starts[1]:].tolist()) == "User: x\nBot: yz\n\n"
     targets = [tok.decode([int(i)]) for i, m in zip(ids, mask) if m]
     assert "".join(targets) == " Hello!\n\n yz\n\n" and len(sep) == 2
+    asked, marks, _ = ex.encode_examples(tok, rows, question_loss=True)  # the last user turn is a target too
+    assert asked.tolist() == ids.tolist()
+    assert "".join(tok.decode([int(i)]) for i, m in zip(asked, marks) if m) == " hi\nBot: Hello!\n\n x\nBot: yz\n\n"
 
 
 # ---- the reply-only loss (LMTask data.loss_mask) ----

@@ -62,7 +62,7 @@ from genloom.knowledge.manpages import (
 from genloom.knowledge.store import KnowledgeBase, update
 
 TURN_PREFIXES = ("User: ", "Bot: ")
-DROP = 0.05  # share of examples whose own passage is left out: distractors only, the reply is NOT_FOUND
+DROP = 0.03  # share of examples whose own passage is left out: distractors only, the reply is NOT_FOUND
 COPIES = 2  # renderings of each turn (each its own draw of `drop`)
 # Copy warm-up: per turn, this many extra examples whose only Doc line is the answer's own passage (short, so many
 # fit a training window, and the reply is a span of that line). Training side only; off by default since the
@@ -317,19 +317,24 @@ def installed_manpages(limit: int = MAN_PAGES) -> dict[str, dict]:
     return out
 
 
-def encode_examples(tok, examples: list[dict]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def encode_examples(tok, examples: list[dict], question_loss: bool = False
+                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Token ids of the examples joined by end-of-text (as encode_documents joins texts), the per-token target
     marks (1 on the reply's tokens and the end-of-text after it, 0 on the prompt) and each example's start.
-    Prompt and reply are encoded apart, as at inference, where the prompt ends at the `Bot:` cue."""
+    Prompt and reply are encoded apart, as at inference, where the prompt ends at the `Bot:` cue. With
+    `question_loss` the last user turn (after its `User:`, up to the cue) is a target too: it repeats a Doc line's
+    user turn or names its option, so it is more copying to learn from, as the reply is."""
     sep = [tok.eot_id] if tok.eot_id is not None else tok.encode("\n\n")
     ids: list[int] = []
     mask: list[int] = []
     starts: list[int] = []
     for e in examples:
-        p, r = tok.encode(e["prompt"]), tok.encode(" " + e["reply"])
+        cut = e["prompt"].rfind("User:") + len("User:") if question_loss and "User:" in e["prompt"] else None
+        head, ask = (e["prompt"][:cut], e["prompt"][cut:]) if cut else (e["prompt"], "")
+        p, q, r = tok.encode(head), tok.encode(ask) if ask else [], tok.encode(" " + e["reply"])
         starts.append(len(ids))
-        ids += p + r + sep
-        mask += [0] * len(p) + [1] * (len(r) + len(sep))
+        ids += p + q + r + sep
+        mask += [0] * len(p) + [1] * (len(q) + len(r) + len(sep))
     dtype = np.uint16 if tok.vocab_size <= 65536 else np.uint32
     return np.asarray(ids, dtype=dtype), np.asarray(mask, dtype=np.uint8), np.asarray(starts, dtype=np.int64)
 
@@ -366,7 +371,7 @@ def prepare_grounded(source: str, out_dir: str | Path, tokenizer: str = "bpe", v
         train = [train[i] for i in rng.permutation(len(train))]
     train_texts = [e["text"] for e in train]
     tok = load_tokenizer(tokenizer_from) if tokenizer_from else train_tokenizer(tokenizer, train_texts, vocab_size)
-    parts = {"train": encode_examples(tok, train), "val": encode_examples(tok, val)}
+    parts = {"train": encode_examples(tok, train, question_loss=True), "val": encode_examples(tok, val)}
     for split, (ids, mask, starts) in parts.items():
         atomic_write_bytes(out / f"{split}.bin", ids.tobytes())
         atomic_write_bytes(out / f"{split}.mask.bin", mask.tobytes())
@@ -386,7 +391,8 @@ def prepare_grounded(source: str, out_dir: str | Path, tokenizer: str = "bpe", v
                                "position when missed); left out with probability drop, reply NOT_FOUND",
                       "synthetic_copy_examples": len(synthetic),
                       "distractors": "never a passage holding the same user turn",
-                      "search": "hybrid", "kb": kb_note, "loss": "reply tokens only (loss_mask)"},
+                      "search": "hybrid", "kb": kb_note,
+                      "loss": "training: the last user turn and the reply (loss_mask); validation: the reply"},
         "loss_mask": True,
         "tokenizer": tok.kind,
         "vocab_size": tok.vocab_size,
