@@ -8,7 +8,9 @@ Two held-out sets:
   docs  bench/data/docs-questions.jsonl over bench/data/docs (man pages; bench/make_docs.py writes both); the
         answer's passage is the option's own section (file and heading).
 Retrieval: recall@5 of the answer's passage for bm25, embeddings and hybrid (genloom.knowledge.KnowledgeBase).
-Replies, greedy, at most 48 new tokens, stop at a new line:
+Replies, greedy, at most 48 new tokens, stop at a new line, with the text watermark that `genloom serve` and
+`genloom generate` apply by default (green list, gamma 0.25, delta 2.0; a fixed bench key, not an installation's),
+and again without it (`watermark: off` rows: what `--watermark off` gives):
   grounded   the grounded starter (models/chat-kb) with the top 3 hybrid passages in the prompt
              (genloom.knowledge.grounding's layout); when no passage reaches min_cosine it answers NOT_FOUND,
              as the server does
@@ -47,6 +49,7 @@ from genloom.knowledge import KnowledgeBases, read_source  # noqa: E402
 from genloom.knowledge.examples import grounded_prompt, turns_of  # noqa: E402
 from genloom.knowledge.grounding import NOT_FOUND, Grounding, doc_line  # noqa: E402
 from genloom.metrics.textgen import bleu, chrf, semantic_similarity  # noqa: E402
+from genloom.safety.watermark import Secret, Watermarks  # noqa: E402
 from genloom.sample import SamplingParams, generate  # noqa: E402
 
 DOCS = ROOT / "bench" / "data"
@@ -54,6 +57,7 @@ MODES = ("bm25", "embeddings", "hybrid")
 STOP = set(STOPWORDS_EN)
 _WORD = re.compile(r"[a-z0-9]+")
 MAX_NEW = 48
+MARKS = {"on": Watermarks(Secret(bytes(range(32)))), "off": Watermarks(None)}  # the bench key of bench/watermark.py
 
 
 def content_words(text: str) -> set[str]:
@@ -90,8 +94,9 @@ def recall(kb, items: list[dict], vectors: np.ndarray, k: int = 5) -> dict:
     return out
 
 
-def complete(model_path: str, prompts: list[str]) -> list[str]:
+def complete(model_path: str, prompts: list[str], marks: Watermarks) -> list[str]:
     lm = load_model(model_path)
+    procs = marks.processors(lm.config.vocab_size)
     room = lm.config.block_size - MAX_NEW
     cut = []
     for p in prompts:  # keep the end of a long prompt, where the question and the cue are
@@ -100,7 +105,7 @@ def complete(model_path: str, prompts: list[str]) -> list[str]:
     sp = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0, stop=["\nUser:", "\n"])
     outs = []
     for i in range(0, len(cut), 16):
-        outs += [o.text.strip() for o in generate(lm.model, lm.tokenizer, cut[i: i + 16], sp)]
+        outs += [o.text.strip() for o in generate(lm.model, lm.tokenizer, cut[i: i + 16], sp, procs)]
     return outs
 
 
@@ -124,17 +129,18 @@ def replies(kb, items: list[dict], vectors: np.ndarray, args, g: Grounding) -> l
     found = [bool(hs) and max(h.cosine for h in hs) >= g.min_cosine for hs in hits]
     passages = [[h.passage.text for h in hs] for hs in hits]
     prompts = [grounded_prompt(it["history"], it["question"], ps, g) for it, ps in zip(items, passages)]
-    grounded = complete(args.grounded, prompts)
-    grounded = [r if f else NOT_FOUND for r, f in zip(grounded, found)]
-    chat = complete(args.chat, [it["plain_prompt"] for it in items])
     top = [doc_line(ps[0], 10_000)[len("Doc: "):].strip() if ps else NOT_FOUND for ps in passages]
     refs = [it["reference"] for it in items]
-    rows = [{"system": "grounded", "model": args.grounded, **scores(grounded, refs, passages),
-             "not_found": round(1 - float(np.mean(found)), 4)},
-            {"system": "chat", "model": args.chat, **scores(chat, refs, None)},
-            {"system": "top-passage", **scores(top, refs, [ps[:1] for ps in passages])}]
-    examples = [{"question": it["question"], "reference": it["reference"], "grounded": a, "chat": b,
-                 "top-passage": c} for it, a, b, c in list(zip(items, grounded, chat, top))[:5]]
+    rows, examples = [{"system": "top-passage", **scores(top, refs, [ps[:1] for ps in passages])}], {}
+    for mark, marks in MARKS.items():
+        grounded = complete(args.grounded, prompts, marks)
+        grounded = [r if f else NOT_FOUND for r, f in zip(grounded, found)]
+        chat = complete(args.chat, [it["plain_prompt"] for it in items], marks)
+        rows += [{"system": "grounded", "watermark": mark, "model": args.grounded,
+                  **scores(grounded, refs, passages), "not_found": round(1 - float(np.mean(found)), 4)},
+                 {"system": "chat", "watermark": mark, "model": args.chat, **scores(chat, refs, None)}]
+        examples[mark] = [{"question": it["question"], "reference": it["reference"], "grounded": a, "chat": b,
+                           "top-passage": c} for it, a, b, c in list(zip(items, grounded, chat, top))[:5]]
     return rows, examples
 
 

@@ -297,3 +297,20 @@ def test_every_committed_docs_question_points_at_a_passage_that_holds_its_answer
     passages = {(p.source, p.heading): p.text for d in read_source(ROOT / "bench" / "data" / "docs") for p in split(d)}
     for r in rows:
         assert r["reference"] in passages[(r["source"], r["heading"])], r["id"]
+
+
+# ---- bench/grounded.py decodes as a user gets it: the default text watermark on, and again off ----
+
+def test_the_grounded_bench_decodes_with_the_default_watermark_and_without():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("grounded_bench", ROOT / "bench" / "grounded.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.MARKS["on"].on and not bench.MARKS["off"].on
+    model = str(ROOT / "models" / "chat")
+    prompts = [f"User: {q}\nBot:" for q in ("hi", "What is AI?", "Tell me a joke", "Do you like books?",
+                                              "Who are you?", "What is your name?", "Are you sentient?", "bye")]
+    on, off = (bench.complete(model, prompts, bench.MARKS[m]) for m in ("on", "off"))
+    assert on == bench.complete(model, prompts, bench.MARKS["on"])  # greedy and a fixed key: deterministic
+    assert on != off  # the green-list bias moves some greedy choices
