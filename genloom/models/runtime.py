@@ -173,7 +173,8 @@ def aot_compile_step(model: nn.Module, masked: bool, path: Path) -> None:
     B, L, hs = 2, cfg.block_size, cfg.n_embd // cfg.n_head  # examples only: both dimensions are dynamic
     p = next(model.parameters())
     kv = [torch.zeros(B, 2, cfg.n_kv_head, L, hs, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layer)]
-    idx, col = torch.zeros(B, 1, dtype=torch.long, device=p.device), torch.zeros(1, 1, dtype=torch.long, device=p.device)
+    idx = torch.zeros(B, 1, dtype=torch.long, device=p.device)
+    col = torch.zeros(1, 1, dtype=torch.long, device=p.device)
     b, n = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("cache", min=2, max=max(L, 2))
     kv_dims = [{0: b, 3: n}] * cfg.n_layer
     if masked:
