@@ -14,10 +14,10 @@
 from __future__ import annotations
 
 import hashlib
-import inspect
 import logging
 import os
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -155,11 +155,23 @@ class _Step(nn.Module):
         return self.model.static_step(idx, kv, col, pos, mask if self.masked else None)
 
 
+def _code_digest(h, code) -> None:
+    """Feed the bytecode, names and constants of `code` (and of the functions defined in it) to the hash `h`:
+    the loaded code, so editing a source file does not change the key of a running process."""
+    h.update(code.co_code + repr(code.co_names).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _code_digest(h, c)
+        else:
+            h.update(repr(c).encode())
+
+
 def step_key(model: nn.Module, masked: bool) -> str:
     """What a compiled step depends on: the torch build, the step's code, the model's config, its weights and the
     mask variant."""
-    code = "".join(inspect.getsource(f) for f in (aot_compile_step, type(model).static_step, type(model)._decode))
-    h = hashlib.sha256(f"{torch.__version__}|{code}|{model.config}|{masked}".encode())
+    h = hashlib.sha256(f"{torch.__version__}|{model.config}|{masked}".encode())
+    for f in (aot_compile_step, type(model).static_step, type(model)._decode):
+        _code_digest(h, f.__code__)
     for name, t in model.state_dict().items():
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
