@@ -157,7 +157,8 @@ def main(argv=None) -> None:
                          "eager_ratio": e["ratio"], "eager_ratio_median": e["ratio_median"],
                          "compile_s": round(first - min(t["genloom"]), 1), "compile_failed": ours.decode_step.failed}
             rows.append({
-                **pair(f"gguf-{name}-b{B}" + ("-compiled" if args.compile else ""), "tokens/s", new * B,
+                **pair(f"gguf-{name}-b{B}" + "-compiled" * args.compile + f"-t{args.threads}" * (args.threads != 2)
+                       + "-cputime" * args.cpu_time, "tokens/s", new * B,
                        t["genloom"], t["peer"], **extra),
                 "compiled": args.compile,
                 "threads": args.threads,

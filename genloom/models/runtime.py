@@ -210,7 +210,8 @@ class CompiledStep:
     tensors, so the shapes do not change while the cache fills and one graph serves every step; the batch and
     the buffer length are dynamic dimensions, so rows leaving the batch or another prompt length reuse it too.
     The package is C++ end to end (no Python, no guards between kernels); it is kept on disk in inductor's cache
-    directory (TORCHINDUCTOR_CACHE_DIR) under a key of the torch build, the config and the weights, so the
+    directory (TORCHINDUCTOR_CACHE_DIR) under a key of the torch build, the step's code, the config and the
+    weights (a copy of which the package holds), so the
     compile is paid once per model: the next process loads it in a fraction of a second.
     """
 
@@ -244,12 +245,14 @@ class CompiledStep:
             return self.model._step(idx, cache, pos, mask)  # eagerly, or its error for a full context
         col = self._col(start, idx.device)
         try:
-            if mask is None:
-                (logits,) = self._runner(False).run([idx, *cache.kv, col, col if pos is None else pos])
+            if mask is None and pos is None:  # every row at column `start`: no key mask
+                (logits,) = self._runner(False).run([idx, *cache.kv, col, col])
             else:  # (B, 1, 1, start + 1) -> (B, 1, 1, L): the columns not yet written are not attended
-                full = torch.nn.functional.pad(mask, (0, L - mask.size(-1)), value=False)
-                pos = col.expand(idx.size(0), 1).contiguous() if pos is None else pos
-                (logits,) = self._runner(True).run([idx, *cache.kv, col, pos, full])
+                B = idx.size(0)
+                mask = torch.ones(B, 1, 1, start + 1, dtype=torch.bool, device=idx.device) if mask is None else mask
+                full = torch.nn.functional.pad(mask, (0, L - mask.size(-1)), value=False).expand(B, 1, 1, L)
+                pos = col.expand(B, 1) if pos is None else pos
+                (logits,) = self._runner(True).run([idx, *cache.kv, col, pos.contiguous(), full.contiguous()])
         except Exception as e:  # noqa: BLE001 - any compile failure: decode eagerly from now on
             self.failed = True
             warnings.warn(f"compiling the decode step failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
