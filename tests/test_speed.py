@@ -184,6 +184,18 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, tmp_p
     assert m.decode_step.failed
 
 
+def test_compile_of_an_int8_model_decodes_eagerly_with_one_warning():
+    m = runtime.prepare(random_gpt("gpt2", sharpen=4.0, boost=2.0), "int8")
+    ref = greedy(m)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runtime.prepare(m, "float32", compile=True)  # already int8: what `--dtype int8 --compile` reaches
+        out = greedy(m)
+    msgs = [str(w.message) for w in caught if "decode step" in str(w.message)]
+    assert len(msgs) == 1 and "int8" in msgs[0] and m.decode_step is None
+    assert torch.equal(out, ref)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])
 def test_compiled_decode_is_token_identical_in_generate_and_engine(arch, monkeypatch, tmp_path):
@@ -195,6 +207,12 @@ def test_compiled_decode_is_token_identical_in_generate_and_engine(arch, monkeyp
     assert torch.equal(greedy(c, [[1, 2, 3]]), ref1)  # batch 1, no mask: another graph, another cache length
     assert not c.decode_step.failed and c.decode_step.compile_s > 0
     assert sorted(c.decode_step.runners) == [False, True]
+    caches = [KVCache(m.config, 2, 10) for _ in range(2)]  # per-row positions without a key mask: the masked package
+    with torch.inference_mode():
+        for model, cache in zip((m, c), caches):
+            model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=cache, last_only=True)
+        tok, pos = torch.tensor([[7], [8]]), torch.tensor([[3], [1]])
+        assert torch.allclose(c.decode_step(tok, caches[1], pos), m._step(tok, caches[0], pos), atol=1e-5)
     again = runtime.compile_decode(copy.deepcopy(m))  # as in the next process: both packages come from the disk
     assert torch.equal(greedy(again), ref) and torch.equal(greedy(again, [[1, 2, 3]]), ref1)
     assert again.decode_step.compile_s == 0

@@ -263,7 +263,12 @@ class CompiledStep:
 
 
 def compile_decode(model: nn.Module) -> nn.Module:
-    """Route the model's one-token decode step (GPT._step) through CompiledStep; returns the model."""
+    """Route the model's one-token decode step (GPT._step) through CompiledStep; returns the model. An int8 model
+    (dynamically quantised linears, which torch.export cannot trace) decodes eagerly, with one warning."""
+    if any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules()):
+        warnings.warn("the compiled decode step takes float32 and bfloat16 models, not int8 ones; decoding eagerly",
+                      stacklevel=2)
+        return model
     if not isinstance(getattr(model, "decode_step", None), CompiledStep):
         model.decode_step = CompiledStep(model)
     return model
