@@ -302,7 +302,8 @@ class GPT(nn.Module):
         return logits
 
     def static_step(self, idx, kv: list[torch.Tensor], col, pos, mask=None):
-        """_step with every shape fixed by the cache buffers, for torch.compile: one graph serves every step.
+        """_step with every shape fixed by the cache buffers, for AOTInductor (runtime.CompiledStep): one graph
+        serves every step.
 
         kv: the cache's per-layer buffers (B, 2, nkv, L, hs); col (1, 1): the column this token's keys and
         values go to (a tensor, so that a new step is not a new graph); pos (B, 1) or (1, 1): positions; mask
