@@ -37,9 +37,10 @@ def machine() -> dict:
     }
 
 
-def interleaved(fns: dict, repeat: int = 3, warmup: int = 1) -> dict[str, list[float]]:
+def interleaved(fns: dict, repeat: int = 3, warmup: int = 1, clock=time.perf_counter) -> dict[str, list[float]]:
     """Wall times (s) of each named fn over `repeat` rounds; each round runs every fn once, and the order
-    rotates from round to round (a, b, c / b, c, a / ...), so load changes hit every side alike."""
+    rotates from round to round (a, b, c / b, c, a / ...), so load changes hit every side alike. clock:
+    time.process_time gives CPU seconds instead (one thread per side: time spent descheduled does not count)."""
     names = list(fns)
     for _ in range(warmup):
         for name in names:
@@ -48,9 +49,9 @@ def interleaved(fns: dict, repeat: int = 3, warmup: int = 1) -> dict[str, list[f
     for r in range(repeat):
         k = r % len(names)
         for name in names[k:] + names[:k]:
-            t0 = time.perf_counter()
+            t0 = clock()
             fns[name]()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return times
 
 

@@ -8,17 +8,23 @@ one token each per step) in one context of n_seq_max 8; the KV cache is f32 on b
 llama_decode and an argmax of llama_get_logits (no sampler chain); genloom runs stream_ids (what
 `genloom generate` drives). Before timing, each case checks that greedy ids agree (batch 1: must be equal).
 Calls interleave (bench.common.interleaved); genloom/peer = best, *_median = median. Metric: new tokens * batch / s.
+With `--compile`, genloom's side is its compiled decode step (`generate --compile`: AOTInductor, see
+genloom.models.runtime) and the eager step runs as a third side in the same rounds (genloom_eager, eager_ratio);
+compile_s is the first (checking) run minus a timed one: the compile, or loading it from the on-disk cache.
 
     python bench/llamacpp.py            # -> bench/results/llamacpp.jsonl
+    python bench/llamacpp.py --compile  # the compiled step against llama.cpp, the eager step beside it
     python bench/llamacpp.py --quick    # 32 new tokens, 2 rounds
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import ctypes
 import sys
 import tempfile
+import time
 import warnings
 from pathlib import Path
 
@@ -32,6 +38,7 @@ import torch
 from bench.common import interleaved, pair, report
 from genloom.checkpoints import load_model
 from genloom.gguf_export import export_gguf
+from genloom.models import runtime
 from genloom.sample import SamplingParams, stream_ids
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,10 +114,15 @@ def main(argv=None) -> None:
     ap.add_argument("--models", default=",".join(STARTERS))
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--compile", action="store_true", help="genloom's compiled decode step (eager beside it)")
+    ap.add_argument("--threads", type=int, default=2, help="threads on both sides")
+    ap.add_argument("--cpu-time", action="store_true", help="time in CPU seconds (process_time), not wall: for a "
+                    "busy machine, with --threads 1 (spin-waiting threads would count)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
     repeat = 2 if args.quick else args.repeat
+    clock = time.process_time if args.cpu_time else time.perf_counter
     rows = []
     tmp = Path(tempfile.mkdtemp(prefix="genloom-bench-gguf-"))
     for name in args.models.split(","):
@@ -123,15 +135,34 @@ def main(argv=None) -> None:
         for B in [int(b) for b in args.batches.split(",")]:
             prompts = [ids[i * 7 : i * 7 + PROMPT_LEN] for i in range(B)]
             assert all(len(p) == PROMPT_LEN for p in prompts), "prompt text too short"
-            peer = LlamaCpp(path, B, PROMPT_LEN + new)
-            a, b = run_genloom(lm.model, prompts, new), peer.greedy(prompts, new)  # the check is the warm-up
+            peer = LlamaCpp(path, B, PROMPT_LEN + new, args.threads)
+            ours = runtime.compile_decode(copy.deepcopy(lm.model)) if args.compile else lm.model
+            t0 = time.perf_counter()
+            a = run_genloom(ours, prompts, new)  # the check is the warm-up (and the compile)
+            first = time.perf_counter() - t0
+            b = peer.greedy(prompts, new)
             same = float((a == b).mean())
             if B == 1 and same < 1:
                 raise SystemExit(f"{name} b1: greedy ids differ between genloom and llama.cpp")
-            t = interleaved({"genloom": lambda: run_genloom(lm.model, prompts, new),
-                             "peer": lambda: peer.greedy(prompts, new)}, repeat, warmup=0)
+            sides = {"genloom": lambda: run_genloom(ours, prompts, new), "peer": lambda: peer.greedy(prompts, new)}
+            if args.compile:
+                if not (run_genloom(lm.model, prompts, new) == a).all():
+                    raise SystemExit(f"{name} b{B}: the compiled step's greedy ids differ from the eager step's")
+                sides["eager"] = lambda: run_genloom(lm.model, prompts, new)
+            t = interleaved(sides, repeat, warmup=0, clock=clock)
+            extra = {}
+            if args.compile:
+                e = pair("", "", new * B, t["eager"], t["peer"])
+                extra = {"genloom_eager": e["genloom"], "genloom_eager_median": e["genloom_median"],
+                         "eager_ratio": e["ratio"], "eager_ratio_median": e["ratio_median"],
+                         "compile_s": round(first - min(t["genloom"]), 1), "compile_failed": ours.decode_step.failed}
             rows.append({
-                **pair(f"gguf-{name}-b{B}", "tokens/s", new * B, t["genloom"], t["peer"]),
+                **pair(f"gguf-{name}-b{B}" + "-compiled" * args.compile + f"-t{args.threads}" * (args.threads != 2)
+                       + "-cputime" * args.cpu_time, "tokens/s", new * B,
+                       t["genloom"], t["peer"], **extra),
+                "compiled": args.compile,
+                "threads": args.threads,
+                "clock": "process_time (CPU s)" if args.cpu_time else "wall",
                 "peer_name": f"llama.cpp via llama-cpp-python {lc.__version__}, f32 GGUF from genloom export-gguf",
                 "peer_settings": "llama_decode + argmax of llama_get_logits, f32 KV cache; " + (
                     "one llama_batch of 8 sequences (seq_id 0..7) per step" if B > 1 else "one token per step"),
@@ -147,11 +178,12 @@ def main(argv=None) -> None:
             })
             r = rows[-1]
             print(f"# {r['case']}: genloom {r['genloom']} vs llama.cpp {r['peer']} tokens/s "
-                  f"({r['genloom'] / r['peer']:.2f}x)", flush=True)
+                  f"({r['genloom'] / r['peer']:.2f}x)" + (f"; eager {r['genloom_eager']} ({r['eager_ratio']:.2f}x)"
+                                                         if args.compile else ""), flush=True)
             lc.llama_batch_free(peer.batch)
             lc.llama_free(peer.ctx)
             lc.llama_model_free(peer.model)
-    report("llamacpp-quick" if args.quick else "llamacpp", rows)
+    report("llamacpp-quick" if args.quick else "llamacpp", rows, keep_others=True)
 
 
 if __name__ == "__main__":

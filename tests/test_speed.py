@@ -13,7 +13,7 @@ from genloom.cli import main as cli_main
 from genloom.data.tokenizers import CharTokenizer
 from genloom.errors import GenloomError
 from genloom.models import runtime
-from genloom.models.gpt import GPT, GPTConfig
+from genloom.models.gpt import GPT, GPTConfig, KVCache
 from genloom.sample import SamplingParams, stream_ids
 from genloom.serve.engine import TextEngine
 from genloom.serve.models import load_served
@@ -139,16 +139,40 @@ def test_export_int8_refuses_an_image_model(tmp_path):
     assert "--dtype int8 is for text models" in r.stderr and "float32, float16, bfloat16" in r.stderr
 
 
-def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+@pytest.mark.parametrize("masked", [False, True])
+def test_static_step_matches_the_eager_step(arch, masked):
+    """GPT.static_step (what --compile compiles), run eagerly over the full buffers, gives _step's logits and
+    writes the same keys and values, with per-row positions and a key mask or without them."""
+    m = random_gpt(arch, n_kv_head=2 if arch == "llama" else 0)
+    B, P, L = 2, 5, 12
+    ids = torch.randint(0, 50, (B, P))
+    a, b = KVCache(m.config, B, L), KVCache(m.config, B, L)
+    with torch.inference_mode():
+        m(ids, cache=a, last_only=True)
+        m(ids, cache=b, last_only=True)
+        tok = torch.tensor([[3], [4]])
+        pos = torch.tensor([[P], [P - 2]]) if masked else None
+        mask = torch.tensor([[True] * (P + 1), [False, False] + [True] * (P - 1)])[:, None, None] if masked else None
+        ref = m._step(tok, a, pos, mask)
+        col = torch.tensor([[P]])
+        full = torch.nn.functional.pad(mask, (0, L - P - 1)) if masked else None
+        out = m.static_step(tok, b.kv, col, col if pos is None else pos, full)
+    assert torch.allclose(out, ref, atol=1e-5)
+    for ka, kb in zip(a.kv, b.kv):
+        assert torch.allclose(ka, kb, atol=1e-6)  # column P written (up to float rounding), the rest untouched
+        assert torch.equal(ka[:, :, :, P + 1 :], kb[:, :, :, P + 1 :]) and kb[:, :, :, P].abs().sum() > 0
+
+
+def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, tmp_path):
     m = random_gpt("gpt2", sharpen=4.0, boost=2.0)
     ref = greedy(m)
 
-    def broken(fn, **kw):
-        def f(*a, **k):
-            raise RuntimeError("inductor exploded\nsecond line")
-        return f
+    def broken(*a, **k):
+        raise RuntimeError("inductor exploded\nsecond line")
 
-    monkeypatch.setattr(torch, "compile", broken)
+    monkeypatch.setattr(runtime, "aot_compile_step", broken)
+    monkeypatch.setattr(runtime, "cache_dir", lambda: str(tmp_path))  # nothing cached: the compile runs
     runtime.compile_decode(m)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -157,15 +181,41 @@ def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch):
     msgs = [str(w.message) for w in caught if "decode step" in str(w.message)]
     assert len(msgs) == 1 and "inductor exploded" in msgs[0] and "second line" not in msgs[0]
     assert torch.equal(out, ref) and torch.equal(out2, ref)
+    assert m.decode_step.failed
+
+
+def test_compile_of_an_int8_model_decodes_eagerly_with_one_warning():
+    m = runtime.prepare(random_gpt("gpt2", sharpen=4.0, boost=2.0), "int8")
+    ref = greedy(m)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        runtime.prepare(m, "float32", compile=True)  # already int8: what `--dtype int8 --compile` reaches
+        out = greedy(m)
+    msgs = [str(w.message) for w in caught if "decode step" in str(w.message)]
+    assert len(msgs) == 1 and "int8" in msgs[0] and m.decode_step is None
+    assert torch.equal(out, ref)
 
 
 @pytest.mark.slow
-def test_compiled_decode_is_token_identical_in_generate_and_engine():
-    m = random_gpt("gpt2", sharpen=4.0, boost=2.0)
-    ref = greedy(m)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_compiled_decode_is_token_identical_in_generate_and_engine(arch, monkeypatch, tmp_path):
+    monkeypatch.setattr(runtime, "cache_dir", lambda: str(tmp_path))
+    m = random_gpt(arch, sharpen=4.0, boost=2.0, n_kv_head=2 if arch == "llama" else 0)
+    ref, ref1 = greedy(m), greedy(m, [[1, 2, 3]])
     c = runtime.compile_decode(copy.deepcopy(m))
     assert torch.equal(greedy(c), ref)  # prompts of two lengths: the per-row positions and key mask path
-    assert not c.decode_step.failed
+    assert torch.equal(greedy(c, [[1, 2, 3]]), ref1)  # batch 1, no mask: another graph, another cache length
+    assert not c.decode_step.failed and c.decode_step.compile_s > 0
+    assert sorted(c.decode_step.runners) == [False, True]
+    caches = [KVCache(m.config, 2, 10) for _ in range(2)]  # per-row positions without a key mask: the masked package
+    with torch.inference_mode():
+        for model, cache in zip((m, c), caches):
+            model(torch.tensor([[1, 2, 3], [4, 5, 6]]), cache=cache, last_only=True)
+        tok, pos = torch.tensor([[7], [8]]), torch.tensor([[3], [1]])
+        assert torch.allclose(c.decode_step(tok, caches[1], pos), m._step(tok, caches[0], pos), atol=1e-5)
+    again = runtime.compile_decode(copy.deepcopy(m))  # as in the next process: both packages come from the disk
+    assert torch.equal(greedy(again), ref) and torch.equal(greedy(again, [[1, 2, 3]]), ref1)
+    assert again.decode_step.compile_s == 0
     # the serving engine's batched step goes through the same compiled step
     calls = []
     step = c.decode_step

@@ -45,7 +45,7 @@ from genloom.sample import generate as generate_text
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Text: run the weights in this dtype (default: int8 for an int8 export, else float32).")
 @click.option("--compile/--no-compile", "compile_", default=None,
-              help="Text: compile the decode step (torch.compile, cached on disk; default off).")
+              help="Text: compile the decode step ahead of time (AOTInductor, cached on disk per model; default off).")
 @click.option("--out", "out_dir", default=None, help="Images, music: the folder for the files (default outputs); "
               "text: a file (.md/.txt) to save the completions in, with the AIGC label as YAML front matter.")
 @click.option("--sampler", default=None, help="Diffusion: ddpm, ddim, dpmpp_2m (default ddim).")

@@ -67,7 +67,8 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
 @click.option("--threads", type=int, default=0)
 @click.option("--dtype", type=click.Choice(DTYPES), default=None,
               help="Text models run in this dtype (default: int8 for an int8 export, else float32).")
-@click.option("--compile", "compile_decode", is_flag=True, help="Compile text models' decode step (torch.compile).")
+@click.option("--compile", "compile_decode", is_flag=True,
+              help="Compile text models' decode step ahead of time (AOTInductor, cached on disk per model).")
 @click.option("--device", default="auto", show_default=True, help="Where the models run: auto (a GPU when there is "
               "one), cpu, cuda, cuda:N or mps.")
 @label_options

@@ -286,37 +286,66 @@ class GPT(nn.Module):
         keys and values stored with one copy, and one SDPA call per layer.
         mask: None, or (B, 1, 1, S) as SDPA takes it (bool True = attend, or additive), for left padding.
         """
-        cfg = self.config
-        B = idx.size(0)
         start = cache.length
         S = start + 1
-        if S > cfg.block_size:
-            raise ValueError(f"sequence of {S} tokens exceeds block_size {cfg.block_size}")
+        if S > self.config.block_size:
+            raise ValueError(f"sequence of {S} tokens exceeds block_size {self.config.block_size}")
         if cache.weights is None:
             cache.weights = self._decode_weights()
+
+        def store(kv, new):  # new (B, 2, nkv, 1, hs) into column `start`; attend to columns [0, S)
+            kv[:, :, :, start:S] = new
+            return kv.narrow(3, 0, S).unbind(1)  # (B, nkv, S, hs) each
+
+        logits = self._decode(idx, start if pos is None else pos.reshape(-1), cache.kv, cache.weights, mask, store)
+        cache.length = S
+        return logits
+
+    def static_step(self, idx, kv: list[torch.Tensor], col, pos, mask=None):
+        """_step with every shape fixed by the cache buffers, for AOTInductor (runtime.CompiledStep): one graph
+        serves every step.
+
+        kv: the cache's per-layer buffers (B, 2, nkv, L, hs); col (1, 1): the column this token's keys and
+        values go to (a tensor, so that a new step is not a new graph); pos (B, 1) or (1, 1): positions; mask
+        (B, 1, 1, L) bool (True = attend) or None: every column up to col. Attention runs over all L columns,
+        the ones not yet written masked out, so the shapes never change while the cache fills.
+        """
+        col = col.view(1)
+        if mask is None:
+            mask = (torch.arange(kv[0].size(3), device=idx.device) <= col).view(1, 1, 1, -1)  # (1, 1, 1, L)
+
+        def store(buf, new):
+            buf.index_copy_(3, col, new)
+            return buf.unbind(1)  # (B, nkv, L, hs) each
+
+        return self._decode(idx, pos.view(-1), kv, self._decode_weights(), mask, store)
+
+    def _decode(self, idx, pos, kvs, weights, mask, store):
+        """The layers of a one-token step: idx (B, 1), pos an int (every row there) or (B,) / (1,) positions,
+        store(kv, new keys and values (B, 2, nkv, 1, hs)) -> the (k, v) to attend to. Logits (B, 1, V)."""
+        cfg = self.config
+        B = idx.size(0)
         C, nh, nkv = cfg.n_embd, cfg.n_head, cfg.n_kv_head
         hs, gqa, eps = C // nh, nkv != nh, cfg.norm_eps
         llama = cfg.arch == "llama"
         tr = self.transformer
         x = F.embedding(idx.reshape(B), tr.wte.weight)  # (B, C): 2-D all the way saves reshapes in every linear
         if not llama:
-            x = x + (tr.wpe.weight[start] if pos is None else F.embedding(pos.reshape(B), tr.wpe.weight))
-        elif pos is None:
-            cos, sin = self.rope_cos[start], self.rope_sin[start]  # (hs,), broadcast over rows and heads
+            x = x + (tr.wpe.weight[pos] if isinstance(pos, int) else F.embedding(pos, tr.wpe.weight))
+        elif isinstance(pos, int):
+            cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (hs,), broadcast over rows and heads
         else:
-            cos, sin = self.rope_cos[pos].unsqueeze(1), self.rope_sin[pos].unsqueeze(1)  # (B, 1, 1, hs)
-        for kv, (n1w, n1b, attn, proj, n2w, n2b, fc, mproj) in zip(cache.kv, cache.weights):
+            cos, sin = self.rope_cos[pos][:, None, None], self.rope_sin[pos][:, None, None]  # (B, 1, 1, hs)
+        for kv, (n1w, n1b, attn, proj, n2w, n2b, fc, mproj) in zip(kvs, weights):
             h = F.rms_norm(x, (C,), n1w, eps) if llama else F.layer_norm(x, (C,), n1w, n1b, eps)
             qkv = attn(h).view(B, nh + 2 * nkv, 1, hs)
             if llama:
                 qk = apply_rope(qkv[:, : nh + nkv], cos, sin)  # q and k rotated in one go
                 q = qk[:, :nh]
-                kv[:, 0, :, start:S] = qk[:, nh:]
-                kv[:, 1, :, start:S] = qkv[:, nh + nkv :]
+                new = torch.cat([qk[:, nh:], qkv[:, nh + nkv :]], dim=1)
             else:
-                q = qkv[:, :nh]
-                kv[:, :, :, start:S] = qkv[:, nh:].view(B, 2, nkv, 1, hs)
-            k, v = kv.narrow(3, 0, S).unbind(1)  # (B, nkv, S, hs) each
+                q, new = qkv[:, :nh], qkv[:, nh:]
+            k, v = store(kv, new.view(B, 2, nkv, 1, hs))
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
             x = x + proj(y.view(B, C))  # (B, nh, 1, hs) is already (B, C) in memory
             h = fc(F.rms_norm(x, (C,), n2w, eps) if llama else F.layer_norm(x, (C,), n2w, n2b, eps))
@@ -326,9 +355,9 @@ class GPT(nn.Module):
             else:
                 h = F.gelu(h, approximate="tanh")
             x = x + mproj(h)
-        cache.length = S
-        x = F.rms_norm(x, (C,), tr.ln_f.weight, eps) if llama else tr.ln_f(x)
-        return cache.weights[-1](x).unsqueeze(1)  # (B, 1, V)
+        ln_f = tr.ln_f
+        x = F.rms_norm(x, (C,), ln_f.weight, eps) if llama else F.layer_norm(x, (C,), ln_f.weight, ln_f.bias, eps)
+        return weights[-1](x).unsqueeze(1)  # (B, 1, V)
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
         """AdamW with decay on matrices only (nanoGPT's grouping); fused kernel where available."""

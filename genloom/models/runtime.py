@@ -13,11 +13,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
+import time
+import types
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from genloom.errors import GenloomError
 
@@ -138,35 +144,133 @@ def to_dtype(model: nn.Module, dtype: str, device: str = "cpu") -> nn.Module:
     return model
 
 
-class CompiledStep:
-    """GPT._step through torch.compile, falling back to the eager step (one warning) if compiling fails.
+class _Step(nn.Module):
+    """GPT.static_step as a module's forward, for torch.export (with or without a key mask)."""
 
-    inductor with its C++ wrapper (no Python between kernels) and dynamic shapes, so one compile serves every
-    cache length and batch size; inductor's FX graph cache on disk (TORCHINDUCTOR_CACHE_DIR) makes the next
-    process with the same model shape skip the compile. The weights are graph inputs, not constants.
+    def __init__(self, model: nn.Module, masked: bool):
+        super().__init__()
+        self.model, self.masked = model, masked
+
+    def forward(self, idx, kv, col, pos, mask=None):
+        return self.model.static_step(idx, kv, col, pos, mask if self.masked else None)
+
+
+def _code_digest(h, code) -> None:
+    """Feed the bytecode, names and constants of `code` (and of the functions defined in it) to the hash `h`:
+    the loaded code, so editing a source file does not change the key of a running process."""
+    h.update(code.co_code + repr(code.co_names).encode())
+    for c in code.co_consts:
+        if isinstance(c, types.CodeType):
+            _code_digest(h, c)
+        else:
+            h.update(repr(c).encode())
+
+
+def step_key(model: nn.Module, masked: bool) -> str:
+    """What a compiled step depends on: the torch build, the step's code, the model's config, its weights and the
+    mask variant."""
+    h = hashlib.sha256(f"{torch.__version__}|{model.config}|{masked}".encode())
+    for f in (aot_compile_step, type(model).static_step, type(model)._decode):
+        _code_digest(h, f.__code__)
+    for name, t in model.state_dict().items():
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+def aot_compile_step(model: nn.Module, masked: bool, path: Path) -> None:
+    """Export GPT.static_step with a dynamic batch and cache length and compile it ahead of time (AOTInductor) to
+    a package at `path`. The weights are constants of the package: one package per model and mask variant."""
+    cfg = model.config
+    B, L, hs = 2, cfg.block_size, cfg.n_embd // cfg.n_head  # examples only: both dimensions are dynamic
+    p = next(model.parameters())
+    kv = [torch.zeros(B, 2, cfg.n_kv_head, L, hs, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layer)]
+    idx = torch.zeros(B, 1, dtype=torch.long, device=p.device)
+    col = torch.zeros(1, 1, dtype=torch.long, device=p.device)
+    b, n = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("cache", min=2, max=max(L, 2))
+    kv_dims = [{0: b, 3: n}] * cfg.n_layer
+    if masked:
+        args = (idx, kv, col, idx.clone(), torch.ones(B, 1, 1, L, dtype=torch.bool, device=p.device))
+        dims = ({0: b}, kv_dims, None, {0: b}, {0: b, 3: n})
+    else:
+        args, dims = (idx, kv, col, col.clone()), ({0: b}, kv_dims, None, None)  # distinct tensors: no aliasing
+    with torch.no_grad():
+        ep = torch.export.export(_Step(model, masked).eval(), args, dynamic_shapes=dims)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.pt2")
+    torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs={"size_asserts": False})
+    tmp.replace(path)
+
+
+class CompiledStep:
+    """GPT's one-token decode step compiled ahead of time (AOTInductor), falling back to the eager step (one
+    warning) if compiling fails.
+
+    What is compiled is GPT.static_step: the KV cache's full buffers, the write column and the positions as
+    tensors, so the shapes do not change while the cache fills and one graph serves every step; the batch and
+    the buffer length are dynamic dimensions, so rows leaving the batch or another prompt length reuse it too.
+    The package is C++ end to end (no Python, no guards between kernels); it is kept on disk in inductor's cache
+    directory (TORCHINDUCTOR_CACHE_DIR) under a key of the torch build, the step's code, the config and the
+    weights (a copy of which the package holds), so the
+    compile is paid once per model: the next process loads it in a fraction of a second.
     """
 
-    def __init__(self, eager):
-        self.eager = eager
-        self.compiled = torch.compile(eager, dynamic=True, options={"cpp_wrapper": True, "fx_graph_cache": True})
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.runners: dict[bool, object] = {}  # masked -> the loaded package's runner
         self.failed = False
+        self.cols: list[torch.Tensor] = []  # cols[i]: the (1, 1) long tensor holding i, made once
+        self.compile_s = 0.0  # seconds spent compiling (0 when the packages came from the disk cache)
 
-    def __call__(self, *args, **kwargs):
-        if self.failed:
-            return self.eager(*args, **kwargs)
+    def _col(self, i: int, device) -> torch.Tensor:
+        while len(self.cols) <= i:
+            self.cols.append(torch.tensor([[len(self.cols)]], device=device))
+        return self.cols[i]
+
+    def _runner(self, masked: bool):
+        if masked not in self.runners:
+            path = Path(cache_dir()) / "genloom-decode" / f"{step_key(self.model, masked)}.pt2"
+            if not path.exists():
+                t = time.perf_counter()
+                aot_compile_step(self.model, masked, path)
+                self.compile_s += time.perf_counter() - t
+                log.info("compiled the decode step in %.1f s (%s)", time.perf_counter() - t, path)
+            self.runners[masked] = torch._inductor.aoti_load_package(str(path)).loader
+        return self.runners[masked]
+
+    def __call__(self, idx, cache, pos=None, mask=None):
+        start, L = cache.length, cache.kv[0].size(3)
+        additive = mask is not None and mask.dtype != torch.bool
+        if self.failed or start >= min(L, self.model.config.block_size) or L < 2 or additive:
+            return self.model._step(idx, cache, pos, mask)  # eagerly, or its error for a full context
+        col = self._col(start, idx.device)
         try:
-            return self.compiled(*args, **kwargs)
+            if mask is None and pos is None:  # every row at column `start`: no key mask
+                (logits,) = self._runner(False).run([idx, *cache.kv, col, col])
+            else:  # (B, 1, 1, start + 1) -> (B, 1, 1, L): the columns not yet written are not attended
+                B = idx.size(0)
+                mask = torch.ones(B, 1, 1, start + 1, dtype=torch.bool, device=idx.device) if mask is None else mask
+                full = torch.nn.functional.pad(mask, (0, L - mask.size(-1)), value=False).expand(B, 1, 1, L)
+                pos = col.expand(B, 1) if pos is None else pos
+                (logits,) = self._runner(True).run([idx, *cache.kv, col, pos.contiguous(), full.contiguous()])
         except Exception as e:  # noqa: BLE001 - any compile failure: decode eagerly from now on
             self.failed = True
             warnings.warn(f"compiling the decode step failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
                           "decoding eagerly", stacklevel=2)
-            return self.eager(*args, **kwargs)
+            return self.model._step(idx, cache, pos, mask)
+        cache.length = start + 1
+        return logits
 
 
 def compile_decode(model: nn.Module) -> nn.Module:
-    """Route the model's one-token decode step (GPT._step) through CompiledStep; returns the model."""
+    """Route the model's one-token decode step (GPT._step) through CompiledStep; returns the model. An int8 model
+    (dynamically quantised linears, which torch.export cannot trace) decodes eagerly, with one warning."""
+    if any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in model.modules()):
+        warnings.warn("the compiled decode step takes float32 and bfloat16 models, not int8 ones; decoding eagerly",
+                      stacklevel=2)
+        return model
     if not isinstance(getattr(model, "decode_step", None), CompiledStep):
-        model.decode_step = CompiledStep(model._step)
+        model.decode_step = CompiledStep(model)
     return model
 
 
