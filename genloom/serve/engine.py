@@ -225,7 +225,6 @@ class TextEngine:
                  watermarks: Watermarks | None = None, threads: int | None = None):
         """`watermarks`: the green-list mark every row gets (genloom.safety.watermark); None: unmarked.
         `threads`: the worker's intra-op threads (default: one fewer than torch's, at least 1; see decode_threads)."""
-        self.watermarks = watermarks
         # one green-list processor for the whole batch, told every row's previous token at each step
         self._mark = watermarks.text(model.config.vocab_size).processor() if watermarks is not None and watermarks.on else None
         self.threads = threads or decode_threads(torch.get_num_threads())
