@@ -179,6 +179,9 @@ def write_gguf(model: GPT, tokenizer: Tokenizer | None, out: str | Path, dtype: 
         raise GenloomError(f"unknown GGUF dtype '{dtype}'; choose one of {choices(DTYPES)}")
     if not isinstance(model, GPT):
         raise GenloomError(f"a {type(model).__name__} has no GGUF form; GGUF export takes genloom's text GPT models")
+    if model.pointer is not None:
+        raise GenloomError("this model has a pointer (copy head), which llama.cpp cannot run; GGUF export takes "
+                           "models trained with model.pointer = false")
     vocab = gguf_vocab(tokenizer)
     if len(vocab.tokens) != model.config.vocab_size:
         raise GenloomError(f"the tokenizer has {len(vocab.tokens)} tokens but the model {model.config.vocab_size}")

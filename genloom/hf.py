@@ -146,6 +146,9 @@ def export_gpt2(model_path: str | Path, out_dir: str | Path) -> Path:
     lm = load_model(model_path)
     if not isinstance(lm.model, GPT):
         raise GenloomError(f"{model_path} is a '{lm.family}' model; only 'gpt' models export to Hugging Face")
+    if lm.model.pointer is not None:
+        raise GenloomError(f"{model_path} has a pointer (copy head), which GPT-2's format cannot hold; "
+                           "export models trained with model.pointer = false")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.json", json.dumps(hf_config_from_gpt2(lm.config, lm.tokenizer.eot_id), indent=2))

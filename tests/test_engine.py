@@ -24,7 +24,13 @@ PROMPTS = ["abc", "q", "helloWorldAgain", "xyzXabcdefghijklmAB", "mnop", "AAAAAA
 def tiny_model(arch: str):
     """A random 50-letter model of `arch` with sharp, distinct logits (LLaMA with GQA and no biases, or GPT-2),
     and its tokenizer; the engine tests and the cancel-in-a-batch tests share them."""
-    if arch == "llama":
+    if arch == "llama-pointer":  # with a copy head (Pointer): one more cache buffer that joins, leaves and shifts
+        model = random_gpt("llama", vocab_size=50, n_head=4, n_kv_head=2, bias=False, seed=5, tie_weights=False,
+                           boost=5.0, sharpen=30.0, pointer=True)
+        with torch.no_grad():
+            model.pointer.k.weight.mul_(300.0)  # sharp copies: the pointer moves the argmax
+            model.pointer.gate.zero_()
+    elif arch == "llama":
         model = random_gpt("llama", vocab_size=50, n_head=4, n_kv_head=2, bias=False, seed=3, tie_weights=False,
                            boost=5.0, sharpen=30.0)
     else:
@@ -32,7 +38,7 @@ def tiny_model(arch: str):
     return model, CharTokenizer(LETTERS)
 
 
-@pytest.fixture(scope="module", params=["llama", "gpt2"])
+@pytest.fixture(scope="module", params=["llama", "gpt2", "llama-pointer"])
 def model_tok(request):
     return tiny_model(request.param)
 

@@ -34,6 +34,7 @@ class GPTConfig:
     rope_theta: float = 10000.0
     norm_eps: float = 1e-5
     mlp_hidden: int = 0  # 0: 4*n_embd for gpt2, the usual 2/3*4*n_embd rounded to 32 for llama
+    pointer: bool = False  # a copy head (Pointer): copy tokens that followed a matching earlier position
 
     def __post_init__(self):
         if self.arch not in ("gpt2", "llama"):
@@ -47,6 +48,8 @@ class GPTConfig:
             )
         if self.arch == "gpt2" and self.n_kv_head != self.n_head:
             raise GenloomError("grouped-query attention (n_kv_head < n_head) needs arch = 'llama'")
+        if self.pointer and self.n_embd // self.n_head < 2:
+            raise GenloomError("pointer = true needs a head size (n_embd / n_head) of at least 2")
         if self.mlp_hidden == 0:
             self.mlp_hidden = 4 * self.n_embd if self.arch == "gpt2" else 32 * math.ceil(8 * self.n_embd / 3 / 32)
 
@@ -82,8 +85,13 @@ def apply_rope(x, cos, sin):
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
+def cache_layers(cfg: GPTConfig) -> int:
+    """How many (keys, values) buffers a cache holds: one per layer, and one for the Pointer's keys and tokens."""
+    return cfg.n_layer + int(cfg.pointer)
+
+
 class KVCache:
-    """Preallocated keys/values for every layer, filled left to right.
+    """Preallocated keys/values for every layer (and the Pointer's keys and tokens), filled left to right.
 
     Each layer's keys and values share one buffer kv[layer] of shape (B, 2, n_kv_head, max_len, hs), so a
     decoding step stores both with one copy; k[layer] and v[layer] are its two halves, (B, n_kv_head, max_len, hs).
@@ -92,7 +100,7 @@ class KVCache:
     def __init__(self, cfg: GPTConfig, batch: int, max_len: int, dtype=torch.float32, device="cpu"):
         hs = cfg.n_embd // cfg.n_head
         shape = (batch, 2, cfg.n_kv_head, max_len, hs)
-        self.kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cfg.n_layer)]
+        self.kv = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(cache_layers(cfg))]
         self._split()
         self.length = 0  # how many positions are filled
         self.max_len = max_len
@@ -193,6 +201,67 @@ def linear_fn(m: nn.Module):
     return m
 
 
+class Pointer(nn.Module):
+    """A copy head: the pointer sentinel mixture of Merity et al. (2017), for a decoder.
+
+    Besides the vocabulary softmax, the last hidden state of each position points at an earlier position whose
+    state matches it and copies the token that followed there: the induction step copying needs (find where we
+    were, say what came next), as one attention instead of a circuit the layers must grow. A learned sentinel
+    key takes the share g left to the vocabulary:
+
+        p(w) = g * softmax(logits)(w) + sum of the pointer's weights on the positions followed by w
+
+    so the model copies from its context (retrieved passages) where that fits and generates elsewhere, and the
+    loss trains both. Keys and the tokens they copy are cached like a layer's keys and values: KVCache holds one
+    more buffer, so every cache operation (rows joining, leaving, shifting) carries them.
+    """
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.nkv, self.hs = cfg.n_kv_head, cfg.n_embd // cfg.n_head
+        d = self.nkv * self.hs  # the size of one cache column
+        self.q = nn.Linear(cfg.n_embd, d, bias=False)
+        self.k = nn.Linear(cfg.n_embd, d, bias=False)
+        self.sentinel = nn.Parameter(torch.zeros(d))
+        self.gate = nn.Parameter(torch.tensor(math.log(cfg.block_size / 2)))  # g = 1/2 against half a context
+
+    def entries(self, x, idx):
+        """Cache entries of positions x (B, T, C) holding tokens idx (B, T): keys and tokens, (B, nkv, T, hs) each."""
+        B, T, _ = x.shape
+        k = self.k(x).view(B, T, self.nkv, self.hs).transpose(1, 2)
+        tok = torch.zeros_like(k)
+        tok[:, 0, :, 0] = idx // 256  # two digits below 256: exact in every float dtype a cache has, bf16 too
+        tok[:, 0, :, 1] = idx % 256
+        return k, tok
+
+    def forward(self, x, logits, k, tok, allowed):
+        """Queries x (B, T, C) and their logits (B, T, V) against the entries k, tok (B, nkv, S, hs) of columns
+        [0, S); key j copies the token in column j + 1. allowed (B or 1, T, S - 1) bool: the keys each query may
+        point at. Returns log-probabilities (B, T, V)."""
+        B, T, _ = x.shape
+        keys = k[:, :, :-1].transpose(1, 2).reshape(B, -1, self.nkv * self.hs)  # (B, S - 1, d)
+        nxt = (tok[:, 0, 1:, 0] * 256 + tok[:, 0, 1:, 1]).round().long()  # (B, S - 1): the token after each key
+        q = self.q(x)  # (B, T, d)
+        scale = 1.0 / math.sqrt(q.size(-1))
+        att = (q @ keys.transpose(1, 2) * scale).masked_fill(~allowed, float("-inf"))  # (B, T, S - 1)
+        sent = (q @ self.sentinel * scale + self.gate).unsqueeze(-1)  # (B, T, 1)
+        a = torch.softmax(torch.cat([att, sent], dim=-1).float(), dim=-1)
+        p = a[..., -1:] * torch.softmax(logits.float(), dim=-1)
+        p = p.scatter_add(-1, nxt.unsqueeze(1).expand(-1, T, -1), a[..., :-1])
+        return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)).to(logits.dtype)
+
+
+def allowed_keys(T: int, S: int, start: int, mask=None):
+    """(B or 1, T, S - 1) bool: the keys the Pointer's queries in columns [start, start + T) may point at: every
+    earlier column (whose next token is known), and only columns the attention mask (B, 1, T or 1, S; bool, or
+    additive with 0 = attend) lets the query see."""
+    ok = torch.ones(T, S - 1, dtype=torch.bool, device=None if mask is None else mask.device).tril(start - 1)
+    if mask is None:
+        return ok.unsqueeze(0)
+    seen = mask if mask.dtype == torch.bool else mask == 0
+    return ok & seen[:, 0, :, : S - 1]
+
+
 class GPT(nn.Module):
     fsdp_methods = ()  # FSDP2 shards each Block, then the whole; training calls forward alone
     decode_step = None  # set by genloom.models.runtime.compile_decode: a compiled _step
@@ -215,6 +284,7 @@ class GPT(nn.Module):
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        self.pointer = Pointer(cfg) if cfg.pointer else None
         if cfg.tie_weights:
             self.lm_head.weight = self.transformer.wte.weight
         self.apply(self._init_weights)
@@ -256,16 +326,33 @@ class GPT(nn.Module):
         x = self.transformer.drop(x)
         for i, block in enumerate(self.transformer.h):
             x = block(x, rope, cache, i, mask)
+        x = self.transformer.ln_f(x)
+        if self.pointer is not None:
+            logits = self._point(x, idx, cache, mask, last_only)
+        elif targets is None and last_only:
+            logits = self.lm_head(x[:, -1:, :])  # (B, 1, V): decoding needs only the last position's logits
+        else:
+            logits = self.lm_head(x)  # (B, T, V)
         if cache is not None:
             cache.length += T
-        x = self.transformer.ln_f(x)
         if targets is None:
-            if last_only:
-                x = x[:, -1:, :]  # (B, 1, C): decoding needs only the last position's logits
-            return self.lm_head(x), None
-        logits = self.lm_head(x)  # (B, T, V)
+            return logits, None
         loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
+
+    def _point(self, x, idx, cache, mask, last_only):
+        """The Pointer's log-probabilities for the final hidden states x (B, T, C) of tokens idx: against the
+        cache's earlier columns too when there is one."""
+        T = idx.size(1)
+        k, tok = self.pointer.entries(x, idx)
+        start = 0
+        if cache is not None:
+            start = cache.length
+            k, tok = cache.update(self.config.n_layer, k, tok)
+        allowed = allowed_keys(T, start + T, start, mask)
+        if last_only:
+            x, allowed = x[:, -1:], allowed[:, -1:]
+        return self.pointer(x, self.lm_head(x), k, tok, allowed)
 
     def _decode_weights(self) -> list[tuple]:
         """Per layer: (norm_1 w, b, c_attn, attn.c_proj, norm_2 w, b, c_fc, mlp.c_proj), the linears as callables
@@ -318,6 +405,8 @@ class GPT(nn.Module):
             buf.index_copy_(3, col, new)
             return buf.unbind(1)  # (B, nkv, L, hs) each
 
+        if self.pointer is not None:
+            raise GenloomError("the static decode step does not take a pointer (copy head) model; decode eagerly")
         return self._decode(idx, pos.view(-1), kv, self._decode_weights(), mask, store)
 
     def _decode(self, idx, pos, kvs, weights, mask, store):
@@ -336,7 +425,7 @@ class GPT(nn.Module):
             cos, sin = self.rope_cos[pos], self.rope_sin[pos]  # (hs,), broadcast over rows and heads
         else:
             cos, sin = self.rope_cos[pos][:, None, None], self.rope_sin[pos][:, None, None]  # (B, 1, 1, hs)
-        for kv, (n1w, n1b, attn, proj, n2w, n2b, fc, mproj) in zip(kvs, weights):
+        for kv, (n1w, n1b, attn, proj, n2w, n2b, fc, mproj) in zip(kvs[: cfg.n_layer], weights):
             h = F.rms_norm(x, (C,), n1w, eps) if llama else F.layer_norm(x, (C,), n1w, n1b, eps)
             qkv = attn(h).view(B, nh + 2 * nkv, 1, hs)
             if llama:
@@ -357,7 +446,13 @@ class GPT(nn.Module):
             x = x + mproj(h)
         ln_f = tr.ln_f
         x = F.rms_norm(x, (C,), ln_f.weight, eps) if llama else F.layer_norm(x, (C,), ln_f.weight, ln_f.bias, eps)
-        return weights[-1](x).unsqueeze(1)  # (B, 1, V)
+        logits = weights[-1](x).unsqueeze(1)  # (B, 1, V)
+        if self.pointer is None:
+            return logits
+        x = x.unsqueeze(1)  # (B, 1, C)
+        k, tok = store(kvs[-1], torch.stack(self.pointer.entries(x, idx.view(B, 1)), dim=1))
+        S = k.size(2)
+        return self.pointer(x, logits, k, tok, allowed_keys(1, S, S - 1, mask))
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
         """AdamW with decay on matrices only (nanoGPT's grouping); fused kernel where available."""

@@ -269,6 +269,10 @@ def compile_decode(model: nn.Module) -> nn.Module:
         warnings.warn("the compiled decode step takes float32 and bfloat16 models, not int8 ones; decoding eagerly",
                       stacklevel=2)
         return model
+    if getattr(model, "pointer", None) is not None:
+        warnings.warn("the compiled decode step does not take a pointer (copy head) model yet; decoding eagerly",
+                      stacklevel=2)
+        return model
     if not isinstance(getattr(model, "decode_step", None), CompiledStep):
         model.decode_step = CompiledStep(model)
     return model

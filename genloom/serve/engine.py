@@ -26,7 +26,7 @@ from typing import AsyncIterator, Iterator
 import torch
 
 from genloom.errors import GenloomError
-from genloom.models.gpt import KVCache
+from genloom.models.gpt import KVCache, cache_layers
 from genloom.safety.watermark import Watermarks
 from genloom.sample import SamplingParams, TextStream, build_processors, left_pad, min_new_tokens_mask
 
@@ -245,7 +245,7 @@ class TextEngine:
         hs = self.cfg.n_embd // self.cfg.n_head
         self._cap = self.cfg.block_size  # GPT._step checks cache.length against the context
         self._bufs = [torch.zeros(max_batch, 2, self.cfg.n_kv_head, self._cap, hs, dtype=self.dtype, device=self.device)
-                      for _ in range(self.cfg.n_layer)]
+                      for _ in range(cache_layers(self.cfg))]
         self._cache = KVCache(self.cfg, 0, 0, dtype=self.dtype, device=self.device)
         self._rows: list[_Row] = []
         self._logits: torch.Tensor | None = None  # (B, V): each running row's next-token logits
