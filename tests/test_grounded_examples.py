@@ -7,6 +7,7 @@ import json
 import math
 import re
 
+import numpy as np
 import pytest
 import torch
 from conftest import ROOT, make_cfg
@@ -16,7 +17,7 @@ from genloom.data.tokenizers import train_tokenizer
 from genloom.errors import GenloomError
 from genloom.knowledge import examples as ex
 from genloom.knowledge import manpages, read_source, split
-from genloom.knowledge.grounding import Grounding, context_block
+from genloom.knowledge.grounding import NOT_FOUND, Grounding, context_block
 from genloom.knowledge.store import KnowledgeBase
 from genloom.models.gpt import GPT, GPTConfig
 from genloom.objectives import LMTask
@@ -47,37 +48,87 @@ def test_turns_keep_the_dialogue_history_and_skip_empty_turns():
     ]
 
 
-def test_every_example_holds_its_own_passage_among_distractors_in_the_grounding_layout(kb):
+def test_the_doc_lines_are_the_retrieved_passages_in_order_with_the_answer_where_retrieval_ranks_it(kb):
     g = Grounding(k=3)
     turns = ex.dialogue_turns(DIALOGUES)
     rows = ex.build_examples(turns, dict(enumerate(DIALOGUES)), kb, grounding=g, drop=0.0, copies=2, seed=5)
     assert len(rows) == 2 * len(turns)
-    positions = set()
     for row, t in zip(rows, [t for t in turns for _ in range(2)]):
         docs = [line[len("Doc: "):] for line in row["prompt"].splitlines() if line.startswith("Doc: ")]
-        assert len(docs) == g.k
         own = " ".join(DIALOGUES[t.dialogue].split())
-        assert docs[row["answer_at"]] == own  # the answer's passage, where answer_at says
-        assert docs.count(own) == 1  # and only once: distractors are other dialogues
-        positions.add(row["answer_at"])
+        hits = [" ".join(h.passage.text.split()) for h in kb.search(t.question, k=g.k + 4, mode="hybrid")]
+        assert docs == hits[: g.k]  # the base holds every dialogue: retrieval order, nothing moved
+        assert docs[row["answer_at"]] == own == hits[row["answer_at"]]
         # the layout is grounding's: earlier turns, the Doc lines, the question, the cue; then the reply
         passages = [DIALOGUES[t.dialogue] if i == row["answer_at"] else d for i, d in enumerate(docs)]
         head = "".join(f"{h}\n" for h in t.history)
         assert row["prompt"] == f"{head}{context_block(passages, g)}User: {t.question}\nBot:"
-        assert row["text"] == f"{row['prompt']} {t.reply}"
-    assert len(positions) > 1, "the answer's passage must not always sit at the same position"
+        assert row["text"] == f"{row['prompt']} {t.reply}" and row["reply"] == t.reply
 
 
-def test_examples_are_deterministic_given_the_seed_and_drop_leaves_the_answer_out(kb):
+def test_an_answer_retrieval_misses_is_put_in_and_the_order_of_the_others_kept():
+    rng = np.random.default_rng(0)
+    hits = ["User: a\nBot: 1", "User: b\nBot: 2", "User: c\nBot: 3", "User: d\nBot: 4"]
+    assert ex.ranked(hits, hits[1], "b", 3, rng, 0.0) == (hits[:3], 1)
+    seen = set()
+    for _ in range(30):
+        passages, at = ex.ranked(hits, "User: q\nBot: mine", "q", 3, rng, 0.0)
+        assert passages.pop(at) == "User: q\nBot: mine" and passages == hits[:2]
+        seen.add(at)
+    assert seen == {0, 1, 2}
+    twin = "User: b\nBot: another reply"  # holds the same user turn with another reply: never a distractor
+    assert ex.ranked([twin] + hits, hits[1], "b", 3, rng, 0.0) == (hits[:3], 1)
+    assert ex.ranked([twin] + hits, hits[1], "b", 3, rng, 1.0) == ([hits[0], hits[2], hits[3]], None)
+
+
+def test_examples_are_deterministic_given_the_seed_and_drop_leaves_the_answer_out_with_not_found(kb):
     turns, own = ex.dialogue_turns(DIALOGUES), dict(enumerate(DIALOGUES))
     a = ex.build_examples(turns, own, kb, drop=0.5, copies=3, seed=11)
     assert a == ex.build_examples(turns, own, kb, drop=0.5, copies=3, seed=11)
     assert a != ex.build_examples(turns, own, kb, drop=0.5, copies=3, seed=12)
     dropped = ex.build_examples(turns, own, kb, drop=1.0, seed=11)
     for row, t in zip(dropped, turns):
-        assert row["answer_at"] is None
+        assert row["answer_at"] is None and row["reply"] == NOT_FOUND
         assert " ".join(DIALOGUES[t.dialogue].split()) not in row["prompt"]
         assert row["prompt"].count("Doc: ") == 3
+
+
+POOL = [f"the {w} of number {i} went home early." for i, w in enumerate(
+    ["cat", "dog", "bird", "horse", "fish", "sheep", "goat", "mouse", "lion", "bear", "wolf", "fox"] * 3)]
+
+
+def test_synthetic_copy_examples_reply_with_the_answering_docs_text_copied_exactly():
+    g = Grounding(k=3)
+    rows = ex.copy_examples(POOL, 400, 3, g, drop=0.0)
+    assert rows == ex.copy_examples(POOL, 400, 3, g, drop=0.0) and len(rows) > 300
+    first = same_name = options = 0
+    for r in rows:
+        docs = [line[len("Doc: "):] for line in r["prompt"].splitlines() if line.startswith("Doc: ")]
+        assert len(docs) == 3 and r["reply"] in docs[r["answer_at"]]
+        question = r["prompt"].split("\nUser: ")[-1][: -len("\nBot:")]
+        if question.startswith("What does the --"):  # option-shaped: the one section of that option answers
+            name, cmd = question.split()[3], question.split()[6]
+            assert [d.startswith(f"`{cmd} ") and f"{name}`:" in d for d in docs] == [i == r["answer_at"]
+                                                                                 for i in range(3)]
+            same_name += all(f"{name}`:" in d for d in docs)
+            options += 1
+            assert r["reply"] == manpages.first_sentence(docs[r["answer_at"]].split("`: ", 1)[1])
+        else:  # dialogue-shaped: the reply is the Bot turn right after the question in that Doc
+            assert f"User: {question} Bot: {r['reply']}" in docs[r["answer_at"]]
+        first += r["answer_at"] == 0
+    assert 0.6 < first / len(rows) < 0.85  # TOP_FIRST, plus a third of the rest
+    assert options > 100 and 0.1 < same_name / options < 0.5  # SAME_NAME of them: one option of several commands
+    gone = ex.copy_examples(POOL, 50, 3, g, drop=1.0)
+    assert all(r["reply"] == NOT_FOUND and r["answer_at"] is None for r in gone)
+
+
+def test_sentences_are_short_lines_of_the_offline_corpora(monkeypatch):
+    texts = {"fortunes": ["Go home now. This sentence is much too long to be used as a copy target, it has words."
+                          "\n\t-- Someone: a quote"],
+             "kjv": ["Genesis 1\n1 In the beginning God created the heaven and the earth.\n2 And it was so."]}
+    monkeypatch.setattr(ex, "read_documents", texts.get)
+    assert sorted(ex.sentences()) == ["And it was so.", "Go home now.",
+                                      "In the beginning God created the heaven and the earth."]
 
 
 def test_copy_warmup_examples_hold_only_the_own_passage_and_no_distractor_repeats_the_question(tmp_path):
@@ -151,8 +202,6 @@ SEE ALSO
 
 
 def test_man_page_options_become_sections_and_questions():
-    import numpy as np
-
     info = manpages.parse(PAGE)
     assert info["name"] == "ls - list directory contents"
     assert info["description"] == ["List information about the FILEs."]
@@ -226,6 +275,9 @@ def test_encoded_examples_mark_the_reply_and_its_end_of_text_only():
     assert tok.decode(ids[starts[1]:].tolist()) == "User: x\nBot: yz\n\n"
     targets = [tok.decode([int(i)]) for i, m in zip(ids, mask) if m]
     assert "".join(targets) == " Hello!\n\n yz\n\n" and len(sep) == 2
+    asked, marks, _ = ex.encode_examples(tok, rows, question_loss=True)  # the last user turn is a target too
+    assert asked.tolist() == ids.tolist()
+    assert "".join(tok.decode([int(i)]) for i, m in zip(asked, marks) if m) == " hi\nBot: Hello!\n\n x\nBot: yz\n\n"
 
 
 # ---- the reply-only loss (LMTask data.loss_mask) ----
