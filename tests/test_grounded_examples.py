@@ -51,7 +51,8 @@ def test_turns_keep_the_dialogue_history_and_skip_empty_turns():
 def test_the_doc_lines_are_the_retrieved_passages_in_order_with_the_answer_where_retrieval_ranks_it(kb):
     g = Grounding(k=3)
     turns = ex.dialogue_turns(DIALOGUES)
-    rows = ex.build_examples(turns, dict(enumerate(DIALOGUES)), kb, grounding=g, drop=0.0, copies=2, seed=5)
+    rows = ex.build_examples(turns, dict(enumerate(DIALOGUES)), kb, grounding=g, drop=0.0, copies=2, seed=5,
+                             shuffle=0.0)
     assert len(rows) == 2 * len(turns)
     for row, t in zip(rows, [t for t in turns for _ in range(2)]):
         docs = [line[len("Doc: "):] for line in row["prompt"].splitlines() if line.startswith("Doc: ")]
@@ -69,16 +70,31 @@ def test_the_doc_lines_are_the_retrieved_passages_in_order_with_the_answer_where
 def test_an_answer_retrieval_misses_is_put_in_and_the_order_of_the_others_kept():
     rng = np.random.default_rng(0)
     hits = ["User: a\nBot: 1", "User: b\nBot: 2", "User: c\nBot: 3", "User: d\nBot: 4"]
-    assert ex.ranked(hits, hits[1], "b", 3, rng, 0.0) == (hits[:3], 1)
+    assert ex.ranked(hits, hits[1], "b", 3, rng, 0.0, 0.0) == (hits[:3], 1)
     seen = set()
     for _ in range(30):
-        passages, at = ex.ranked(hits, "User: q\nBot: mine", "q", 3, rng, 0.0)
+        passages, at = ex.ranked(hits, "User: q\nBot: mine", "q", 3, rng, 0.0, 0.0)
         assert passages.pop(at) == "User: q\nBot: mine" and passages == hits[:2]
         seen.add(at)
     assert seen == {0, 1, 2}
     twin = "User: b\nBot: another reply"  # holds the same user turn with another reply: never a distractor
-    assert ex.ranked([twin] + hits, hits[1], "b", 3, rng, 0.0) == (hits[:3], 1)
+    assert ex.ranked([twin] + hits, hits[1], "b", 3, rng, 0.0, 0.0) == (hits[:3], 1)
     assert ex.ranked([twin] + hits, hits[1], "b", 3, rng, 1.0) == ([hits[0], hits[2], hits[3]], None)
+
+
+def test_shuffled_examples_move_the_answer_to_any_rank_and_keep_the_others_in_order():
+    """With `shuffle` the own passage leaves its retrieved rank for a random one (the model must check the question
+    against every Doc line, not only trust rank 1); the other passages stay in retrieval order."""
+    rng = np.random.default_rng(1)
+    hits = ["User: a\nBot: 1", "User: b\nBot: 2", "User: c\nBot: 3", "User: d\nBot: 4"]
+    seen = set()
+    for _ in range(40):
+        passages, at = ex.ranked(hits, hits[0], "a", 3, rng, 0.0, 1.0)
+        assert passages.pop(at) == hits[0] and passages == hits[1:3]
+        seen.add(at)
+    assert seen == {0, 1, 2}
+    kept = [ex.ranked(hits, hits[0], "a", 3, rng, 0.0, 0.5)[1] for _ in range(400)]
+    assert 0.55 < kept.count(0) / 400 < 0.8  # half stay first, a third of the moved half land first again
 
 
 def test_examples_are_deterministic_given_the_seed_and_drop_leaves_the_answer_out_with_not_found(kb):

@@ -69,6 +69,7 @@ COPIES = 2  # renderings of each turn (each its own draw of `drop`)
 # synthetic copy examples teach copying without letting the model learn the passages by heart.
 EASY = 0
 SYNTHETIC = 8_000  # support-grounded: synthetic copy examples (copy_examples) mixed into the training side
+SHUFFLE = 0.5  # share of real examples whose own passage moves from its retrieved rank to a random one
 TOP_FIRST = 0.6  # synthetic examples: share whose answering Doc is the first (retrieval ranks the answer first)
 SAME_NAME = 0.3  # option-shaped synthetic examples: share whose Docs are one option of several commands
 # Grounded training sources: name -> the dialogue corpus its examples are built from (genloom.data.text.CORPORA).
@@ -135,10 +136,12 @@ def _flat(text: str) -> str:
 
 
 def ranked(hits: list[str], mine: str, question: str, k: int, rng: np.random.Generator,
-           drop: float) -> tuple[list[str], int | None]:
+           drop: float, shuffle: float = SHUFFLE) -> tuple[list[str], int | None]:
     """The k passages of a prompt and where the answer's own passage (`mine`) stands among them (None: left out).
-    Retrieval order (`hits`, best first), the own passage where retrieval ranks it; put in at a random position
-    when retrieval missed it; left out with probability `drop` (k distractors). A passage that holds the same user
+    Retrieval order (`hits`, best first), the own passage where retrieval ranks it, except with probability
+    `shuffle` and when retrieval missed it: then it is put in at a random position among the best others (so the
+    model learns both that the top passage usually answers and to check the question against each); left out
+    with probability `drop` (k distractors). A passage that holds the same user
     turn with another reply (the chatterbot corpus repeats a question) is never a distractor: the question must
     single out the passage to copy from."""
     same = _flat(f"User: {question}")
@@ -147,7 +150,7 @@ def ranked(hits: list[str], mine: str, question: str, k: int, rng: np.random.Gen
         return others[:k], None
     order = [h for h in hits if h.strip() == mine or h in others]
     at = next((i for i, h in enumerate(order[:k]) if h.strip() == mine), None)
-    if at is not None:
+    if at is not None and rng.random() >= shuffle:
         return order[:k], at
     at = int(rng.integers(min(k, len(others) + 1)))
     passages = others[: k - 1]
@@ -163,7 +166,7 @@ def example(history, question: str, passages: list[str], reply: str, grounding: 
 
 def build_examples(turns: list[Turn], own: dict[int, str], kb: KnowledgeBase, *, grounding: Grounding = Grounding(),
                    drop: float = DROP, copies: int = 1, seed: int = 1337, mode: str = "hybrid",
-                   easy: int = 0) -> list[dict]:
+                   easy: int = 0, shuffle: float = SHUFFLE) -> list[dict]:
     """Rendered examples {"text", "prompt", "reply", "dialogue", "answer_at"} (answer_at: the own passage's
     position among the Doc lines, None when left out, and then the reply is NOT_FOUND). `own[d]` is dialogue d's
     own passage text; the Doc lines are the retrieved passages in order (`ranked`). `easy` extra examples per turn
@@ -176,7 +179,7 @@ def build_examples(turns: list[Turn], own: dict[int, str], kb: KnowledgeBase, *,
         hits = [h.passage.text for h in kb.search(t.question, k=grounding.k + 4, mode=mode, vector=v)]
         out += [example(t.history, t.question, [mine], t.reply, grounding, t.dialogue, 0) for _ in range(easy)]
         for _ in range(copies):
-            passages, at = ranked(hits, mine, t.question, grounding.k, rng, drop)
+            passages, at = ranked(hits, mine, t.question, grounding.k, rng, drop, shuffle)
             out.append(example(t.history, t.question, passages, NOT_FOUND if at is None else t.reply, grounding,
                                t.dialogue, at))
     return out
