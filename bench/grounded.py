@@ -127,7 +127,7 @@ def scores(hyps: list[str], refs: list[str], cited: list[list[str]] | None) -> d
 def replies(kb, items: list[dict], vectors: np.ndarray, args, g: Grounding) -> list[dict]:
     hits = [kb.search(it["question"], k=g.k, mode="hybrid", vector=v) for it, v in zip(items, vectors)]
     found = [bool(hs) and max(h.cosine for h in hs) >= g.min_cosine for hs in hits]
-    passages = [[h.passage.text for h in hs] for hs in hits]
+    passages = [[h.passage.prompt_text() for h in hs] for hs in hits]
     prompts = [grounded_prompt(it["history"], it["question"], ps, g) for it, ps in zip(items, passages)]
     top = [doc_line(ps[0], 10_000)[len("Doc: "):].strip() if ps else NOT_FOUND for ps in passages]
     refs = [it["reference"] for it in items]

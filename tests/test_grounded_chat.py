@@ -143,7 +143,7 @@ def test_file_search_tool_searches_the_named_store_instead(served, raw):
     assert r.status_code == 200, r.text
     sources = r.json()["choices"][0]["message"]["sources"]
     assert [(s["vector_store_id"], s["source"]) for s in sources] == [("shipping", "shipping.jsonl")]
-    assert "forty countries" in last_prompt(served)
+    assert "Doc: User: Do you ship abroad? Bot: Yes, we deliver to forty countries." in last_prompt(served)
     r = raw.post("/v1/chat/completions", json={**body, "tools": [{**tool, "min_cosine": 0.99}]})
     assert r.json()["choices"][0]["message"] == {"role": "assistant", "content": NOT_FOUND, "annotations": [],
                                                  "sources": []}
@@ -312,3 +312,51 @@ def test_the_server_is_healthy_while_a_bundled_base_builds_and_grounded_requests
         assert r.status_code == 200, r.text
         assert "forty countries" in json.dumps(r.json())  # the reply cites the base's passage
         assert KnowledgeBases(tmp_path / "data" / "kb").exists("tinychat")
+
+
+# A support base the starter never saw (made-up facts: not chatterbot's, not a man page), as JSONL question/answer
+# pairs; the questions asked are worded otherwise. A grounded reply must come from the answering passage: the server's
+# retrieval finds it, the starter copies it.
+SUPPORT_QA = [
+    ("When does the shop open on Sundays?", "On Sundays the shop opens at eleven and closes at four."),
+    ("Can I return a gift without a receipt?", "Gifts can be exchanged for store credit within thirty days."),
+    ("Do you ship to Canada?", "Yes, parcels to Canada take five to seven working days."),
+    ("How do I reset the router?", "Hold the red button on the back for ten seconds."),
+    ("What is the guest wifi password?", "The guest network password is printed under the counter."),
+    ("Why is the light blinking orange?", "An orange light means the cable is loose; plug it in again."),
+    ("Is parking free?", "Parking is free for the first two hours with a ticket."),
+    ("Can I bring my dog?", "Dogs on a lead are welcome in the garden but not inside."),
+    ("Where are the toilets?", "The toilets are on the first floor next to the lift."),
+    ("Is there a student discount?", "Students get forty percent off with a university e-mail address."),
+    ("How often should I descale the coffee machine?", "Descale the machine every three months with citric acid."),
+    ("Can I pay by invoice?", "Invoices are available for yearly plans only."),
+]
+ASKED = [("do you deliver parcels to canada", "five to seven"), ("how can I reset my router", "red button"),
+         ("what is the password of the guest wifi", "under the counter"), ("can my dog come in?", "on a lead"),
+         ("where can I find the toilets", "first floor"), ("do students get a discount", "forty percent"),
+         ("how often do I need to descale the coffee machine", "three months"),
+         ("return a gift with no receipt", "store credit")]
+
+
+def test_the_grounded_starter_answers_from_a_new_knowledge_base(tmp_path):
+    """models/chat-kb, served as the server serves it: hybrid retrieval (k = 3) in a base built from a JSONL file
+    it never saw, the passages in grounding's layout; the reply copies the answer that holds the asked fact."""
+    from genloom.checkpoints import load_model
+    from genloom.knowledge.examples import grounded_prompt
+    from genloom.sample import SamplingParams, generate
+
+    (tmp_path / "docs").mkdir()
+    rows = [json.dumps({"question": q, "answer": a}) for q, a in SUPPORT_QA]
+    (tmp_path / "docs" / "support.jsonl").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    kbs = KnowledgeBases(tmp_path / "kb")
+    kbs.update("support", read_source(tmp_path / "docs"))
+    grounding = load_grounding(CHAT_KB)[0]
+    shown = [[h.passage.prompt_text() for h in kbs.search("support", q, k=grounding.k)] for q, _ in ASKED]
+    prompts = [grounded_prompt([], q, docs, grounding) for (q, _), docs in zip(ASKED, shown)]
+    lm = load_model(CHAT_KB)
+    sp = SamplingParams(max_new_tokens=40, temperature=0.0, stop=["\n"])
+    replies = [c.text.strip() for c in generate(lm.model, lm.tokenizer, prompts, sp)]
+    answers = {a for _, a in SUPPORT_QA}
+    right = [key in r and any(a.startswith(r.rstrip(".")[:20]) for a in answers)  # one answer, from its start
+             for (_, key), r in zip(ASKED, replies)]
+    assert sum(right) >= 7, replies

@@ -98,6 +98,10 @@ def test_jsonl_gives_one_passage_per_question_answer_pair():
     assert [(p.heading, p.text) for p in ps] == [("Do you ship abroad?", "Yes, we deliver to forty countries."),
                                                  ("Can I pay by cheque?", "No, only cards and bank transfers.")]
     assert ps[0].indexed_text() == "Do you ship abroad?\nYes, we deliver to forty countries."
+    # a grounded prompt shows the pair as a one-turn dialogue; other passages as their text
+    assert ps[0].prompt_text() == "User: Do you ship abroad? Bot: Yes, we deliver to forty countries."
+    md = split(Document.from_text("faq.md", "markdown", "# Errors\n\nZX-1 means no licence.\n"))[0]
+    assert md.prompt_text() == md.text and md.text.startswith("# Errors")
     with pytest.raises(GenloomError, match=r"bad.jsonl:2: expected a JSON object with .*question"):
         split(Document.from_text("bad.jsonl", "jsonl", QA.splitlines()[0] + '\n{"q": "x"}\n'))
 

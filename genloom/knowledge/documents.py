@@ -58,6 +58,15 @@ class Passage:
     end: int
     text: str
 
+    def prompt_text(self) -> str:
+        """What a grounded prompt shows of it (genloom.knowledge.grounding): a question/answer pair of a JSONL file as
+        the one-turn dialogue it is, `User: question Bot: answer` (the question is what singles the answer out, and
+        this is the layout of the dialogues grounded chat models learn from); any other passage as its text
+        (Markdown sections keep their heading line)."""
+        if self.heading and SUFFIXES.get(Path(self.source).suffix.lower()) == "jsonl":
+            return f"User: {self.heading} Bot: {self.text}"
+        return self.text
+
     def indexed_text(self) -> str:
         """What the embeddings and BM25 see: the heading path (or a JSONL question) above the text."""
         return f"{self.heading}\n{self.text}" if self.heading else self.text

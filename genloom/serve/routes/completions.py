@@ -161,7 +161,8 @@ def _fit(served: ServedModel, messages, sources: list[RetrievedSource], groundin
     """The prompt's token ids with as many of the passages (best first) as leave `reserve` tokens for the reply
     (at least one: a grounded prompt that cannot hold one passage is a 400 like any prompt that is too long)."""
     for n in range(len(sources), 0, -1):
-        prompt = served.template.render(messages, context_block([s.hit.passage.text for s in sources[:n]], grounding))
+        shown = [s.hit.passage.prompt_text() for s in sources[:n]]
+        prompt = served.template.render(messages, context_block(shown, grounding))
         ids = served.tokenizer.encode(prompt)
         if len(ids) + reserve <= served.context or n == 1:
             return _encode(served, prompt, "messages"), sources[:n]
