@@ -53,12 +53,14 @@ def test_probabilities_sum_to_one_and_every_decoding_path_agrees(arch):
 
 def test_the_mixture_is_the_formula():
     """p(w) at position t = g softmax(logits)(w) + sum over earlier j whose next token is w of a_j, where (a, g) is a
-    softmax over the scores q_t . k_j / sqrt(d) (j < t) and the sentinel's q_t . s / sqrt(d) + gate."""
+    softmax over the scores q_t . k_j / sqrt(d) (j < t), plus match[0] when x_j = x_t and match[1] more when also
+    x_(j-1) = x_(t-1), and the sentinel's q_t . s / sqrt(d) + gate."""
     model = pointer_gpt("llama", seed=2)
     with torch.no_grad():
         model.pointer.sentinel.normal_(0, 1.0)
         model.pointer.gate.fill_(0.7)
-    idx = torch.tensor([[3, 5, 3, 7, 3, 5, 9, 3]])
+        model.pointer.match.copy_(torch.tensor([1.5, 0.8]))
+    idx = torch.tensor([[3, 5, 3, 7, 3, 5, 9, 3, 5, 3]])  # 3 and "5 3" repeat
     captured = {}
     model.transformer.ln_f.register_forward_hook(lambda m, i, o: captured.update(h=o))
     with torch.no_grad():
@@ -68,7 +70,9 @@ def test_the_mixture_is_the_formula():
         vocab = torch.softmax(model.lm_head(h), -1)
         d = q.size(-1)
         for t in range(idx.size(1)):
-            scores = [float(q[t] @ k[j]) / math.sqrt(d) for j in range(t)]
+            x = idx[0].tolist()
+            scores = [float(q[t] @ k[j]) / math.sqrt(d) + 1.5 * (x[j] == x[t])
+                      + 0.8 * (x[j] == x[t] and j > 0 and t > 0 and x[j - 1] == x[t - 1]) for j in range(t)]
             scores.append(float(q[t] @ model.pointer.sentinel) / math.sqrt(d) + 0.7)
             a = torch.softmax(torch.tensor(scores), 0)
             want = a[-1] * vocab[t]

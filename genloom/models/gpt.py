@@ -224,6 +224,7 @@ class Pointer(nn.Module):
         self.k = nn.Linear(cfg.n_embd, d, bias=False)
         self.sentinel = nn.Parameter(torch.zeros(d))
         self.gate = nn.Parameter(torch.tensor(math.log(cfg.block_size / 2)))  # g = 1/2 against half a context
+        self.match = nn.Parameter(torch.tensor([2.0, 2.0]))  # score bonus: same token; same token after the same one
 
     def entries(self, x, idx):
         """Cache entries of positions x (B, T, C) holding tokens idx (B, T): keys and tokens, (B, nkv, T, hs) each."""
@@ -234,20 +235,31 @@ class Pointer(nn.Module):
         tok[:, 0, :, 1] = idx % 256
         return k, tok
 
-    def forward(self, x, logits, k, tok, allowed):
-        """Queries x (B, T, C) and their logits (B, T, V) against the entries k, tok (B, nkv, S, hs) of columns
-        [0, S); key j copies the token in column j + 1. allowed (B or 1, T, S - 1) bool: the keys each query may
-        point at. Returns log-probabilities (B, T, V)."""
+    def forward(self, x, logits, k, tok, allowed, valid=None):
+        """Queries x (B, T, C), the last T of the columns [0, S), and their logits (B, T, V) against the entries
+        k, tok (B, nkv, S, hs) of those columns; key j copies the token in column j + 1. allowed (B or 1, T, S - 1)
+        bool: the keys each query may point at; valid (B, S) bool or None (all): the columns that hold a token, not
+        padding. Returns log-probabilities (B, T, V).
+
+        Besides the learnt match q . k, a key scores `match[0]` when its token is the query's, and `match[1]` more
+        when the tokens before them are the same too: a copy in progress goes on from where it is (the next token
+        of a two-token match) instead of jumping to another place that merely resembles it."""
         B, T, _ = x.shape
         keys = k[:, :, :-1].transpose(1, 2).reshape(B, -1, self.nkv * self.hs)  # (B, S - 1, d)
-        nxt = (tok[:, 0, 1:, 0] * 256 + tok[:, 0, 1:, 1]).round().long()  # (B, S - 1): the token after each key
+        ids = (tok[:, 0, :, 0] * 256 + tok[:, 0, :, 1]).round().long()  # (B, S): each column's token
+        if valid is not None:
+            ids = ids.masked_fill(~valid, -1)
+        prev = F.pad(ids[:, :-1], (1, 0), value=-1)  # the token before each column
         q = self.q(x)  # (B, T, d)
         scale = 1.0 / math.sqrt(q.size(-1))
-        att = (q @ keys.transpose(1, 2) * scale).masked_fill(~allowed, float("-inf"))  # (B, T, S - 1)
+        same = ids[:, -T:, None] == ids[:, None, :-1]  # (B, T, S - 1): the key holds the query's token
+        twice = same & (prev[:, -T:, None] == prev[:, None, :-1]) & (prev[:, -T:, None] >= 0)
+        att = q @ keys.transpose(1, 2) * scale + self.match[0] * same + self.match[1] * twice
+        att = att.masked_fill(~allowed, float("-inf"))
         sent = (q @ self.sentinel * scale + self.gate).unsqueeze(-1)  # (B, T, 1)
         a = torch.softmax(torch.cat([att, sent], dim=-1).float(), dim=-1)
         p = a[..., -1:] * torch.softmax(logits.float(), dim=-1)
-        p = p.scatter_add(-1, nxt.unsqueeze(1).expand(-1, T, -1), a[..., :-1])
+        p = p.scatter_add(-1, ids[:, 1:].clamp(min=0).unsqueeze(1).expand(-1, T, -1), a[..., :-1])
         return torch.log(p.clamp_min(torch.finfo(p.dtype).tiny)).to(logits.dtype)
 
 
@@ -258,8 +270,12 @@ def allowed_keys(T: int, S: int, start: int, mask=None):
     ok = torch.ones(T, S - 1, dtype=torch.bool, device=None if mask is None else mask.device).tril(start - 1)
     if mask is None:
         return ok.unsqueeze(0)
-    seen = mask if mask.dtype == torch.bool else mask == 0
-    return ok & seen[:, 0, :, : S - 1]
+    return ok & attended(mask)[:, 0, :, : S - 1]
+
+
+def attended(mask):
+    """A mask SDPA takes (bool, or additive with 0 = attend) as bool."""
+    return mask if mask.dtype == torch.bool else mask == 0
 
 
 class GPT(nn.Module):
@@ -350,9 +366,10 @@ class GPT(nn.Module):
             start = cache.length
             k, tok = cache.update(self.config.n_layer, k, tok)
         allowed = allowed_keys(T, start + T, start, mask)
+        valid = None if mask is None else attended(mask)[:, 0, -1]  # (B, S): the last query is a token, sees all
         if last_only:
             x, allowed = x[:, -1:], allowed[:, -1:]
-        return self.pointer(x, self.lm_head(x), k, tok, allowed)
+        return self.pointer(x, self.lm_head(x), k, tok, allowed, valid)
 
     def _decode_weights(self) -> list[tuple]:
         """Per layer: (norm_1 w, b, c_attn, attn.c_proj, norm_2 w, b, c_fc, mlp.c_proj), the linears as callables
@@ -452,7 +469,8 @@ class GPT(nn.Module):
         x = x.unsqueeze(1)  # (B, 1, C)
         k, tok = store(kvs[-1], torch.stack(self.pointer.entries(x, idx.view(B, 1)), dim=1))
         S = k.size(2)
-        return self.pointer(x, logits, k, tok, allowed_keys(1, S, S - 1, mask))
+        valid = None if mask is None else attended(mask)[:, 0, -1]
+        return self.pointer(x, logits, k, tok, allowed_keys(1, S, S - 1, mask), valid)
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
         """AdamW with decay on matrices only (nanoGPT's grouping); fused kernel where available."""
