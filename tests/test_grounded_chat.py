@@ -312,3 +312,48 @@ def test_the_server_is_healthy_while_a_bundled_base_builds_and_grounded_requests
         assert r.status_code == 200, r.text
         assert "forty countries" in json.dumps(r.json())  # the reply cites the base's passage
         assert KnowledgeBases(tmp_path / "data" / "kb").exists("tinychat")
+
+
+# Questions the starter never saw, each answered by one of three made-up passages (not chatterbot's, not a man
+# page), at every position: a grounded model copies the answering passage's reply; it cannot know these otherwise.
+UNSEEN = [
+    (["User: When does the shop open on Sundays? Bot: On Sundays the shop opens at eleven and closes at four.",
+      "User: Can I return a gift without a receipt? Bot: Gifts can be exchanged for store credit within thirty days.",
+      "User: Do you ship to Canada? Bot: Yes, parcels to Canada take five to seven working days."],
+     "Can I return a gift without a receipt?", "store credit"),
+    (["User: How do I reset the router? Bot: Hold the red button on the back for ten seconds.",
+      "User: What is the guest wifi password? Bot: The guest network password is printed under the counter.",
+      "User: Why is the light blinking orange? Bot: An orange light means the cable is loose; plug it in again."],
+     "How do I reset the router?", "red button"),
+    (["User: Who wrote the novel Dune? Bot: Dune was written by Frank Herbert in 1965.",
+      "User: What is the capital of Australia? Bot: The capital of Australia is Canberra.",
+      "User: How tall is Mount Everest? Bot: Mount Everest is 8,849 metres tall."],
+     "What is the capital of Australia?", "Canberra"),
+    (["User: Is parking free? Bot: Parking is free for the first two hours with a ticket.",
+      "User: Can I bring my dog? Bot: Dogs on a lead are welcome in the garden but not inside.",
+      "User: Where are the toilets? Bot: The toilets are on the first floor next to the lift."],
+     "Where are the toilets?", "first floor"),
+    (["User: How do I cancel my subscription? Bot: Open Billing and press Cancel plan; you keep access until the "
+      "month ends.", "User: Can I pay by invoice? Bot: Invoices are available for yearly plans only.",
+      "User: Is there a student discount? Bot: Students get forty percent off with a university e-mail address."],
+     "Is there a student discount?", "forty percent"),
+    (["User: What does the fan icon mean? Bot: The fan icon shows that the cooler is running at full speed.",
+      "User: How often should I descale the machine? Bot: Descale the machine every three months with citric "
+      "acid.", "User: Why is my coffee cold? Bot: Cold coffee means the heater needs a service."],
+     "How often should I descale the machine?", "three months"),
+]
+
+
+def test_the_grounded_starter_copies_the_answering_passage():
+    """models/chat-kb with the server's prompt layout: the reply carries the answering passage's key words."""
+    from genloom.checkpoints import load_model
+    from genloom.sample import SamplingParams, generate
+
+    lm = load_model(CHAT_KB)
+    sp = SamplingParams(max_new_tokens=40, temperature=0.0, stop=["\n"])
+    prompts = ["".join(doc_line(d, 240) for d in docs) + f"User: {q}\nBot:" for docs, q, _ in UNSEEN]
+    replies = [c.text for c in generate(lm.model, lm.tokenizer, prompts, sp)]
+    answers = [next(d for d in docs if f"User: {q} Bot: " in d).split(" Bot: ")[1] for docs, q, _ in UNSEEN]
+    right = [key in reply and reply.split()[:2] == answer.split()[:2]  # the right passage, from its start
+             for (_, _, key), reply, answer in zip(UNSEEN, replies, answers)]
+    assert sum(right) >= 5, replies
