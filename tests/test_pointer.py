@@ -127,3 +127,29 @@ def test_compile_export_and_gguf_refuse_a_pointer_model(tmp_path):
     assert not (tmp_path / "p.gguf").exists() and not (tmp_path / "hf" / "model.safetensors").exists()
     with pytest.raises(GenloomError, match="head size"):
         GPTConfig(n_embd=4, n_head=4, pointer=True)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_a_pointer_model_runs_in_low_precision(dtype):
+    """bfloat16 (the cache holds the copied tokens as two base-256 digits, exact in bf16) and dynamic int8 (the
+    pointer's linears quantised like the others) decode the same greedy tokens as float32 on a sharp model."""
+    from genloom.models.runtime import int8_engine, to_dtype
+    from genloom.sample import SamplingParams, generate
+
+    if dtype == "int8" and int8_engine() is None:
+        pytest.skip("no x86/fbgemm quantised engine in this PyTorch build")
+    tok = CharTokenizer([chr(97 + i) for i in range(26)] + [chr(65 + i) for i in range(14)])
+    sp = SamplingParams(max_new_tokens=12, temperature=0.0)
+    prompt = "abcdefgabcd"  # a copy is on offer: "efg" followed "abcd" before
+    def model_copying():
+        model = pointer_gpt("llama", seed=4)
+        with torch.no_grad():
+            model.pointer.match.fill_(4.0)  # exact matches win: it copies
+        return model
+
+    ref = generate(model_copying(), tok, [prompt], sp)[0].token_ids
+    model = model_copying()  # bf16 directly: to_dtype refuses it on a CPU without native bf16
+    model = model.to(torch.bfloat16) if dtype == "bfloat16" else to_dtype(model, dtype)
+    low = generate(model, tok, [prompt], sp)[0].token_ids
+    assert low[:3] == ref[:3] == tok.encode("efg")
+    assert sum(a == b for a, b in zip(low, ref)) >= 10
