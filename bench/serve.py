@@ -171,14 +171,15 @@ class ChildServer:
 class ServerProcess(ChildServer):
     """`genloom.serve.app.serve` with one batch size and queue bound, on a free loopback port."""
 
-    def __init__(self, *, max_batch: int, max_queue: int, log_dir: Path):
+    def __init__(self, *, max_batch: int, max_queue: int, log_dir: Path, compile_decode: bool = False):
         port = free_port()
-        self.settings = dict(max_batch=max_batch, max_queue=max_queue, jobs=False, threads=SERVER_THREADS)
+        self.settings = dict(max_batch=max_batch, max_queue=max_queue, jobs=False, threads=SERVER_THREADS,
+                             compile=compile_decode)
         code = (
             "import torch; torch.set_num_threads(%d)\n"
             "from genloom.serve.app import serve\n"
-            "serve([%r], port=%d, log_level='warning', max_batch=%d, max_queue=%d, jobs=False)\n"
-            % (SERVER_THREADS, str(MODEL), port, max_batch, max_queue)
+            "serve([%r], port=%d, log_level='warning', max_batch=%d, max_queue=%d, jobs=False, compile_decode=%r)\n"
+            % (SERVER_THREADS, str(MODEL), port, max_batch, max_queue, compile_decode)
         )
         super().__init__([sys.executable, "-c", code], port=port, threads=SERVER_THREADS,
                          log=log_dir / f"server-b{max_batch}-q{max_queue}.log")
@@ -520,6 +521,8 @@ def stream_row(case: str, ours: dict, peer: dict, *, min_tokens: int, clients: i
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="8 / 32 clients, 16 tokens, 2 rounds, 1 wave")
+    ap.add_argument("--compile", action="store_true", help="both servers decode with the compiled step "
+                    "(`genloom serve --compile`; the first start compiles, minutes, then the on-disk cache)")
     ap.add_argument("--clients", type=int, default=None, help="streaming clients (default 16; quick 8)")
     ap.add_argument("--rounds", type=int, default=None, help="requests per streaming client (default 16; quick 2)")
     ap.add_argument("--block", type=int, default=None, help="rounds per block (default 4; quick 1)")
@@ -540,14 +543,15 @@ def main(argv=None) -> None:
     t_start = time.perf_counter()
 
     common = dict(model="models/chat", server_threads=SERVER_THREADS, temperature=0, max_tokens=max_tokens,
-                  stream=True, client="httpx2" if httpx.__name__ == "httpx2" else "httpx", quick=q)
+                  stream=True, client="httpx2" if httpx.__name__ == "httpx2" else "httpx", quick=q,
+                  compiled_step=args.compile)
     name = "serve-16-clients-stream" if clients == 16 else f"serve-{clients}-clients-stream"
     stream_cases = [(name, 0), (f"{name}-{max_tokens}-tokens", max_tokens)]  # (case, min_tokens)
     rows = []
     with tempfile.TemporaryDirectory(prefix="genloom-bench-serve-") as tmp:
         log_dir = Path(tmp)
-        servers = {"ours": ServerProcess(max_batch=batch, max_queue=64, log_dir=log_dir),
-                   "peer": ServerProcess(max_batch=1, max_queue=64, log_dir=log_dir)}
+        servers = {"ours": ServerProcess(max_batch=batch, max_queue=64, log_dir=log_dir, compile_decode=args.compile),
+                   "peer": ServerProcess(max_batch=1, max_queue=64, log_dir=log_dir, compile_decode=args.compile)}
         try:
             for srv in servers.values():
                 srv.wait_ready()
