@@ -86,12 +86,13 @@ requests get a 503 "being built" until it is ready; start-up does not wait):
 genloom serve -m models/chat-kb            # grounding.json: {"kb": "chatterbot", ...}
 ```
 
-A question/answer pair of a JSONL knowledge base is shown to the model as the one-turn dialogue it is
-(`Doc: User: question Bot: answer`), Markdown sections with their heading line.
+A passage is shown to the model as a reply it can copy (`Passage.prompt_text`): a question/answer pair of a JSONL
+knowledge base as `Doc: User: question Bot: answer`, a Markdown section as a reply to its heading (`Doc: User:
+Errors Bot: ...`), plain text after `Bot:`; dialogues and man-page option sections as they are.
 
 Figures: bench/RESULTS.md, "Grounded chat", fifth attempt (`python3 bench/grounded.py`; greedy, at most 48 new
 tokens, with the default text watermark / without it). Against returning the top passage verbatim, the goal is met
-on the docs set (chrF 79.3 / 85.0 vs 67.7, MiniLM 0.864 / 0.894 vs 0.685) and on chat MiniLM (0.654 / 0.746 vs
+on the docs set (chrF 77.9 / 83.2 vs 67.7, MiniLM 0.853 / 0.891 vs 0.685) and on chat MiniLM (0.654 / 0.746 vs
 0.508), NOT on chat chrF (27.5 / 29.5 vs 61.0): sacrebleu's corpus chrF is recall-weighted, and one reference of
 1,087 characters (a code example; 42% of the set's reference characters) counts for more than the rest, while a
 reply is at most 48 tokens from a passage cut to 240 characters. Per reply the starter is ahead (watermark off:

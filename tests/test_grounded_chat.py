@@ -20,7 +20,7 @@ from test_api_text import CHAT, Server
 
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases, read_source
-from genloom.knowledge.documents import CORPORA
+from genloom.knowledge.documents import CORPORA, Passage
 from genloom.knowledge.grounding import NOT_FOUND, Grounding, doc_line
 from genloom.serve import retrieval
 from genloom.serve.app import create_app
@@ -43,6 +43,12 @@ Error ZX-4411 means the licence server cannot be reached; open port 7070 in the 
 SHIPPING = '{"question": "Do you ship abroad?", "answer": "Yes, we deliver to forty countries."}\n'
 QUESTION = "How do I reset my password?"
 CHAT_KB = Path(__file__).resolve().parent.parent / "models" / "chat-kb"
+
+
+def shown(source: dict) -> str:
+    """What the prompt shows of a returned source (Passage.prompt_text of the passage it names)."""
+    return Passage(id=source["passage_id"], doc="", source=source["source"], heading=source["heading"], start=0, end=0,
+                   text=source["text"]).prompt_text()
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +120,7 @@ def test_grounded_reply_has_the_passages_in_its_prompt_and_returns_them_as_sourc
     assert "Forgot password" in sources[0]["text"] and sources[0]["vector_store_id"] == "support"
     assert all(s["cosine"] >= Grounding().min_cosine for s in sources)
     assert {"file_id", "passage_id", "score"} <= set(sources[0])
-    docs = "".join(doc_line(s["text"], Grounding().passage_chars) for s in sources)
+    docs = "".join(doc_line(shown(s), Grounding().passage_chars) for s in sources)
     assert last_prompt(served) == f"User: hi\nBot: Hello!\n{docs}User: {QUESTION}\nBot:"  # grounding.py's layout
     assert msg["annotations"] == [{"type": "file_citation", "file_id": s["file_id"], "filename": s["source"],
                                    "index": i} for i, s in enumerate(sources)]
@@ -157,7 +163,7 @@ def test_only_the_passages_that_leave_room_for_the_reply_go_in_and_are_cited(ser
     prompt = last_prompt(served)
     assert 1 <= len(sources) < 3  # three found, each ~240 characters: not all fit a 128-token context
     assert [line for line in prompt.splitlines() if line.startswith("Doc: ")] == [
-        doc_line(s["text"], Grounding().passage_chars).rstrip("\n") for s in sources]
+        doc_line(shown(s), Grounding().passage_chars).rstrip("\n") for s in sources]
     tokens = served.app.state.models["chat"].tokenizer.encode(prompt)
     assert len(tokens) + 16 <= 128 or len(sources) == 1
 
@@ -360,3 +366,44 @@ def test_the_grounded_starter_answers_from_a_new_knowledge_base(tmp_path):
     right = [key in r and any(a.startswith(r.rstrip(".")[:20]) for a in answers)  # one answer, from its start
              for (_, key), r in zip(ASKED, replies)]
     assert sum(right) >= 7, replies
+
+
+FAQ_MD = """# Accounts
+
+To reset your password, click "Forgot password" on the sign-in page and follow the e-mail.
+
+# Errors
+
+Error ZX-4411 means the licence server cannot be reached; open port 7070 in the firewall.
+
+# Billing
+
+Invoices are sent on the first day of each month to the address in your profile.
+
+# Shipping
+
+Orders leave the warehouse within two working days; tracking numbers arrive by text message.
+"""
+ASKED_MD = [("I forgot my password, what now?", "Forgot password"), ("what does error ZX-4411 mean?", "licence server"),
+            ("when are invoices sent?", "first day"), ("how long until my order ships?", "two working days"),
+            ("which port must be open for the licence server?", "licence server")]
+
+
+def test_the_grounded_starter_answers_from_a_markdown_base(tmp_path):
+    """A Markdown FAQ (sections under headings): each section reaches the prompt as a reply to its heading
+    (`User: Errors Bot: ...`), which the starter copies; shown as `# Errors ...` it answered NOT_FOUND to all."""
+    from genloom.checkpoints import load_model
+    from genloom.knowledge.examples import grounded_prompt
+    from genloom.sample import SamplingParams, generate
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "faq.md").write_text(FAQ_MD, encoding="utf-8")
+    kbs = KnowledgeBases(tmp_path / "kb")
+    kbs.update("faq", read_source(tmp_path / "docs"))
+    grounding = load_grounding(CHAT_KB)[0]
+    shown = [[h.passage.prompt_text() for h in kbs.search("faq", q, k=grounding.k)] for q, _ in ASKED_MD]
+    lm = load_model(CHAT_KB)
+    sp = SamplingParams(max_new_tokens=40, temperature=0.0, stop=["\n"])
+    prompts = [grounded_prompt([], q, docs, grounding) for (q, _), docs in zip(ASKED_MD, shown)]
+    replies = [c.text.strip() for c in generate(lm.model, lm.tokenizer, prompts, sp)]
+    assert sum(key in r for (_, key), r in zip(ASKED_MD, replies)) >= 4, replies

@@ -100,8 +100,14 @@ def test_jsonl_gives_one_passage_per_question_answer_pair():
     assert ps[0].indexed_text() == "Do you ship abroad?\nYes, we deliver to forty countries."
     # a grounded prompt shows the pair as a one-turn dialogue; other passages as their text
     assert ps[0].prompt_text() == "User: Do you ship abroad? Bot: Yes, we deliver to forty countries."
-    md = split(Document.from_text("faq.md", "markdown", "# Errors\n\nZX-1 means no licence.\n"))[0]
-    assert md.prompt_text() == md.text and md.text.startswith("# Errors")
+    md = split(Document.from_text("faq.md", "markdown", "# Help\n\n## Errors\n\nZX-1 means no licence.\n"))[-1]
+    assert md.prompt_text() == "User: Errors Bot: ZX-1 means no licence."  # a reply to its heading
+    assert split(Document.from_text("n.txt", "text", "Plain words.\n"))[0].prompt_text() == "Bot: Plain words."
+    option = "### -f, --force\n\n`cp -f, --force`: remove it and try again\n"  # layouts the starter learnt stay
+    dialogue = "User: hi\nBot: Hello!"
+    for text, kind in ((option, "markdown"), (dialogue, "text")):
+        p = split(Document.from_text("x.md" if kind == "markdown" else "x.txt", kind, text))[0]
+        assert p.prompt_text() == p.text
     with pytest.raises(GenloomError, match=r"bad.jsonl:2: expected a JSON object with .*question"):
         split(Document.from_text("bad.jsonl", "jsonl", QA.splitlines()[0] + '\n{"q": "x"}\n'))
 

@@ -22,6 +22,8 @@ MAX_CHARS = 1000  # about 250 word pieces: what all-MiniLM-L6-v2 reads of a pass
 SUFFIXES = {".md": "markdown", ".markdown": "markdown", ".txt": "text", ".text": "text", ".jsonl": "jsonl"}
 KINDS = ("markdown", "text", "jsonl", "corpus")
 _HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
+_HEADING_LINE = re.compile(r"\A[ \t]*#{1,6}[ \t]+[^\n]*\n*")  # a section's heading line, at its start
+_SYNOPSIS = re.compile(r"^`[^`\n]+`: ", re.M)  # an option section's synopsis (genloom.knowledge.manpages)
 _FENCE = re.compile(r"^[ \t]{0,3}(`{3,}|~{3,})")
 _PARAGRAPH_BREAK = re.compile(r"\n[ \t]*\n")
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -59,13 +61,21 @@ class Passage:
     text: str
 
     def prompt_text(self) -> str:
-        """What a grounded prompt shows of it (genloom.knowledge.grounding): a question/answer pair of a JSONL file as
-        the one-turn dialogue it is, `User: question Bot: answer` (the question is what singles the answer out, and
-        this is the layout of the dialogues grounded chat models learn from); any other passage as its text
-        (Markdown sections keep their heading line)."""
+        """What a grounded prompt shows of it (genloom.knowledge.grounding): the answer after a `Bot:`, the layout the
+        grounded starter learnt to copy from (its training passages are dialogues and man-page option sections).
+
+        A question/answer pair of a JSONL file is the one-turn dialogue it is, `User: question Bot: answer`; a
+        passage already in a learnt layout (a dialogue, or an option section `` `cmd -x`: ... `` as
+        genloom.knowledge.manpages writes it) stays as it is; any other passage is a reply to its heading,
+        `User: heading Bot: text` (the heading line taken out of the text), or `Bot: text` when it has none."""
         if self.heading and SUFFIXES.get(Path(self.source).suffix.lower()) == "jsonl":
             return f"User: {self.heading} Bot: {self.text}"
-        return self.text
+        if "Bot: " in self.text or _SYNOPSIS.search(self.text):
+            return self.text
+        body = _HEADING_LINE.sub("", self.text, count=1).strip()
+        if not body:
+            return self.text
+        return f"User: {self.heading.split(' > ')[-1]} Bot: {body}" if self.heading else f"Bot: {body}"
 
     def indexed_text(self) -> str:
         """What the embeddings and BM25 see: the heading path (or a JSONL question) above the text."""
