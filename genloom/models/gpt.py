@@ -264,13 +264,15 @@ class Pointer(nn.Module):
 
 
 def allowed_keys(T: int, S: int, start: int, mask=None):
-    """(B or 1, T, S - 1) bool: the keys the Pointer's queries in columns [start, start + T) may point at: every
-    earlier column (whose next token is known), and only columns the attention mask (B, 1, T or 1, S; bool, or
-    additive with 0 = attend) lets the query see."""
+    """What the Pointer's queries in columns [start, start + T) may point at, from the attention mask (B, 1, T or 1,
+    S; bool, or additive with 0 = attend; None: everything): (allowed, valid). allowed (B or 1, T, S - 1) bool: every
+    earlier column (whose next token is known) that the mask lets the query see; valid (B, S) bool or None: the
+    columns holding a token, not padding (what the last query, always a token, sees)."""
     ok = torch.ones(T, S - 1, dtype=torch.bool, device=None if mask is None else mask.device).tril(start - 1)
     if mask is None:
-        return ok.unsqueeze(0)
-    return ok & attended(mask)[:, 0, :, : S - 1]
+        return ok.unsqueeze(0), None
+    seen = attended(mask)[:, 0]  # (B, T or 1, S)
+    return ok & seen[:, :, : S - 1], seen[:, -1]
 
 
 def attended(mask):
@@ -365,8 +367,7 @@ class GPT(nn.Module):
         if cache is not None:
             start = cache.length
             k, tok = cache.update(self.config.n_layer, k, tok)
-        allowed = allowed_keys(T, start + T, start, mask)
-        valid = None if mask is None else attended(mask)[:, 0, -1]  # (B, S): the last query is a token, sees all
+        allowed, valid = allowed_keys(T, start + T, start, mask)
         if last_only:
             x, allowed = x[:, -1:], allowed[:, -1:]
         return self.pointer(x, self.lm_head(x), k, tok, allowed, valid)
@@ -469,8 +470,7 @@ class GPT(nn.Module):
         x = x.unsqueeze(1)  # (B, 1, C)
         k, tok = store(kvs[-1], torch.stack(self.pointer.entries(x, idx.view(B, 1)), dim=1))
         S = k.size(2)
-        valid = None if mask is None else attended(mask)[:, 0, -1]
-        return self.pointer(x, logits, k, tok, allowed_keys(1, S, S - 1, mask), valid)
+        return self.pointer(x, logits, k, tok, *allowed_keys(1, S, S - 1, mask))
 
     def configure_optimizer(self, weight_decay: float, lr: float, betas: tuple[float, float]):
         """AdamW with decay on matrices only (nanoGPT's grouping); fused kernel where available."""
