@@ -8,12 +8,16 @@ Two held-out sets:
   docs  bench/data/docs-questions.jsonl over bench/data/docs (man pages; bench/make_docs.py writes both); the
         answer's passage is the option's own section (file and heading).
 Retrieval: recall@5 of the answer's passage for bm25, embeddings and hybrid (genloom.knowledge.KnowledgeBase).
-Replies, greedy, at most 48 new tokens, stop at a new line, with the text watermark that `genloom serve` and
-`genloom generate` apply by default (green list, gamma 0.25, delta 2.0; a fixed bench key, not an installation's),
-and again without it (`watermark: off` rows: what `--watermark off` gives):
+Replies, greedy, as `genloom serve` gives them with its default limits: the prompt keeps a quarter of the context
+for the reply (the worst passages leave the prompt first when it does not fit), the reply may use the rest of the
+context, and it stops at a new line (the bench's) or at the server's stop strings; with the text watermark that
+`genloom serve` and `genloom generate` apply by default (green list, gamma 0.25, delta 2.0; a fixed bench key, not
+an installation's), and again without it (`watermark: off` rows: what `--watermark off` gives):
   grounded   the grounded starter (models/chat-kb) with the top 3 hybrid passages in the prompt
              (genloom.knowledge.grounding's layout); when no passage reaches min_cosine it answers NOT_FOUND,
-             as the server does
+             as the server does; a reply that copies a Doc line up to its cut goes on with the rest of that
+             passage's answer (grounding.copy_through, as the server does)
+  grounded-model  the same replies without copy_through: the model's own tokens only
   chat       today's chat starter (models/chat), no retrieval
   top-passage  the best hybrid passage, verbatim (flattened to one line)
 Scores: sacrebleu BLEU and chrF, MiniLM cosine to the reference, key facts: the share of replies where every
@@ -47,21 +51,21 @@ from genloom.data.evalsets import chat_eval_set  # noqa: E402
 from genloom.embeddings import embed  # noqa: E402
 from genloom.knowledge import KnowledgeBases, read_source  # noqa: E402
 from genloom.knowledge.examples import grounded_prompt, turns_of  # noqa: E402
-from genloom.knowledge.grounding import NOT_FOUND, Grounding, doc_line  # noqa: E402
+from genloom.knowledge.grounding import CUT, NOT_FOUND, STOP, Grounding, copy_through, doc_line, fitting  # noqa: E402
 from genloom.metrics.textgen import bleu, chrf, semantic_similarity  # noqa: E402
 from genloom.safety.watermark import Secret, Watermarks  # noqa: E402
 from genloom.sample import SamplingParams, generate  # noqa: E402
 
 DOCS = ROOT / "bench" / "data"
 MODES = ("bm25", "embeddings", "hybrid")
-STOP = set(STOPWORDS_EN)
+STOPWORDS = set(STOPWORDS_EN)
 _WORD = re.compile(r"[a-z0-9]+")
-MAX_NEW = 48
+BENCH_STOP = [*STOP, "\nUser:", "\n"]  # the server's stops (grounded chat), then the bench's new line
 MARKS = {"on": Watermarks(Secret(bytes(range(32)))), "off": Watermarks(None)}  # the bench key of bench/watermark.py
 
 
 def content_words(text: str) -> set[str]:
-    return {w for w in _WORD.findall(text.lower()) if w not in STOP}
+    return {w for w in _WORD.findall(text.lower()) if w not in STOPWORDS}
 
 
 def chat_items(limit: int) -> list[dict]:
@@ -94,18 +98,22 @@ def recall(kb, items: list[dict], vectors: np.ndarray, k: int = 5) -> dict:
     return out
 
 
-def complete(model_path: str, prompts: list[str], marks: Watermarks) -> list[str]:
-    lm = load_model(model_path)
+def room(lm) -> int:
+    """The prompt's share of the context: the server keeps a quarter for the reply (completions._fit)."""
+    return lm.config.block_size - lm.config.block_size // 4
+
+
+def complete(lm, prompts: list[str], marks: Watermarks) -> list:
+    """Greedy replies (genloom.sample.Completion); a prompt longer than its room keeps its end (the question and
+    the cue), as a last resort."""
     procs = marks.processors(lm.config.vocab_size)
-    room = lm.config.block_size - MAX_NEW
-    cut = []
-    for p in prompts:  # keep the end of a long prompt, where the question and the cue are
-        ids = lm.tokenizer.encode(p)
-        cut.append(lm.tokenizer.decode(ids[-room:]) if len(ids) > room else p)
-    sp = SamplingParams(max_new_tokens=MAX_NEW, temperature=0.0, stop=["\nUser:", "\n"])
+    ids = [lm.tokenizer.encode(p)[-room(lm):] for p in prompts]
     outs = []
-    for i in range(0, len(cut), 16):
-        outs += [o.text.strip() for o in generate(lm.model, lm.tokenizer, cut[i: i + 16], sp, procs)]
+    for i in range(0, len(ids), 16):
+        rows = ids[i: i + 16]
+        sp = SamplingParams(max_new_tokens=lm.config.block_size - max(map(len, rows)) + 1, temperature=0.0,
+                            stop=BENCH_STOP)  # the server's max_new_tokens: the rest of the context
+        outs += generate(lm.model, lm.tokenizer, [lm.tokenizer.decode(r) for r in rows], sp, procs)
     return outs
 
 
@@ -128,16 +136,27 @@ def replies(kb, items: list[dict], vectors: np.ndarray, args, g: Grounding) -> l
     hits = [kb.search(it["question"], k=g.k, mode="hybrid", vector=v) for it, v in zip(items, vectors)]
     found = [bool(hs) and max(h.cosine for h in hs) >= g.min_cosine for hs in hits]
     passages = [[h.passage.prompt_text() for h in hs] for hs in hits]
+    lm, chat_lm = load_model(args.grounded), load_model(args.chat)
+    for j, (it, ps) in enumerate(zip(items, passages)):  # the passages the prompt holds (the server's _fit)
+        n = fitting(ps, lambda shown, it=it: grounded_prompt(it["history"], it["question"], shown, g),
+                    lambda p: len(lm.tokenizer.encode(p)), room(lm))
+        passages[j] = ps[:n]
     prompts = [grounded_prompt(it["history"], it["question"], ps, g) for it, ps in zip(items, passages)]
     top = [doc_line(ps[0], 10_000)[len("Doc: "):].strip() if ps else NOT_FOUND for ps in passages]
     refs = [it["reference"] for it in items]
     rows, examples = [{"system": "top-passage", **scores(top, refs, [ps[:1] for ps in passages])}], {}
     for mark, marks in MARKS.items():
-        grounded = complete(args.grounded, prompts, marks)
-        grounded = [r if f else NOT_FOUND for r, f in zip(grounded, found)]
-        chat = complete(args.chat, [it["plain_prompt"] for it in items], marks)
+        outs = complete(lm, prompts, marks)
+        model = [o.text.strip() if f else NOT_FOUND for o, f in zip(outs, found)]
+        grounded = [copy_through(r, ps, g) if f and o.stop_reason == CUT else r
+                    for r, o, ps, f in zip(model, outs, passages, found)]
+        chat = [o.text.strip() for o in complete(chat_lm, [it["plain_prompt"] for it in items], marks)]
+        copied = sum(a != b for a, b in zip(grounded, model))
         rows += [{"system": "grounded", "watermark": mark, "model": args.grounded,
-                  **scores(grounded, refs, passages), "not_found": round(1 - float(np.mean(found)), 4)},
+                  **scores(grounded, refs, passages), "not_found": round(1 - float(np.mean(found)), 4),
+                  "copied_through": copied},
+                 {"system": "grounded-model", "watermark": mark, "model": args.grounded,
+                  **scores(model, refs, passages)},
                  {"system": "chat", "watermark": mark, "model": args.chat, **scores(chat, refs, None)}]
         examples[mark] = [{"question": it["question"], "reference": it["reference"], "grounded": a, "chat": b,
                            "top-passage": c} for it, a, b, c in list(zip(items, grounded, chat, top))[:5]]

@@ -272,6 +272,7 @@ class TextStream:
         self.floor = 0  # characters handed out before min_tokens: a stop string may not start before this
         self.text = ""
         self.stopped = False
+        self.stop_reason: str | None = None  # the stop string that ended the text (vLLM's stop_reason)
 
     def push(self, token: int) -> str:
         self.ids.append(token)
@@ -286,7 +287,7 @@ class TextStream:
         for s in self.stop:
             at = text.find(s, max(0, self.floor, self.emitted - len(s)))
             if at != -1:
-                self.stopped = True
+                self.stopped, self.stop_reason = True, s
                 self.text = text[:at]
                 return self._flush(len(self.text))
         hold = max((len(s) - 1 for s in self.stop), default=0)  # a stop string may be starting
@@ -307,6 +308,7 @@ class Completion:
     token_ids: list[int]
     prompt_tokens: int
     finish_reason: str  # stop | length
+    stop_reason: str | None = None  # the stop string that ended it (None: end-of-text, or not stopped)
 
 
 def stream_text(model, tokenizer, prompts: list[str], sp: SamplingParams,
@@ -352,5 +354,6 @@ def generate(model, tokenizer, prompts: list[str], sp: SamplingParams,
         if reason:
             reasons[r] = reason
     return [
-        Completion(s.text, s.ids, len(tokenizer.encode(p)), reasons[i]) for i, (p, s) in enumerate(zip(prompts, streams))
+        Completion(s.text, s.ids, len(tokenizer.encode(p)), reasons[i], s.stop_reason)
+        for i, (p, s) in enumerate(zip(prompts, streams))
     ]

@@ -66,8 +66,11 @@ Examples (`genloom data support-grounded`, genloom/knowledge/examples.py):
 The Doc lines are the question's retrieved neighbours in retrieval order, the answer's own passage where retrieval
 ranks it (first for most questions, as when served; put in at a random rank when retrieval misses it); in 3% of
 examples it is left out and the reply to learn is "I could not find that in the documents I have.". A passage that
-holds the same user turn with another reply (the chatterbot corpus repeats questions) is never a distractor. Loss on
-the reply tokens only (`data.loss_mask`). The man pages are those Debian installs on the training machine
+holds the same user turn with another reply (the chatterbot corpus repeats questions) is never a distractor. The
+reply to learn is the answer as its Doc line shows it: on one line, and where the line (240 characters) cuts the
+answer, its shown part followed by " ..."; served, a reply that writes " ..." there goes on with the rest of the
+answer from the passage (`genloom.knowledge.grounding.copy_through`). Loss on the reply tokens only
+(`data.loss_mask`). The man pages are those Debian installs on the training machine
 (`meta.json` of the data folder lists them), so another machine may pick other pages.
 
 Model: llama layout (RoPE, RMSNorm, SwiGLU), 4 layers, 4 heads, 128 wide, 384-token window, with a copy head

@@ -21,9 +21,10 @@ from test_api_text import CHAT, Server
 from genloom.errors import GenloomError
 from genloom.knowledge import KnowledgeBases, read_source
 from genloom.knowledge.documents import CORPORA, Passage
-from genloom.knowledge.grounding import NOT_FOUND, Grounding, doc_line
+from genloom.knowledge.grounding import CUT, NOT_FOUND, STOP, Grounding, doc_line
 from genloom.serve import retrieval
 from genloom.serve.app import create_app
+from genloom.serve.engine import Event, RequestHandle
 from genloom.serve.models import DEFAULT_CHAT_TEMPLATE, ChatTemplate
 from genloom.serve.retrieval import build_corpus_kb, load_grounding, resolve_model_kb
 
@@ -166,6 +167,55 @@ def test_only_the_passages_that_leave_room_for_the_reply_go_in_and_are_cited(ser
         doc_line(shown(s), Grounding().passage_chars).rstrip("\n") for s in sources]
     tokens = served.app.state.models["chat"].tokenizer.encode(prompt)
     assert len(tokens) + 16 <= 128 or len(sources) == 1
+
+
+LONG = {"type": "file_search", "vector_store_ids": ["long"], "max_num_results": 1, "min_cosine": -1}
+LONG_BODY = ("To reset password number 0, " * 12).strip()  # section "Password 0" of the long base: a Doc line cuts it
+
+
+def scripted(served, monkeypatch, reason):
+    """The chat model's engine answers with what the prompt's Doc line shows of the answer (a copy to its cut),
+    ending with `reason` as its stop_reason; the stop strings each request asked for are kept in `asked`."""
+    engine, asked = served.engine("chat"), []
+
+    def submit(ids, sp):
+        asked.append(sp.stop)
+        line = next(x for x in served.app.state.models["chat"].tokenizer.decode(ids).splitlines() if x.endswith(CUT))
+        said = line[line.index("Bot: ") + len("Bot:"): -len(CUT)]
+        h = RequestHandle(engine, ids, sp, "scripted")
+        h._push(Event(said[:10], 1))
+        h._push(Event(said[10:], 2))
+        h._push(Event("", 3, "stop", reason))
+        return h
+
+    monkeypatch.setattr(engine, "submit", submit)
+    return asked
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_reply_that_copies_a_doc_line_to_its_cut_goes_on_with_the_rest_of_the_answer(served, raw, monkeypatch,
+                                                                                         stream):
+    asked = scripted(served, monkeypatch, CUT)
+    body = {**CHAT_BODY, "tools": [LONG], "stream": stream,
+            "messages": [{"role": "user", "content": "how do I reset password number 0"}]}
+    if stream:
+        with raw.stream("POST", "/v1/chat/completions", json=body) as r:
+            chunks = [json.loads(x[6:]) for x in r.iter_lines() if x.startswith("data: {")]
+        content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+        assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "stop"
+    else:
+        r = raw.post("/v1/chat/completions", json=body)
+        assert r.status_code == 200, r.text
+        content = r.json()["choices"][0]["message"]["content"]
+    assert content.rstrip().endswith(LONG_BODY) and content.count("To reset password number 0") == 12
+    assert CUT in asked[0] and all(s in asked[0] for s in STOP)
+
+
+def test_a_reply_that_ends_otherwise_is_not_continued(served, raw, monkeypatch):
+    scripted(served, monkeypatch, None)  # end-of-text, not the cut
+    body = {**CHAT_BODY, "tools": [LONG], "messages": [{"role": "user", "content": "how do I reset password number 0"}]}
+    content = raw.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    assert 0 < content.count("To reset password number 0") < 12
 
 
 @pytest.mark.parametrize("tools, param, code", [

@@ -376,9 +376,11 @@ def test_the_grounded_bench_decodes_with_the_default_watermark_and_without():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.MARKS["on"].on and not bench.MARKS["off"].on
-    model = str(ROOT / "models" / "chat")
+    from genloom.checkpoints import load_model
+
+    lm = load_model(ROOT / "models" / "chat")
     prompts = [f"User: {q}\nBot:" for q in ("hi", "What is AI?", "Tell me a joke", "Do you like books?",
                                               "Who are you?", "What is your name?", "Are you sentient?", "bye")]
-    on, off = (bench.complete(model, prompts, bench.MARKS[m]) for m in ("on", "off"))
-    assert on == bench.complete(model, prompts, bench.MARKS["on"])  # greedy and a fixed key: deterministic
+    on, off = ([c.text for c in bench.complete(lm, prompts, bench.MARKS[m])] for m in ("on", "off"))
+    assert on == [c.text for c in bench.complete(lm, prompts, bench.MARKS["on"])]  # greedy, a fixed key: the same
     assert on != off  # the green-list bias moves some greedy choices

@@ -30,9 +30,9 @@ def pointer_gpt(arch: str, seed: int = 0, **kw):
     return model
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2"])
-def test_probabilities_sum_to_one_and_every_decoding_path_agrees(arch):
-    model = pointer_gpt(arch)
+@pytest.mark.parametrize("arch, match", [("llama", 2), ("gpt2", 2), ("llama", 4)])
+def test_probabilities_sum_to_one_and_every_decoding_path_agrees(arch, match):
+    model = pointer_gpt(arch, pointer_match=match)
     idx = torch.randint(0, 40, (2, 24), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         full, _ = model(idx)
@@ -51,28 +51,33 @@ def test_probabilities_sum_to_one_and_every_decoding_path_agrees(arch):
     assert (plain - full).abs().max() > 0.5
 
 
-def test_the_mixture_is_the_formula():
+@pytest.mark.parametrize("weights", [[1.5, 0.8], [1.5], [1.5, 0.8, 1.1, 0.6]])
+def test_the_mixture_is_the_formula(weights):
     """p(w) at position t = g softmax(logits)(w) + sum over earlier j whose next token is w of a_j, where (a, g) is a
-    softmax over the scores q_t . k_j / sqrt(d) (j < t), plus match[0] when x_j = x_t and match[1] more when also
-    x_(j-1) = x_(t-1), and the sentinel's q_t . s / sqrt(d) + gate."""
-    model = pointer_gpt("llama", seed=2)
+    softmax over the scores q_t . k_j / sqrt(d) (j < t), plus match[n] for each n whose last n + 1 tokens agree
+    (x_(j-i) = x_(t-i) for i = 0 .. n), and the sentinel's q_t . s / sqrt(d) + gate."""
+    model = pointer_gpt("llama", seed=2, pointer_match=len(weights))
     with torch.no_grad():
         model.pointer.sentinel.normal_(0, 1.0)
         model.pointer.gate.fill_(0.7)
-        model.pointer.match.copy_(torch.tensor([1.5, 0.8]))
-    idx = torch.tensor([[3, 5, 3, 7, 3, 5, 9, 3, 5, 3]])  # 3 and "5 3" repeat
+        model.pointer.match.copy_(torch.tensor(weights))
+    idx = torch.tensor([[3, 5, 3, 7, 3, 5, 3, 5, 9, 3, 5, 3, 5, 3]])  # 3, "5 3" and "3 5 3" repeat
     captured = {}
     model.transformer.ln_f.register_forward_hook(lambda m, i, o: captured.update(h=o))
+
+    def agree(x, j, t, n):  # the last n + 1 tokens before and at j and t are the same
+        return j >= n and t >= n and all(x[j - i] == x[t - i] for i in range(n + 1))
+
     with torch.no_grad():
         logp, _ = model(idx)
         h = captured["h"][0]
         q, k = model.pointer.q(h), model.pointer.k(h)
         vocab = torch.softmax(model.lm_head(h), -1)
         d = q.size(-1)
+        x = idx[0].tolist()
         for t in range(idx.size(1)):
-            x = idx[0].tolist()
-            scores = [float(q[t] @ k[j]) / math.sqrt(d) + 1.5 * (x[j] == x[t])
-                      + 0.8 * (x[j] == x[t] and j > 0 and t > 0 and x[j - 1] == x[t - 1]) for j in range(t)]
+            scores = [float(q[t] @ k[j]) / math.sqrt(d) + sum(w * agree(x, j, t, n) for n, w in enumerate(weights))
+                      for j in range(t)]
             scores.append(float(q[t] @ model.pointer.sentinel) / math.sqrt(d) + 0.7)
             a = torch.softmax(torch.tensor(scores), 0)
             want = a[-1] * vocab[t]

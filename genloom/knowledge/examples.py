@@ -48,7 +48,7 @@ from genloom.errors import GenloomError
 from genloom.files import atomic_write_bytes, atomic_write_text
 from genloom.knowledge.documents import Document
 from genloom.knowledge.documents import split as split_passages
-from genloom.knowledge.grounding import NOT_FOUND, Grounding, context_block
+from genloom.knowledge.grounding import NOT_FOUND, Grounding, context_block, shown_reply
 from genloom.knowledge.manpages import (
     HELD_OUT,
     first_sentence,
@@ -160,8 +160,10 @@ def ranked(hits: list[str], mine: str, question: str, k: int, rng: np.random.Gen
 
 def example(history, question: str, passages: list[str], reply: str, grounding: Grounding, dialogue,
             at: int | None) -> dict:
-    """One rendered example: its text, prompt (grounding's layout), reply, unit id and answer position."""
+    """One rendered example: its text, prompt (grounding's layout), reply, unit id and answer position. The reply
+    is what the answer's Doc line shows of it (grounding.shown_reply: one line, ending at the line's cut)."""
     prompt = grounded_prompt(history, question, passages, grounding)
+    reply = reply if at is None else shown_reply(reply, passages[at], grounding)
     return {"text": f"{prompt} {reply}", "prompt": prompt, "reply": reply, "dialogue": dialogue, "answer_at": at}
 
 

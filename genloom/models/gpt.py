@@ -35,6 +35,7 @@ class GPTConfig:
     norm_eps: float = 1e-5
     mlp_hidden: int = 0  # 0: 4*n_embd for gpt2, the usual 2/3*4*n_embd rounded to 32 for llama
     pointer: bool = False  # a copy head (Pointer): copy tokens that followed a matching earlier position
+    pointer_match: int = 2  # the copy head's exact-match terms: the same last 1, 2, ..., pointer_match tokens
 
     def __post_init__(self):
         if self.arch not in ("gpt2", "llama"):
@@ -50,6 +51,8 @@ class GPTConfig:
             raise GenloomError("grouped-query attention (n_kv_head < n_head) needs arch = 'llama'")
         if self.pointer and self.n_embd // self.n_head < 2:
             raise GenloomError("pointer = true needs a head size (n_embd / n_head) of at least 2")
+        if not 1 <= self.pointer_match <= 8:
+            raise GenloomError(f"pointer_match must be between 1 and 8 (got {self.pointer_match})")
         if self.mlp_hidden == 0:
             self.mlp_hidden = 4 * self.n_embd if self.arch == "gpt2" else 32 * math.ceil(8 * self.n_embd / 3 / 32)
 
@@ -224,7 +227,7 @@ class Pointer(nn.Module):
         self.k = nn.Linear(cfg.n_embd, d, bias=False)
         self.sentinel = nn.Parameter(torch.zeros(d))
         self.gate = nn.Parameter(torch.tensor(math.log(cfg.block_size / 2)))  # g = 1/2 against half a context
-        self.match = nn.Parameter(torch.tensor([2.0, 2.0]))  # score bonus: same token; same token after the same one
+        self.match = nn.Parameter(torch.full((cfg.pointer_match,), 2.0))  # bonus: the same last 1, 2, ... tokens
 
     def entries(self, x, idx):
         """Cache entries of positions x (B, T, C) holding tokens idx (B, T): keys and tokens, (B, nkv, T, hs) each."""
@@ -241,20 +244,24 @@ class Pointer(nn.Module):
         bool: the keys each query may point at; valid (B, S) bool or None (all): the columns that hold a token, not
         padding. Returns log-probabilities (B, T, V).
 
-        Besides the learnt match q . k, a key scores `match[0]` when its token is the query's, and `match[1]` more
-        when the tokens before them are the same too: a copy in progress goes on from where it is (the next token
-        of a two-token match) instead of jumping to another place that merely resembles it."""
+        Besides the learnt match q . k, a key scores `match[0]` when its token is the query's, `match[1]` more when
+        the tokens before them are the same too, `match[2]` more when the two before are, and so on: a copy in
+        progress goes on from where it is (the longest match) instead of jumping to another place that merely
+        resembles it, such as a second `import` in a line of code."""
         B, T, _ = x.shape
         keys = k[:, :, :-1].transpose(1, 2).reshape(B, -1, self.nkv * self.hs)  # (B, S - 1, d)
         ids = (tok[:, 0, :, 0] * 256 + tok[:, 0, :, 1]).round().long()  # (B, S): each column's token
         if valid is not None:
             ids = ids.masked_fill(~valid, -1)
-        prev = F.pad(ids[:, :-1], (1, 0), value=-1)  # the token before each column
         q = self.q(x)  # (B, T, d)
         scale = 1.0 / math.sqrt(q.size(-1))
-        same = ids[:, -T:, None] == ids[:, None, :-1]  # (B, T, S - 1): the key holds the query's token
-        twice = same & (prev[:, -T:, None] == prev[:, None, :-1]) & (prev[:, -T:, None] >= 0)
-        att = q @ keys.transpose(1, 2) * scale + self.match[0] * same + self.match[1] * twice
+        att = q @ keys.transpose(1, 2) * scale
+        run = None  # (B, T, S - 1): the last n + 1 tokens of query and key are the same
+        for n in range(len(self.match)):
+            back = F.pad(ids[:, : ids.size(1) - n], (n, 0), value=-1)  # the token n before each column
+            same = (back[:, -T:, None] == back[:, None, :-1]) & (back[:, -T:, None] >= 0)
+            run = same if run is None else run & same
+            att = att + self.match[n] * run
         att = att.masked_fill(~allowed, float("-inf"))
         sent = (q @ self.sentinel * scale + self.gate).unsqueeze(-1)  # (B, T, 1)
         a = torch.softmax(torch.cat([att, sent], dim=-1).float(), dim=-1)

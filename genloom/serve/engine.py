@@ -62,6 +62,7 @@ class Event:
     text: str  # the new text (UTF-8 safe, stop strings never leaked); may be "" while held back
     token: int | None
     finish_reason: str | None = None  # None while running; then "stop" | "length" | "cancelled"
+    stop_reason: str | None = None  # with "stop": the stop string that ended it (None: end-of-text)
 
 
 class RequestHandle:
@@ -384,7 +385,7 @@ class TextEngine:
             return Event(r.stream.finish(), t, "stop")
         text = r.stream.push(t)
         if r.stream.stopped:
-            return Event(text, t, "stop")
+            return Event(text, t, "stop", r.stream.stop_reason)
         if r.h.completion_tokens >= r.steps:
             return Event(text + r.stream.finish(), t, "length")
         return Event(text, t)

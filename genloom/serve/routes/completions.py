@@ -12,7 +12,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 
 from genloom.errors import GenloomError
-from genloom.knowledge.grounding import NOT_FOUND, Grounding, context_block
+from genloom.knowledge.grounding import CUT, NOT_FOUND, STOP, Grounding, context_block, copy_through, fitting
 from genloom.safety import labels
 from genloom.safety.policy import FINISH, OutputGuard, merge, output_guard, screen
 from genloom.serve.engine import QueueFull
@@ -114,9 +114,12 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
 
     ids, used = await asyncio.to_thread(encode)
     sources = None if sources is None else used
-    job = _submit(request, served, body, [ids], extra_stop=served.template.stop, max_tokens=max_tokens, param=param)
+    stop = served.template.stop + (STOP if sources else [])
+    job = _submit(request, served, body, [ids], extra_stop=stop, max_tokens=max_tokens, param=param)
     job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
     job.sources = None if sources is None else [_source(s) for s in sources]
+    if sources:
+        job.copied = ([s.hit.passage.prompt_text() for s in sources], grounding)
     job.guard, job.flagged = output_guard(request.app.state.moderation, job.route), flagged
     if body.stream:
         return _sse(_chat_chunks(request, job, body))
@@ -160,13 +163,12 @@ def _fit(served: ServedModel, messages, sources: list[RetrievedSource], groundin
          reserve: int) -> tuple[list[int], list[RetrievedSource]]:
     """The prompt's token ids with as many of the passages (best first) as leave `reserve` tokens for the reply
     (at least one: a grounded prompt that cannot hold one passage is a 400 like any prompt that is too long)."""
-    for n in range(len(sources), 0, -1):
-        shown = [s.hit.passage.prompt_text() for s in sources[:n]]
-        prompt = served.template.render(messages, context_block(shown, grounding))
-        ids = served.tokenizer.encode(prompt)
-        if len(ids) + reserve <= served.context or n == 1:
-            return _encode(served, prompt, "messages"), sources[:n]
-    return _encode(served, served.template.render(messages), "messages"), sources
+    def prompt_of(shown: list[str]) -> str:
+        return served.template.render(messages, context_block(shown, grounding))
+
+    shown = [s.hit.passage.prompt_text() for s in sources]
+    n = fitting(shown, prompt_of, lambda p: len(served.tokenizer.encode(p)), served.context - reserve)
+    return _encode(served, prompt_of(shown[:n]), "messages"), sources[:n]
 
 
 def _source(s: RetrievedSource) -> Source:
@@ -221,6 +223,7 @@ class _Job:
     sources: list[Source] | None = None  # a grounded chat's passages (None: not grounded)
     guard: OutputGuard | None = None  # moderation of the output as it streams (genloom.safety.policy)
     flagged: dict | None = None  # the prompt's moderation verdict under a flag policy
+    copied: tuple[list[str], Grounding] | None = None  # a grounded chat's Doc passages, for copy_through
 
     def usage(self) -> Usage:
         prompt = sum(self.prompt_lens)
@@ -342,6 +345,9 @@ async def _events(request: Request, job: _Job, poll: bool):
                 continue
             if isinstance(ev, Exception):
                 raise ApiError(500, f"Generation failed: {ev}", type="server_error")
+            if job.copied is not None and ev.stop_reason == CUT:  # the reply copied a Doc line to its cut
+                said = job.texts[i] + ev.text
+                ev = replace(ev, text=ev.text + copy_through(said, *job.copied)[len(said):])
             if job.guard is not None and job.guard.due(i, job.texts[i] + ev.text, ev):  # moderation of the output so far:
                 ev = await asyncio.to_thread(job.guard.step, i, job.texts[i] + ev.text, ev)  # a harmful turn ends it
                 if ev is None:
