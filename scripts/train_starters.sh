@@ -75,8 +75,8 @@ answer from the passage (`genloom.knowledge.grounding.copy_through`). Loss on th
 
 Model: llama layout (RoPE, RMSNorm, SwiGLU), 4 layers, 4 heads, 128 wide, 384-token window, with a copy head
 (`model.pointer`, genloom.models.gpt.Pointer: the pointer sentinel mixture of Merity et al. 2017): each position can
-point at an earlier one and copy the token that followed it, scored by a learnt match plus two exact-match terms
-(same token; same token after the same one), against a sentinel that leaves the rest to the vocabulary. Four
+point at an earlier one and copy the token that followed it, scored by a learnt match plus learnt exact-match terms
+(the same last 1, 2, ..., 8 tokens: `model.pointer_match`), against a sentinel that leaves the rest to the vocabulary. Four
 earlier recipes without it never learnt to copy in the time a shared 2-core machine gave (bench/RESULTS.md). The
 copy head is genloom's own: `export-hf` and `export-gguf` refuse this model (GPT-2's format and llama.cpp have no
 such head), and `--compile` decodes it eagerly, with a warning.
