@@ -117,6 +117,22 @@ def complete(lm, prompts: list[str], marks: Watermarks) -> list:
     return outs
 
 
+def fitted(lm, items: list[dict], passages: list[list[str]], g: Grounding) -> tuple[list[list[str]], list[str]]:
+    """The passages each grounded prompt holds (the server's rule, grounding.fitting) and the prompts."""
+    kept = []
+    for it, ps in zip(items, passages):
+        n = fitting(ps, lambda shown, it=it: grounded_prompt(it["history"], it["question"], shown, g),
+                    lambda p: len(lm.tokenizer.encode(p)), room(lm))
+        kept.append(ps[:n])
+    return kept, [grounded_prompt(it["history"], it["question"], ps, g) for it, ps in zip(items, kept)]
+
+
+def served(outs: list, passages: list[list[str]], g: Grounding) -> list[str]:
+    """The replies as the server returns them: one that stopped at a Doc line's cut goes on (copy_through)."""
+    return [copy_through(o.text.strip(), ps, g) if o.stop_reason == CUT else o.text.strip()
+            for o, ps in zip(outs, passages)]
+
+
 def scores(hyps: list[str], refs: list[str], cited: list[list[str]] | None) -> dict:
     hyps = [h if h.strip() else "." for h in hyps]  # an empty reply scores as nothing, not as an error
     facts = [content_words(r) for r in refs]
@@ -135,21 +151,15 @@ def scores(hyps: list[str], refs: list[str], cited: list[list[str]] | None) -> d
 def replies(kb, items: list[dict], vectors: np.ndarray, args, g: Grounding) -> list[dict]:
     hits = [kb.search(it["question"], k=g.k, mode="hybrid", vector=v) for it, v in zip(items, vectors)]
     found = [bool(hs) and max(h.cosine for h in hs) >= g.min_cosine for hs in hits]
-    passages = [[h.passage.prompt_text() for h in hs] for hs in hits]
     lm, chat_lm = load_model(args.grounded), load_model(args.chat)
-    for j, (it, ps) in enumerate(zip(items, passages)):  # the passages the prompt holds (the server's _fit)
-        n = fitting(ps, lambda shown, it=it: grounded_prompt(it["history"], it["question"], shown, g),
-                    lambda p: len(lm.tokenizer.encode(p)), room(lm))
-        passages[j] = ps[:n]
-    prompts = [grounded_prompt(it["history"], it["question"], ps, g) for it, ps in zip(items, passages)]
+    passages, prompts = fitted(lm, items, [[h.passage.prompt_text() for h in hs] for hs in hits], g)
     top = [doc_line(ps[0], 10_000)[len("Doc: "):].strip() if ps else NOT_FOUND for ps in passages]
     refs = [it["reference"] for it in items]
     rows, examples = [{"system": "top-passage", **scores(top, refs, [ps[:1] for ps in passages])}], {}
     for mark, marks in MARKS.items():
         outs = complete(lm, prompts, marks)
         model = [o.text.strip() if f else NOT_FOUND for o, f in zip(outs, found)]
-        grounded = [copy_through(r, ps, g) if f and o.stop_reason == CUT else r
-                    for r, o, ps, f in zip(model, outs, passages, found)]
+        grounded = [r if f else NOT_FOUND for r, f in zip(served(outs, passages, g), found)]
         chat = [o.text.strip() for o in complete(chat_lm, [it["plain_prompt"] for it in items], marks)]
         copied = sum(a != b for a, b in zip(grounded, model))
         rows += [{"system": "grounded", "watermark": mark, "model": args.grounded,

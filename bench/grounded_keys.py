@@ -21,8 +21,7 @@ from common import report  # noqa: E402
 from genloom.checkpoints import load_model  # noqa: E402
 from genloom.embeddings import embed  # noqa: E402
 from genloom.knowledge import KnowledgeBases, read_source  # noqa: E402
-from genloom.knowledge.examples import grounded_prompt  # noqa: E402
-from genloom.knowledge.grounding import CUT, Grounding, copy_through, fitting  # noqa: E402
+from genloom.knowledge.grounding import CUT, Grounding  # noqa: E402
 from genloom.metrics.textgen import chrf, semantic_similarity  # noqa: E402
 from genloom.safety.watermark import Secret, Watermarks  # noqa: E402
 
@@ -37,19 +36,15 @@ def main() -> int:
     kbs.update("chatterbot", read_source("chatterbot"), drop_missing=True)
     kb, g, lm = kbs.get("chatterbot"), Grounding(), load_model(args.grounded)
     items = bench.chat_items(0)
-    passages, prompts = [], []
-    for it, v in zip(items, embed([it["question"] for it in items])):
-        ps = [h.passage.prompt_text() for h in kb.search(it["question"], k=g.k, mode="hybrid", vector=v)]
-        n = fitting(ps, lambda shown, it=it: grounded_prompt(it["history"], it["question"], shown, g),
-                    lambda p: len(lm.tokenizer.encode(p)), bench.room(lm))
-        passages.append(ps[:n])
-        prompts.append(grounded_prompt(it["history"], it["question"], ps[:n], g))
+    hits = [kb.search(it["question"], k=g.k, mode="hybrid", vector=v)
+            for it, v in zip(items, embed([it["question"] for it in items]))]
+    passages, prompts = bench.fitted(lm, items, [[h.passage.prompt_text() for h in hs] for hs in hits], g)
     refs = [it["reference"] for it in items]
     rows = []
     for k in range(1, args.keys + 1):
         outs = bench.complete(lm, prompts, Watermarks(Secret(bytes([17 * k % 256]) * 32)))
         model = [o.text.strip() for o in outs]
-        served = [copy_through(r, ps, g) if o.stop_reason == CUT else r for r, o, ps in zip(model, outs, passages)]
+        served = bench.served(outs, passages, g)
         rows.append({"bench": "grounded-watermark-keys", "set": "chat", "key": k, "questions": len(items),
                      "chrf": round(chrf([h or "." for h in served], refs)["chrf"], 2),
                      "minilm": round(semantic_similarity(served, refs)["similarity"], 4),

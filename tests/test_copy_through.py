@@ -4,6 +4,7 @@ reply that stops there goes on with the rest of that answer from the passage (ge
 from __future__ import annotations
 
 import random
+import re
 
 import pytest
 
@@ -40,14 +41,8 @@ def test_a_reply_learnt_to_the_cut_copies_through_to_the_whole_answer(chars):
 
 
 def _start_of_rest(answer: str, said: str) -> int:
-    """Where in `answer` the text after `said` (its whitespace collapsed) begins."""
-    need, seen = len(said.replace(" ", "")), 0
-    for i, ch in enumerate(answer):
-        if not ch.isspace():
-            seen += 1
-            if seen == need:
-                return i + 1
-    return len(answer)
+    """Where in `answer` the text after `said` (its words, any whitespace between) begins."""
+    return re.match(r"\s*".join(map(re.escape, said.split())), answer).end()
 
 
 def test_the_rest_keeps_the_passages_line_breaks_and_stops_at_the_next_user_turn():

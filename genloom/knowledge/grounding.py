@@ -81,10 +81,10 @@ def shown_reply(reply: str, passage: str, grounding: Grounding) -> str:
     """The reply to learn for an answer in `passage`: the reply on one line, as its Doc line shows it; when the
     line was cut inside it, its shown part and CUT (the served reply stops there and copy_through goes on)."""
     flat = _SPACE.sub(" ", reply).strip()
-    shown = doc_line(passage, grounding.passage_chars)[len(DOC_PREFIX):].rstrip("\n")
-    if not shown.endswith(CUT):
+    body = _cut_body(passage, grounding)
+    if body is None:
         return flat
-    body, full = shown[: -len(CUT)], _SPACE.sub(" ", passage).strip()  # body: a prefix of full
+    full = _SPACE.sub(" ", passage).strip()  # body is a prefix of it
     at = full.find(f"Bot: {flat}")
     at = at + len("Bot: ") if at != -1 else full.find(flat)
     if 0 <= at < len(body) < at + len(flat) and _answering(body, at):
@@ -102,10 +102,9 @@ def copy_through(reply: str, passages: list[str], grounding: Grounding) -> str:
     if not said:
         return reply
     for text in passages[: grounding.k]:
-        shown = doc_line(text, grounding.passage_chars)[len(DOC_PREFIX):].rstrip("\n")
-        if not shown.endswith(CUT):
+        body = _cut_body(text, grounding)
+        if body is None:
             continue
-        body = shown[: -len(CUT)]
         at = len(body) - len(said)
         if not body.endswith(said) or not _answering(body, at):
             continue
@@ -113,6 +112,12 @@ def copy_through(reply: str, passages: list[str], grounding: Grounding) -> str:
         rest = rest[: m.start()] if (m := _NEXT_USER.search(rest)) else rest
         return reply.rstrip() + rest.rstrip()
     return reply
+
+
+def _cut_body(passage: str, grounding: Grounding) -> str | None:
+    """What the passage's Doc line shows of it before CUT; None when the line holds it whole."""
+    shown = doc_line(passage, grounding.passage_chars)[len(DOC_PREFIX):].rstrip("\n")
+    return shown[: -len(CUT)] if shown.endswith(CUT) else None
 
 
 def _answering(flat: str, at: int) -> bool:

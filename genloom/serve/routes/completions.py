@@ -112,14 +112,14 @@ async def chat_completions(body: ChatCompletionRequest, request: Request):
     def encode():  # off the event loop: a long conversation takes a while to tokenise
         return _fit(served, messages, sources or [], grounding, reserve)
 
-    ids, used = await asyncio.to_thread(encode)
+    ids, used, shown = await asyncio.to_thread(encode)
     sources = None if sources is None else used
     stop = served.template.stop + (STOP if sources else [])
     job = _submit(request, served, body, [ids], extra_stop=stop, max_tokens=max_tokens, param=param)
     job.route, job.params = "/v1/chat/completions", body.model_dump(exclude_unset=True, exclude_none=True)  # as sent
     job.sources = None if sources is None else [_source(s) for s in sources]
     if sources:
-        job.copied = ([s.hit.passage.prompt_text() for s in sources], grounding)
+        job.copied = (shown, grounding)
     job.guard, job.flagged = output_guard(request.app.state.moderation, job.route), flagged
     if body.stream:
         return _sse(_chat_chunks(request, job, body))
@@ -160,15 +160,16 @@ def _knowledge(request: Request, served: ServedModel, body: ChatCompletionReques
 
 
 def _fit(served: ServedModel, messages, sources: list[RetrievedSource], grounding: Grounding,
-         reserve: int) -> tuple[list[int], list[RetrievedSource]]:
+         reserve: int) -> tuple[list[int], list[RetrievedSource], list[str]]:
     """The prompt's token ids with as many of the passages (best first) as leave `reserve` tokens for the reply
-    (at least one: a grounded prompt that cannot hold one passage is a 400 like any prompt that is too long)."""
+    (at least one: a grounded prompt that cannot hold one passage is a 400 like any prompt that is too long), those
+    sources, and what the prompt shows of each (Passage.prompt_text)."""
     def prompt_of(shown: list[str]) -> str:
         return served.template.render(messages, context_block(shown, grounding))
 
     shown = [s.hit.passage.prompt_text() for s in sources]
     n = fitting(shown, prompt_of, lambda p: len(served.tokenizer.encode(p)), served.context - reserve)
-    return _encode(served, prompt_of(shown[:n]), "messages"), sources[:n]
+    return _encode(served, prompt_of(shown[:n]), "messages"), sources[:n], shown[:n]
 
 
 def _source(s: RetrievedSource) -> Source:
