@@ -106,9 +106,12 @@ def pct(xs: list[float], q: float) -> float | None:
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time a process has used so far (/proc/PID/stat fields 14 and 15)."""
+    """User + system CPU time a process and its live child processes (an engine process per text model with
+    `--engine process`) have used so far (/proc/PID/stat fields 14 and 15)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    kids = [int(k) for t in Path(f"/proc/{pid}/task").glob("*/children") for k in t.read_text().split()]
+    return own + sum(cpu_seconds(k) for k in kids if Path(f"/proc/{k}/stat").exists())
 
 
 def mem(pid: int) -> dict:
@@ -171,15 +174,17 @@ class ChildServer:
 class ServerProcess(ChildServer):
     """`genloom.serve.app.serve` with one batch size and queue bound, on a free loopback port."""
 
-    def __init__(self, *, max_batch: int, max_queue: int, log_dir: Path, compile_decode: bool = False):
+    def __init__(self, *, max_batch: int, max_queue: int, log_dir: Path, compile_decode: bool = False,
+                 engine: str = "thread"):
         port = free_port()
         self.settings = dict(max_batch=max_batch, max_queue=max_queue, jobs=False, threads=SERVER_THREADS,
-                             compile=compile_decode)
+                             compile=compile_decode, engine=engine)
         code = (
             "import torch; torch.set_num_threads(%d)\n"
             "from genloom.serve.app import serve\n"
-            "serve([%r], port=%d, log_level='warning', max_batch=%d, max_queue=%d, jobs=False, compile_decode=%r)\n"
-            % (SERVER_THREADS, str(MODEL), port, max_batch, max_queue, compile_decode)
+            "serve([%r], port=%d, log_level='warning', max_batch=%d, max_queue=%d, jobs=False, compile_decode=%r, "
+            "engine=%r)\n"
+            % (SERVER_THREADS, str(MODEL), port, max_batch, max_queue, compile_decode, engine)
         )
         super().__init__([sys.executable, "-c", code], port=port, threads=SERVER_THREADS,
                          log=log_dir / f"server-b{max_batch}-q{max_queue}.log")
@@ -457,9 +462,9 @@ async def overload_run(url: str, clients: int, waves: int, max_tokens: int) -> d
     }
 
 
-def with_server(log_dir: Path, max_batch: int, max_queue: int, fn):
+def with_server(log_dir: Path, max_batch: int, max_queue: int, fn, engine: str = "thread"):
     """Start a server, run `fn(server)` (a coroutine function), stop it; the server must still be alive."""
-    srv = ServerProcess(max_batch=max_batch, max_queue=max_queue, log_dir=log_dir)
+    srv = ServerProcess(max_batch=max_batch, max_queue=max_queue, log_dir=log_dir, engine=engine)
     try:
         startup = srv.wait_ready()
         cpu0, client0 = cpu_seconds(srv.pid), time.process_time()
@@ -523,6 +528,8 @@ def main(argv=None) -> None:
     ap.add_argument("--quick", action="store_true", help="8 / 32 clients, 16 tokens, 2 rounds, 1 wave")
     ap.add_argument("--compile", action="store_true", help="both servers decode with the compiled step "
                     "(`genloom serve --compile`; the first start compiles, minutes, then the on-disk cache)")
+    ap.add_argument("--engine", choices=["thread", "process"], default="thread", help="where both servers decode "
+                    "(`genloom serve --engine`): a thread of the server (default) or a child process per model")
     ap.add_argument("--clients", type=int, default=None, help="streaming clients (default 16; quick 8)")
     ap.add_argument("--rounds", type=int, default=None, help="requests per streaming client (default 16; quick 2)")
     ap.add_argument("--block", type=int, default=None, help="rounds per block (default 4; quick 1)")
@@ -544,14 +551,16 @@ def main(argv=None) -> None:
 
     common = dict(model="models/chat", server_threads=SERVER_THREADS, temperature=0, max_tokens=max_tokens,
                   stream=True, client="httpx2" if httpx.__name__ == "httpx2" else "httpx", quick=q,
-                  compiled_step=args.compile)
+                  compiled_step=args.compile, engine=args.engine)
     name = "serve-16-clients-stream" if clients == 16 else f"serve-{clients}-clients-stream"
     stream_cases = [(name, 0), (f"{name}-{max_tokens}-tokens", max_tokens)]  # (case, min_tokens)
     rows = []
     with tempfile.TemporaryDirectory(prefix="genloom-bench-serve-") as tmp:
         log_dir = Path(tmp)
-        servers = {"ours": ServerProcess(max_batch=batch, max_queue=64, log_dir=log_dir, compile_decode=args.compile),
-                   "peer": ServerProcess(max_batch=1, max_queue=64, log_dir=log_dir, compile_decode=args.compile)}
+        servers = {"ours": ServerProcess(max_batch=batch, max_queue=64, log_dir=log_dir, compile_decode=args.compile,
+                                         engine=args.engine),
+                   "peer": ServerProcess(max_batch=1, max_queue=64, log_dir=log_dir, compile_decode=args.compile,
+                                         engine=args.engine)}
         try:
             for srv in servers.values():
                 srv.wait_ready()
@@ -593,7 +602,7 @@ def main(argv=None) -> None:
             return out
 
         print(f"# overload: {waves} waves of {over} clients, max_batch={over_batch}, max_queue={over_queue}", flush=True)
-        ov = with_server(log_dir, over_batch, over_queue, overload)
+        ov = with_server(log_dir, over_batch, over_queue, overload, engine=args.engine)
         print(f"#   {ov['ok_200']} x 200, {ov['rejected_429']} x 429, failed {ov['failed']}", flush=True)
 
     rows.append({
@@ -609,7 +618,8 @@ def main(argv=None) -> None:
     for r in rows:
         r["threads"] = SERVER_THREADS  # the server's torch threads (the client process runs no torch)
         r["bench_seconds"] = round(time.perf_counter() - t_start, 1)
-    report("serve-quick" if q else "serve", rows)
+    # bench/results/serve[-compile][-process][-quick].jsonl: each setting keeps its own rows
+    report("serve" + "-compile" * args.compile + f"-{args.engine}" * (args.engine != "thread") + "-quick" * q, rows)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from genloom.serve.errors import add_error_handlers
 from genloom.serve.jobs import JobLimits, start_worker
 from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
-from genloom.serve.models import FineTuned, load_served, model_name
+from genloom.serve.models import ENGINES, FineTuned, load_served, model_name
 from genloom.serve.retrieval import KbRef, build_corpus_kb, resolve_kb, resolve_model_kb
 from genloom.serve.routes import ROUTERS, transcriptions
 from genloom.serve.transport import add_transport, parse_origins, parse_public_url
@@ -69,7 +69,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
                allowed_hosts: list[str] | None = None, public_url: str | None = None,
                cors_origins: list[str] | None = None, job_limits: JobLimits | None = None,
                kb: dict[str, str] | None = None, device: str = "cpu", dtype: str = "float32",
-               compile_decode: bool = False, labeler: labels.Labeler | None = None,
+               compile_decode: bool = False, engine: str = "thread", labeler: labels.Labeler | None = None,
                watermark: str = "on", moderation: Policy | None = None) -> FastAPI:
     """The FastAPI app serving `model_paths` (export folders, run folders or .pt files) by folder name.
 
@@ -107,6 +107,8 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         raise GenloomError(f"two models would both be called {dup}: serve folders with different names")
     if max_batch < 1 or max_queue < 0:
         raise GenloomError(f"max_batch must be >= 1 and max_queue >= 0 (got {max_batch}, {max_queue})")
+    if engine not in ENGINES:
+        raise GenloomError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
     kbs = KnowledgeBases(Path(data_dir or "genloom-data") / "kb") if data_dir or db_url else None
     kb_refs = resolve_kbs(names, kb or {}, kbs)  # a missing base fails here, before anything loads
     marks = watermarks.load(Path(data_dir or "genloom-data"), watermark, where="genloom serve")
@@ -151,7 +153,8 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
     state.limits = Limits(max_tokens=max_tokens, max_n=max_n, max_prompts=max_prompts,
                           max_body_bytes=max_body_bytes, retry_after_s=retry_after_s)
     state.capacity = max_batch + max_queue  # engine requests one API request may need at most
-    state.inference = {"dtype": dtype, "compile": compile_decode}  # how text models run (genloom.models.runtime)
+    # how text models run (genloom.models.runtime) and where their engines do (serve/models.py load_served)
+    state.inference = {"dtype": dtype, "compile": compile_decode, "engine": engine}
     state.metrics = Metrics()
     state.max_upload_bytes = max_upload_bytes
     state.job_limits = job_limits or JobLimits()

@@ -219,8 +219,28 @@ class _Row:
         self.stream = None  # TextStream, made by the engine (it has the tokenizer)
 
 
+def checked_request(tok, cfg, prompt: str | list[int], sp: SamplingParams) -> tuple[list[int], SamplingParams]:
+    """A request's prompt ids and its own copy of the sampling parameters, checked against the model's vocabulary
+    and context (GenloomError naming what is wrong): what every engine does before it queues a request."""
+    sp = dataclasses.replace(sp, stop=list(sp.stop))
+    sp.check()
+    if isinstance(prompt, str):
+        ids = tok.encode(prompt)
+    else:
+        ids = [int(t) for t in prompt]
+        if any(not 0 <= t < cfg.vocab_size for t in ids):
+            raise GenloomError(f"prompt token ids must be in [0, {cfg.vocab_size})")
+    if not ids:
+        raise GenloomError("empty prompt: give at least one token of text")
+    if len(ids) > cfg.block_size:
+        raise GenloomError(f"prompt of {len(ids)} tokens exceeds the model's context of {cfg.block_size} tokens")
+    return ids, sp
+
+
 class TextEngine:
     """Continuous batching of text requests over one model, in a daemon worker thread."""
+
+    Handle = RequestHandle  # what submit makes (the engine process's child makes handles that forward their events)
 
     def __init__(self, model, tokenizer, *, max_batch: int = 16, max_queue: int = 64, name: str = "",
                  watermarks: Watermarks | None = None, threads: int | None = None):
@@ -254,21 +274,11 @@ class TextEngine:
 
     # ----- the client side (any thread)
 
-    def submit(self, prompt: str | list[int], sp: SamplingParams) -> RequestHandle:
-        """Validate and queue a request. GenloomError for a bad prompt or parameters; QueueFull when full."""
-        sp = dataclasses.replace(sp, stop=list(sp.stop))
-        sp.check()
-        if isinstance(prompt, str):
-            ids = self.tok.encode(prompt)
-        else:
-            ids = [int(t) for t in prompt]
-            if any(not 0 <= t < self.cfg.vocab_size for t in ids):
-                raise GenloomError(f"prompt token ids must be in [0, {self.cfg.vocab_size})")
-        if not ids:
-            raise GenloomError("empty prompt: give at least one token of text")
-        if len(ids) > self.cfg.block_size:
-            raise GenloomError(f"prompt of {len(ids)} tokens exceeds the model's context of {self.cfg.block_size} tokens")
-        h = RequestHandle(self, ids, sp, f"{self.name or 'req'}-{next(_ids)}")
+    def submit(self, prompt: str | list[int], sp: SamplingParams, rid: str | None = None) -> RequestHandle:
+        """Validate and queue a request. GenloomError for a bad prompt or parameters; QueueFull when full.
+        `rid`: the request's id (default: the engine's name and a counter)."""
+        ids, sp = checked_request(self.tok, self.cfg, prompt, sp)
+        h = self.Handle(self, ids, sp, rid or f"{self.name or 'req'}-{next(_ids)}")
         with self._cond:
             if self._stopping:
                 raise GenloomError("the engine is stopped")

@@ -20,6 +20,7 @@ from genloom.models.runtime import default_dtype, prepare
 from genloom.pipelines.asr import AsrModel, is_whisper_folder, load_asr
 from genloom.pipelines.music import is_music_model
 from genloom.serve.engine import TextEngine
+from genloom.serve.engine_process import EngineProcess
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
 from genloom.serve.retrieval import KbRef, load_grounding
@@ -63,12 +64,14 @@ class ChatTemplate:
             turns.insert(last, context)
         return "".join(turns) + self.generation_prompt
 
+ENGINES = ("thread", "process")  # where a text model's decode engine runs (load_served)
+
 
 @dataclass
 class ServedModel:
     name: str
     loaded: object  # genloom.checkpoints.Loaded
-    engine: TextEngine | None  # None for an image model (sampled in a thread by the images route)
+    engine: TextEngine | EngineProcess | None  # None for an image model (sampled in a thread by the images route)
     template: ChatTemplate | None
     context: int
     created: int = field(default_factory=lambda: int(time.time()))
@@ -93,10 +96,14 @@ def model_name(path: str | Path) -> str:
 
 
 def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None, dtype: str | None = None,
-                compile: bool = False, watermarks=None) -> ServedModel:
+                compile: bool = False, watermarks=None, engine: str = "thread") -> ServedModel:
     """Load a model (onto `device`, default the CPU); a text model runs in `dtype` (default:
     genloom.models.runtime.default_dtype), its decode step compiled if asked, and gets its decode engine started
-    and its chat template read."""
+    and its chat template read. `engine`: "thread" (a TextEngine in this process) or "process" (an EngineProcess:
+    the same engine in a child process that loads its own copy of the model; this one keeps its tokenizer, config
+    and card)."""
+    if engine not in ENGINES:
+        raise GenloomError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
     name = model_name(path)
     if voice_kind(path) is not None:  # a voice folder (genloom.pipelines.speech.LOADERS knows its kind)
         return ServedModel(name, None, None, None, 0, voice=load_voice(path))
@@ -113,15 +120,22 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None
     if kind != "text" or loaded.tokenizer is None:
         raise GenloomError(f"{path} is a '{loaded.family}' model; the server serves text models with a tokenizer "
                            f"({', '.join(families.of_kind('text'))}) and image models ({', '.join(families.of_kind('image'))})")
-    loaded.model = prepare(loaded.model, dtype or default_dtype(loaded.meta), compile, device=str(device or "cpu"))
+    dtype = dtype or default_dtype(loaded.meta)
+    # the child compiles its own decode step: this copy of the model only answers questions about itself
+    loaded.model = prepare(loaded.model, dtype, compile and engine == "thread", device=str(device or "cpu"))
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     template = ChatTemplate.load(folder)
     grounding, kb_ref = load_grounding(folder)
-    engine = TextEngine(loaded.model, loaded.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name,
-                        watermarks=watermarks)
-    engine.start()
-    return ServedModel(name, loaded, engine, template, int(loaded.config.block_size), grounding=grounding,
+    if engine == "process":
+        text_engine = EngineProcess(path, loaded.tokenizer, loaded.config, max_batch=max_batch, max_queue=max_queue,
+                                    name=name, watermarks=watermarks, dtype=dtype, compile=compile,
+                                    device=str(device or "cpu"))
+    else:
+        text_engine = TextEngine(loaded.model, loaded.tokenizer, max_batch=max_batch, max_queue=max_queue, name=name,
+                                 watermarks=watermarks)
+    text_engine.start()
+    return ServedModel(name, loaded, text_engine, template, int(loaded.config.block_size), grounding=grounding,
                        kb_ref=kb_ref)
 
 
@@ -220,7 +234,8 @@ class FineTuned:
                     continue
                 try:
                     served = await asyncio.to_thread(load_served, self.models_dir / name, max_batch=self.max_batch,
-                                                     max_queue=self.max_queue, watermarks=state.watermarks)
+                                                     max_queue=self.max_queue, watermarks=state.watermarks,
+                                                     engine=state.inference["engine"])
                 except Exception as e:  # noqa: BLE001 - logged; the job's own events say what it made
                     self.failed[name] = str(e)
                     log_event("model_register_failed", model=name, job=job.id, error=str(e))

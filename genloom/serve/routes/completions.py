@@ -16,6 +16,7 @@ from genloom.knowledge.grounding import CUT, NOT_FOUND, STOP, Grounding, context
 from genloom.safety import labels
 from genloom.safety.policy import FINISH, OutputGuard, merge, output_guard, screen
 from genloom.serve.engine import QueueFull
+from genloom.serve.engine_process import EngineGone
 from genloom.serve.errors import ApiError
 from genloom.serve.logs import log_event
 from genloom.serve.models import ServedModel, text_model
@@ -295,6 +296,10 @@ def _submit(request: Request, served: ServedModel, body, ids: list[list[int]], *
         retry = str(limits.retry_after_s)
         raise ApiError(429, f"The server is busy ({served.name}'s queue is full); retry after {retry} s.",
                        type="rate_limit_error", code="rate_limit_exceeded", headers={"Retry-After": retry}) from None
+    except EngineGone as e:  # the model's engine process has exited: the server's fault, not the request's
+        for h in handles:
+            h.cancel()
+        raise ApiError(503, f"{served.name} cannot decode: {e}", type="server_error", code="engine_gone") from None
     except GenloomError as e:
         for h in handles:
             h.cancel()
