@@ -181,3 +181,79 @@ def test_cli_names_the_engine_choices(run_main):
 
     line = assert_one_line_error(*run_main("serve", "--model", str(CHAT), "--engine", "fork"))
     assert "process" in line and "thread" in line
+
+
+class Sink:
+    """What the child engine sends, decoded (a stand-in for the socket)."""
+
+    def __init__(self):
+        self.messages = []
+
+    def send_bytes(self, data: bytes) -> None:
+        import json
+
+        self.messages.append(json.loads(data))
+
+
+def test_the_child_engine_sends_a_failure_at_once_and_the_others_events_per_step():
+    """In-process: the child's engine with a model whose prefill fails on one letter. A failed request alone in the
+    engine is sent without waiting for a next step (there is none); beside others, only it fails."""
+    import string
+
+    from conftest import random_gpt
+    from test_isolation import POISON, Poisoned
+
+    from genloom.data.tokenizers import CharTokenizer
+    from genloom.serve.engine_process import _ChildEngine
+
+    tok = CharTokenizer(list(string.ascii_letters[:50]))
+    model = random_gpt("llama", vocab_size=50, n_head=4, n_kv_head=2, bias=False, seed=3, tie_weights=False,
+                       boost=5.0, sharpen=30.0)
+    sink = Sink()
+    eng = _ChildEngine(Poisoned(model, tok.encode(POISON)[0]), tok, max_batch=4, conn=sink)
+    eng.submit("ab" + POISON, SamplingParams(max_new_tokens=4, temperature=0.0), rid="bad-1")
+    eng.step()
+    assert [m.get("f") for m in sink.messages] == [[["bad-1", "generation failed: poisoned prefill"]]]
+    assert eng.by_id == {}
+    sink.messages.clear()
+    want = TextEngine(model, tok, max_batch=4)
+    ref = want.submit("abc", SamplingParams(max_new_tokens=6, temperature=0.0))
+    while not ref.finished:
+        want.step()
+    eng.submit("abc", SamplingParams(max_new_tokens=6, temperature=0.0), rid="ok-1")
+    eng.submit("xy" + POISON, SamplingParams(max_new_tokens=6, temperature=0.0), rid="bad-2")
+    for _ in range(10):
+        eng.step()
+    events = [e for m in sink.messages for e in m.get("e", [])]
+    fails = [f for m in sink.messages for f in m.get("f", [])]
+    assert [e[2] for e in events if e[0] == "ok-1"] == [e.token for e in ref.events(timeout=1)]
+    assert [f[0] for f in fails] == ["bad-2"] and not any(e[0] == "bad-2" for e in events)
+    assert all("s" in m for m in sink.messages) and eng.by_id == {}
+
+
+def test_the_child_engine_sends_the_failure_of_a_step_that_raised_to_its_worker():
+    """A lone row whose decode step fails: the step raises to the worker loop, which fails the row after the step;
+    with no next step the failure must still reach the parent."""
+    import string
+
+    from conftest import random_gpt
+    from test_isolation import Poisoned
+
+    from genloom.data.tokenizers import CharTokenizer
+    from genloom.serve.engine_process import _ChildEngine
+
+    tok = CharTokenizer(list(string.ascii_letters[:50]))
+    model = random_gpt("llama", vocab_size=50, n_head=4, n_kv_head=2, bias=False, seed=3, tie_weights=False,
+                       boost=5.0, sharpen=30.0)
+    sink = Sink()
+    eng = _ChildEngine(Poisoned(model, -1, past=24), tok, max_batch=4, conn=sink)
+    eng.start()
+    try:
+        eng.submit("abcdefghijklmnopqrst", SamplingParams(max_new_tokens=10, temperature=0.0), rid="lone")
+        deadline = time.monotonic() + 30
+        while not any(m.get("f") for m in sink.messages) and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        eng.stop()
+    fails = [f for m in sink.messages for f in m.get("f", [])]
+    assert len(fails) == 1 and fails[0][0] == "lone" and "poisoned decode" in fails[0][1]

@@ -246,6 +246,7 @@ class _ForwardedHandle(RequestHandle):
         if not self._done:
             self._done = True
             self._engine._outbox(("f", [self.id, str(error)]))
+            self._engine.flush()  # now: a failed step may be followed by no other step to carry it
 
 
 class _ChildEngine(TextEngine):
@@ -265,8 +266,10 @@ class _ChildEngine(TextEngine):
             self._out[item[0]].append(item[1])
 
     def step(self) -> None:
-        super().step()
-        self.flush()
+        try:
+            super().step()
+        finally:
+            self.flush()
 
     def flush(self) -> None:
         with self._out_lock:

@@ -64,6 +64,7 @@ class ChatTemplate:
             turns.insert(last, context)
         return "".join(turns) + self.generation_prompt
 
+
 ENGINES = ("thread", "process")  # where a text model's decode engine runs (load_served)
 
 
