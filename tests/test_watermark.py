@@ -16,7 +16,7 @@ from genloom.data.tokenizers import CharTokenizer
 from genloom.errors import GenloomError
 from genloom.pipelines import music as music_pipe
 from genloom.safety import watermark, watermark_audio, watermark_image
-from genloom.safety.watermark_text import TextWatermark, green_ids, hash_key, score_ids
+from genloom.safety.watermark_text import UNSEEDED, TextWatermark, green_ids, hash_key, score_ids
 from genloom.sample import SamplingParams, generate, stream_ids
 from genloom.serve.engine import TextEngine
 
@@ -370,3 +370,22 @@ def test_the_engine_marks_a_batch_of_greedy_and_sampled_rows_as_generate_marks_e
     while not all(h.finished for h in handles):
         engine.step()
     assert [h.result(timeout=1)[0] for h in handles] == ref
+
+
+def test_a_batch_is_marked_as_each_row_alone():
+    """The processor's one indexed write for a batch adds the same green lists as row by row (the unseeded token's
+    row untouched, repeated previous tokens, one row, no row marked)."""
+    wm = TextWatermark(987654321, 300)
+    logits = torch.randn(6, 300)
+    prev = [5, UNSEEDED, 17, 5, 299, 1]
+    batch = wm.processor()
+    batch.observe(prev)
+    got = batch(None, logits)
+    for i, p in enumerate(prev):
+        one = wm.processor()
+        one.observe([p])
+        assert torch.equal(got[i : i + 1], one(None, logits[i : i + 1]))
+    assert torch.equal(got[1], logits[1]) and not torch.equal(got[0], logits[0])
+    none = wm.processor()
+    none.observe([UNSEEDED, UNSEEDED])
+    assert torch.equal(none(None, logits[:2]), logits[:2])
