@@ -1,7 +1,7 @@
 """The text engine in its own process: the server's event loop and the decoding steps stop sharing one GIL.
 
-In one process the engine's worker thread gives up the GIL around every torch op of a step (a few dozen per
-layer) and has to win it back from the event loop, which meanwhile frames and writes the previous step's SSE
+In one process the engine's worker thread gives up the GIL around every torch op of a step (dozens per
+step) and has to win it back from the event loop, which meanwhile frames and writes the previous step's SSE
 chunks; at 16 rows the two take turns instead of running on two cores, and a step took twice as long in the
 server as alone (bench/RESULTS.md, "Serving: the engine in its own process"). vLLM splits the same way (its V1
 EngineCore runs in a child process; the API server keeps tokenisation and detokenised output).
@@ -55,7 +55,7 @@ class EngineGone(GenloomError):
 
 
 class EngineProcess:
-    """A TextEngine for the model at `path`, in a child process (spawned, so it shares nothing with this one)."""
+    """A TextEngine for the model at `path`, in a child process: a fresh interpreter that shares no GIL with this one."""
 
     def __init__(self, path: str | Path, tokenizer, config, *, max_batch: int = 16, max_queue: int = 64,
                  name: str = "", watermarks=None, dtype: str = "float32", compile: bool = False, device: str = "cpu",
