@@ -2,7 +2,8 @@
 
 bench/serve.py compares the same server at max_batch 16 and 1 over HTTP; this drives genloom.serve.engine.TextEngine
 by hand (no HTTP, no event loop, no clients) with what that case sends: models/chat as `genloom serve` loads it,
-its chat template over bench/serve.py's prompts, the watermark on (a fixed key), greedy, min_tokens = max_tokens = 64, on decode_threads(2) = 1 intra-op thread.
+its chat template over bench/serve.py's prompts, the watermark on (a fixed key), greedy, min_tokens = max_tokens
+= 64, on decode_threads(2) = 1 intra-op thread.
 Case serve-engine-16-rows: 16 requests decoded together, against the same 16 requests one at a time (each
 submitted when the previous one finished, as the max_batch=1 server runs them). The ratio is what continuous
 batching gains in the engine alone; every per-token cost the server adds (framing and writing an SSE chunk, waking

@@ -55,7 +55,7 @@ class EngineGone(GenloomError):
 
 
 class EngineProcess:
-    """A TextEngine for the model at `path`, in a child process: a fresh interpreter that shares no GIL with this one."""
+    """A TextEngine for the model at `path`, in a child process: a fresh interpreter, sharing no GIL with this one."""
 
     def __init__(self, path: str | Path, tokenizer, config, *, max_batch: int = 16, max_queue: int = 64,
                  name: str = "", watermarks=None, dtype: str = "float32", compile: bool = False, device: str = "cpu",
@@ -148,7 +148,8 @@ class EngineProcess:
         try:
             self._proc.wait(STOP_TIMEOUT_S)
         except subprocess.TimeoutExpired:
-            log.warning("engine %s: the engine process did not exit in %.0f s; terminating it", self.name, STOP_TIMEOUT_S)
+            log.warning("engine %s: the engine process did not exit in %.0f s; terminating it", self.name,
+                        STOP_TIMEOUT_S)
             self._kill()
         self._end_all(cancel=True)
         self._conn.close()
