@@ -32,7 +32,10 @@ from pathlib import Path
 import torch
 
 import genloom
+from genloom.checkpoints import load_model
 from genloom.errors import GenloomError
+from genloom.models.runtime import prepare
+from genloom.safety.watermark import Secret, Watermarks
 from genloom.sample import SamplingParams
 from genloom.serve.engine import (
     Event,
@@ -292,10 +295,6 @@ def _child_main(conn) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the parent stops the engine
     try:
         spec = json.loads(conn.recv_bytes())
-        from genloom.checkpoints import load_model
-        from genloom.models.runtime import prepare
-        from genloom.safety.watermark import Secret, Watermarks
-
         loaded = load_model(spec["path"], device=spec["device"])
         model = prepare(loaded.model, spec["dtype"], spec["compile"], device=spec["device"])
         marks = Watermarks(Secret(bytes.fromhex(spec["key"]))) if spec["key"] else None
