@@ -160,13 +160,15 @@ def test_worker_enforces_the_limits_too(tmp_path):
 
 def test_wall_time_limit_fails_the_job(tmp_path):
     db = Database(data_dir=tmp_path / "data")
-    job = _job(db, steps=400)
+    # 3 s: data preparation and the model's load fit in it on a loaded 2-core machine (0.5 s did not, once), and
+    # 5,000 steps do not (a step of this model takes milliseconds)
+    job = _job(db, steps=5000)
     worker_loop(None, str(tmp_path / "data"), str(tmp_path / "models"), BASE, once=True,
-                limits=JobLimits(max_minutes=0.5 / 60))
+                limits=JobLimits(max_minutes=3 / 60))
     done = db.get_job(job.id)
-    assert done.status == "failed" and "wall-time limit of 0.5 s" in done.error, done.error
+    assert done.status == "failed" and "wall-time limit of 3 s" in done.error, done.error
     steps = [e.data["step"] for e in db.events(job.id) if "loss" in e.data]
-    assert 0 < len(steps) < 400 and not (tmp_path / "models").exists()
+    assert 0 < len(steps) < 5000 and not (tmp_path / "models").exists()
 
 
 def test_heartbeat_keeps_the_lease_of_a_long_job(tmp_path):
