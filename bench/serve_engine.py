@@ -37,11 +37,13 @@ ROOT = Path(__file__).resolve().parent.parent
 TOKENS = 64
 
 
+TEMPLATE = ChatTemplate.load(ROOT / "models" / "chat")
+
+
 def prompts(n: int, round_: int) -> list[str]:
     """bench/serve.py's chat prompts for `n` clients in one round, rendered with the model's chat template as the
     server renders them."""
-    template = ChatTemplate.load(ROOT / "models" / "chat")
-    return [template.render([("user", prompt(i, round_))]) for i in range(n)]
+    return [TEMPLATE.render([("user", prompt(i, round_))]) for i in range(n)]
 
 
 def run(engine: TextEngine, texts: list[str], together: bool) -> tuple[float, int]:

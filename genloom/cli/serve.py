@@ -18,7 +18,7 @@ from genloom.serve import app as server
 from genloom.serve.database import Database, redacted
 from genloom.serve import jobs
 from genloom.serve.jobs import JobLimits
-from genloom.serve.models import bundled_model_paths, model_name
+from genloom.serve.models import ENGINES, bundled_model_paths, model_name
 from genloom.serve.transport import parse_origins, parse_public_url
 
 
@@ -69,7 +69,7 @@ def _job_limits(steps, threads, parameters, minutes, **kw) -> JobLimits:
               help="Text models run in this dtype (default: int8 for an int8 export, else float32).")
 @click.option("--compile", "compile_decode", is_flag=True,
               help="Compile text models' decode step ahead of time (AOTInductor, cached on disk per model).")
-@click.option("--engine", type=click.Choice(["thread", "process"]), default="thread", show_default=True,
+@click.option("--engine", type=click.Choice(ENGINES), default="thread", show_default=True,
               help="Where each text model decodes: thread (a thread of the server) or process (a child process per "
               "text model, so the HTTP side and the decoding steps do not share one Python GIL: faster under "
               "concurrent clients, at about 5 s more start-up and 400 MiB more memory per text model).")

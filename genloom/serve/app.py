@@ -35,7 +35,7 @@ from genloom.serve.errors import add_error_handlers
 from genloom.serve.jobs import JobLimits, start_worker
 from genloom.serve.logs import log_event
 from genloom.serve.metrics import Metrics
-from genloom.serve.models import ENGINES, FineTuned, load_served, model_name
+from genloom.serve.models import FineTuned, check_engine, load_served, model_name
 from genloom.serve.retrieval import KbRef, build_corpus_kb, resolve_kb, resolve_model_kb
 from genloom.serve.routes import ROUTERS, transcriptions
 from genloom.serve.transport import add_transport, parse_origins, parse_public_url
@@ -107,8 +107,7 @@ def create_app(model_paths: list[str], *, max_batch: int = 16, max_queue: int = 
         raise GenloomError(f"two models would both be called {dup}: serve folders with different names")
     if max_batch < 1 or max_queue < 0:
         raise GenloomError(f"max_batch must be >= 1 and max_queue >= 0 (got {max_batch}, {max_queue})")
-    if engine not in ENGINES:
-        raise GenloomError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
+    check_engine(engine)
     kbs = KnowledgeBases(Path(data_dir or "genloom-data") / "kb") if data_dir or db_url else None
     kb_refs = resolve_kbs(names, kb or {}, kbs)  # a missing base fails here, before anything loads
     marks = watermarks.load(Path(data_dir or "genloom-data"), watermark, where="genloom serve")

@@ -99,6 +99,7 @@ class EngineProcess:
         if "error" in hello:
             self._kill()
             raise GenloomError(hello["error"])
+        self._stats = hello["s"]
         self.pid = self._proc.pid
         self._reader = threading.Thread(target=self._read, name=f"genloom-engine-reader-{name}", daemon=True)
         self._reader.start()
@@ -128,8 +129,7 @@ class EngineProcess:
         return h
 
     def stats(self) -> dict:
-        out = {"running": 0, "waiting": 0, "steps": 0, "tokens_out": 0, "prompt_tokens": 0, "submitted": 0,
-               "finished": 0, "cancelled": 0, "failed": 0, "cache_shifts": 0, **self._stats}
+        out = dict(self._stats)  # the child's TextEngine.stats() as of its last message (the first: its hello)
         out.update(name=self.name, max_batch=self.max_batch, max_queue=self.max_queue, pid=self.pid,
                    alive=self._gone is None)
         return out
@@ -305,7 +305,7 @@ def _child_main(conn) -> None:
     except Exception as e:  # noqa: BLE001 - the parent raises it as the load error
         conn.send_bytes(json.dumps({"error": f"{type(e).__name__}: {e}"}).encode())
         return
-    conn.send_bytes(json.dumps({"ready": True}).encode())
+    conn.send_bytes(json.dumps({"ready": True, "s": engine.stats()}).encode())
     try:
         while True:
             op, *args = json.loads(conn.recv_bytes())

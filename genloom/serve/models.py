@@ -68,6 +68,11 @@ class ChatTemplate:
 ENGINES = ("thread", "process")  # where a text model's decode engine runs (load_served)
 
 
+def check_engine(engine: str) -> None:
+    if engine not in ENGINES:
+        raise GenloomError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
+
+
 @dataclass
 class ServedModel:
     name: str
@@ -102,9 +107,8 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None
     genloom.models.runtime.default_dtype), its decode step compiled if asked, and gets its decode engine started
     and its chat template read. `engine`: "thread" (a TextEngine in this process) or "process" (an EngineProcess:
     the same engine in a child process that loads its own copy of the model; this one keeps its tokenizer, config
-    and card)."""
-    if engine not in ENGINES:
-        raise GenloomError(f"unknown engine '{engine}'; choose one of {', '.join(ENGINES)}")
+    and card, unconverted)."""
+    check_engine(engine)
     name = model_name(path)
     if voice_kind(path) is not None:  # a voice folder (genloom.pipelines.speech.LOADERS knows its kind)
         return ServedModel(name, None, None, None, 0, voice=load_voice(path))
@@ -122,8 +126,8 @@ def load_served(path: str | Path, *, max_batch: int, max_queue: int, device=None
         raise GenloomError(f"{path} is a '{loaded.family}' model; the server serves text models with a tokenizer "
                            f"({', '.join(families.of_kind('text'))}) and image models ({', '.join(families.of_kind('image'))})")
     dtype = dtype or default_dtype(loaded.meta)
-    # the child compiles its own decode step: this copy of the model only answers questions about itself
-    loaded.model = prepare(loaded.model, dtype, compile and engine == "thread", device=str(device or "cpu"))
+    if engine == "thread":  # a process engine's child prepares its own copy; this one only answers about itself
+        loaded.model = prepare(loaded.model, dtype, compile, device=str(device or "cpu"))
     p = Path(path)
     folder = p if p.is_dir() else p.parent
     template = ChatTemplate.load(folder)
