@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, has_chatterbot, run_cli
+from conftest import assert_one_line_error, has_chatterbot
 
 from genloom.cli import main
 from genloom.errors import GenloomError
@@ -256,7 +256,8 @@ def test_cli_create_search_list_add(tmp_path, capsys):
     assert code == 2 and err.strip() == f"genloom: error: no knowledge base 'nope' in {root}; choose one of docs"
 
 
-def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, run_main):
+    """In-process (genloom.cli.main): tests/test_cli.py's test_bad_input_in_a_real_process covers the real process."""
     (tmp_path / "empty.txt").write_text("")
     (tmp_path / "a.csv").write_text("a,b\n")
     cases = [
@@ -267,6 +268,5 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path):
         (["kb", "create", "x", "--from", tmp_path / "missing"], "no file or folder"),
     ]
     for args, message in cases:
-        r = run_cli(*args, "--dir", tmp_path / "kb")
-        assert message in assert_one_line_error(r.returncode, r.stdout, r.stderr)
+        assert message in assert_one_line_error(*run_main(*args, "--dir", tmp_path / "kb"))
     assert not (tmp_path / "kb").exists() or not any((tmp_path / "kb").iterdir())

@@ -13,6 +13,7 @@ import pytest
 import symusic
 import torch
 
+from conftest import assert_one_line_error
 from genloom.checkpoints import export_model, load_model
 from genloom.data.tokenizers import MidiTokenizer
 from genloom.errors import GenloomError
@@ -161,7 +162,8 @@ def test_genloom_generate_writes_midi_wav_mp3_and_piano_roll(tiny_music_model, t
     assert again.returncode == 0 and notes_of((tmp_path / "again" / "music-4.mid").read_bytes()) == first
 
 
-def test_genloom_generate_bad_input_is_one_line_and_exit_2(tiny_music_model, tmp_path):
+def test_genloom_generate_bad_input_is_one_line_and_exit_2(tiny_music_model, tmp_path, run_main, monkeypatch):
+    """In-process (genloom.cli.main): tests/test_cli.py's test_bad_input_in_a_real_process covers the real process."""
     (tmp_path / "bad.mid").write_bytes(b"not midi at all")
     make_score([36, 38], drum=True).dump_midi(str(tmp_path / "drums.mid"))
     symusic.Score(480).dump_midi(str(tmp_path / "empty.mid"))
@@ -174,11 +176,11 @@ def test_genloom_generate_bad_input_is_one_line_and_exit_2(tiny_music_model, tmp
         ("-p", "hello"): "drop --prompt",
     }
     for args, message in cases.items():
-        res = _genloom("generate", "-m", str(tiny_music_model), *args, "--out", str(tmp_path / "o"))
-        assert res.returncode == 2 and res.stderr.count("\n") == 1 and message in res.stderr, (args, res.stderr)
-    env = {**os.environ, "GENLOOM_FLUIDSYNTH": "no-such-fluidsynth"}
-    res = _genloom("generate", "-m", str(tiny_music_model), "--out", str(tmp_path / "o"), env=env)
-    assert res.returncode == 2 and "apt-get install --no-install-recommends fluidsynth" in res.stderr
+        line = assert_one_line_error(*run_main("generate", "-m", tiny_music_model, *args, "--out", tmp_path / "o"))
+        assert message in line, (args, line)
+    monkeypatch.setenv("GENLOOM_FLUIDSYNTH", "no-such-fluidsynth")
+    line = assert_one_line_error(*run_main("generate", "-m", tiny_music_model, "--out", tmp_path / "o"))
+    assert "apt-get install --no-install-recommends fluidsynth" in line
     assert not (tmp_path / "o").exists()  # named before anything was sampled or written
 
 
