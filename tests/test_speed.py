@@ -13,7 +13,8 @@ from genloom.cli import main as cli_main
 from genloom.data.tokenizers import CharTokenizer
 from genloom.errors import GenloomError
 from genloom.models import runtime
-from genloom.models.gpt import GPT, GPTConfig, KVCache
+from genloom.models import gpt as gpt_module
+from genloom.models.gpt import GPT, GPTConfig, KVCache, RowBlockLinear, linear_fn
 from genloom.sample import SamplingParams, stream_ids
 from genloom.serve.engine import TextEngine
 from genloom.serve.models import load_served
@@ -137,6 +138,48 @@ def test_export_int8_refuses_an_image_model(tmp_path):
     r = run_cli("export", "models/fmnist-dcgan", "--out", tmp_path / "x", "--dtype", "int8")
     assert_one_line_error(r.returncode, r.stdout, r.stderr)
     assert "--dtype int8 is for text models" in r.stderr and "float32, float16, bfloat16" in r.stderr
+
+
+@pytest.mark.parametrize("out_features,bias", [(64, True), (65, False), (3, True)])
+def test_row_block_linear_is_f_linear(out_features, bias):
+    lin = torch.nn.Linear(48, out_features, bias=bias)
+    f = RowBlockLinear(lin.weight, lin.bias, 2)  # 65 and 3 rows: blocks of 32 and 1, one row left over
+    with torch.inference_mode():
+        x = torch.randn(1, 48)
+        assert torch.allclose(f(x), lin(x), atol=1e-5) and f(x).shape == (1, out_features)
+        xs = torch.randn(5, 48)  # more than one row: F.linear itself
+        assert torch.equal(f(xs), torch.nn.functional.linear(xs, lin.weight, lin.bias))
+
+
+def test_one_row_decode_splits_large_weights_only_where_they_leave_the_cache(monkeypatch):
+    m = random_gpt("gpt2", sharpen=4.0, boost=2.0, n_embd=64)
+    small = linear_fn(torch.nn.Linear(4, 4), parts=2)  # under SPLIT_BYTES: F.linear, whatever the cache
+    assert not isinstance(small, RowBlockLinear)
+    monkeypatch.setattr(gpt_module, "SPLIT_BYTES", 0)
+    monkeypatch.setattr(gpt_module, "cache_bytes", lambda: 1 << 40)  # every weight fits: one thread's GEMV
+    assert not any(isinstance(f, RowBlockLinear) for layer in m._decode_weights(2)[:-1] for f in layer)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # the decoding thread's threads are the parts
+    try:
+        _one_row_decode_in_blocks(m, monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _one_row_decode_in_blocks(m, monkeypatch):
+    with torch.inference_mode():
+        ref, ref1 = greedy(m), greedy(m, [[1, 2, 3]])
+        monkeypatch.setattr(gpt_module, "cache_bytes", lambda: 0)  # read from memory at every step: row blocks
+        weights = m._decode_weights(2)
+        assert all(isinstance(f, RowBlockLinear) for layer in weights[:-1] for f in layer[2:4] + layer[6:8])
+        assert isinstance(weights[-1], RowBlockLinear) and not any(isinstance(f, RowBlockLinear)
+                                                                  for f in m._decode_weights(1)[-1:])
+        calls = []
+        call = RowBlockLinear.__call__
+        monkeypatch.setattr(RowBlockLinear, "__call__", lambda self, x: calls.append(x.size(0)) or call(self, x))
+        assert torch.equal(greedy(m), ref)  # two rows: F.linear inside the row-block callables
+        assert torch.equal(greedy(m, [[1, 2, 3]]), ref1)  # one row: the blocks
+        assert 1 in calls and 2 in calls
 
 
 @pytest.mark.parametrize("arch", ["gpt2", "llama"])

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from functools import partial
+from functools import lru_cache, partial
+from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -196,12 +197,58 @@ class Block(nn.Module):
         return x + self.mlp(self.ln_2(x))
 
 
-def linear_fn(m: nn.Module):
+SPLIT_BYTES = 1 << 18  # RowBlockLinear for weights of at least this size (a bmm costs more than it saves below)
+
+
+@lru_cache(maxsize=1)
+def cache_bytes() -> int:
+    """The CPU's largest cache (sysfs; 32 MiB where it cannot be read): weights that fit stay in it between steps."""
+    sizes = []
+    for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = f.read_text().strip()
+        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        sizes.append(int(text.rstrip("KMG")) * unit if text.rstrip("KMG").isdigit() else 0)
+    return max(sizes, default=0) or 32 << 20
+
+
+def linear_fn(m: nn.Module, parts: int = 1):
     """A Linear as the cheapest callable: F.linear with its tensors bound; any other module (a quantised
-    Linear of genloom.models.runtime) as itself."""
-    if type(m) is nn.Linear:
-        return partial(F.linear, weight=m.weight, bias=m.bias)
-    return m
+    Linear of genloom.models.runtime) as itself. parts > 1: a large float weight on the CPU becomes a
+    RowBlockLinear (one-row steps on every intra-op thread)."""
+    if type(m) is not nn.Linear:
+        return m
+    w = m.weight
+    if parts > 1 and w.size(0) >= parts and w.numel() * w.element_size() >= SPLIT_BYTES and w.is_floating_point() \
+            and w.device.type == "cpu":
+        return RowBlockLinear(w, m.bias, parts)
+    return partial(F.linear, weight=w, bias=m.bias)
+
+
+class RowBlockLinear:
+    """F.linear for decoding, where a one-row input (batch-1 decode) is a matrix-vector product that reads the whole
+    weight for a few FLOPs: bound by memory bandwidth. MKL's sgemv runs it on one thread (13-17 GB/s on the project's
+    2-core machines, where reading the same bytes on two threads gives 22-25), so here the weight's output rows are
+    `parts` blocks, (parts, out // parts, in) as a view, and one bmm reads them: ATen spreads the blocks over the
+    intra-op threads, as llama.cpp splits a GEMV's rows over its threads (the out % parts rows left, GPT-2's
+    50,257-token head has one, go through F.linear). Other inputs go to F.linear."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, parts: int):
+        o, i = weight.shape
+        n = o // parts * parts
+        self.weight, self.bias, self.parts = weight, bias, parts
+        self.blocks = weight[:n].view(parts, o // parts, i)
+        self.bias_blocks = None if bias is None else bias[:n].view(parts, o // parts, 1)
+        self.rest = None if n == o else (weight[n:], None if bias is None else bias[n:])
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.size(0) != 1 or x.dim() != 2:
+            return F.linear(x, self.weight, self.bias)
+        # (parts, in, 1), no copy; strides (0, 1, in) read as a transposed matrix, which goes to MKL's kernel (the
+        # same view with strides (0, 1, 1) takes ATen's own loop: 3x slower)
+        xs = x.t().unsqueeze(0).expand(self.parts, -1, 1)
+        y = torch.bmm(self.blocks, xs) if self.bias_blocks is None else torch.baddbmm(self.bias_blocks, self.blocks, xs)
+        y = y.view(1, -1)
+        return y if self.rest is None else torch.cat([y, F.linear(x, *self.rest)], dim=1)
 
 
 class Pointer(nn.Module):
@@ -379,15 +426,19 @@ class GPT(nn.Module):
             x, allowed = x[:, -1:], allowed[:, -1:]
         return self.pointer(x, self.lm_head(x), k, tok, allowed, valid)
 
-    def _decode_weights(self) -> list[tuple]:
+    def _decode_weights(self, parts: int = 1) -> list[tuple]:
         """Per layer: (norm_1 w, b, c_attn, attn.c_proj, norm_2 w, b, c_fc, mlp.c_proj), the linears as callables
-        (linear_fn), and the output head last."""
+        (linear_fn), and the output head last. parts > 1 (the decoding thread's intra-op threads): where the weights
+        do not fit in the CPU's cache, so that every step reads them from memory, large ones become RowBlockLinears."""
+        if sum(m.weight.numel() * m.weight.element_size() for m in self.modules() if type(m) is nn.Linear) \
+                <= cache_bytes():
+            parts = 1  # read from cache, one thread's GEMV is the faster one
         out = []
         for blk in self.transformer.h:
             n1, n2 = blk.ln_1, blk.ln_2
-            out.append((n1.weight, getattr(n1, "bias", None), linear_fn(blk.attn.c_attn), linear_fn(blk.attn.c_proj),
-                        n2.weight, getattr(n2, "bias", None), linear_fn(blk.mlp.c_fc), linear_fn(blk.mlp.c_proj)))
-        return out + [linear_fn(self.lm_head)]
+            lin = [linear_fn(m, parts) for m in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)]
+            out.append((n1.weight, getattr(n1, "bias", None), *lin[:2], n2.weight, getattr(n2, "bias", None), *lin[2:]))
+        return out + [linear_fn(self.lm_head, parts)]
 
     def _step(self, idx, cache: KVCache, pos=None, mask=None):
         """Decode one token per row (idx (B, 1)) against the cache, in eval mode: logits (B, 1, V).
@@ -403,7 +454,7 @@ class GPT(nn.Module):
         if S > self.config.block_size:
             raise ValueError(f"sequence of {S} tokens exceeds block_size {self.config.block_size}")
         if cache.weights is None:
-            cache.weights = self._decode_weights()
+            cache.weights = self._decode_weights(torch.get_num_threads())  # this decoding thread's threads
 
         def store(kv, new):  # new (B, 2, nkv, 1, hs) into column `start`; attend to columns [0, S)
             kv[:, :, :, start:S] = new
