@@ -156,6 +156,7 @@ def test_one_row_decode_splits_large_weights_only_where_they_leave_the_cache(mon
     small = linear_fn(torch.nn.Linear(4, 4), parts=2)  # under SPLIT_BYTES: F.linear, whatever the cache
     assert not isinstance(small, RowBlockLinear)
     monkeypatch.setattr(gpt_module, "SPLIT_BYTES", 0)
+    assert not isinstance(linear_fn(torch.nn.Linear(4, 4).to(torch.bfloat16), parts=2), RowBlockLinear)  # float32 only
     monkeypatch.setattr(gpt_module, "cache_bytes", lambda: 1 << 40)  # every weight fits: one thread's GEMV
     assert not any(isinstance(f, RowBlockLinear) for layer in m._decode_weights(2)[:-1] for f in layer)
     threads = torch.get_num_threads()

@@ -203,22 +203,26 @@ SPLIT_BYTES = 1 << 18  # RowBlockLinear for weights of at least this size (a bmm
 @lru_cache(maxsize=1)
 def cache_bytes() -> int:
     """The CPU's largest cache (sysfs; 32 MiB where it cannot be read): weights that fit stay in it between steps."""
-    sizes = []
+    sizes = [0]
     for f in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
-        text = f.read_text().strip()
-        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        sizes.append(int(text.rstrip("KMG")) * unit if text.rstrip("KMG").isdigit() else 0)
-    return max(sizes, default=0) or 32 << 20
+        try:
+            text = f.read_text().strip()  # e.g. "32768K"
+        except OSError:
+            continue
+        digits, unit = text.rstrip("KMG"), {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+        sizes.append(int(digits) * unit if digits.isdigit() else 0)
+    return max(sizes) or 32 << 20
 
 
 def linear_fn(m: nn.Module, parts: int = 1):
     """A Linear as the cheapest callable: F.linear with its tensors bound; any other module (a quantised
-    Linear of genloom.models.runtime) as itself. parts > 1: a large float weight on the CPU becomes a
-    RowBlockLinear (one-row steps on every intra-op thread)."""
+    Linear of genloom.models.runtime) as itself. parts > 1: a large float32 weight on the CPU becomes a
+    RowBlockLinear (one-row steps on every intra-op thread; measured for float32 only: bfloat16 keeps oneDNN's
+    own path)."""
     if type(m) is not nn.Linear:
         return m
     w = m.weight
-    if parts > 1 and w.size(0) >= parts and w.numel() * w.element_size() >= SPLIT_BYTES and w.is_floating_point() \
+    if parts > 1 and w.size(0) >= parts and w.numel() * w.element_size() >= SPLIT_BYTES and w.dtype == torch.float32 \
             and w.device.type == "cpu":
         return RowBlockLinear(w, m.bias, parts)
     return partial(F.linear, weight=w, bias=m.bias)
@@ -226,7 +230,7 @@ def linear_fn(m: nn.Module, parts: int = 1):
 
 class RowBlockLinear:
     """F.linear for decoding, where a one-row input (batch-1 decode) is a matrix-vector product that reads the whole
-    weight for a few FLOPs: bound by memory bandwidth. MKL's sgemv runs it on one thread (13-17 GB/s on the project's
+    weight for a few FLOPs: bound by memory bandwidth. MKL's sgemv runs it on one thread (12-17 GB/s on the project's
     2-core machines, where reading the same bytes on two threads gives 22-25), so here the weight's output rows are
     `parts` blocks, (parts, out // parts, in) as a view, and one bmm reads them: ATen spreads the blocks over the
     intra-op threads, as llama.cpp splits a GEMV's rows over its threads (the out % parts rows left, GPT-2's
