@@ -128,11 +128,12 @@ def mark_images(images: torch.Tensor, marks: Watermarks | None) -> torch.Tensor:
                         .permute(2, 0, 1) for img in images]).to(images.device)
 
 
-def mark_audio(samples: np.ndarray, sample_rate: int, marks: Watermarks | None) -> np.ndarray:
-    """Audio samples (n,) or (n, channels), float or int16, marked; what speech routes call before encoding."""
+def mark_audio(samples: np.ndarray, sample_rate: int, marks: Watermarks | None, start: int = 0) -> np.ndarray:
+    """Audio samples (n,) or (n, channels), float or int16, marked; what speech routes call before encoding. `start`:
+    the samples of the same stream sent before these (a streamed answer's sentences carry one sequence)."""
     if marks is None or not marks.on:
         return samples
-    return watermark_audio.embed(samples, sample_rate, marks.secret.raw)
+    return watermark_audio.embed(samples, sample_rate, marks.secret.raw, start)
 
 
 def mark_wav(wav: bytes, marks: Watermarks | None) -> bytes:

@@ -52,10 +52,13 @@ def _filter(rate: int) -> np.ndarray:
     return firwin(TAPS, list(_band(rate)), pass_zero=False, fs=rate)
 
 
-def chips(secret: bytes, n: int, rate: int) -> np.ndarray:
-    """The key's band-limited sequence of n samples at `rate`, unit RMS."""
-    white = np.random.default_rng(_seed(secret)).standard_normal(n)
-    seq = lfilter(_filter(rate), [1.0], white)
+def chips(secret: bytes, n: int, rate: int, start: int = 0) -> np.ndarray:
+    """The key's band-limited sequence at `rate`, its samples [start, start + n), unit RMS. A clip made in pieces
+    (speech streamed sentence by sentence) marks each piece with start = the samples before it, so the whole
+    stream carries one sequence, as if it had been marked at once."""
+    white = np.random.default_rng(_seed(secret)).standard_normal(start + n)
+    lo = max(0, start - (TAPS - 1))  # the FIR filter's memory: the TAPS - 1 inputs before `start`
+    seq = lfilter(_filter(rate), [1.0], white[lo:])[start - lo:]
     return seq / (np.sqrt(np.mean(seq**2)) + 1e-12)
 
 
@@ -75,13 +78,14 @@ def _as_float(samples: np.ndarray) -> tuple[np.ndarray, object]:
     raise GenloomError(f"audio watermark: samples must be int16 or float (got {a.dtype})")
 
 
-def embed(samples: np.ndarray, rate: int, secret: bytes) -> np.ndarray:
-    """Samples (n,) or (n, channels), int16 or float in [-1, 1] -> the same shape and dtype, marked."""
+def embed(samples: np.ndarray, rate: int, secret: bytes, start: int = 0) -> np.ndarray:
+    """Samples (n,) or (n, channels), int16 or float in [-1, 1] -> the same shape and dtype, marked. `start`: the
+    samples of the same clip already marked and sent before these (see chips)."""
     x, dtype = _as_float(samples)
     if x.ndim not in (1, 2) or x.shape[0] == 0:
         raise GenloomError(f"audio watermark: samples must be (n,) or (n, channels) with n > 0 (got {x.shape})")
     mono = x if x.ndim == 1 else x.mean(axis=1)
-    mark = ALPHA * _envelope(mono) * chips(secret, len(mono), rate)
+    mark = ALPHA * _envelope(mono) * chips(secret, len(mono), rate, start)
     y = x + (mark if x.ndim == 1 else mark[:, None])
     if dtype == np.int16:
         return np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)

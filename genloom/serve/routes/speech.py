@@ -45,12 +45,13 @@ AUDIO_RESPONSES = {200: {"description": "The speech: audio bytes in response_for
                                      "text/event-stream": {"schema": {"type": "string"}}}}}
 
 
-def _encode(voice, sentence: str, body: SpeechRequest, enc: Encoder, marks, cue: bool) -> tuple[bytes, int]:
+def _encode(voice, sentence: str, body: SpeechRequest, enc: Encoder, marks, cue: bool, start: int) -> tuple[bytes, int]:
     """One sentence spoken, watermarked and encoded (a worker thread: onnxruntime, LAME and libsndfile are CPU
-    work); `cue`: the audible AI cue goes before it (the first sentence, when the operator switched the cue on)."""
+    work); `cue`: the audible AI cue goes before it (the first sentence, when the operator switched the cue on);
+    `start`: the samples sent before it, where its part of the stream's one watermark sequence begins."""
     audio = voice.render(sentence, speed=body.speed, voice=body.voice)
     audio = add_tone_cue(audio, voice.sample_rate) if cue else audio
-    return enc.add(mark_audio(audio, voice.sample_rate, marks)), len(audio)
+    return enc.add(mark_audio(audio, voice.sample_rate, marks, start)), len(audio)
 
 
 @router.post("/v1/audio/speech", dependencies=v1, responses={**responses(503), **AUDIO_RESPONSES},
@@ -96,7 +97,7 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
         samples = 0
         for i, sentence in enumerate(sentences):
             data, n = await asyncio.to_thread(_encode, voice, sentence, body, enc, marks,
-                                              i == 0 and labeler.policy.audio_cue)
+                                              i == 0 and labeler.policy.audio_cue, samples)
             samples += n
             yield data, n
         yield await asyncio.to_thread(enc.finish), 0
