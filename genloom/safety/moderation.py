@@ -3,8 +3,8 @@
 genloom-moderation-2 (the default): a multi-label classifier genloom trains through its own loop (family
 `textclf`, models/moderation: MiniLM and USE multilingual v3 sentence embeddings + hashed character n-grams +
 curated-term counts matched with Aho-Corasick), one score per category, each compared with a threshold tuned on
-the validation split of genloom's labelled set (models/moderation/thresholds.json). Images: NudeNet (ONNX, offline) scores
-"sexual" from its exposed-body-part detections.
+the validation split of genloom's labelled set (models/moderation/thresholds.json). Images: NudeNet (ONNX,
+offline) scores "sexual" from its exposed-body-part detections.
 
 genloom-moderation-1 (the first version, kept for comparison): alt-profanity-check (harassment) plus English
 keyword lexicons. A signal that cannot run is reported, never scored 0.0: its categories get a null score,
@@ -307,8 +307,8 @@ def protocol() -> str:
     clf = text_moderator()
     encoders = " + ".join(clf.model.config.encoders)
     return (f"{MODEL}: models/moderation (textclf: {encoders} embeddings + hashed char n-grams + curated terms), "
-            f"thresholds tuned on the validation split ({clf.folder / 'thresholds.json'}); images: NudeNet exposed parts "
-            f"-> sexual; inputs: at most {MAX_INPUTS}, {MAX_CHARS:,} characters each")
+            f"thresholds tuned on the validation split ({clf.folder / 'thresholds.json'}); images: NudeNet exposed "
+            f"parts -> sexual; inputs: at most {MAX_INPUTS}, {MAX_CHARS:,} characters each")
 
 
 # ---- the first version (genloom-moderation-1), kept for comparison ----
