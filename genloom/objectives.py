@@ -632,7 +632,7 @@ def embedded(texts: list[str], encoder: str, cache: Path | None) -> np.ndarray:
         return fn(texts)
     path = cache / f"moderation-{encoder}.npz"
     keys = [hashlib.sha1(t.encode("utf-8")).hexdigest() for t in texts]
-    known = dict(np.load(path)) if path.is_file() else {}
+    known = dict(np.load(path, allow_pickle=False)) if path.is_file() else {}
     todo = sorted({k: t for k, t in zip(keys, texts) if k not in known}.items())
     if todo:
         known.update(zip([k for k, _ in todo], fn([t for _, t in todo])))
