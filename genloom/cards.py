@@ -9,6 +9,7 @@ from pathlib import Path
 
 from genloom.data.images import IMAGE_INFO
 from genloom.data.text import CORPUS_INFO
+from genloom.embeddings import ENCODERS
 from genloom.files import atomic_write_text
 
 
@@ -140,17 +141,15 @@ def classifier_card(folder, card: dict, name: str, command: str) -> Path:
     return _write(folder, lines, command)
 
 
-ENCODER_NAMES = {"minilm": "MiniLM (all-MiniLM-L6-v2)", "use-m3": "USE multilingual v3"}  # genloom.embeddings.ENCODERS
-
-
 def textclf_card(folder, card: dict, name: str, command: str) -> Path:
     """The card of a multi-label text classifier (the moderation classifier): data, size, budget, loss."""
     data = card.get("data") or {}
     secs = card.get("train_seconds")
+    encoders = " + ".join(ENCODERS[e].title if e in ENCODERS else e for e in data.get("encoders", ["minilm"]))
     lines = [
         f"# {name or Path(folder).name}",
         "",
-        f"A genloom text classifier: {' + '.join(ENCODER_NAMES.get(e, e) for e in data.get('encoders', ['minilm']))} "
+        f"A genloom text classifier: {encoders} "
         "sentence embeddings + hashed character n-grams + curated-term counts, a small MLP, one sigmoid per label "
         "(genloom/models/textclf.py).",
         "",

@@ -12,8 +12,10 @@ classifier, whose Chinese texts MiniLM reads as unknown tokens. Nothing is downl
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,12 +49,18 @@ def load_embedder():
     return SentenceTransformer(str(model_dir()), device="cpu")
 
 
-def embed(texts: str | list[str], normalize: bool = True, batch_size: int = 64) -> np.ndarray:
-    """Mean-pooled MiniLM embeddings, (N, 384) float32; unit length when `normalize` (dot = cosine)."""
+def _strings(texts: str | list[str]) -> list[str]:
+    """One text or many, as a list; GenloomError naming the first item that is not a string."""
     texts = [texts] if isinstance(texts, str) else list(texts)
     bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
     if bad is not None:
         raise GenloomError(f"text {bad} is {type(texts[bad]).__name__}, not a string")
+    return texts
+
+
+def embed(texts: str | list[str], normalize: bool = True, batch_size: int = 64) -> np.ndarray:
+    """Mean-pooled MiniLM embeddings, (N, 384) float32; unit length when `normalize` (dot = cosine)."""
+    texts = _strings(texts)
     model = load_embedder()
     if not texts:
         dim = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
@@ -78,16 +86,20 @@ def load_multilingual():
 
 def embed_multilingual(texts: str | list[str]) -> np.ndarray:
     """USE multilingual v3 embeddings, (N, 512) float32, unit length; English and Chinese in one space."""
-    texts = [texts] if isinstance(texts, str) else list(texts)
-    bad = next((i for i, t in enumerate(texts) if not isinstance(t, str)), None)
-    if bad is not None:
-        raise GenloomError(f"text {bad} is {type(texts[bad]).__name__}, not a string")
+    texts = _strings(texts)
     if not texts:
         return np.zeros((0, 512), dtype=np.float32)
     return np.asarray(load_multilingual().encode(texts), dtype=np.float32).reshape(len(texts), 512)
 
 
-ENCODERS = {"minilm": (embed, 384), "use-m3": (embed_multilingual, 512)}  # name: (function, dimension)
+class Encoder(NamedTuple):
+    fn: Callable[[list[str]], np.ndarray]
+    dim: int
+    title: str  # as model cards name it
+
+
+ENCODERS = {"minilm": Encoder(embed, 384, "MiniLM (all-MiniLM-L6-v2)"),
+            "use-m3": Encoder(embed_multilingual, 512, MULTILINGUAL_NAME)}
 
 
 def check_encoders(names) -> list[str]:

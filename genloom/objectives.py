@@ -627,7 +627,7 @@ def moderation_features(texts: list[str], buckets: int, cache: Path | None = Non
 
 def embedded(texts: list[str], encoder: str, cache: Path | None) -> np.ndarray:
     """(N, dim) embeddings of one encoder; with a cache folder, only the texts it does not hold yet are embedded."""
-    fn, _ = ENCODERS[encoder]
+    fn = ENCODERS[encoder].fn
     if cache is None:
         return fn(texts)
     path = cache / f"moderation-{encoder}.npz"
@@ -668,7 +668,7 @@ class ModerationTask:
         mdict.setdefault("labels", list(CATEGORIES))
         mdict.setdefault("extra_dim", len(CATEGORIES) + CONCEPT_DIM)  # term counts, then concepts and their pairs
         encoders = check_encoders(mdict.setdefault("encoders", ["minilm"]))
-        mdict["embed_dim"] = sum(ENCODERS[e][1] for e in encoders)  # the embeddings, side by side
+        mdict["embed_dim"] = sum(ENCODERS[e].dim for e in encoders)  # the embeddings, side by side
         return mdict
 
     def bind(self, model_config) -> None:

@@ -232,15 +232,17 @@ def test_a_clip_marked_in_pieces_carries_one_sequence():
     mono = x[:, 0]
     cuts = [0, 9_000, 30_000, len(mono)]  # three pieces of unequal length
     whole = watermark_audio.chips(KEY, len(mono), rate)
-    pieces = np.concatenate([watermark_audio.chips(KEY, b - a, rate, a) for a, b in zip(cuts, cuts[1:])])
+    seq = watermark_audio.ChipStream(KEY, rate)
+    pieces = np.concatenate([seq.take(b - a) for a, b in zip(cuts, cuts[1:])])
     assert np.corrcoef(whole, pieces)[0, 1] > 0.9999  # the same sequence (each piece scaled to unit RMS)
     marks = watermark.Watermarks(watermark.Secret(KEY))
-    joined = np.concatenate([watermark.mark_audio(mono[a:b], rate, marks, a) for a, b in zip(cuts, cuts[1:])])
+    stream = watermark.audio_stream(marks, rate)
+    joined = np.concatenate([watermark.mark_audio(mono[a:b], rate, marks, stream) for a, b in zip(cuts, cuts[1:])])
     at_once = watermark_audio.detect(watermark.mark_audio(mono, rate, marks), rate, KEY)["z"]
     report = watermark_audio.detect(joined, rate, KEY)
     assert report["detected"] and report["lag_samples"] == 0 and report["z"] > 0.9 * at_once
     restarted = np.concatenate([watermark.mark_audio(mono[a:b], rate, marks) for a, b in zip(cuts, cuts[1:])])
-    assert watermark_audio.detect(restarted, rate, KEY)["z"] < 0.8 * report["z"]  # what the offsets are for
+    assert watermark_audio.detect(restarted, rate, KEY)["z"] < 0.8 * report["z"]  # what the stream is for
 
 
 def test_the_kind_of_a_file_is_told_by_its_content():

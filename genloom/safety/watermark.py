@@ -128,12 +128,20 @@ def mark_images(images: torch.Tensor, marks: Watermarks | None) -> torch.Tensor:
                         .permute(2, 0, 1) for img in images]).to(images.device)
 
 
-def mark_audio(samples: np.ndarray, sample_rate: int, marks: Watermarks | None, start: int = 0) -> np.ndarray:
-    """Audio samples (n,) or (n, channels), float or int16, marked; what speech routes call before encoding. `start`:
-    the samples of the same stream sent before these (a streamed answer's sentences carry one sequence)."""
+def audio_stream(marks: Watermarks | None, sample_rate: int) -> watermark_audio.ChipStream | None:
+    """One streamed clip's sequence (its pieces passed to mark_audio in order); None when watermarks are off."""
+    if marks is None or not marks.on:
+        return None
+    return watermark_audio.ChipStream(marks.secret.raw, sample_rate)
+
+
+def mark_audio(samples: np.ndarray, sample_rate: int, marks: Watermarks | None,
+               stream: watermark_audio.ChipStream | None = None) -> np.ndarray:
+    """Audio samples (n,) or (n, channels), float or int16, marked; what speech routes call before encoding.
+    `stream` (audio_stream): a streamed answer's sentences, marked in order, carry one sequence."""
     if marks is None or not marks.on:
         return samples
-    return watermark_audio.embed(samples, sample_rate, marks.secret.raw, start)
+    return watermark_audio.embed(samples, sample_rate, marks.secret.raw, stream)
 
 
 def mark_wav(wav: bytes, marks: Watermarks | None) -> bytes:
@@ -203,6 +211,7 @@ __all__ = [
     "installation_key",
     "kind_of",
     "load",
+    "audio_stream",
     "mark_audio",
     "mark_images",
     "mark_wav",

@@ -52,14 +52,25 @@ def _filter(rate: int) -> np.ndarray:
     return firwin(TAPS, list(_band(rate)), pass_zero=False, fs=rate)
 
 
-def chips(secret: bytes, n: int, rate: int, start: int = 0) -> np.ndarray:
-    """The key's band-limited sequence at `rate`, its samples [start, start + n), unit RMS. A clip made in pieces
-    (speech streamed sentence by sentence) marks each piece with start = the samples before it, so the whole
-    stream carries one sequence, as if it had been marked at once."""
-    white = np.random.default_rng(_seed(secret)).standard_normal(start + n)
-    lo = max(0, start - (TAPS - 1))  # the FIR filter's memory: the TAPS - 1 inputs before `start`
-    seq = lfilter(_filter(rate), [1.0], white[lo:])[start - lo:]
-    return seq / (np.sqrt(np.mean(seq**2)) + 1e-12)
+class ChipStream:
+    """The key's band-limited sequence at `rate`, handed out in consecutive pieces: each piece continues where the one
+    before it ended (one generator and the FIR filter's memory carried over), so a clip marked piece by piece (speech
+    streamed sentence by sentence) carries the sequence `chips` gives the whole clip, each piece drawn once."""
+
+    def __init__(self, secret: bytes, rate: int):
+        self._rng = np.random.default_rng(_seed(secret))
+        self._taps = _filter(rate)
+        self._memory = np.zeros(TAPS - 1)
+
+    def take(self, n: int) -> np.ndarray:
+        """The next n samples, unit RMS."""
+        seq, self._memory = lfilter(self._taps, [1.0], self._rng.standard_normal(n), zi=self._memory)
+        return seq / (np.sqrt(np.mean(seq**2)) + 1e-12)
+
+
+def chips(secret: bytes, n: int, rate: int) -> np.ndarray:
+    """The key's band-limited sequence of n samples at `rate`, unit RMS."""
+    return ChipStream(secret, rate).take(n)
 
 
 def _envelope(mono: np.ndarray) -> np.ndarray:
@@ -78,14 +89,15 @@ def _as_float(samples: np.ndarray) -> tuple[np.ndarray, object]:
     raise GenloomError(f"audio watermark: samples must be int16 or float (got {a.dtype})")
 
 
-def embed(samples: np.ndarray, rate: int, secret: bytes, start: int = 0) -> np.ndarray:
-    """Samples (n,) or (n, channels), int16 or float in [-1, 1] -> the same shape and dtype, marked. `start`: the
-    samples of the same clip already marked and sent before these (see chips)."""
+def embed(samples: np.ndarray, rate: int, secret: bytes, stream: ChipStream | None = None) -> np.ndarray:
+    """Samples (n,) or (n, channels), int16 or float in [-1, 1] -> the same shape and dtype, marked. `stream`: the
+    clip's ChipStream when it is marked in pieces (this piece takes its next samples); None: a whole clip."""
     x, dtype = _as_float(samples)
     if x.ndim not in (1, 2) or x.shape[0] == 0:
         raise GenloomError(f"audio watermark: samples must be (n,) or (n, channels) with n > 0 (got {x.shape})")
     mono = x if x.ndim == 1 else x.mean(axis=1)
-    mark = ALPHA * _envelope(mono) * chips(secret, len(mono), rate, start)
+    seq = chips(secret, len(mono), rate) if stream is None else stream.take(len(mono))
+    mark = ALPHA * _envelope(mono) * seq
     y = x + (mark if x.ndim == 1 else mark[:, None])
     if dtype == np.int16:
         return np.clip(np.round(y * 32768.0), -32768, 32767).astype(np.int16)

@@ -29,7 +29,7 @@ from genloom.pipelines.audio_encode import LABEL_FORMATS, MEDIA_TYPES, Encoder, 
 from genloom.safety import labels
 from genloom.safety.marks import add_tone_cue
 from genloom.safety.policy import screen
-from genloom.safety.watermark import mark_audio
+from genloom.safety.watermark import audio_stream, mark_audio
 from genloom.serve.errors import ApiError
 from genloom.serve.models import speech_model
 from genloom.serve.openapi import responses
@@ -45,13 +45,13 @@ AUDIO_RESPONSES = {200: {"description": "The speech: audio bytes in response_for
                                      "text/event-stream": {"schema": {"type": "string"}}}}}
 
 
-def _encode(voice, sentence: str, body: SpeechRequest, enc: Encoder, marks, cue: bool, start: int) -> tuple[bytes, int]:
+def _encode(voice, sentence: str, body: SpeechRequest, enc: Encoder, marks, cue: bool, stream) -> tuple[bytes, int]:
     """One sentence spoken, watermarked and encoded (a worker thread: onnxruntime, LAME and libsndfile are CPU
     work); `cue`: the audible AI cue goes before it (the first sentence, when the operator switched the cue on);
-    `start`: the samples sent before it, where its part of the stream's one watermark sequence begins."""
+    `stream`: the answer's one watermark sequence (audio_stream), which this sentence continues."""
     audio = voice.render(sentence, speed=body.speed, voice=body.voice)
     audio = add_tone_cue(audio, voice.sample_rate) if cue else audio
-    return enc.add(mark_audio(audio, voice.sample_rate, marks, start)), len(audio)
+    return enc.add(mark_audio(audio, voice.sample_rate, marks, stream)), len(audio)
 
 
 @router.post("/v1/audio/speech", dependencies=v1, responses={**responses(503), **AUDIO_RESPONSES},
@@ -94,10 +94,10 @@ async def speech(body: SpeechRequest, request: Request) -> StreamingResponse:
                                     latency_ms=round(1000 * (time.perf_counter() - t0)))
 
     async def chunks():
-        samples = 0
-        for i, sentence in enumerate(sentences):
+        samples, stream = 0, audio_stream(marks, voice.sample_rate)
+        for i, sentence in enumerate(sentences):  # in order, one at a time: the stream's sequence goes on
             data, n = await asyncio.to_thread(_encode, voice, sentence, body, enc, marks,
-                                              i == 0 and labeler.policy.audio_cue, samples)
+                                              i == 0 and labeler.policy.audio_cue, stream)
             samples += n
             yield data, n
         yield await asyncio.to_thread(enc.finish), 0
