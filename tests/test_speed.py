@@ -14,7 +14,7 @@ from genloom.data.tokenizers import CharTokenizer
 from genloom.errors import GenloomError
 from genloom.models import runtime
 from genloom.models import gpt as gpt_module
-from genloom.models.gpt import GPT, GPTConfig, KVCache, RowBlockLinear, linear_fn
+from genloom.models.gpt import GPT, GPTConfig, KVCache, ReducedLinear, RowBlockLinear, attend_one, gelu_tanh, linear_fn, sdpa
 from genloom.sample import SamplingParams, stream_ids
 from genloom.serve.engine import TextEngine
 from genloom.serve.models import load_served
@@ -208,6 +208,40 @@ def test_static_step_matches_the_eager_step(arch, masked):
         assert torch.equal(ka[:, :, :, P + 1 :], kb[:, :, :, P + 1 :]) and kb[:, :, :, P].abs().sum() > 0
 
 
+def test_one_row_static_step_reduces_and_attends_with_the_same_maths(monkeypatch):
+    """The compiled one-row step's pieces, run eagerly: ReducedLinear is F.linear, attend_one is SDPA (GQA and a key
+    mask included), and static_step with one_row (every linear a ReducedLinear once the weights leave the cache)
+    gives _step's logits."""
+    lin = torch.nn.Linear(24, 40)
+    x = torch.randn(1, 24)
+    assert torch.allclose(ReducedLinear(lin.weight, lin.bias)(x), lin(x), atol=1e-5)
+    q, k, v = torch.randn(2, 6, 1, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, 8)
+    mask = torch.rand(2, 1, 1, 9) > 0.3
+    mask[..., 0] = True
+    assert torch.allclose(attend_one(q, k, v, mask), sdpa(q, k, v, mask), atol=1e-5)
+    m = random_gpt("gpt2")
+    monkeypatch.setattr(gpt_module, "cache_bytes", lambda: 0)  # the weights stream from memory
+    assert m.streams_weights() and all(isinstance(f, ReducedLinear) for f in m._decode_weights(reduce=True)[-1:])
+    P, L = 5, 12
+    ids = torch.randint(0, 50, (1, P))
+    a, b = KVCache(m.config, 1, L), KVCache(m.config, 1, L)
+    with torch.inference_mode():
+        m(ids, cache=a, last_only=True)
+        m(ids, cache=b, last_only=True)
+        ref = m._step(torch.tensor([[3]]), a)
+        col = torch.tensor([[P]])
+        out = m.static_step(torch.tensor([[3]]), b.kv, col, col, one_row=True)
+    assert torch.allclose(out, ref, atol=1e-5)
+
+
+def test_gelu_tanh_sigmoid_form_is_the_tanh_gelu():
+    """What the compiled step and train.compile compute (x * sigmoid(2z)) is F.gelu's tanh approximation."""
+    x = torch.linspace(-12, 12, 4001, dtype=torch.float64)
+    form = x * torch.sigmoid(gpt_module.GELU_K * x * (1 + gpt_module.GELU_C * x * x))
+    assert torch.allclose(form, torch.nn.functional.gelu(x, approximate="tanh"), atol=1e-12)
+    assert torch.equal(gelu_tanh(x), torch.nn.functional.gelu(x, approximate="tanh"))  # eager: ATen's own kernel
+
+
 def test_compile_failure_falls_back_to_eager_with_one_warning(monkeypatch, tmp_path):
     m = random_gpt("gpt2", sharpen=4.0, boost=2.0)
     ref = greedy(m)
@@ -250,7 +284,7 @@ def test_compiled_decode_is_token_identical_in_generate_and_engine(arch, monkeyp
     assert torch.equal(greedy(c), ref)  # prompts of two lengths: the per-row positions and key mask path
     assert torch.equal(greedy(c, [[1, 2, 3]]), ref1)  # batch 1, no mask: another graph, another cache length
     assert not c.decode_step.failed and c.decode_step.compile_s > 0
-    assert sorted(c.decode_step.runners) == [False, True]
+    assert sorted(c.decode_step.runners) == [(False, False), (True, False)]  # weights in cache: no one-row package
     caches = [KVCache(m.config, 2, 10) for _ in range(2)]  # per-row positions without a key mask: the masked package
     with torch.inference_mode():
         for model, cache in zip((m, c), caches):
@@ -272,6 +306,11 @@ def test_compiled_decode_is_token_identical_in_generate_and_engine(arch, monkeyp
     for h, row in zip(hs, ref):
         assert [e.token for e in h._events if e.token is not None] == row.tolist()
     assert calls and not step.failed
+    if arch == "gpt2":  # weights that outgrow the cache: batch 1 gets its own package (ReducedLinear GEMVs)
+        monkeypatch.setattr(gpt_module, "cache_bytes", lambda: 0)
+        one = runtime.compile_decode(copy.deepcopy(m))
+        assert torch.equal(greedy(one, [[1, 2, 3]]), ref1) and torch.equal(greedy(one), ref)
+        assert sorted(one.decode_step.runners) == [(False, True), (True, False)] and not one.decode_step.failed
 
 
 def test_train_compile_failure_falls_back_with_one_warning(english_dir, tmp_path, monkeypatch):

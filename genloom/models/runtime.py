@@ -26,6 +26,7 @@ import torch.nn as nn
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from genloom.errors import GenloomError
+from genloom.models.gpt import ReducedLinear, gelu_tanh, linear_fn
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "int8")  # what a model can run in (`--dtype` of generate and serve)
@@ -147,12 +148,12 @@ def to_dtype(model: nn.Module, dtype: str, device: str = "cpu") -> nn.Module:
 class _Step(nn.Module):
     """GPT.static_step as a module's forward, for torch.export (with or without a key mask)."""
 
-    def __init__(self, model: nn.Module, masked: bool):
+    def __init__(self, model: nn.Module, masked: bool, one_row: bool = False):
         super().__init__()
-        self.model, self.masked = model, masked
+        self.model, self.masked, self.one_row = model, masked, one_row
 
     def forward(self, idx, kv, col, pos, mask=None):
-        return self.model.static_step(idx, kv, col, pos, mask if self.masked else None)
+        return self.model.static_step(idx, kv, col, pos, mask if self.masked else None, one_row=self.one_row)
 
 
 def _code_digest(h, code) -> None:
@@ -166,11 +167,12 @@ def _code_digest(h, code) -> None:
             h.update(repr(c).encode())
 
 
-def step_key(model: nn.Module, masked: bool) -> str:
+def step_key(model: nn.Module, masked: bool, one_row: bool = False) -> str:
     """What a compiled step depends on: the torch build, the step's code, the model's config, its weights and the
-    mask variant."""
-    h = hashlib.sha256(f"{torch.__version__}|{model.config}|{masked}".encode())
-    for f in (aot_compile_step, type(model).static_step, type(model)._decode):
+    variant (key mask, one row)."""
+    h = hashlib.sha256(f"{torch.__version__}|{model.config}|{masked}|{one_row}|{model.streams_weights()}".encode())
+    for f in (aot_compile_step, type(model).static_step, type(model)._decode, type(model)._decode_weights, linear_fn,
+              ReducedLinear.__call__, gelu_tanh):
         _code_digest(h, f.__code__)
     for name, t in model.state_dict().items():
         h.update(name.encode())
@@ -178,24 +180,29 @@ def step_key(model: nn.Module, masked: bool) -> str:
     return h.hexdigest()[:24]
 
 
-def aot_compile_step(model: nn.Module, masked: bool, path: Path) -> None:
-    """Export GPT.static_step with a dynamic batch and cache length and compile it ahead of time (AOTInductor) to
-    a package at `path`. The weights are constants of the package: one package per model and mask variant."""
+def aot_compile_step(model: nn.Module, masked: bool, path: Path, one_row: bool = False) -> None:
+    """Export GPT.static_step with a dynamic batch (one_row: a batch of 1) and cache length and compile it ahead of
+    time (AOTInductor) to a package at `path`. The weights are constants of the package: one package per model and
+    variant."""
     cfg = model.config
-    B, L, hs = 2, cfg.block_size, cfg.n_embd // cfg.n_head  # examples only: both dimensions are dynamic
+    B, L, hs = 1 if one_row else 2, cfg.block_size, cfg.n_embd // cfg.n_head  # examples of the dynamic dimensions
     p = next(model.parameters())
     kv = [torch.zeros(B, 2, cfg.n_kv_head, L, hs, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layer)]
     idx = torch.zeros(B, 1, dtype=torch.long, device=p.device)
     col = torch.zeros(1, 1, dtype=torch.long, device=p.device)
-    b, n = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("cache", min=2, max=max(L, 2))
+    b = None if one_row else torch.export.Dim("batch", min=1, max=4096)
+    n = torch.export.Dim("cache", min=2, max=max(L, 2))
     kv_dims = [{0: b, 3: n}] * cfg.n_layer
     if masked:
         args = (idx, kv, col, idx.clone(), torch.ones(B, 1, 1, L, dtype=torch.bool, device=p.device))
         dims = ({0: b}, kv_dims, None, {0: b}, {0: b, 3: n})
     else:
         args, dims = (idx, kv, col, col.clone()), ({0: b}, kv_dims, None, None)  # distinct tensors: no aliasing
+    if one_row:
+        dims = tuple(None if d is None else [{3: n}] * cfg.n_layer if isinstance(d, list) else
+                     ({3: n} if 3 in d else None) for d in dims)
     with torch.no_grad():
-        ep = torch.export.export(_Step(model, masked).eval(), args, dynamic_shapes=dims)
+        ep = torch.export.export(_Step(model, masked, one_row).eval(), args, dynamic_shapes=dims)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.pt2")
     torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs={"size_asserts": False})
@@ -217,7 +224,8 @@ class CompiledStep:
 
     def __init__(self, model: nn.Module):
         self.model = model
-        self.runners: dict[bool, object] = {}  # masked -> the loaded package's runner
+        self.runners: dict[tuple[bool, bool], object] = {}  # (masked, one_row) -> the loaded package's runner
+        self.one_row = model.streams_weights()  # batch 1 gets a package of its own (ReducedLinear GEMVs)
         self.failed = False
         self.cols: list[torch.Tensor] = []  # cols[i]: the (1, 1) long tensor holding i, made once
         self.compile_s = 0.0  # seconds spent compiling (0 when the packages came from the disk cache)
@@ -227,16 +235,16 @@ class CompiledStep:
             self.cols.append(torch.tensor([[len(self.cols)]], device=device))
         return self.cols[i]
 
-    def _runner(self, masked: bool):
-        if masked not in self.runners:
-            path = Path(cache_dir()) / "genloom-decode" / f"{step_key(self.model, masked)}.pt2"
+    def _runner(self, masked: bool, one_row: bool):
+        if (masked, one_row) not in self.runners:
+            path = Path(cache_dir()) / "genloom-decode" / f"{step_key(self.model, masked, one_row)}.pt2"
             if not path.exists():
                 t = time.perf_counter()
-                aot_compile_step(self.model, masked, path)
+                aot_compile_step(self.model, masked, path, one_row)
                 self.compile_s += time.perf_counter() - t
                 log.info("compiled the decode step in %.1f s (%s)", time.perf_counter() - t, path)
-            self.runners[masked] = torch._inductor.aoti_load_package(str(path)).loader
-        return self.runners[masked]
+            self.runners[masked, one_row] = torch._inductor.aoti_load_package(str(path)).loader
+        return self.runners[masked, one_row]
 
     def __call__(self, idx, cache, pos=None, mask=None):
         start, L = cache.length, cache.kv[0].size(3)
@@ -244,15 +252,16 @@ class CompiledStep:
         if self.failed or start >= min(L, self.model.config.block_size) or L < 2 or additive:
             return self.model._step(idx, cache, pos, mask)  # eagerly, or its error for a full context
         col = self._col(start, idx.device)
+        one_row = self.one_row and idx.size(0) == 1
         try:
             if mask is None and pos is None:  # every row at column `start`: no key mask
-                (logits,) = self._runner(False).run([idx, *cache.kv, col, col])
+                (logits,) = self._runner(False, one_row).run([idx, *cache.kv, col, col])
             else:  # (B, 1, 1, start + 1) -> (B, 1, 1, L): the columns not yet written are not attended
                 B = idx.size(0)
                 mask = torch.ones(B, 1, 1, start + 1, dtype=torch.bool, device=idx.device) if mask is None else mask
                 full = torch.nn.functional.pad(mask, (0, L - mask.size(-1)), value=False).expand(B, 1, 1, L)
                 pos = col.expand(B, 1) if pos is None else pos
-                (logits,) = self._runner(True).run([idx, *cache.kv, col, pos.contiguous(), full.contiguous()])
+                (logits,) = self._runner(True, one_row).run([idx, *cache.kv, col, pos.contiguous(), full.contiguous()])
         except Exception as e:  # noqa: BLE001 - any compile failure: decode eagerly from now on
             self.failed = True
             warnings.warn(f"compiling the decode step failed ({type(e).__name__}: {str(e).splitlines()[0][:200]}); "
