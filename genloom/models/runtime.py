@@ -170,7 +170,7 @@ def _code_digest(h, code) -> None:
 def step_key(model: nn.Module, masked: bool, one_row: bool = False) -> str:
     """What a compiled step depends on: the torch build, the step's code, the model's config, its weights and the
     variant (key mask, one row)."""
-    h = hashlib.sha256(f"{torch.__version__}|{model.config}|{masked}|{one_row}|{model.streams_weights()}".encode())
+    h = hashlib.sha256(f"{torch.__version__}|{model.config}|{masked}|{one_row}".encode())
     for f in (aot_compile_step, type(model).static_step, type(model)._decode, type(model)._decode_weights, linear_fn,
               ReducedLinear.__call__, gelu_tanh):
         _code_digest(h, f.__code__)
@@ -190,7 +190,7 @@ def aot_compile_step(model: nn.Module, masked: bool, path: Path, one_row: bool =
     kv = [torch.zeros(B, 2, cfg.n_kv_head, L, hs, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layer)]
     idx = torch.zeros(B, 1, dtype=torch.long, device=p.device)
     col = torch.zeros(1, 1, dtype=torch.long, device=p.device)
-    b = None if one_row else torch.export.Dim("batch", min=1, max=4096)
+    b = None if one_row else torch.export.Dim("batch", min=1, max=4096)  # None: a static dimension
     n = torch.export.Dim("cache", min=2, max=max(L, 2))
     kv_dims = [{0: b, 3: n}] * cfg.n_layer
     if masked:
@@ -198,9 +198,6 @@ def aot_compile_step(model: nn.Module, masked: bool, path: Path, one_row: bool =
         dims = ({0: b}, kv_dims, None, {0: b}, {0: b, 3: n})
     else:
         args, dims = (idx, kv, col, col.clone()), ({0: b}, kv_dims, None, None)  # distinct tensors: no aliasing
-    if one_row:
-        dims = tuple(None if d is None else [{3: n}] * cfg.n_layer if isinstance(d, list) else
-                     ({3: n} if 3 in d else None) for d in dims)
     with torch.no_grad():
         ep = torch.export.export(_Step(model, masked, one_row).eval(), args, dynamic_shapes=dims)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +222,6 @@ class CompiledStep:
     def __init__(self, model: nn.Module):
         self.model = model
         self.runners: dict[tuple[bool, bool], object] = {}  # (masked, one_row) -> the loaded package's runner
-        self.one_row = model.streams_weights()  # batch 1 gets a package of its own (ReducedLinear GEMVs)
         self.failed = False
         self.cols: list[torch.Tensor] = []  # cols[i]: the (1, 1) long tensor holding i, made once
         self.compile_s = 0.0  # seconds spent compiling (0 when the packages came from the disk cache)
@@ -252,7 +248,7 @@ class CompiledStep:
         if self.failed or start >= min(L, self.model.config.block_size) or L < 2 or additive:
             return self.model._step(idx, cache, pos, mask)  # eagerly, or its error for a full context
         col = self._col(start, idx.device)
-        one_row = self.one_row and idx.size(0) == 1
+        one_row = idx.size(0) == 1  # a package of its own: ReducedLinear GEMVs (GPT.static_step)
         try:
             if mask is None and pos is None:  # every row at column `start`: no key mask
                 (logits,) = self._runner(False, one_row).run([idx, *cache.kv, col, col])
