@@ -202,7 +202,10 @@ def aot_compile_step(model: nn.Module, masked: bool, path: Path, one_row: bool =
         ep = torch.export.export(_Step(model, masked, one_row).eval(), args, dynamic_shapes=dims)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp.pt2")
-    torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs={"size_asserts": False})
+    configs = {"size_asserts": False}
+    if one_row:  # materialise a layer norm's output once instead of recomputing it inside every row of the GEMV
+        configs["realize_cpu_acc_reads_threshold"] = 2  # after it (5-9% of the char 10.7M step; the default is 12)
+    torch._inductor.aoti_compile_and_package(ep, package_path=str(tmp), inductor_configs=configs)
     tmp.replace(path)
 
 
