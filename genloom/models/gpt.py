@@ -496,7 +496,8 @@ class GPT(nn.Module):
         out = []
         for blk in self.transformer.h:
             n1, n2 = blk.ln_1, blk.ln_2
-            lin = [linear_fn(m, parts, reduce) for m in (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)]
+            mods = (blk.attn.c_attn, blk.attn.c_proj, blk.mlp.c_fc, blk.mlp.c_proj)
+            lin = [linear_fn(m, parts, reduce) for m in mods]
             out.append((n1.weight, getattr(n1, "bias", None), *lin[:2], n2.weight, getattr(n2, "bias", None), *lin[2:]))
         return out + [linear_fn(self.lm_head, parts, reduce)]
 
