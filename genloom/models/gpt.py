@@ -228,9 +228,9 @@ def cache_bytes() -> int:
 
 def linear_fn(m: nn.Module, parts: int = 1, reduce: bool = False):
     """A Linear as the cheapest callable: F.linear with its tensors bound; any other module (a quantised
-    Linear of genloom.models.runtime) as itself. For a large float32 weight on the CPU: parts > 1 makes it a
-    RowBlockLinear (eager one-row steps on every intra-op thread; measured for float32 only: bfloat16 keeps
-    oneDNN's own path); reduce makes it a ReducedLinear (for a compiled one-row step)."""
+    Linear of genloom.models.runtime) as itself. A float32 weight on the CPU: with reduce, a ReducedLinear (the
+    compiled one-row step); else, if it is large and parts > 1, a RowBlockLinear (eager one-row steps on every
+    intra-op thread; measured for float32 only: bfloat16 keeps oneDNN's own path)."""
     if type(m) is not nn.Linear:
         return m
     w = m.weight

@@ -26,7 +26,7 @@ import torch.nn as nn
 from torch._inductor.runtime.cache_dir_utils import cache_dir
 
 from genloom.errors import GenloomError
-from genloom.models.gpt import ReducedLinear, gelu_tanh, linear_fn
+from genloom.models.gpt import ReducedLinear, attend_one, gelu_tanh, linear_fn
 
 log = logging.getLogger(__name__)
 DTYPES = ("float32", "bfloat16", "int8")  # what a model can run in (`--dtype` of generate and serve)
@@ -172,7 +172,7 @@ def step_key(model: nn.Module, masked: bool, one_row: bool = False) -> str:
     variant (key mask, one row)."""
     h = hashlib.sha256(f"{torch.__version__}|{model.config}|{masked}|{one_row}".encode())
     for f in (aot_compile_step, type(model).static_step, type(model)._decode, type(model)._decode_weights, linear_fn,
-              ReducedLinear.__call__, gelu_tanh):
+              ReducedLinear.__call__, gelu_tanh, attend_one):
         _code_digest(h, f.__code__)
     for name, t in model.state_dict().items():
         h.update(name.encode())
@@ -190,7 +190,7 @@ def aot_compile_step(model: nn.Module, masked: bool, path: Path, one_row: bool =
     kv = [torch.zeros(B, 2, cfg.n_kv_head, L, hs, dtype=p.dtype, device=p.device) for _ in range(cfg.n_layer)]
     idx = torch.zeros(B, 1, dtype=torch.long, device=p.device)
     col = torch.zeros(1, 1, dtype=torch.long, device=p.device)
-    b = None if one_row else torch.export.Dim("batch", min=1, max=4096)  # None: a static dimension
+    b = torch.export.Dim.STATIC if one_row else torch.export.Dim("batch", min=1, max=4096)
     n = torch.export.Dim("cache", min=2, max=max(L, 2))
     kv_dims = [{0: b, 3: n}] * cfg.n_layer
     if masked:
