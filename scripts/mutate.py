@@ -173,6 +173,22 @@ MUTANTS = [
            '"--host", default="127.0.0.1"',
            '"--host", default="0.0.0.0"',
            ("tests/test_serve_cli.py",), "genloom serve exposes the server on every interface by default"),
+    # ---- the compiled one-row decode step (genloom/models/gpt.py) --------------------------------------------
+    Mutant("decode-one-row-attention-unscaled", "genloom/models/gpt.py",
+           "s = (q * k.unsqueeze(2)).sum(-1) * hs**-0.5",
+           "s = (q * k.unsqueeze(2)).sum(-1)",
+           ("tests/test_speed.py::test_one_row_static_step_reduces_and_attends_with_the_same_maths",),
+           "the compiled step's attention forgets the 1/sqrt(head size) scale"),
+    Mutant("decode-reduced-linear-drops-bias", "genloom/models/gpt.py",
+           "return y if self.bias is None else y + self.bias",
+           "return y",
+           ("tests/test_speed.py::test_one_row_static_step_reduces_and_attends_with_the_same_maths",),
+           "the one-row GEMV drops the bias"),
+    Mutant("gelu-sigmoid-form-off-by-half", "genloom/models/gpt.py",
+           "GELU_K, GELU_C = 2 * math.sqrt(2 / math.pi), 0.044715",
+           "GELU_K, GELU_C = math.sqrt(2 / math.pi), 0.044715",
+           ("tests/test_speed.py::test_gelu_tanh_sigmoid_form_is_the_tanh_gelu",),
+           "the compiled GELU's sigmoid form uses z instead of 2z"),
 ]
 
 
