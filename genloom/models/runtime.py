@@ -167,10 +167,10 @@ def _code_digest(h, code) -> None:
             h.update(repr(c).encode())
 
 
-def step_key(model: nn.Module, masked: bool, one_row: bool = False) -> str:
-    """What a compiled step depends on: the torch build, the step's code, the model's config, its weights and the
-    variant (key mask, one row)."""
-    h = hashlib.sha256(f"{torch.__version__}|{model.config}|{masked}|{one_row}".encode())
+def model_key(model: nn.Module) -> str:
+    """What every compiled step of a model depends on: the torch build, the step's code, the model's config and its
+    weights (hashed once per CompiledStep, not once per package: a GPT-2-small's weights are 500 MB)."""
+    h = hashlib.sha256(f"{torch.__version__}|{model.config}".encode())
     for f in (aot_compile_step, type(model).static_step, type(model)._decode, type(model)._decode_weights, linear_fn,
               ReducedLinear.__call__, gelu_tanh, attend_one):
         _code_digest(h, f.__code__)
@@ -228,6 +228,7 @@ class CompiledStep:
         self.failed = False
         self.cols: list[torch.Tensor] = []  # cols[i]: the (1, 1) long tensor holding i, made once
         self.compile_s = 0.0  # seconds spent compiling (0 when the packages came from the disk cache)
+        self.key: str | None = None  # model_key, made with the first package
 
     def _col(self, i: int, device) -> torch.Tensor:
         while len(self.cols) <= i:
@@ -236,7 +237,9 @@ class CompiledStep:
 
     def _runner(self, masked: bool, one_row: bool):
         if (masked, one_row) not in self.runners:
-            path = Path(cache_dir()) / "genloom-decode" / f"{step_key(self.model, masked, one_row)}.pt2"
+            self.key = self.key or model_key(self.model)
+            path = Path(cache_dir()) / "genloom-decode" / f"{self.key}-{'masked' if masked else 'plain'}" \
+                f"{'-one-row' if one_row else ''}.pt2"
             if not path.exists():
                 t = time.perf_counter()
                 aot_compile_step(self.model, masked, path, one_row)
