@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import json
 import os
@@ -93,6 +94,25 @@ def append_text(path: str | Path, text: str) -> None:
         if e.errno is not None and e.filename is None:
             raise OSError(e.errno, e.strerror, str(path)) from e
         raise
+
+
+@contextlib.contextmanager
+def locked(lock_file: str | Path, *, shared: bool = False):
+    """An advisory lock on `lock_file` (made if missing) across processes: exclusive for writers, `shared` for
+    readers that must not see a half-made set of files."""
+    try:
+        f = open(lock_file, "a+b")
+    except OSError as e:
+        if not shared or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise
+        yield  # a read-only folder: no process can be writing there either
+        return
+    with f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 import os
 import shutil
 import subprocess
@@ -183,6 +184,30 @@ def test_signing_chain_files_and_bad_identities(tmp_path, ident):
     assert labels.make_labeler(labels.LabelPolicy(), tmp_path / "empty").identity is None  # auto: none, unsigned
     assert labels.make_labeler(labels.LabelPolicy(), tmp_path).identity is not None  # auto: the installation's
     assert labels.make_labeler(labels.LabelPolicy(), None).identity is None  # no data directory: never the cwd's
+
+
+def _ensure_after(barrier, data, made):
+    barrier.wait()
+    made.put(keys.ensure_keys(data))
+
+
+def test_servers_starting_together_make_one_signing_chain(tmp_path):
+    """Replicas on one data directory make the chain on first use at the same moment (CI saw two of them
+    write a key of one chain beside the certificate of another): one makes it, every one then loads it."""
+    ctx = multiprocessing.get_context("fork")
+    for round_ in range(4):
+        data = tmp_path / str(round_)
+        barrier, made = ctx.Barrier(6), ctx.Queue()
+        procs = [ctx.Process(target=_ensure_after, args=(barrier, data, made)) for _ in range(6)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0] * 6
+        assert sorted(made.get(timeout=5) for _ in procs) == [False] * 5 + [True]
+        ident = keys.load_identity(data)  # raises when the key is not the chain's
+        assert ident.root == (keys.keys_dir(data) / keys.ROOT_NAME).read_bytes()
+        assert keys.ensure_keys(data) is False
 
 
 def test_provenance_report_sections_and_registry(ident):

@@ -46,9 +46,9 @@ def labeler_from_options(data_dir, *, implicit, visible_mark, mark_text, mark_po
                                 mark_position=mark_position, text_notice=text_notice, audio_cue=audio_cue,
                                 c2pa=c2pa_mode)
     if (c2pa_mode == "auto" and not (c2pa_cert or c2pa_key) and data_dir is not None
-            and not (keys.keys_dir(data_dir) / keys.KEY_NAME).exists()):
-        folder = keys.init_keys(data_dir)  # the installation's own chain, made on first use (as the watermark key)
-        log.info("created the installation's C2PA signing chain in %s (trust anchor %s)", folder, keys.ROOT_NAME)
+            and keys.ensure_keys(data_dir)):  # the installation's own chain, made on first use (as the watermark key)
+        log.info("created the installation's C2PA signing chain in %s (trust anchor %s)", keys.keys_dir(data_dir),
+                 keys.ROOT_NAME)
     return labels.make_labeler(policy, data_dir, cert=c2pa_cert, key=c2pa_key)
 
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import json
 import os
 import re
@@ -38,7 +37,7 @@ import Stemmer
 
 from genloom.embeddings import MODEL_NAME, embed
 from genloom.errors import GenloomError, choices
-from genloom.files import atomic_write_text
+from genloom.files import atomic_write_text, locked
 from genloom.knowledge.documents import Document, Passage, split
 
 FORMAT = "genloom-kb"
@@ -206,12 +205,8 @@ def _tokenize(texts: list[str]) -> list[list[str]]:
 def _locked(folder: Path):
     """One writer at a time per knowledge base (the server and the CLI alike): an exclusive lock file."""
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / ".lock", "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with locked(folder / ".lock"):
+        yield
 
 
 def update(folder: str | Path, documents: list[Document], *, drop_missing: bool = False, remove: list[str] = (),

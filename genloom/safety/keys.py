@@ -8,6 +8,7 @@ an operator may bring their own chain (PEM, leaf first) and key instead.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from dataclasses import dataclass
@@ -19,10 +20,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from genloom.errors import GenloomError
-from genloom.files import atomic_write_bytes
+from genloom.files import atomic_write_bytes, locked
 
 DOCUMENT_SIGNING = x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")  # id-kp-documentSigning (RFC 9336)
 CERT_NAME, KEY_NAME, ROOT_NAME = "c2pa-chain.pem", "c2pa-key.pem", "c2pa-root.pem"
+LOCK_NAME = ".lock"  # held while the three files are written (exclusive) or read (shared)
 
 
 @dataclass(frozen=True)
@@ -75,17 +77,33 @@ def make_chain(common_name: str = "genloom", days: int = 3650) -> SigningIdentit
 
 def init_keys(data_dir, *, force: bool = False) -> Path:
     """Write a new chain into DATA/keys (the key 0600); an existing one is kept unless `force`."""
-    folder = keys_dir(data_dir)
-    if (folder / KEY_NAME).exists() and not force:
+    folder, made = _write_chain(data_dir, force=force)
+    if not made:
         raise GenloomError(f"{folder / KEY_NAME} exists; pass --force to replace the installation's signing key")
-    ident = make_chain()
+    return folder
+
+
+def ensure_keys(data_dir) -> bool:
+    """Make the installation's chain on first use; True when this call made it. Servers starting together on
+    one data directory make one chain between them (the check and the writes are under one lock)."""
+    return _write_chain(data_dir, force=False)[1]
+
+
+def _write_chain(data_dir, *, force: bool) -> tuple[Path, bool]:
+    folder = keys_dir(data_dir)
+    if (folder / KEY_NAME).exists() and not force:  # written last, so a whole chain: no lock needed to see it
+        return folder, False
     folder.mkdir(parents=True, exist_ok=True)
     os.chmod(folder, 0o700)
-    atomic_write_bytes(folder / KEY_NAME, ident.key)
-    os.chmod(folder / KEY_NAME, 0o600)
-    atomic_write_bytes(folder / CERT_NAME, ident.chain)
-    atomic_write_bytes(folder / ROOT_NAME, ident.root)
-    return folder
+    with locked(folder / LOCK_NAME):
+        if (folder / KEY_NAME).exists() and not force:  # another process made it while this one waited
+            return folder, False
+        ident = make_chain()
+        atomic_write_bytes(folder / ROOT_NAME, ident.root)
+        atomic_write_bytes(folder / CERT_NAME, ident.chain)
+        atomic_write_bytes(folder / KEY_NAME, ident.key)  # last: a chain whose key exists is whole
+        os.chmod(folder / KEY_NAME, 0o600)
+    return folder, True
 
 
 def load_identity(data_dir=None, *, cert: str | None = None, key: str | None = None) -> SigningIdentity:
@@ -101,7 +119,9 @@ def load_identity(data_dir=None, *, cert: str | None = None, key: str | None = N
         if not p.is_file():
             raise GenloomError(f"no C2PA signing certificate: {p} is missing; run `genloom signing init` (or give "
                                "--c2pa-cert/--c2pa-key, or switch manifests off with --c2pa off)")
-    chain, pkey = paths[0].read_bytes(), paths[1].read_bytes()
+    with locked(paths[0].parent / LOCK_NAME, shared=True) if root else contextlib.nullcontext():
+        chain, pkey = paths[0].read_bytes(), paths[1].read_bytes()
+        anchor = root.read_bytes() if root and root.is_file() else None
     try:
         certs = x509.load_pem_x509_certificates(chain)
         private = serialization.load_pem_private_key(pkey, password=None)
@@ -113,4 +133,4 @@ def load_identity(data_dir=None, *, cert: str | None = None, key: str | None = N
     pem, spki = serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     if certs[0].public_key().public_bytes(pem, spki) != private.public_key().public_bytes(pem, spki):
         raise GenloomError(f"{paths[1]} is not the private key of the first certificate in {paths[0]}")
-    return SigningIdentity(chain=chain, key=pkey, root=root.read_bytes() if root and root.is_file() else None)
+    return SigningIdentity(chain=chain, key=pkey, root=anchor)

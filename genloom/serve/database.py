@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import hashlib
 import hmac
 import json
@@ -46,7 +45,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from genloom.errors import GenloomError
-from genloom.files import atomic_write_bytes
+from genloom.files import atomic_write_bytes, locked
 
 KEY_PREFIX = "gl-"
 MIGRATION_LOCK = 0x67656E6C6F6F6D  # "genloom": the PostgreSQL advisory lock held while one process migrates
@@ -197,12 +196,8 @@ def _sqlite_file_lock(url: str):
     if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
         yield
         return
-    with open(f"{parsed.database}.migrate-lock", "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+    with locked(f"{parsed.database}.migrate-lock"):
+        yield
 
 
 def migrate(url: str) -> None:
