@@ -384,5 +384,6 @@ def test_health_answers_while_a_long_prompt_is_tokenised(api, monkeypatch):
         waited = time.perf_counter() - t0
     finally:
         release.set()
-    assert health.status_code == 200 and waited < 0.5, f"/health took {waited:.2f} s"
+    # a tokenizer on the event loop would hold /health until release.wait(10) ran out: 10 s, not a busy machine's 1
+    assert health.status_code == 200 and waited < 5, f"/health took {waited:.2f} s"
     error_of(big.result(60), 400, "prompt")  # far beyond the context: refused once tokenised
