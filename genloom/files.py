@@ -105,14 +105,11 @@ def locked(lock_file: str | Path, *, shared: bool = False):
     except OSError as e:
         if not shared or e.errno not in (errno.EACCES, errno.EPERM, errno.EROFS):
             raise
-        yield  # a read-only folder: no process can be writing there either
-        return
-    with f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+        f = None  # a folder this process cannot write (a read-only mount, another user's): a reader goes on unlocked
+    with f or contextlib.nullcontext():
+        if f is not None:
+            fcntl.flock(f.fileno(), fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield  # closing the file releases the lock
 
 
 @contextlib.contextmanager

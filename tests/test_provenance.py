@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import multiprocessing
@@ -27,6 +28,7 @@ from test_api_text import Server
 from test_music_generate import tiny_music_model  # noqa: F401  (a fixture)
 from test_ui import browser_page, shot
 
+from genloom import files
 from genloom.errors import GenloomError
 from genloom.safety import keys, labels, manifests, marks, provenance
 from genloom.serve.app import create_app
@@ -208,6 +210,23 @@ def test_servers_starting_together_make_one_signing_chain(tmp_path):
         ident = keys.load_identity(data)  # raises when the key is not the chain's
         assert ident.root == (keys.keys_dir(data) / keys.ROOT_NAME).read_bytes()
         assert keys.ensure_keys(data) is False
+
+
+def test_a_chain_in_a_folder_this_process_cannot_write_still_loads(tmp_path, monkeypatch):
+    """Readers take a shared lock; where the lock file cannot be made (a read-only mount, another user's folder)
+    they read unlocked instead of failing; a writer there still gets the error."""
+    keys.init_keys(tmp_path)
+    real = open
+
+    def read_only(path, mode="r", *a, **k):
+        if str(path).endswith(keys.LOCK_NAME):
+            raise OSError(errno.EROFS, "Read-only file system", str(path))
+        return real(path, mode, *a, **k)
+
+    monkeypatch.setattr(files, "open", read_only, raising=False)
+    assert keys.load_identity(tmp_path).root == (keys.keys_dir(tmp_path) / keys.ROOT_NAME).read_bytes()
+    with pytest.raises(OSError, match="Read-only"):
+        keys.init_keys(tmp_path, force=True)
 
 
 def test_provenance_report_sections_and_registry(ident):
