@@ -115,11 +115,13 @@ def load_identity(data_dir=None, *, cert: str | None = None, key: str | None = N
     else:
         folder = keys_dir(data_dir or ".")
         paths, root = (folder / CERT_NAME, folder / KEY_NAME), folder / ROOT_NAME
-    for p in paths:
-        if not p.is_file():
-            raise GenloomError(f"no C2PA signing certificate: {p} is missing; run `genloom signing init` (or give "
-                               "--c2pa-cert/--c2pa-key, or switch manifests off with --c2pa off)")
-    with locked(paths[0].parent / LOCK_NAME, shared=True) if root else contextlib.nullcontext():
+    # the installation's folder: look and read under the shared lock, so that a chain being made is waited for
+    own = root is not None and root.parent.is_dir()
+    with locked(root.parent / LOCK_NAME, shared=True) if own else contextlib.nullcontext():
+        for p in paths:
+            if not p.is_file():
+                raise GenloomError(f"no C2PA signing certificate: {p} is missing; run `genloom signing init` (or "
+                                   "give --c2pa-cert/--c2pa-key, or switch manifests off with --c2pa off)")
         chain, pkey = paths[0].read_bytes(), paths[1].read_bytes()
         anchor = root.read_bytes() if root and root.is_file() else None
     try:
